@@ -1,0 +1,61 @@
+-- orchestr8-async: the whole DuckDB schema.
+--
+-- Applied at every start (each statement is idempotent); `schema_version` records which version
+-- of this file a database was created or last migrated with, so a later release can migrate an
+-- existing file (see src/store/schema.rs, MIGRATIONS).
+
+CREATE TABLE IF NOT EXISTS schema_version (
+    version     INTEGER PRIMARY KEY,
+    applied_at  TIMESTAMP NOT NULL
+);
+
+-- One row per task. Hot (pending/running) tasks are mirrored in the scheduler's memory; this
+-- table is the durable record and the source of every read of finished tasks.
+CREATE TABLE IF NOT EXISTS tasks (
+    task_id          UUID PRIMARY KEY,      -- UUIDv7: time-ordered, so zone maps prune by id too
+    name             VARCHAR NOT NULL,
+    agent_name       VARCHAR NOT NULL,
+    instructions     VARCHAR NOT NULL,
+    status           VARCHAR NOT NULL,      -- pending | running | completed | failed | cancelled
+    priority         SMALLINT NOT NULL,     -- 0 low, 1 normal, 2 high, 3 critical
+    created_at       TIMESTAMP NOT NULL,
+    scheduled_at     TIMESTAMP NOT NULL,    -- run_at, or the end of a retry back-off
+    started_at       TIMESTAMP,
+    completed_at     TIMESTAMP,
+    attempt          INTEGER NOT NULL,      -- times started
+    max_retries      INTEGER NOT NULL,
+    retry_floor      INTEGER NOT NULL,      -- attempt at the last manual retry
+    timeout_seconds  INTEGER NOT NULL,
+    dependencies     VARCHAR NOT NULL,      -- JSON array of task ids
+    workflow_id      UUID,
+    phase_id         VARCHAR,
+    working_dir      VARCHAR,
+    metadata         VARCHAR,               -- JSON object
+    webhook_url      VARCHAR,
+    idempotency_key  VARCHAR,
+    result           VARCHAR,
+    error            VARCHAR,
+    input_tokens     BIGINT,
+    output_tokens    BIGINT,
+    cost_usd         DOUBLE,
+    pid              BIGINT,                -- process group of the running attempt
+    pid_start        BIGINT,                -- its start time (clock ticks since boot)
+    updated_at       TIMESTAMP NOT NULL
+);
+
+-- A separate table, not a UNIQUE column of tasks, so that updating a task never touches an index
+-- other than its primary key.
+CREATE TABLE IF NOT EXISTS idempotency_keys (
+    key      VARCHAR PRIMARY KEY,
+    task_id  UUID NOT NULL
+);
+
+-- Log lines, written in bulk with DuckDB's appender. No index: task ids are time-ordered, so a
+-- task's lines sit together and zone maps find them.
+CREATE TABLE IF NOT EXISTS task_logs (
+    task_id  UUID NOT NULL,
+    seq      BIGINT NOT NULL,
+    ts       TIMESTAMP NOT NULL,
+    level    VARCHAR NOT NULL,
+    message  VARCHAR NOT NULL
+);

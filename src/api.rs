@@ -1,0 +1,170 @@
+//! Request and response shapes of the public interface, shared by every frontend (MCP today,
+//! REST next). The doc comments become the JSON-schema descriptions agents read, so they are
+//! written for the agent calling the tool.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::model::{LogLine, Priority, TaskStatus, TaskView};
+
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TaskAsyncArgs {
+    /// Short human-readable name of the task, e.g. "review auth.rs".
+    pub name: String,
+    /// Name of the agent that does the work (see list_agents).
+    pub agent_name: String,
+    /// What the agent should do. Sent to the agent as its input (stdin); at most 1 MiB.
+    pub agent_instructions: String,
+    /// low, normal (default), high or critical ("medium" means normal). Higher priorities start first.
+    pub priority: Option<String>,
+    /// http(s) URL to POST to when the task finishes.
+    pub webhook_url: Option<String>,
+    /// Seconds one attempt may run before it is stopped (1..86400). Default: the agent's, else 3600.
+    pub timeout_seconds: Option<i64>,
+    /// Automatic retries after a failure (0..10), with exponential back-off. Default: the agent's, else 0.
+    pub max_retries: Option<i64>,
+    /// task_ids that must complete before this task starts. If one fails or is cancelled, this task is cancelled.
+    pub dependencies: Option<Vec<String>>,
+    /// Submitting again with the same key returns the first task instead of creating another.
+    pub idempotency_key: Option<String>,
+    /// Directory the agent runs in (must exist). Default: the server's working directory.
+    pub working_dir: Option<String>,
+    /// Free-form JSON object stored with the task and returned with it.
+    pub metadata: Option<serde_json::Value>,
+    /// Do not start before this time (RFC 3339, e.g. "2026-01-01T09:00:00Z").
+    pub run_at: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TaskIdArgs {
+    /// The task_id returned by task_async.
+    pub task_id: String,
+}
+
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TaskLogsArgs {
+    /// The task_id returned by task_async.
+    pub task_id: String,
+    /// Only lines with seq greater than this (default 0: from the start). Pass the last seq you saw to follow a log.
+    pub after_seq: Option<i64>,
+    /// Most lines to return (1..1000, default 100).
+    pub limit: Option<i64>,
+}
+
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TaskWaitArgs {
+    /// The task_ids to wait for (1..10000).
+    pub task_ids: Vec<String>,
+    /// "all" (default): return when every task has finished; "any": when at least one has.
+    pub mode: Option<String>,
+    /// Most seconds to wait (1..600, default 60). On time-out the current states are returned with timed_out: true.
+    pub timeout_seconds: Option<i64>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ListTasksArgs {
+    /// Only tasks with this status: pending, running, completed, failed or cancelled.
+    pub status: Option<String>,
+    /// Only tasks of this agent.
+    pub agent_name: Option<String>,
+    /// Only tasks of this workflow.
+    pub workflow_id: Option<String>,
+    /// Page size (1..1000, default 50).
+    pub limit: Option<i64>,
+    /// Tasks to skip (default 0).
+    pub offset: Option<i64>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NoArgs {}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct TaskAccepted {
+    pub task_id: String,
+    pub status: TaskStatus,
+    pub created_at: String,
+    /// True when an earlier task with the same idempotency_key was returned instead of a new one.
+    pub existing: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct TaskWithLogs {
+    #[serde(flatten)]
+    pub task: TaskView,
+    /// The last 20 log lines, oldest first.
+    pub logs: Vec<LogLine>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct TaskLogs {
+    pub task_id: String,
+    pub logs: Vec<LogLine>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct TaskWaitResult {
+    pub tasks: Vec<TaskView>,
+    pub timed_out: bool,
+}
+
+/// A task in a listing: the task object without its (possibly large) result.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct TaskSummary {
+    pub task_id: String,
+    pub name: String,
+    pub agent_name: String,
+    pub status: TaskStatus,
+    pub priority: Priority,
+    pub created_at: String,
+    pub started_at: Option<String>,
+    pub completed_at: Option<String>,
+    pub attempt: u32,
+    pub workflow_id: Option<String>,
+    pub phase_id: Option<String>,
+    pub error: Option<String>,
+}
+
+impl From<TaskView> for TaskSummary {
+    fn from(v: TaskView) -> Self {
+        TaskSummary {
+            task_id: v.task_id,
+            name: v.name,
+            agent_name: v.agent_name,
+            status: v.status,
+            priority: v.priority,
+            created_at: v.created_at,
+            started_at: v.started_at,
+            completed_at: v.completed_at,
+            attempt: v.attempt,
+            workflow_id: v.workflow_id,
+            phase_id: v.phase_id,
+            error: v.error,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct TaskList {
+    pub tasks: Vec<TaskSummary>,
+    pub total: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct AgentInfo {
+    pub name: String,
+    pub description: String,
+    pub runner: String,
+    pub model: Option<String>,
+    pub path: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct AgentList {
+    pub agents: Vec<AgentInfo>,
+}

@@ -1,0 +1,18 @@
+//! orchestr8-async: durable background agents behind an MCP server.
+//!
+//! Data flows one way: frontends ([`mcp`]) → the service core ([`service`]) → the
+//! [`scheduler`] and the [`store`] → [`runner`]s → the [`notifier`]. See ARCHITECTURE.md.
+
+pub mod agents;
+pub mod api;
+pub mod app;
+pub mod backoff;
+pub mod config;
+pub mod limits;
+pub mod mcp;
+pub mod model;
+pub mod notifier;
+pub mod runner;
+pub mod scheduler;
+pub mod service;
+pub mod store;

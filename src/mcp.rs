@@ -1,0 +1,181 @@
+//! The stdio MCP frontend: tool definitions and a thin dispatch onto [`Service`].
+//!
+//! Arguments are deserialized here rather than by rmcp's `Parameters` wrapper so that a wrong
+//! argument is a tool result with `isError: true` and a message naming the field (the contract's
+//! "domain error"), not a JSON-RPC protocol error the calling agent may never see.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use rmcp::handler::server::common::schema_for_type;
+use rmcp::model::{
+    CallToolRequestParams, CallToolResponse, CallToolResult, Implementation,
+    ListToolsResult, PaginatedRequestParams, ServerCapabilities, ServerConfig, Tool,
+};
+use rmcp::service::RequestContext;
+use rmcp::{ErrorData, RoleServer, ServerHandler};
+use schemars::JsonSchema;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::api::*;
+use crate::service::{Service, ServiceError};
+
+const INSTRUCTIONS: &str = "orchestr8-async runs work in the background on agents defined as Markdown files. \
+Call task_async to hand off a task; it answers at once with a task_id while the task runs. Keep working, \
+then use task_wait to block until tasks finish (better than calling task_status in a loop), or task_status \
+to look once. Task statuses: pending (queued, waiting for a worker, its dependencies, its run_at time or a \
+retry back-off), running, completed (result holds the output), failed (error says why, after retries), \
+cancelled. Everything is stored durably: tasks survive restarts of this server.";
+
+fn tool<T: JsonSchema + 'static>(name: &'static str, description: &'static str) -> Tool {
+    Tool::new(name, description, schema_for_type::<T>())
+}
+
+fn tools() -> Vec<Tool> {
+    vec![
+        tool::<TaskAsyncArgs>(
+            "task_async",
+            "Hand a task to a background agent and return at once with {task_id, status, created_at}; the task is stored durably before this answers. \
+             Use it for any work that takes a while or can run in parallel. Then keep working and later call task_wait (to block until it is done) or task_status (to look once). \
+             dependencies orders tasks (a task starts only after those complete); idempotency_key makes a resubmission safe.",
+        ),
+        tool::<TaskIdArgs>(
+            "task_status",
+            "The task object (status, result when completed, error when failed, attempt, timestamps, usage) plus its last 20 log lines. \
+             Statuses: pending = queued or waiting (dependencies, run_at, retry back-off); running; completed; failed (retries spent); cancelled. \
+             To wait for completion use task_wait instead of calling this in a loop.",
+        ),
+        tool::<TaskIdArgs>(
+            "task_cancel",
+            "Cancel a pending or running task. A running task's process group is stopped (SIGTERM, then SIGKILL). Returns the task object; tasks that depend on it are cancelled too. Refused for a task that has already finished.",
+        ),
+        tool::<TaskIdArgs>(
+            "task_retry",
+            "Run a failed or cancelled task again: it goes back to pending with a fresh retry budget and keeps its task_id. Returns the task object.",
+        ),
+        tool::<TaskLogsArgs>(
+            "task_logs",
+            "A task's log lines in order: its agent's stderr as it ran and what the scheduler did (starts, failures, retries). Page or follow with after_seq = the last seq you saw.",
+        ),
+        tool::<TaskWaitArgs>(
+            "task_wait",
+            "Block until all (mode \"all\", default) or any (mode \"any\") of the given tasks have finished (completed, failed or cancelled), or until timeout_seconds (default 60, max 600) pass. \
+             Returns {tasks: [task objects], timed_out}. Prefer this to polling task_status; on timed_out: true simply call it again.",
+        ),
+        tool::<ListTasksArgs>(
+            "list_tasks",
+            "List tasks, newest first, optionally filtered by status, agent_name or workflow_id; returns {tasks: [summaries without result], total}. Use task_status for a task's result.",
+        ),
+        tool::<NoArgs>(
+            "list_agents",
+            "The agents tasks can be handed to: {agents: [{name, description, runner, model, path}]}. Pick agent_name for task_async from here.",
+        ),
+    ]
+}
+
+#[derive(Clone)]
+pub struct McpServer {
+    service: Service,
+    tools: Arc<Vec<Tool>>,
+}
+
+impl McpServer {
+    pub fn new(service: Service) -> Self {
+        McpServer {
+            service,
+            tools: Arc::new(tools()),
+        }
+    }
+
+    async fn call<A, R, F, Fut>(&self, tool: &str, args: Value, f: F) -> CallToolResult
+    where
+        A: DeserializeOwned,
+        R: Serialize,
+        F: FnOnce(Service, A) -> Fut,
+        Fut: Future<Output = Result<R, ServiceError>>,
+    {
+        let parsed: Result<A, _> = serde_path_to_error::deserialize(args);
+        let result = match parsed {
+            Ok(a) => f(self.service.clone(), a).await,
+            Err(e) => Err(ServiceError::Invalid(argument_error(tool, &e))),
+        };
+        match result {
+            Ok(r) => match serde_json::to_value(&r) {
+                Ok(v) => CallToolResult::structured(v),
+                Err(e) => error_result(&format!("could not encode the answer: {e}")),
+            },
+            Err(e) => error_result(&e.to_string()),
+        }
+    }
+}
+
+fn argument_error(tool: &str, e: &serde_path_to_error::Error<serde_json::Error>) -> String {
+    let path = e.path().to_string();
+    let inner = e.inner().to_string();
+    if path == "." || path.is_empty() {
+        format!("invalid arguments for {tool}: {inner}")
+    } else {
+        format!("invalid arguments for {tool}: {path}: {inner}")
+    }
+}
+
+/// A domain error: `isError: true` with `{"error": message}` as structured and text content.
+fn error_result(message: &str) -> CallToolResult {
+    CallToolResult::structured_error(serde_json::json!({ "error": message }))
+}
+
+impl ServerHandler for McpServer {
+    fn get_info(&self) -> ServerConfig {
+        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
+            .with_server_info(Implementation::new(
+                "orchestr8-async",
+                env!("CARGO_PKG_VERSION"),
+            ))
+            .with_instructions(INSTRUCTIONS)
+    }
+
+    async fn list_tools(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListToolsResult, ErrorData> {
+        Ok(ListToolsResult::with_all_items(self.tools.as_ref().clone()))
+    }
+
+    fn get_tool(&self, name: &str) -> Option<Tool> {
+        self.tools.iter().find(|t| t.name == name).cloned()
+    }
+
+    async fn call_tool(
+        &self,
+        request: CallToolRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, ErrorData> {
+        let args = Value::Object(request.arguments.unwrap_or_default());
+        let name = request.name.as_ref();
+        let result = match name {
+            "task_async" => self.call(name, args, |s, a| async move { s.task_async(a).await }).await,
+            "task_status" => self.call(name, args, |s, a| async move { s.task_status(a).await }).await,
+            "task_cancel" => self.call(name, args, |s, a| async move { s.task_cancel(a).await }).await,
+            "task_retry" => self.call(name, args, |s, a| async move { s.task_retry(a).await }).await,
+            "task_logs" => self.call(name, args, |s, a| async move { s.task_logs(a).await }).await,
+            "task_wait" => self.call(name, args, |s, a| async move { s.task_wait(a).await }).await,
+            "list_tasks" => self.call(name, args, |s, a| async move { s.list_tasks(a).await }).await,
+            "list_agents" => {
+                self.call(name, args, |s, _: NoArgs| async move { s.list_agents().await })
+                    .await
+            }
+            other => error_result(&format!(
+                "unknown tool {other:?}; the tools are: {}",
+                self.tools
+                    .iter()
+                    .map(|t| t.name.as_ref())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
+        };
+        Ok(result.into())
+    }
+}

@@ -1,0 +1,265 @@
+//! Domain types shared by every layer: statuses, priorities, the task record and its public view.
+//!
+//! Times are kept as microseconds since the Unix epoch (`i64`) inside the program, because that is
+//! what DuckDB's TIMESTAMP stores and what the scheduler compares; they become RFC 3339 strings
+//! only at the edge, in [`TaskView`].
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// Microseconds since the Unix epoch, now.
+pub fn now_us() -> i64 {
+    Utc::now().timestamp_micros()
+}
+
+/// RFC 3339 UTC with millisecond precision, the one timestamp format of the public interface.
+pub fn rfc3339(us: i64) -> String {
+    DateTime::<Utc>::from_timestamp_micros(us)
+        .unwrap_or_default()
+        .to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum TaskStatus {
+    Pending,
+    Running,
+    Completed,
+    Failed,
+    Cancelled,
+}
+
+impl TaskStatus {
+    pub const ALL: [TaskStatus; 5] = [
+        TaskStatus::Pending,
+        TaskStatus::Running,
+        TaskStatus::Completed,
+        TaskStatus::Failed,
+        TaskStatus::Cancelled,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskStatus::Pending => "pending",
+            TaskStatus::Running => "running",
+            TaskStatus::Completed => "completed",
+            TaskStatus::Failed => "failed",
+            TaskStatus::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<TaskStatus> {
+        TaskStatus::ALL.into_iter().find(|st| st.as_str() == s)
+    }
+
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            TaskStatus::Completed | TaskStatus::Failed | TaskStatus::Cancelled
+        )
+    }
+}
+
+/// Ordered so that `Critical > High > Normal > Low`; the scheduler relies on this order.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Priority {
+    Low,
+    Normal,
+    High,
+    Critical,
+}
+
+impl Priority {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Priority::Low => "low",
+            Priority::Normal => "normal",
+            Priority::High => "high",
+            Priority::Critical => "critical",
+        }
+    }
+
+    /// Accepts the four contract words plus `medium` as an alias of `normal`.
+    pub fn parse(s: &str) -> Option<Priority> {
+        match s {
+            "low" => Some(Priority::Low),
+            "normal" | "medium" => Some(Priority::Normal),
+            "high" => Some(Priority::High),
+            "critical" => Some(Priority::Critical),
+            _ => None,
+        }
+    }
+
+    pub fn rank(self) -> i16 {
+        self as i16
+    }
+
+    pub fn from_rank(rank: i16) -> Priority {
+        match rank {
+            i16::MIN..=0 => Priority::Low,
+            1 => Priority::Normal,
+            2 => Priority::High,
+            _ => Priority::Critical,
+        }
+    }
+}
+
+/// Token and cost figures a runner may report.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Usage {
+    pub input_tokens: Option<i64>,
+    pub output_tokens: Option<i64>,
+    pub cost_usd: Option<f64>,
+}
+
+impl Usage {
+    pub fn is_empty(&self) -> bool {
+        self.input_tokens.is_none() && self.output_tokens.is_none() && self.cost_usd.is_none()
+    }
+}
+
+/// The full task record, minus its instructions (which can be large and are only needed when an
+/// attempt starts, so they stay in the store instead of in the scheduler's memory).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Task {
+    pub id: Uuid,
+    pub name: String,
+    pub agent_name: String,
+    pub status: TaskStatus,
+    pub priority: Priority,
+    pub created_us: i64,
+    /// Earliest time the task may start: its `run_at`, or the end of its retry back-off.
+    pub scheduled_us: i64,
+    pub started_us: Option<i64>,
+    pub completed_us: Option<i64>,
+    /// How many times the task has been started.
+    pub attempt: u32,
+    pub max_retries: u32,
+    /// `attempt` at the last manual `task_retry`; automatic retries are counted from here, so a
+    /// manual retry grants a fresh retry budget.
+    pub retry_floor: u32,
+    pub timeout_seconds: u32,
+    pub dependencies: Vec<Uuid>,
+    pub workflow_id: Option<Uuid>,
+    pub phase_id: Option<String>,
+    pub working_dir: Option<String>,
+    pub metadata: Option<serde_json::Value>,
+    pub webhook_url: Option<String>,
+    pub idempotency_key: Option<String>,
+    pub result: Option<String>,
+    pub error: Option<String>,
+    pub usage: Usage,
+    /// Process group of the running attempt, with the leader's start time from `/proc`, so that
+    /// crash recovery can stop an orphan without hitting a recycled pid.
+    pub pid: Option<i64>,
+    pub pid_start: Option<i64>,
+}
+
+impl Task {
+    /// Whether a failure now may be retried automatically.
+    pub fn has_retries_left(&self) -> bool {
+        self.attempt.saturating_sub(self.retry_floor) <= self.max_retries
+    }
+
+    pub fn view(&self) -> TaskView {
+        TaskView {
+            task_id: self.id.to_string(),
+            name: self.name.clone(),
+            agent_name: self.agent_name.clone(),
+            status: self.status,
+            priority: self.priority,
+            created_at: rfc3339(self.created_us),
+            scheduled_at: rfc3339(self.scheduled_us),
+            started_at: self.started_us.map(rfc3339),
+            completed_at: self.completed_us.map(rfc3339),
+            attempt: self.attempt,
+            max_retries: self.max_retries,
+            timeout_seconds: self.timeout_seconds,
+            dependencies: self.dependencies.iter().map(Uuid::to_string).collect(),
+            workflow_id: self.workflow_id.map(|w| w.to_string()),
+            phase_id: self.phase_id.clone(),
+            result: self.result.clone(),
+            error: self.error.clone(),
+            usage: (!self.usage.is_empty()).then(|| self.usage.clone()),
+            webhook_url: self.webhook_url.clone(),
+            metadata: self.metadata.clone(),
+        }
+    }
+}
+
+/// The task object of the public contract (section 4).
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct TaskView {
+    pub task_id: String,
+    pub name: String,
+    pub agent_name: String,
+    pub status: TaskStatus,
+    pub priority: Priority,
+    pub created_at: String,
+    pub scheduled_at: String,
+    pub started_at: Option<String>,
+    pub completed_at: Option<String>,
+    pub attempt: u32,
+    pub max_retries: u32,
+    pub timeout_seconds: u32,
+    pub dependencies: Vec<String>,
+    pub workflow_id: Option<String>,
+    pub phase_id: Option<String>,
+    pub result: Option<String>,
+    pub error: Option<String>,
+    pub usage: Option<Usage>,
+    pub webhook_url: Option<String>,
+    pub metadata: Option<serde_json::Value>,
+}
+
+/// One line of a task's log. `seq` grows by one per line over the task's whole life (all
+/// attempts), so `after_seq` paging never skips or repeats a line.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct LogLine {
+    pub seq: i64,
+    pub ts: String,
+    pub level: String,
+    pub message: String,
+}
+
+/// A log line on its way to the store.
+#[derive(Debug, Clone)]
+pub struct NewLogLine {
+    pub task_id: Uuid,
+    pub seq: i64,
+    pub ts_us: i64,
+    pub level: &'static str,
+    pub message: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn priority_order_and_alias() {
+        assert!(Priority::Critical > Priority::High);
+        assert!(Priority::High > Priority::Normal);
+        assert!(Priority::Normal > Priority::Low);
+        assert_eq!(Priority::parse("medium"), Some(Priority::Normal));
+        assert_eq!(Priority::parse("urgent"), None);
+        for p in [
+            Priority::Low,
+            Priority::Normal,
+            Priority::High,
+            Priority::Critical,
+        ] {
+            assert_eq!(Priority::from_rank(p.rank()), p);
+        }
+    }
+
+    #[test]
+    fn rfc3339_is_utc_with_z() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
+    }
+}

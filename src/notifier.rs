@@ -1,0 +1,23 @@
+//! The notifier hook: told of every terminal task state, after it is committed.
+//!
+//! Today's notifier only logs. Webhook delivery plugs in here: it will add an outbox row to the
+//! same store write as the terminal state change (so a crash between "done" and "sent" cannot
+//! lose an event) and deliver it from its own tokio tasks, never in the workers' path.
+
+use crate::model::Task;
+
+pub trait Notifier: Send + Sync {
+    /// Called once per terminal transition (completed, failed for good, cancelled), after the
+    /// transition is durable. Must not block: hand slow work to another task.
+    fn task_finished(&self, task: &Task);
+}
+
+/// Logs terminal transitions at debug level.
+#[derive(Debug, Default)]
+pub struct LogNotifier;
+
+impl Notifier for LogNotifier {
+    fn task_finished(&self, task: &Task) {
+        tracing::debug!(task_id = %task.id, status = task.status.as_str(), "task finished");
+    }
+}

@@ -1,0 +1,298 @@
+//! Starting tasks and running one attempt each.
+//!
+//! The dispatcher sleeps until it is woken (a task became ready, a worker became free) or the
+//! next timer is due; there is no polling interval between a submit and a start.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use uuid::Uuid;
+
+use super::state::{RunHandle, Wait, STOP_CANCEL, STOP_SHUTDOWN, STOP_TIMEOUT};
+use super::{Inner, Transition};
+use crate::backoff;
+use crate::model::{now_us, NewLogLine, Task, TaskStatus};
+use crate::runner::{RunContext, RunJob, RunOutcome};
+use crate::store::WriteOp;
+
+pub(super) async fn dispatcher(inner: Arc<Inner>) {
+    loop {
+        let (to_start, next_timer) = {
+            let mut st = inner.lock();
+            let next = st.promote_due(now_us());
+            let mut to_start = Vec::new();
+            while st.running < inner.cfg.workers {
+                match st.take_next() {
+                    Some(job) => to_start.push(job),
+                    None => break,
+                }
+            }
+            (to_start, next)
+        };
+        for (task, handle) in to_start {
+            tokio::spawn(run_attempt(inner.clone(), task, handle));
+        }
+        let sleep = async {
+            match next_timer {
+                Some(at) => {
+                    let wait_us = (at - now_us()).max(0) as u64;
+                    tokio::time::sleep(Duration::from_micros(wait_us)).await
+                }
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = inner.wake.notified() => {}
+            _ = sleep => {}
+            _ = inner.stopping.cancelled() => break,
+        }
+    }
+    tracing::debug!("dispatcher stopped");
+}
+
+impl Inner {
+    /// Queues a log line for a hot task (written with the next group commit).
+    pub(super) fn log(&self, id: Uuid, level: &'static str, message: String) {
+        let seq = self.lock().next_seq(id);
+        if let Some(seq) = seq {
+            self.store.write_later(vec![WriteOp::AppendLogs(vec![NewLogLine {
+                task_id: id,
+                seq,
+                ts_us: now_us(),
+                level,
+                message,
+            }])]);
+        }
+    }
+}
+
+/// One attempt: reload the agent, commit `running`, run, commit the outcome.
+async fn run_attempt(inner: Arc<Inner>, task: Task, handle: RunHandle) {
+    let id = task.id;
+    // The agent file is read again at start, so an edited agent takes effect without a restart.
+    let agents = inner.agents.clone();
+    let agent_name = task.agent_name.clone();
+    let loaded = tokio::task::spawn_blocking(move || agents.load(&agent_name))
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|r| r.map_err(|e| e.to_string()))
+        .and_then(|agent| {
+            inner
+                .runners
+                .for_agent(&agent)
+                .map(|runner| (agent, runner))
+        });
+    let instructions = match inner.store.instructions(id).await {
+        Ok(Some(i)) => Ok(i),
+        Ok(None) => Err(format!("task {id} has no stored instructions")),
+        Err(e) => Err(e.to_string()),
+    };
+    let (agent, runner, instructions) = match (loaded, instructions) {
+        (Ok((a, r)), Ok(i)) => (a, r, i),
+        (Err(e), _) | (_, Err(e)) => {
+            let mut t = task;
+            t.status = TaskStatus::Failed;
+            t.completed_us = Some(now_us());
+            let msg = format!("could not start: {e}");
+            t.error = Some(msg.clone());
+            inner
+                .commit(vec![Transition {
+                    task: t,
+                    logs: vec![("error", msg)],
+                    ends_attempt: true,
+                }])
+                .await;
+            return;
+        }
+    };
+    if let Some(h) = inner.lock().hot.get_mut(&id) {
+        h.max_concurrency = agent.max_concurrency;
+    }
+
+    let mut running = task.clone();
+    running.status = TaskStatus::Running;
+    running.attempt += 1;
+    running.started_us = Some(now_us());
+    running.completed_us = None;
+    running.result = None;
+    running.error = None;
+    running.pid = None;
+    running.pid_start = None;
+    let seq = inner.lock().next_seq(id).unwrap_or(0);
+    let started = inner
+        .store
+        .write(vec![
+            WriteOp::UpdateTask(Box::new(running.clone())),
+            WriteOp::AppendLogs(vec![NewLogLine {
+                task_id: id,
+                seq,
+                ts_us: now_us(),
+                level: "info",
+                message: format!(
+                    "attempt {} started (runner {}, timeout {}s)",
+                    running.attempt, agent.runner, running.timeout_seconds
+                ),
+            }]),
+        ])
+        .await;
+    if let Err(e) = started {
+        // Nothing ran and nothing durable changed: back to the queue.
+        tracing::error!(task_id = %id, "could not record the start ({e}); requeueing");
+        let mut st = inner.lock();
+        st.release_worker(&task.agent_name);
+        st.enqueue(id, now_us() + 1_000_000);
+        return;
+    }
+    if let Some(h) = inner.lock().hot.get_mut(&id) {
+        h.task = running.clone();
+    }
+
+    let log_inner = inner.clone();
+    let pid_inner = inner.clone();
+    let ctx = RunContext {
+        cancel: handle.cancel.clone(),
+        log: Arc::new(move |level, message| log_inner.log(id, level, message)),
+        on_spawn: Arc::new(move |pid, pid_start| {
+            let task = {
+                let mut st = pid_inner.lock();
+                st.hot.get_mut(&id).map(|h| {
+                    h.task.pid = Some(pid);
+                    h.task.pid_start = pid_start;
+                    h.task.clone()
+                })
+            };
+            if let Some(t) = task {
+                pid_inner
+                    .store
+                    .write_later(vec![WriteOp::UpdateTask(Box::new(t))]);
+            }
+        }),
+    };
+    let job = RunJob {
+        task_id: id,
+        task_name: running.name.clone(),
+        agent,
+        instructions,
+        attempt: running.attempt,
+        workflow_id: running.workflow_id,
+        phase_id: running.phase_id.clone(),
+        working_dir: running.working_dir.clone().map(Into::into),
+    };
+    let timeout = Duration::from_secs(u64::from(running.timeout_seconds));
+    let outcome = if handle.cancel.is_cancelled() {
+        RunOutcome::Stopped
+    } else {
+        let run = runner.run(job, ctx);
+        tokio::pin!(run);
+        tokio::select! {
+            o = &mut run => o,
+            _ = tokio::time::sleep(timeout) => {
+                handle.stop(STOP_TIMEOUT);
+                run.await
+            }
+        }
+    };
+    let current = inner
+        .lock()
+        .hot
+        .get(&id)
+        .map(|h| h.task.clone())
+        .unwrap_or(running);
+    let tr = settle(&inner, current, outcome, handle.reason());
+    if let Some(h) = inner.lock().hot.get_mut(&id) {
+        h.wait = Wait::Finishing;
+    }
+    inner.commit(vec![tr]).await;
+}
+
+/// Turns an attempt's outcome into the task's next state.
+fn settle(inner: &Inner, mut t: Task, outcome: RunOutcome, reason: u8) -> Transition {
+    let now = now_us();
+    t.pid = None;
+    t.pid_start = None;
+    let mut logs = Vec::new();
+    let failure = match outcome {
+        RunOutcome::Completed {
+            result,
+            usage,
+            metadata,
+        } => {
+            t.status = TaskStatus::Completed;
+            t.completed_us = Some(now);
+            t.result = Some(result);
+            t.error = None;
+            t.usage = usage;
+            if let Some(extra) = metadata {
+                let mut m = match t.metadata.take() {
+                    Some(serde_json::Value::Object(m)) => m,
+                    _ => serde_json::Map::new(),
+                };
+                m.extend(extra);
+                t.metadata = Some(serde_json::Value::Object(m));
+            }
+            logs.push(("info", format!("attempt {} completed", t.attempt)));
+            None
+        }
+        RunOutcome::Failed { error, retryable } => Some((error, retryable)),
+        RunOutcome::Stopped => match reason {
+            STOP_TIMEOUT => Some((
+                format!("timed out after {}s (timeout_seconds)", t.timeout_seconds),
+                true,
+            )),
+            STOP_SHUTDOWN => {
+                t.status = TaskStatus::Pending;
+                t.attempt = t.attempt.saturating_sub(1);
+                t.scheduled_us = now;
+                logs.push((
+                    "warn",
+                    "interrupted by server shutdown; it will run again when the server starts (this attempt does not count)".to_string(),
+                ));
+                None
+            }
+            STOP_CANCEL => {
+                t.status = TaskStatus::Cancelled;
+                t.completed_us = Some(now);
+                t.error = Some("cancelled by request while running; its process was stopped".into());
+                logs.push(("info", "cancelled by request; process group stopped".to_string()));
+                None
+            }
+            _ => Some(("the runner stopped without a result".to_string(), true)),
+        },
+    };
+    if let Some((error, retryable)) = failure {
+        if retryable && t.has_retries_left() {
+            let retry = t.attempt.saturating_sub(t.retry_floor);
+            let delay = backoff::delay_ms(
+                inner.cfg.retry_backoff_base_ms,
+                retry,
+                backoff::TASK_RETRY_CAP_MS,
+            );
+            t.status = TaskStatus::Pending;
+            t.scheduled_us = now + (delay as i64) * 1000;
+            logs.push((
+                "warn",
+                format!(
+                    "attempt {} failed: {error}; retry {retry} of {} in {:.1}s",
+                    t.attempt,
+                    t.max_retries,
+                    delay as f64 / 1000.0
+                ),
+            ));
+        } else {
+            t.status = TaskStatus::Failed;
+            t.completed_us = Some(now);
+            let spent = if retryable {
+                format!(" (no retries left of {})", t.max_retries)
+            } else {
+                String::new()
+            };
+            logs.push(("error", format!("attempt {} failed{spent}: {error}", t.attempt)));
+        }
+        t.error = Some(error);
+    }
+    Transition {
+        task: t,
+        logs,
+        ends_attempt: true,
+    }
+}

@@ -1,0 +1,280 @@
+//! The scheduler's in-memory state: every pending and running ("hot") task, the ready queue,
+//! timers and dependency edges. Pure data with no I/O, guarded by one mutex in the scheduler.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeSet, BinaryHeap, HashMap, HashSet};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::model::{Priority, Task};
+
+/// Why a running attempt was asked to stop. The first reason set wins.
+pub const STOP_NONE: u8 = 0;
+pub const STOP_CANCEL: u8 = 1;
+pub const STOP_TIMEOUT: u8 = 2;
+pub const STOP_SHUTDOWN: u8 = 3;
+
+#[derive(Debug, Clone)]
+pub struct RunHandle {
+    pub cancel: CancellationToken,
+    reason: Arc<AtomicU8>,
+}
+
+impl RunHandle {
+    pub fn new() -> Self {
+        RunHandle {
+            cancel: CancellationToken::new(),
+            reason: Arc::new(AtomicU8::new(STOP_NONE)),
+        }
+    }
+
+    /// Records `reason` (unless another came first) and fires the token.
+    pub fn stop(&self, reason: u8) {
+        let _ = self
+            .reason
+            .compare_exchange(STOP_NONE, reason, Ordering::SeqCst, Ordering::SeqCst);
+        self.cancel.cancel();
+    }
+
+    pub fn reason(&self) -> u8 {
+        self.reason.load(Ordering::SeqCst)
+    }
+}
+
+/// Where a hot task is in its life.
+#[derive(Debug)]
+pub enum Wait {
+    /// Being inserted: not yet durable, invisible, never started.
+    Reserved,
+    /// Waiting for these tasks to complete.
+    Deps(HashSet<Uuid>),
+    /// Waiting for `scheduled_us` (run_at or retry back-off); has an entry in `timers`.
+    Delayed,
+    /// In the ready queue.
+    Ready,
+    /// An attempt is under way.
+    Running(RunHandle),
+    /// A terminal change is being committed; nothing may start it.
+    Finishing,
+}
+
+#[derive(Debug)]
+pub struct Hot {
+    pub task: Task,
+    pub wait: Wait,
+    pub next_seq: i64,
+    pub max_concurrency: Option<u32>,
+}
+
+/// Ready-queue order: highest priority first, then oldest, then id (UUIDv7: creation order).
+pub type ReadyKey = (Reverse<Priority>, i64, Uuid);
+
+pub fn ready_key(t: &Task) -> ReadyKey {
+    (Reverse(t.priority), t.created_us, t.id)
+}
+
+#[derive(Debug, Default)]
+pub struct State {
+    pub hot: HashMap<Uuid, Hot>,
+    pub ready: BTreeSet<ReadyKey>,
+    pub timers: BinaryHeap<Reverse<(i64, Uuid)>>,
+    /// dependency -> tasks waiting on it
+    pub dependents: HashMap<Uuid, Vec<Uuid>>,
+    pub running: usize,
+    pub running_per_agent: HashMap<String, u32>,
+}
+
+impl State {
+    /// Puts a hot task whose dependencies are met into the ready queue, or on a timer if its
+    /// time has not come.
+    pub fn enqueue(&mut self, id: Uuid, now_us: i64) {
+        let Some(h) = self.hot.get_mut(&id) else {
+            return;
+        };
+        if h.task.scheduled_us > now_us {
+            h.wait = Wait::Delayed;
+            self.timers.push(Reverse((h.task.scheduled_us, id)));
+        } else {
+            h.wait = Wait::Ready;
+            self.ready.insert(ready_key(&h.task));
+        }
+    }
+
+    /// Moves tasks whose time has come from the timers to the ready queue; returns the next
+    /// timer's time, if any.
+    pub fn promote_due(&mut self, now_us: i64) -> Option<i64> {
+        while let Some(Reverse((at, id))) = self.timers.peek().copied() {
+            if at > now_us {
+                return Some(at);
+            }
+            self.timers.pop();
+            // Entries are not removed on cancel or reschedule; skip the stale ones here.
+            if let Some(h) = self.hot.get_mut(&id) {
+                if matches!(h.wait, Wait::Delayed) && h.task.scheduled_us <= now_us {
+                    h.wait = Wait::Ready;
+                    self.ready.insert(ready_key(&h.task));
+                }
+            }
+        }
+        None
+    }
+
+    /// Takes the best ready task that its agent's `max_concurrency` allows, marking it running.
+    pub fn take_next(&mut self) -> Option<(Task, RunHandle)> {
+        let key = self.ready.iter().copied().find(|(_, _, id)| {
+            self.hot.get(id).is_some_and(|h| {
+                let busy = self
+                    .running_per_agent
+                    .get(&h.task.agent_name)
+                    .copied()
+                    .unwrap_or(0);
+                h.max_concurrency.is_none_or(|limit| busy < limit)
+            })
+        })?;
+        self.ready.remove(&key);
+        let h = self.hot.get_mut(&key.2)?;
+        let handle = RunHandle::new();
+        h.wait = Wait::Running(handle.clone());
+        self.running += 1;
+        *self
+            .running_per_agent
+            .entry(h.task.agent_name.clone())
+            .or_default() += 1;
+        Some((h.task.clone(), handle))
+    }
+
+    /// Bookkeeping for an attempt that has ended (whatever its outcome).
+    pub fn release_worker(&mut self, agent: &str) {
+        self.running = self.running.saturating_sub(1);
+        if let Some(n) = self.running_per_agent.get_mut(agent) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.running_per_agent.remove(agent);
+            }
+        }
+    }
+
+    /// Takes a task out of whichever queue holds it so nothing can start it.
+    pub fn withdraw(&mut self, id: Uuid) {
+        if let Some(h) = self.hot.get_mut(&id) {
+            if matches!(h.wait, Wait::Ready) {
+                self.ready.remove(&ready_key(&h.task));
+            }
+            h.wait = Wait::Finishing;
+        }
+    }
+
+    pub fn next_seq(&mut self, id: Uuid) -> Option<i64> {
+        let h = self.hot.get_mut(&id)?;
+        h.next_seq += 1;
+        Some(h.next_seq)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{TaskStatus, Usage};
+
+    fn task(priority: Priority, created_us: i64, agent: &str) -> Task {
+        Task {
+            id: Uuid::now_v7(),
+            name: "t".into(),
+            agent_name: agent.into(),
+            status: TaskStatus::Pending,
+            priority,
+            created_us,
+            scheduled_us: created_us,
+            started_us: None,
+            completed_us: None,
+            attempt: 0,
+            max_retries: 0,
+            retry_floor: 0,
+            timeout_seconds: 60,
+            dependencies: vec![],
+            workflow_id: None,
+            phase_id: None,
+            working_dir: None,
+            metadata: None,
+            webhook_url: None,
+            idempotency_key: None,
+            result: None,
+            error: None,
+            usage: Usage::default(),
+            pid: None,
+            pid_start: None,
+        }
+    }
+
+    fn add(st: &mut State, t: Task, limit: Option<u32>) -> Uuid {
+        let id = t.id;
+        st.hot.insert(
+            id,
+            Hot {
+                task: t,
+                wait: Wait::Reserved,
+                next_seq: 0,
+                max_concurrency: limit,
+            },
+        );
+        st.enqueue(id, 1_000);
+        id
+    }
+
+    #[test]
+    fn highest_priority_then_oldest() {
+        let mut st = State::default();
+        let low = add(&mut st, task(Priority::Low, 1, "a"), None);
+        let n2 = add(&mut st, task(Priority::Normal, 2, "a"), None);
+        let n1 = add(&mut st, task(Priority::Normal, 1, "a"), None);
+        let crit = add(&mut st, task(Priority::Critical, 5, "a"), None);
+        let order: Vec<Uuid> = std::iter::from_fn(|| st.take_next().map(|(t, _)| t.id)).collect();
+        assert_eq!(order, vec![crit, n1, n2, low]);
+        assert_eq!(st.running, 4);
+    }
+
+    #[test]
+    fn agent_limit_skips_to_other_agents() {
+        let mut st = State::default();
+        let a1 = add(&mut st, task(Priority::High, 1, "a"), Some(1));
+        let _a2 = add(&mut st, task(Priority::High, 2, "a"), Some(1));
+        let b = add(&mut st, task(Priority::Low, 3, "b"), None);
+        assert_eq!(st.take_next().unwrap().0.id, a1);
+        assert_eq!(st.take_next().unwrap().0.id, b);
+        assert!(st.take_next().is_none());
+        st.release_worker("a");
+        assert!(st.take_next().is_some());
+    }
+
+    #[test]
+    fn timers_promote_when_due() {
+        let mut st = State::default();
+        let mut t = task(Priority::Normal, 1, "a");
+        t.scheduled_us = 5_000;
+        let id = add(&mut st, t, None);
+        assert!(st.take_next().is_none());
+        assert_eq!(st.promote_due(4_999), Some(5_000));
+        assert_eq!(st.promote_due(5_000), None);
+        assert_eq!(st.take_next().unwrap().0.id, id);
+    }
+
+    #[test]
+    fn withdrawn_tasks_never_start() {
+        let mut st = State::default();
+        let id = add(&mut st, task(Priority::Normal, 1, "a"), None);
+        st.withdraw(id);
+        assert!(st.take_next().is_none());
+    }
+
+    #[test]
+    fn stop_reason_first_wins() {
+        let h = RunHandle::new();
+        h.stop(STOP_TIMEOUT);
+        h.stop(STOP_CANCEL);
+        assert_eq!(h.reason(), STOP_TIMEOUT);
+        assert!(h.cancel.is_cancelled());
+    }
+}

@@ -1,0 +1,393 @@
+//! The service core: the one place every frontend (MCP, REST, CLI) calls.
+//!
+//! It validates arguments into domain values (every refusal says what to change), then asks the
+//! scheduler to act and shapes the answer. It holds no state of its own and writes no SQL.
+
+use std::path::Path;
+use std::time::Duration;
+
+use uuid::Uuid;
+
+use crate::agents::{validate_name, AgentError};
+use crate::api::*;
+use crate::limits;
+use crate::model::{now_us, Priority, Task, TaskStatus, Usage};
+use crate::scheduler::{not_found, SchedError, Scheduler, Submitted};
+use crate::store::TaskFilter;
+
+/// Default per-attempt timeout when neither the task nor its agent sets one.
+pub const DEFAULT_TIMEOUT_SECONDS: u32 = 3600;
+/// Most dependencies one task may list.
+pub const MAX_DEPENDENCIES: usize = 1000;
+/// Most ids one task_wait may list.
+pub const MAX_WAIT_IDS: usize = 10_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// A value is wrong (HTTP 400).
+    #[error("{0}")]
+    Invalid(String),
+    /// An id names nothing (HTTP 404).
+    #[error("{0}")]
+    NotFound(String),
+    /// The change is not allowed in the current state (HTTP 409).
+    #[error("{0}")]
+    Conflict(String),
+    /// Something broke on our side (HTTP 500/503).
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl From<SchedError> for ServiceError {
+    fn from(e: SchedError) -> Self {
+        match e {
+            SchedError::NotFound(m) => ServiceError::NotFound(m),
+            SchedError::Conflict(m) => ServiceError::Conflict(m),
+            SchedError::Invalid(m) => ServiceError::Invalid(m),
+            SchedError::ShuttingDown => ServiceError::Internal(e.to_string()),
+            SchedError::Store(e) => ServiceError::Internal(e.to_string()),
+        }
+    }
+}
+
+impl From<AgentError> for ServiceError {
+    fn from(e: AgentError) -> Self {
+        match e {
+            AgentError::NotFound(m) => ServiceError::NotFound(m),
+            other => ServiceError::Invalid(other.to_string()),
+        }
+    }
+}
+
+type Result<T> = std::result::Result<T, ServiceError>;
+
+fn invalid<T>(msg: impl Into<String>) -> Result<T> {
+    Err(ServiceError::Invalid(msg.into()))
+}
+
+pub fn parse_task_id(field: &str, s: &str) -> Result<Uuid> {
+    Uuid::parse_str(s.trim()).map_err(|_| {
+        ServiceError::Invalid(format!(
+            "{field}: {s:?} is not a task id; task ids are UUIDs such as \"0190f5c2-7b1e-7cc3-8a5e-3f1d2c4b5a69\", as returned by task_async"
+        ))
+    })
+}
+
+fn in_range(field: &str, v: Option<i64>, lo: i64, hi: i64, default: i64) -> Result<i64> {
+    match v {
+        None => Ok(default),
+        Some(x) if (lo..=hi).contains(&x) => Ok(x),
+        Some(x) => invalid(format!("{field} must be between {lo} and {hi} (got {x})")),
+    }
+}
+
+pub fn validate_webhook_url(url: &str) -> Result<String> {
+    if url.len() > 2048 {
+        return invalid("webhook_url is longer than 2048 characters");
+    }
+    let parsed = url::Url::parse(url).map_err(|e| {
+        ServiceError::Invalid(format!(
+            "webhook_url {url:?} is not a valid URL ({e}); use for example \"https://example.com/hooks/orchestr8\""
+        ))
+    })?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return invalid(format!(
+            "webhook_url must use http or https (got {:?})",
+            parsed.scheme()
+        ));
+    }
+    if parsed.host_str().is_none_or(str::is_empty) {
+        return invalid("webhook_url has no host");
+    }
+    Ok(url.to_string())
+}
+
+#[derive(Clone)]
+pub struct Service {
+    sched: Scheduler,
+}
+
+impl Service {
+    pub fn new(sched: Scheduler) -> Self {
+        Service { sched }
+    }
+
+    pub fn scheduler(&self) -> &Scheduler {
+        &self.sched
+    }
+
+    pub async fn task_async(&self, a: TaskAsyncArgs) -> Result<TaskAccepted> {
+        let name = a.name.trim().to_string();
+        if name.is_empty() || name.len() > 200 {
+            return invalid("name must be 1-200 characters, e.g. \"review auth.rs\"");
+        }
+        validate_name("agent_name", &a.agent_name).map_err(ServiceError::Invalid)?;
+        if a.agent_instructions.trim().is_empty() {
+            return invalid("agent_instructions is empty; say what the agent should do");
+        }
+        if a.agent_instructions.len() > limits::MAX_INSTRUCTIONS_BYTES {
+            return invalid(format!(
+                "agent_instructions is {} bytes; the limit is {} (1 MiB): put large inputs in a file under working_dir and refer to it",
+                a.agent_instructions.len(),
+                limits::MAX_INSTRUCTIONS_BYTES
+            ));
+        }
+        let priority = match a.priority.as_deref() {
+            None => Priority::Normal,
+            Some(p) => Priority::parse(p).ok_or_else(|| {
+                ServiceError::Invalid(format!(
+                    "priority {p:?} is not one of low, normal, high, critical (medium means normal)"
+                ))
+            })?,
+        };
+        let webhook_url = a.webhook_url.as_deref().map(validate_webhook_url).transpose()?;
+        let mut dependencies = Vec::new();
+        for d in a.dependencies.unwrap_or_default() {
+            let id = parse_task_id("dependencies", &d)?;
+            if !dependencies.contains(&id) {
+                dependencies.push(id);
+            }
+        }
+        if dependencies.len() > MAX_DEPENDENCIES {
+            return invalid(format!("dependencies lists more than {MAX_DEPENDENCIES} tasks"));
+        }
+        let idempotency_key = match a.idempotency_key {
+            Some(k) if k.is_empty() || k.len() > 200 => {
+                return invalid("idempotency_key must be 1-200 characters")
+            }
+            k => k,
+        };
+        let working_dir = match a.working_dir {
+            Some(d) => {
+                if !Path::new(&d).is_dir() {
+                    return invalid(format!(
+                        "working_dir {d:?} is not an existing directory (relative paths are taken from the server's working directory)"
+                    ));
+                }
+                Some(d)
+            }
+            None => None,
+        };
+        let metadata = match a.metadata {
+            None | Some(serde_json::Value::Null) => None,
+            Some(m @ serde_json::Value::Object(_)) => {
+                if m.to_string().len() > limits::MAX_METADATA_BYTES {
+                    return invalid("metadata is larger than 64 KiB");
+                }
+                Some(m)
+            }
+            Some(_) => return invalid("metadata must be a JSON object, e.g. {\"ticket\": \"ENG-42\"}"),
+        };
+        let now = now_us();
+        let scheduled_us = match a.run_at.as_deref() {
+            None => now,
+            Some(s) => chrono::DateTime::parse_from_rfc3339(s)
+                .map_err(|e| {
+                    ServiceError::Invalid(format!(
+                        "run_at {s:?} is not an RFC 3339 time ({e}); use e.g. \"2026-01-01T09:00:00Z\""
+                    ))
+                })?
+                .timestamp_micros()
+                .max(now),
+        };
+
+        // The agent must exist and be runnable now, not only when a worker picks the task up.
+        let agents = self.sched.agents().clone();
+        let agent_name = a.agent_name.clone();
+        let agent = tokio::task::spawn_blocking(move || agents.load(&agent_name))
+            .await
+            .map_err(|e| ServiceError::Internal(e.to_string()))??;
+        self.sched
+            .runners()
+            .for_agent(&agent)
+            .map_err(ServiceError::Invalid)?;
+        let timeout_seconds = in_range(
+            "timeout_seconds",
+            a.timeout_seconds,
+            1,
+            86_400,
+            i64::from(agent.timeout_seconds.unwrap_or(DEFAULT_TIMEOUT_SECONDS)),
+        )? as u32;
+        let max_retries =
+            in_range("max_retries", a.max_retries, 0, 10, i64::from(agent.max_retries.unwrap_or(0)))? as u32;
+
+        let task = Task {
+            id: Uuid::now_v7(),
+            name,
+            agent_name: agent.name.clone(),
+            status: TaskStatus::Pending,
+            priority,
+            created_us: now,
+            scheduled_us,
+            started_us: None,
+            completed_us: None,
+            attempt: 0,
+            max_retries,
+            retry_floor: 0,
+            timeout_seconds,
+            dependencies,
+            workflow_id: None,
+            phase_id: None,
+            working_dir,
+            metadata,
+            webhook_url,
+            idempotency_key,
+            result: None,
+            error: None,
+            usage: Usage::default(),
+            pid: None,
+            pid_start: None,
+        };
+        let (task, existing) = match self
+            .sched
+            .submit(task, a.agent_instructions, agent.max_concurrency)
+            .await?
+        {
+            Submitted::Created(t) => (t, false),
+            Submitted::Existing(t) => (t, true),
+        };
+        let view = task.view();
+        Ok(TaskAccepted {
+            task_id: view.task_id,
+            status: view.status,
+            created_at: view.created_at,
+            existing,
+        })
+    }
+
+    pub async fn task_status(&self, a: TaskIdArgs) -> Result<TaskWithLogs> {
+        let id = parse_task_id("task_id", &a.task_id)?;
+        let task = self
+            .sched
+            .task(id)
+            .await?
+            .ok_or_else(|| ServiceError::NotFound(not_found(id)))?;
+        let logs = self
+            .sched
+            .store()
+            .last_logs(id, 20)
+            .await
+            .map_err(|e| ServiceError::Internal(e.to_string()))?;
+        Ok(TaskWithLogs {
+            task: task.view(),
+            logs,
+        })
+    }
+
+    pub async fn task_cancel(&self, a: TaskIdArgs) -> Result<crate::model::TaskView> {
+        let id = parse_task_id("task_id", &a.task_id)?;
+        Ok(self.sched.cancel(id).await?.view())
+    }
+
+    pub async fn task_retry(&self, a: TaskIdArgs) -> Result<crate::model::TaskView> {
+        let id = parse_task_id("task_id", &a.task_id)?;
+        Ok(self.sched.retry(id).await?.view())
+    }
+
+    pub async fn task_logs(&self, a: TaskLogsArgs) -> Result<TaskLogs> {
+        let id = parse_task_id("task_id", &a.task_id)?;
+        let after = in_range("after_seq", a.after_seq, 0, i64::MAX, 0)?;
+        let limit = in_range("limit", a.limit, 1, 1000, 100)? as u32;
+        if self.sched.task(id).await?.is_none() {
+            return Err(ServiceError::NotFound(not_found(id)));
+        }
+        let logs = self
+            .sched
+            .store()
+            .logs(id, after, limit)
+            .await
+            .map_err(|e| ServiceError::Internal(e.to_string()))?;
+        Ok(TaskLogs {
+            task_id: id.to_string(),
+            logs,
+        })
+    }
+
+    pub async fn task_wait(&self, a: TaskWaitArgs) -> Result<TaskWaitResult> {
+        if a.task_ids.is_empty() || a.task_ids.len() > MAX_WAIT_IDS {
+            return invalid(format!(
+                "task_ids must list 1 to {MAX_WAIT_IDS} task ids (got {})",
+                a.task_ids.len()
+            ));
+        }
+        let ids = a
+            .task_ids
+            .iter()
+            .map(|s| parse_task_id("task_ids", s))
+            .collect::<Result<Vec<_>>>()?;
+        let any = match a.mode.as_deref() {
+            None | Some("all") => false,
+            Some("any") => true,
+            Some(m) => return invalid(format!("mode {m:?} must be \"any\" or \"all\"")),
+        };
+        let timeout = in_range("timeout_seconds", a.timeout_seconds, 1, 600, 60)? as u64;
+        let (tasks, timed_out) = self
+            .sched
+            .wait(ids, any, Duration::from_secs(timeout))
+            .await?;
+        Ok(TaskWaitResult {
+            tasks: tasks.iter().map(Task::view).collect(),
+            timed_out,
+        })
+    }
+
+    pub async fn list_tasks(&self, a: ListTasksArgs) -> Result<TaskList> {
+        let status = match a.status.as_deref() {
+            None => None,
+            Some(s) => Some(TaskStatus::parse(s).ok_or_else(|| {
+                ServiceError::Invalid(format!(
+                    "status {s:?} is not one of pending, running, completed, failed, cancelled"
+                ))
+            })?),
+        };
+        if let Some(agent) = &a.agent_name {
+            validate_name("agent_name", agent).map_err(ServiceError::Invalid)?;
+        }
+        let workflow_id = a
+            .workflow_id
+            .as_deref()
+            .map(|w| {
+                Uuid::parse_str(w).map_err(|_| {
+                    ServiceError::Invalid(format!("workflow_id {w:?} is not a UUID"))
+                })
+            })
+            .transpose()?;
+        let limit = in_range("limit", a.limit, 1, 1000, 50)? as u32;
+        let offset = in_range("offset", a.offset, 0, i64::MAX, 0)? as u64;
+        let (tasks, total) = self
+            .sched
+            .store()
+            .list_tasks(TaskFilter {
+                status,
+                agent_name: a.agent_name,
+                workflow_id,
+                limit,
+                offset,
+            })
+            .await
+            .map_err(|e| ServiceError::Internal(e.to_string()))?;
+        Ok(TaskList {
+            tasks: tasks.iter().map(|t| t.view().into()).collect(),
+            total,
+        })
+    }
+
+    pub async fn list_agents(&self) -> Result<AgentList> {
+        let agents = self.sched.agents().clone();
+        let list = tokio::task::spawn_blocking(move || agents.list())
+            .await
+            .map_err(|e| ServiceError::Internal(e.to_string()))?;
+        Ok(AgentList {
+            agents: list
+                .into_iter()
+                .map(|a| AgentInfo {
+                    name: a.name,
+                    description: a.description,
+                    runner: a.runner,
+                    model: a.model,
+                    path: a.path.display().to_string(),
+                })
+                .collect(),
+        })
+    }
+}

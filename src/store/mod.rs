@@ -1,0 +1,447 @@
+//! The store: the only module that talks to DuckDB.
+//!
+//! One writer thread owns the write connection. Callers send [`WriteOp`] batches over a channel;
+//! the writer drains whatever has queued up and commits it all in **one transaction** (group
+//! commit), then answers each caller. A batch sent together always lands in one transaction, so a
+//! state change and what must accompany it (its log lines, later its webhook outbox row) are
+//! atomic. If a group fails, its batches are retried one by one so that one bad batch cannot fail
+//! its neighbours.
+//!
+//! Reads go through a small pool of cloned connections on the blocking thread pool, so they never
+//! wait behind a commit. DuckDB's MVCC gives each read a consistent snapshot.
+
+mod rows;
+mod schema;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use duckdb::Connection;
+use tokio::sync::{mpsc, oneshot};
+use uuid::Uuid;
+
+use crate::model::{now_us, LogLine, NewLogLine, Task, TaskStatus};
+pub use schema::SCHEMA_VERSION;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Db(#[from] duckdb::Error),
+    #[error("{0}")]
+    Schema(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("the store has shut down")]
+    Closed,
+    #[error("database I/O error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// A durable change. Ops of one [`Store::write`] call commit together or not at all.
+#[derive(Debug, Clone)]
+pub enum WriteOp {
+    InsertTask { task: Box<Task>, instructions: String },
+    UpdateTask(Box<Task>),
+    AppendLogs(Vec<NewLogLine>),
+}
+
+/// What an op did, in the order of the ops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpOutcome {
+    Done,
+    /// An insert whose idempotency key already belonged to this task; nothing was written.
+    Existing(Uuid),
+}
+
+type Reply = oneshot::Sender<Result<Vec<OpOutcome>, StoreError>>;
+
+struct WriteRequest {
+    ops: Vec<WriteOp>,
+    reply: Option<Reply>,
+}
+
+/// Most requests committed in one transaction; bounds the latency a group adds to its first
+/// member.
+const MAX_GROUP: usize = 1024;
+
+/// Filters of `list_tasks`.
+#[derive(Debug, Clone, Default)]
+pub struct TaskFilter {
+    pub status: Option<TaskStatus>,
+    pub agent_name: Option<String>,
+    pub workflow_id: Option<Uuid>,
+    pub limit: u32,
+    pub offset: u64,
+}
+
+pub struct Store {
+    tx: Mutex<Option<mpsc::UnboundedSender<WriteRequest>>>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+    readers: Arc<Mutex<Vec<Connection>>>,
+    base: Mutex<Connection>,
+}
+
+impl Store {
+    /// Opens (creating parent folders and the file as needed) and migrates the database, and
+    /// starts the writer thread.
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent)?;
+        }
+        let conn = Connection::open(path)?;
+        schema::apply(&conn)?;
+        let writer_conn = conn.try_clone()?;
+        writer_conn.set_prepared_statement_cache_capacity(64);
+        let (tx, rx) = mpsc::unbounded_channel();
+        let writer = std::thread::Builder::new()
+            .name("o8-store-writer".into())
+            .spawn(move || writer_loop(writer_conn, rx))?;
+        Ok(Store {
+            tx: Mutex::new(Some(tx)),
+            writer: Mutex::new(Some(writer)),
+            readers: Arc::new(Mutex::new(Vec::new())),
+            base: Mutex::new(conn),
+        })
+    }
+
+    /// Commits `ops` (together with whatever else is queued) and returns once they are durable.
+    pub async fn write(&self, ops: Vec<WriteOp>) -> Result<Vec<OpOutcome>, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(WriteRequest {
+            ops,
+            reply: Some(reply),
+        })?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Queues `ops` for the next group commit without waiting (log lines). Order with later
+    /// writes is kept: anything written after this call commits in the same or a later group.
+    pub fn write_later(&self, ops: Vec<WriteOp>) {
+        if self.send(WriteRequest { ops, reply: None }).is_err() {
+            tracing::warn!("store closed; dropping a deferred write");
+        }
+    }
+
+    fn send(&self, req: WriteRequest) -> Result<(), StoreError> {
+        let guard = self.tx.lock().map_err(|_| StoreError::Closed)?;
+        guard
+            .as_ref()
+            .ok_or(StoreError::Closed)?
+            .send(req)
+            .map_err(|_| StoreError::Closed)
+    }
+
+    /// Stops the writer after it has committed everything queued so far.
+    pub fn close(&self) {
+        if let Ok(mut tx) = self.tx.lock() {
+            tx.take();
+        }
+        let handle = self.writer.lock().ok().and_then(|mut w| w.take());
+        if let Some(h) = handle {
+            let _ = h.join();
+        }
+    }
+
+    /// Runs a read on a pooled connection off the async threads.
+    async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let conn = {
+            let pooled = self.readers.lock().ok().and_then(|mut p| p.pop());
+            match pooled {
+                Some(c) => c,
+                None => {
+                    let base = self.base.lock().map_err(|_| StoreError::Closed)?;
+                    let c = base.try_clone()?;
+                    c.set_prepared_statement_cache_capacity(32);
+                    c
+                }
+            }
+        };
+        let readers = self.readers.clone();
+        tokio::task::spawn_blocking(move || {
+            let out = f(&conn);
+            if let Ok(mut p) = readers.lock() {
+                if p.len() < 8 {
+                    p.push(conn);
+                }
+            }
+            out
+        })
+        .await
+        .map_err(|_| StoreError::Closed)?
+    }
+
+    pub async fn task(&self, id: Uuid) -> Result<Option<Task>, StoreError> {
+        self.read(move |c| {
+            let sql = format!("SELECT {} FROM tasks WHERE task_id = ?", rows::TASK_COLUMNS);
+            let mut st = c.prepare_cached(&sql)?;
+            let mut r = st.query([id.to_string()])?;
+            Ok(match r.next()? {
+                Some(row) => Some(rows::task_from_row(row)?),
+                None => None,
+            })
+        })
+        .await
+    }
+
+    /// Tasks by id, in no particular order; unknown ids are simply absent.
+    pub async fn tasks(&self, ids: Vec<Uuid>) -> Result<Vec<Task>, StoreError> {
+        self.read(move |c| {
+            let mut out = Vec::with_capacity(ids.len());
+            for chunk in ids.chunks(500) {
+                // Ids are parsed Uuids, so formatting them into SQL cannot inject anything.
+                let list = chunk
+                    .iter()
+                    .map(|id| format!("'{id}'"))
+                    .collect::<Vec<_>>()
+                    .join(",");
+                let sql = format!(
+                    "SELECT {} FROM tasks WHERE task_id IN ({list})",
+                    rows::TASK_COLUMNS
+                );
+                let mut st = c.prepare(&sql)?;
+                let mut r = st.query([])?;
+                while let Some(row) = r.next()? {
+                    out.push(rows::task_from_row(row)?);
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// Every pending or running task: the scheduler's state at start.
+    pub async fn active_tasks(&self) -> Result<Vec<Task>, StoreError> {
+        self.read(|c| {
+            let sql = format!(
+                "SELECT {} FROM tasks WHERE status IN ('pending', 'running') ORDER BY created_at",
+                rows::TASK_COLUMNS
+            );
+            let mut st = c.prepare(&sql)?;
+            let mut r = st.query([])?;
+            let mut out = Vec::new();
+            while let Some(row) = r.next()? {
+                out.push(rows::task_from_row(row)?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    pub async fn instructions(&self, id: Uuid) -> Result<Option<String>, StoreError> {
+        self.read(move |c| {
+            let mut st = c.prepare_cached("SELECT instructions FROM tasks WHERE task_id = ?")?;
+            let mut r = st.query([id.to_string()])?;
+            Ok(match r.next()? {
+                Some(row) => Some(row.get(0)?),
+                None => None,
+            })
+        })
+        .await
+    }
+
+    pub async fn list_tasks(&self, f: TaskFilter) -> Result<(Vec<Task>, u64), StoreError> {
+        self.read(move |c| {
+            let mut clauses = Vec::new();
+            let mut args: Vec<String> = Vec::new();
+            if let Some(s) = f.status {
+                clauses.push("status = ?");
+                args.push(s.as_str().to_string());
+            }
+            if let Some(a) = &f.agent_name {
+                clauses.push("agent_name = ?");
+                args.push(a.clone());
+            }
+            if let Some(w) = f.workflow_id {
+                clauses.push("workflow_id = ?");
+                args.push(w.to_string());
+            }
+            let filter = if clauses.is_empty() {
+                String::new()
+            } else {
+                format!("WHERE {}", clauses.join(" AND "))
+            };
+            let total: i64 = c
+                .prepare_cached(&format!("SELECT count(*) FROM tasks {filter}"))?
+                .query_row(duckdb::params_from_iter(args.iter()), |r| r.get(0))?;
+            let sql = format!(
+                "SELECT {} FROM tasks {filter} ORDER BY created_at DESC, task_id DESC LIMIT {} OFFSET {}",
+                rows::TASK_COLUMNS,
+                f.limit,
+                f.offset
+            );
+            let mut st = c.prepare_cached(&sql)?;
+            let mut r = st.query(duckdb::params_from_iter(args.iter()))?;
+            let mut out = Vec::new();
+            while let Some(row) = r.next()? {
+                out.push(rows::task_from_row(row)?);
+            }
+            Ok((out, total.max(0) as u64))
+        })
+        .await
+    }
+
+    /// Log lines with `seq > after_seq`, oldest first.
+    pub async fn logs(&self, id: Uuid, after_seq: i64, limit: u32) -> Result<Vec<LogLine>, StoreError> {
+        self.read(move |c| {
+            let mut st = c.prepare_cached(
+                "SELECT seq, epoch_us(ts), level, message FROM task_logs \
+                 WHERE task_id = ? AND seq > ? ORDER BY seq LIMIT ?",
+            )?;
+            let rows = st.query_map(duckdb::params![id.to_string(), after_seq, limit], rows::log_from_row)?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    /// The last `n` log lines, oldest first.
+    pub async fn last_logs(&self, id: Uuid, n: u32) -> Result<Vec<LogLine>, StoreError> {
+        self.read(move |c| {
+            let mut st = c.prepare_cached(
+                "SELECT seq, epoch_us(ts), level, message FROM task_logs \
+                 WHERE task_id = ? ORDER BY seq DESC LIMIT ?",
+            )?;
+            let rows = st.query_map(duckdb::params![id.to_string(), n], rows::log_from_row)?;
+            let mut lines = rows.collect::<Result<Vec<_>, _>>()?;
+            lines.reverse();
+            Ok(lines)
+        })
+        .await
+    }
+
+    /// The highest log `seq` of each task (absent: no lines yet).
+    pub async fn max_log_seqs(&self, ids: Vec<Uuid>) -> Result<HashMap<Uuid, i64>, StoreError> {
+        if ids.is_empty() {
+            return Ok(HashMap::new());
+        }
+        self.read(move |c| {
+            let mut out = HashMap::new();
+            for chunk in ids.chunks(500) {
+                let list = chunk
+                    .iter()
+                    .map(|id| format!("'{id}'"))
+                    .collect::<Vec<_>>()
+                    .join(",");
+                let sql = format!(
+                    "SELECT task_id::VARCHAR, max(seq) FROM task_logs WHERE task_id IN ({list}) GROUP BY 1"
+                );
+                let mut st = c.prepare(&sql)?;
+                let mut r = st.query([])?;
+                while let Some(row) = r.next()? {
+                    let id: String = row.get(0)?;
+                    if let Ok(id) = Uuid::parse_str(&id) {
+                        out.insert(id, row.get(1)?);
+                    }
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+fn writer_loop(conn: Connection, mut rx: mpsc::UnboundedReceiver<WriteRequest>) {
+    while let Some(first) = rx.blocking_recv() {
+        let mut group = vec![first];
+        while group.len() < MAX_GROUP {
+            match rx.try_recv() {
+                Ok(r) => group.push(r),
+                Err(_) => break,
+            }
+        }
+        match commit(&conn, group.iter().map(|r| r.ops.as_slice())) {
+            Ok(mut outcomes) => {
+                for (req, out) in group.into_iter().zip(outcomes.drain(..)) {
+                    if let Some(reply) = req.reply {
+                        let _ = reply.send(Ok(out));
+                    }
+                }
+            }
+            Err(e) if group.len() == 1 => reply_err(group, e),
+            Err(e) => {
+                tracing::warn!("group commit of {} batches failed ({e}); retrying one by one", group.len());
+                for req in group {
+                    let res = commit(&conn, std::iter::once(req.ops.as_slice()))
+                        .map(|mut o| o.pop().unwrap_or_default());
+                    if let Err(e) = &res {
+                        tracing::error!("write failed: {e}");
+                    }
+                    if let Some(reply) = req.reply {
+                        let _ = reply.send(res);
+                    }
+                }
+            }
+        }
+    }
+    tracing::debug!("store writer stopped");
+}
+
+fn reply_err(group: Vec<WriteRequest>, e: StoreError) {
+    tracing::error!("write failed: {e}");
+    for req in group {
+        if let Some(reply) = req.reply {
+            let _ = reply.send(Err(StoreError::Conflict(e.to_string())));
+        }
+    }
+}
+
+/// One transaction over several batches; returns each batch's outcomes.
+fn commit<'a>(
+    conn: &Connection,
+    batches: impl Iterator<Item = &'a [WriteOp]>,
+) -> Result<Vec<Vec<OpOutcome>>, StoreError> {
+    conn.execute_batch("BEGIN TRANSACTION")?;
+    let res = (|| {
+        let now = now_us();
+        let mut all = Vec::new();
+        let mut logs: Vec<&NewLogLine> = Vec::new();
+        for ops in batches {
+            let mut outs = Vec::with_capacity(ops.len());
+            for op in ops {
+                outs.push(match op {
+                    WriteOp::InsertTask { task, instructions } => {
+                        match rows::insert_task(conn, task, instructions, now)? {
+                            Some(existing) => OpOutcome::Existing(existing),
+                            None => OpOutcome::Done,
+                        }
+                    }
+                    WriteOp::UpdateTask(task) => {
+                        rows::update_task(conn, task, now)?;
+                        OpOutcome::Done
+                    }
+                    WriteOp::AppendLogs(lines) => {
+                        logs.extend(lines.iter());
+                        OpOutcome::Done
+                    }
+                });
+            }
+            all.push(outs);
+        }
+        if !logs.is_empty() {
+            let owned: Vec<NewLogLine> = logs.into_iter().cloned().collect();
+            rows::append_logs(conn, &owned)?;
+        }
+        Ok(all)
+    })();
+    match res {
+        Ok(all) => {
+            conn.execute_batch("COMMIT")?;
+            Ok(all)
+        }
+        Err(e) => {
+            let _ = conn.execute_batch("ROLLBACK");
+            Err(e)
+        }
+    }
+}

@@ -1,0 +1,131 @@
+//! Contract section 9: nothing accepted is lost — across restarts, kill -9, and graceful
+//! shutdown.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::harness::*;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn results_and_logs_survive_a_restart() {
+    let env = Env::new();
+    env.shell_agent("ok", "echo 'note for later' >&2; echo result-text", "");
+    let s = env.start().await;
+    let id = s.submit("keep", "ok", "x", json!({})).await;
+    let before = s.wait_all(&[id.clone()], 30).await.remove(0);
+    let logs_before = s.call("task_logs", json!({"task_id": id})).await;
+    s.stop().await;
+
+    let s = env.start().await;
+    let after = s.status(&id).await;
+    assert_eq!(after["result"], "result-text\n");
+    for field in ["status", "attempt", "created_at", "started_at", "completed_at", "result"] {
+        assert_eq!(after[field], before[field], "{field}");
+    }
+    let logs_after = s.call("task_logs", json!({"task_id": id})).await;
+    assert_eq!(logs_after, logs_before);
+    assert!(after["logs"].as_array().unwrap().iter().any(|l| l["message"] == "note for later"));
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_9_with_tasks_running_loses_nothing() {
+    let mut env = Env::new();
+    env.set("ORCHESTR8_WORKERS", "3");
+    let runs = env.path("runs.txt");
+    env.shell_agent(
+        "work",
+        &format!(
+            "echo \"start $ORCHESTR8_TASK_ID $ORCHESTR8_ATTEMPT\" >> {0}; sleep 1.5; echo \"end $ORCHESTR8_TASK_ID $ORCHESTR8_ATTEMPT\" >> {0}; echo \"done $ORCHESTR8_TASK_NAME\"",
+            runs.display()
+        ),
+        "max_retries: 2",
+    );
+    let s = env.start().await;
+    let mut ids = Vec::new();
+    for i in 0..6 {
+        ids.push(s.submit(&format!("job-{i}"), "work", "x", json!({})).await);
+    }
+    // Let three start and record their process groups, then pull the plug.
+    for id in &ids[..3] {
+        s.until(id, "running", |t| t["status"] == "running").await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    s.kill9().await;
+
+    let s = env.start().await;
+    let done = s.wait_all(&ids, 60).await;
+    for (i, t) in done.iter().enumerate() {
+        assert_eq!(t["status"], "completed", "{t}");
+        assert_eq!(t["result"], format!("done job-{i}\n"));
+    }
+    let interrupted: Vec<_> = done.iter().filter(|t| t["attempt"] == 2).collect();
+    assert_eq!(interrupted.len(), 3, "the three running tasks were requeued with their attempt counted: {done:?}");
+    let first = &interrupted[0];
+    let logs = s.call("task_logs", json!({"task_id": first["task_id"]})).await;
+    assert!(
+        logs["logs"].as_array().unwrap().iter().any(|l| l["message"].as_str().unwrap().contains("stopped unexpectedly during attempt 1")),
+        "{logs}"
+    );
+    // The orphans of the dead server were stopped: no attempt 1 of a requeued task ever ended.
+    let lines = read_lines(&runs);
+    for t in &interrupted {
+        let id = t["task_id"].as_str().unwrap();
+        assert!(!lines.contains(&format!("end {id} 1")), "orphan of {id} kept running: {lines:?}");
+        assert!(lines.contains(&format!("end {id} 2")), "{lines:?}");
+    }
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn graceful_shutdown_requeues_without_using_an_attempt() {
+    let mut env = Env::new();
+    env.set("ORCHESTR8_SHUTDOWN_GRACE_SECONDS", "1");
+    let marker = env.path("work/seen");
+    env.shell_agent(
+        "long",
+        &format!("if [ -e {0} ]; then echo second-run; else touch {0}; sleep 999; fi", marker.display()),
+        "",
+    );
+    env.shell_agent("quick", "sleep 0.5; echo quick", "");
+    let s = env.start().await;
+    let long = s.submit("long", "long", "x", json!({})).await;
+    let quick = s.submit("quick", "quick", "x", json!({})).await;
+    s.until(&long, "running", |t| t["status"] == "running").await;
+    s.until(&quick, "running", |t| t["status"] == "running").await;
+    s.stop().await; // stdin EOF
+    assert!(processes_with("sleep 999").is_empty(), "shutdown left the agent running");
+
+    let s = env.start().await;
+    // The quick task finished within the grace period.
+    let q = s.status(&quick).await;
+    assert_eq!(q["status"], "completed", "{q}");
+    let t = s.wait_all(&[long.clone()], 30).await.remove(0);
+    assert_eq!(t["status"], "completed");
+    assert_eq!(t["result"], "second-run\n");
+    assert_eq!(t["attempt"], 1, "the interrupted attempt must not count");
+    let logs = s.call("task_logs", json!({"task_id": long})).await;
+    assert!(logs["logs"].as_array().unwrap().iter().any(|l| l["message"].as_str().unwrap().contains("interrupted by server shutdown")));
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_shuts_down_gracefully_too() {
+    let mut env = Env::new();
+    env.set("ORCHESTR8_SHUTDOWN_GRACE_SECONDS", "1");
+    env.shell_agent("long", "sleep 966", "");
+    let s = env.start().await;
+    let id = s.submit("long", "long", "x", json!({})).await;
+    s.until(&id, "running", |t| t["status"] == "running").await;
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(s.pid as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+    wait_gone(s.pid).await;
+    assert!(processes_with("sleep 966").is_empty());
+    drop(s);
+    let s = env.start().await;
+    let t = s.status(&id).await;
+    assert_ne!(t["status"], "failed");
+    assert!(t["attempt"].as_u64().unwrap() <= 1);
+    s.call("task_cancel", json!({"task_id": id})).await;
+    s.stop().await;
+}

@@ -1,0 +1,256 @@
+//! Test harness: starts the real `orchestr8-async-server` binary on a DuckDB file in a temp dir,
+//! with agents the test writes, and talks to it with rmcp's MCP client over stdio.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use rmcp::model::{CallToolRequestParams, CallToolResult};
+use rmcp::service::RunningService;
+use rmcp::transport::TokioChildProcess;
+use rmcp::{RoleClient, ServiceExt};
+use serde_json::{json, Value};
+use tempfile::TempDir;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_orchestr8-async-server");
+
+/// A temp dir with an agents folder and a DB path; survives server restarts.
+pub struct Env {
+    pub dir: TempDir,
+    pub env: Vec<(String, String)>,
+}
+
+impl Env {
+    pub fn new() -> Env {
+        let dir = tempfile::Builder::new()
+            .prefix("o8-it-")
+            .tempdir()
+            .expect("tempdir");
+        std::fs::create_dir_all(dir.path().join("agents")).unwrap();
+        std::fs::create_dir_all(dir.path().join("work")).unwrap();
+        Env {
+            dir,
+            env: vec![("ORCHESTR8_RETRY_BACKOFF_BASE_MS".into(), "100".into())],
+        }
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    pub fn set(&mut self, k: &str, v: &str) -> &mut Self {
+        self.env.retain(|(key, _)| key != k);
+        self.env.push((k.into(), v.into()));
+        self
+    }
+
+    /// Writes `agents/<name>.md` with the given extra frontmatter lines and a `sh -c` command.
+    pub fn shell_agent(&self, name: &str, script: &str, extra: &str) {
+        let text = format!(
+            "---\nname: {name}\ndescription: test agent {name}\nrunner: command\ncommand: [\"sh\", \"-c\", {}]\n{extra}\n---\nYou are {name}.\n",
+            serde_json::to_string(script).unwrap()
+        );
+        std::fs::write(self.path(&format!("agents/{name}.md")), text).unwrap();
+    }
+
+    /// Starts the server; its stderr goes to `server-<n>.log` in the temp dir.
+    pub async fn start(&self) -> Server {
+        let n = std::fs::read_dir(self.dir.path())
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .map(|e| e.file_name().to_string_lossy().starts_with("server-"))
+                    .unwrap_or(false)
+            })
+            .count();
+        let log_path = self.path(&format!("server-{n}.log"));
+        let log = std::fs::File::create(&log_path).unwrap();
+        let mut cmd = tokio::process::Command::new(BIN);
+        cmd.current_dir(self.dir.path())
+            .env("ORCHESTR8_DB_PATH", self.path("db/o8.duckdb"))
+            .env("ORCHESTR8_AGENTS_DIR", self.path("agents"))
+            .env("ORCHESTR8_LOG", "info,orchestr8_async=debug")
+            .env("ORCHESTR8_SHUTDOWN_GRACE_SECONDS", "2");
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        let (transport, _) = TokioChildProcess::builder(cmd)
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("spawn server");
+        let pid = transport.id().expect("pid");
+        let client = ().serve(transport).await.unwrap_or_else(|e| {
+            panic!(
+                "MCP initialize failed: {e}; server log:\n{}",
+                std::fs::read_to_string(&log_path).unwrap_or_default()
+            )
+        });
+        Server {
+            client: Some(client),
+            pid,
+            log_path,
+        }
+    }
+}
+
+pub struct Server {
+    client: Option<RunningService<RoleClient, ()>>,
+    pub pid: u32,
+    pub log_path: PathBuf,
+}
+
+impl Server {
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    pub async fn raw(&self, tool: &str, args: Value) -> CallToolResult {
+        let mut p = CallToolRequestParams::new(tool.to_string());
+        p.arguments = args.as_object().cloned();
+        self.client
+            .as_ref()
+            .expect("client")
+            .call_tool(p)
+            .await
+            .unwrap_or_else(|e| panic!("{tool} call failed at the protocol level: {e}\n{}", self.log()))
+    }
+
+    pub async fn tools(&self) -> Vec<rmcp::model::Tool> {
+        self.client.as_ref().expect("client").list_all_tools().await.expect("tools/list")
+    }
+
+    /// Calls a tool that must succeed; returns its structured content, checking that the text
+    /// block carries the same JSON.
+    pub async fn call(&self, tool: &str, args: Value) -> Value {
+        let r = self.raw(tool, args.clone()).await;
+        let structured = r.structured_content.clone().unwrap_or(Value::Null);
+        assert_ne!(
+            r.is_error,
+            Some(true),
+            "{tool}({args}) failed: {structured}\nserver log:\n{}",
+            self.log()
+        );
+        let text = r.content.first().and_then(|c| c.as_text()).expect("text block");
+        let from_text: Value = serde_json::from_str(&text.text).expect("text is JSON");
+        assert_eq!(from_text, structured, "text and structured content differ");
+        structured
+    }
+
+    /// Calls a tool that must be refused; returns the error message.
+    pub async fn call_err(&self, tool: &str, args: Value) -> String {
+        let r = self.raw(tool, args.clone()).await;
+        assert_eq!(
+            r.is_error,
+            Some(true),
+            "{tool}({args}) should have been refused but returned {:?}",
+            r.structured_content
+        );
+        let v = r.structured_content.expect("structured error");
+        v["error"].as_str().expect("error message").to_string()
+    }
+
+    pub async fn submit(&self, name: &str, agent: &str, instructions: &str, extra: Value) -> String {
+        let mut args = json!({"name": name, "agent_name": agent, "agent_instructions": instructions});
+        if let Value::Object(m) = extra {
+            args.as_object_mut().unwrap().extend(m);
+        }
+        let r = self.call("task_async", args).await;
+        assert_eq!(r["status"], "pending");
+        r["task_id"].as_str().unwrap().to_string()
+    }
+
+    pub async fn wait_all(&self, ids: &[String], timeout_s: u64) -> Vec<Value> {
+        let r = self
+            .call("task_wait", json!({"task_ids": ids, "timeout_seconds": timeout_s}))
+            .await;
+        assert_eq!(r["timed_out"], false, "task_wait timed out: {r}\n{}", self.log());
+        r["tasks"].as_array().unwrap().clone()
+    }
+
+    pub async fn status(&self, id: &str) -> Value {
+        self.call("task_status", json!({"task_id": id})).await
+    }
+
+    /// Waits until `pred` holds for the task's status object, polling.
+    pub async fn until(&self, id: &str, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        for _ in 0..400 {
+            let s = self.status(id).await;
+            if pred(&s) {
+                return s;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("task {id} never became {what}: {}", self.status(id).await);
+    }
+
+    /// Closes stdin (the way Claude Code ends a session) and waits for the server to exit.
+    pub async fn stop(mut self) {
+        if let Some(c) = self.client.take() {
+            let _ = c.cancel().await;
+        }
+        wait_gone(self.pid).await;
+    }
+
+    /// kill -9, no warning.
+    pub async fn kill9(mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+        wait_gone(self.pid).await;
+        if let Some(c) = self.client.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(2), c.cancel()).await;
+        }
+    }
+}
+
+pub async fn wait_gone(pid: u32) {
+    for _ in 0..400 {
+        if !alive(pid) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("server {pid} did not exit");
+}
+
+/// Whether a process exists and is not a zombie.
+pub fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rsplit(')')
+            .next()
+            .and_then(|rest| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X"),
+        Err(_) => false,
+    }
+}
+
+/// Processes whose command line contains `needle` (excluding zombies).
+pub fn processes_with(needle: &str) -> Vec<u32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
+        if let Ok(cmd) = std::fs::read(e.path().join("cmdline")) {
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            if cmd.contains(needle) && alive(pid) {
+                out.push(pid);
+            }
+        }
+    }
+    out
+}
+
+pub fn read_lines(p: &Path) -> Vec<String> {
+    std::fs::read_to_string(p)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// Parses an RFC 3339 time from a task object field.
+pub fn time(v: &Value, field: &str) -> chrono::DateTime<chrono::Utc> {
+    let s = v[field].as_str().unwrap_or_else(|| panic!("{field} missing in {v}"));
+    chrono::DateTime::parse_from_rfc3339(s).unwrap().to_utc()
+}

@@ -1,0 +1,10 @@
+//! Integration tests: the real binary, driven over stdio MCP by rmcp's client, with real agent
+//! processes and a real DuckDB file in a temp dir. One test crate, several modules, so the
+//! project links one test binary.
+
+mod durability;
+mod harness;
+mod protocol;
+mod refusals;
+mod scheduling;
+mod tools;
