@@ -122,9 +122,12 @@ pub fn parse_agent(path: &Path, text: &str, default_runner: &str) -> Result<Agen
         invalid("no YAML frontmatter: the file must start with a line '---', then YAML, then a closing '---'".into())
     })?;
     let fm: Frontmatter = if yaml.trim().is_empty() {
-        return Err(invalid("empty frontmatter: at least `name:` is required".into()));
+        return Err(invalid(
+            "empty frontmatter: at least `name:` is required".into(),
+        ));
     } else {
-        serde_saphyr::from_str(yaml).map_err(|e| invalid(format!("frontmatter is not valid: {e}")))?
+        serde_saphyr::from_str(yaml)
+            .map_err(|e| invalid(format!("frontmatter is not valid: {e}")))?
     };
     let name = fm
         .name
@@ -148,10 +151,17 @@ pub fn parse_agent(path: &Path, text: &str, default_runner: &str) -> Result<Agen
         Some(Value::Array(items)) => Some(
             items
                 .iter()
-                .map(|v| scalar_to_string(v).ok_or_else(|| invalid("`tools` entries must be strings".into())))
+                .map(|v| {
+                    scalar_to_string(v)
+                        .ok_or_else(|| invalid("`tools` entries must be strings".into()))
+                })
                 .collect::<Result<Vec<_>, _>>()?,
         ),
-        Some(_) => return Err(invalid("`tools` must be a comma-separated string or a list".into())),
+        Some(_) => {
+            return Err(invalid(
+                "`tools` must be a comma-separated string or a list".into(),
+            ))
+        }
     };
     let command = match fm.command {
         None | Some(Value::Null) => None,
@@ -172,7 +182,9 @@ pub fn parse_agent(path: &Path, text: &str, default_runner: &str) -> Result<Agen
         }
     };
     if runner == "command" && command.is_none() {
-        return Err(invalid("runner is `command` but the frontmatter has no `command:` list".into()));
+        return Err(invalid(
+            "runner is `command` but the frontmatter has no `command:` list".into(),
+        ));
     }
     let mut env = BTreeMap::new();
     for (k, v) in fm.env.unwrap_or_default() {
@@ -180,8 +192,13 @@ pub fn parse_agent(path: &Path, text: &str, default_runner: &str) -> Result<Agen
             .ok_or_else(|| invalid(format!("`env.{k}` must be a string, number or boolean")))?;
         env.insert(k, v);
     }
-    if fm.timeout_seconds.is_some_and(|t| !(1..=86_400).contains(&t)) {
-        return Err(invalid("`timeout_seconds` must be between 1 and 86400".into()));
+    if fm
+        .timeout_seconds
+        .is_some_and(|t| !(1..=86_400).contains(&t))
+    {
+        return Err(invalid(
+            "`timeout_seconds` must be between 1 and 86400".into(),
+        ));
     }
     if fm.max_retries.is_some_and(|r| r > 10) {
         return Err(invalid("`max_retries` must be between 0 and 10".into()));
@@ -310,7 +327,15 @@ mod tests {
         for ok in ["a", "code-reviewer", "x.y_z-1", "0abc"] {
             assert!(validate_name("agent", ok).is_ok(), "{ok}");
         }
-        for bad in ["", "../x", "/etc/passwd", "Upper", "-x", ".x", &"a".repeat(65)] {
+        for bad in [
+            "",
+            "../x",
+            "/etc/passwd",
+            "Upper",
+            "-x",
+            ".x",
+            &"a".repeat(65),
+        ] {
             assert!(validate_name("agent", bad).is_err(), "{bad}");
         }
     }
@@ -345,7 +370,10 @@ mod tests {
             "---\nname: x\nrunner: command\ncommand: ls -l\n---\n",
             "---\nname: [\n---\n",
         ] {
-            assert!(parse_agent(Path::new("x.md"), text, "claude").is_err(), "{text}");
+            assert!(
+                parse_agent(Path::new("x.md"), text, "claude").is_err(),
+                "{text}"
+            );
         }
     }
 }

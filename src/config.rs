@@ -81,11 +81,19 @@ pub struct Config {
     pub webhook_max_attempts: u32,
 
     /// First webhook retry delay; doubles per attempt, with jitter
-    #[arg(long, env = "ORCHESTR8_WEBHOOK_BACKOFF_BASE_MS", default_value_t = 1000)]
+    #[arg(
+        long,
+        env = "ORCHESTR8_WEBHOOK_BACKOFF_BASE_MS",
+        default_value_t = 1000
+    )]
     pub webhook_backoff_base_ms: u64,
 
     /// Cap on one webhook retry delay
-    #[arg(long, env = "ORCHESTR8_WEBHOOK_BACKOFF_MAX_MS", default_value_t = 3_600_000)]
+    #[arg(
+        long,
+        env = "ORCHESTR8_WEBHOOK_BACKOFF_MAX_MS",
+        default_value_t = 3_600_000
+    )]
     pub webhook_backoff_max_ms: u64,
 
     /// Per-attempt webhook HTTP timeout
@@ -148,7 +156,10 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(c.workers, 8);
-        assert_eq!(c.agent_dirs(), vec![PathBuf::from("/a"), home_dir().join("b")]);
+        assert_eq!(
+            c.agent_dirs(),
+            vec![PathBuf::from("/a"), home_dir().join("b")]
+        );
         assert_eq!(c.db_path(), PathBuf::from("/tmp/x.duckdb"));
     }
 

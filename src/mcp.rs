@@ -9,8 +9,8 @@ use std::sync::Arc;
 
 use rmcp::handler::server::common::schema_for_type;
 use rmcp::model::{
-    CallToolRequestParams, CallToolResponse, CallToolResult, Implementation,
-    ListToolsResult, PaginatedRequestParams, ServerCapabilities, ServerConfig, Tool,
+    CallToolRequestParams, CallToolResponse, CallToolResult, Implementation, ListToolsResult,
+    PaginatedRequestParams, ServerCapabilities, ServerConfig, Tool,
 };
 use rmcp::service::RequestContext;
 use rmcp::{ErrorData, RoleServer, ServerHandler};
@@ -156,16 +156,41 @@ impl ServerHandler for McpServer {
         let args = Value::Object(request.arguments.unwrap_or_default());
         let name = request.name.as_ref();
         let result = match name {
-            "task_async" => self.call(name, args, |s, a| async move { s.task_async(a).await }).await,
-            "task_status" => self.call(name, args, |s, a| async move { s.task_status(a).await }).await,
-            "task_cancel" => self.call(name, args, |s, a| async move { s.task_cancel(a).await }).await,
-            "task_retry" => self.call(name, args, |s, a| async move { s.task_retry(a).await }).await,
-            "task_logs" => self.call(name, args, |s, a| async move { s.task_logs(a).await }).await,
-            "task_wait" => self.call(name, args, |s, a| async move { s.task_wait(a).await }).await,
-            "list_tasks" => self.call(name, args, |s, a| async move { s.list_tasks(a).await }).await,
-            "list_agents" => {
-                self.call(name, args, |s, _: NoArgs| async move { s.list_agents().await })
+            "task_async" => {
+                self.call(name, args, |s, a| async move { s.task_async(a).await })
                     .await
+            }
+            "task_status" => {
+                self.call(name, args, |s, a| async move { s.task_status(a).await })
+                    .await
+            }
+            "task_cancel" => {
+                self.call(name, args, |s, a| async move { s.task_cancel(a).await })
+                    .await
+            }
+            "task_retry" => {
+                self.call(name, args, |s, a| async move { s.task_retry(a).await })
+                    .await
+            }
+            "task_logs" => {
+                self.call(name, args, |s, a| async move { s.task_logs(a).await })
+                    .await
+            }
+            "task_wait" => {
+                self.call(name, args, |s, a| async move { s.task_wait(a).await })
+                    .await
+            }
+            "list_tasks" => {
+                self.call(name, args, |s, a| async move { s.list_tasks(a).await })
+                    .await
+            }
+            "list_agents" => {
+                self.call(
+                    name,
+                    args,
+                    |s, _: NoArgs| async move { s.list_agents().await },
+                )
+                .await
             }
             other => error_result(&format!(
                 "unknown tool {other:?}; the tools are: {}",

@@ -140,7 +140,11 @@ impl Service {
                 ))
             })?,
         };
-        let webhook_url = a.webhook_url.as_deref().map(validate_webhook_url).transpose()?;
+        let webhook_url = a
+            .webhook_url
+            .as_deref()
+            .map(validate_webhook_url)
+            .transpose()?;
         let mut dependencies = Vec::new();
         for d in a.dependencies.unwrap_or_default() {
             let id = parse_task_id("dependencies", &d)?;
@@ -149,7 +153,9 @@ impl Service {
             }
         }
         if dependencies.len() > MAX_DEPENDENCIES {
-            return invalid(format!("dependencies lists more than {MAX_DEPENDENCIES} tasks"));
+            return invalid(format!(
+                "dependencies lists more than {MAX_DEPENDENCIES} tasks"
+            ));
         }
         let idempotency_key = match a.idempotency_key {
             Some(k) if k.is_empty() || k.len() > 200 => {
@@ -176,7 +182,9 @@ impl Service {
                 }
                 Some(m)
             }
-            Some(_) => return invalid("metadata must be a JSON object, e.g. {\"ticket\": \"ENG-42\"}"),
+            Some(_) => {
+                return invalid("metadata must be a JSON object, e.g. {\"ticket\": \"ENG-42\"}")
+            }
         };
         let now = now_us();
         let scheduled_us = match a.run_at.as_deref() {
@@ -208,8 +216,13 @@ impl Service {
             86_400,
             i64::from(agent.timeout_seconds.unwrap_or(DEFAULT_TIMEOUT_SECONDS)),
         )? as u32;
-        let max_retries =
-            in_range("max_retries", a.max_retries, 0, 10, i64::from(agent.max_retries.unwrap_or(0)))? as u32;
+        let max_retries = in_range(
+            "max_retries",
+            a.max_retries,
+            0,
+            10,
+            i64::from(agent.max_retries.unwrap_or(0)),
+        )? as u32;
 
         let task = Task {
             id: Uuid::now_v7(),
@@ -347,9 +360,8 @@ impl Service {
             .workflow_id
             .as_deref()
             .map(|w| {
-                Uuid::parse_str(w).map_err(|_| {
-                    ServiceError::Invalid(format!("workflow_id {w:?} is not a UUID"))
-                })
+                Uuid::parse_str(w)
+                    .map_err(|_| ServiceError::Invalid(format!("workflow_id {w:?} is not a UUID")))
             })
             .transpose()?;
         let limit = in_range("limit", a.limit, 1, 1000, 50)? as u32;

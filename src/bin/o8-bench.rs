@@ -46,7 +46,9 @@ impl Client {
         tokio::spawn(async move {
             let mut lines = BufReader::new(stdout).lines();
             while let Ok(Some(line)) = lines.next_line().await {
-                let Ok(v) = serde_json::from_str::<Value>(&line) else { continue };
+                let Ok(v) = serde_json::from_str::<Value>(&line) else {
+                    continue;
+                };
                 if let Some(id) = v["id"].as_u64() {
                     if let Some(tx) = p.lock().await.remove(&id) {
                         let _ = tx.send(v);
@@ -54,11 +56,19 @@ impl Client {
                 }
             }
         });
-        let mut c = Client { child, stdin, next_id: 0, pending };
-        c.request("initialize", json!({"protocolVersion": "2025-06-18", "capabilities": {},
-            "clientInfo": {"name": "o8-bench", "version": "0"}}))
-            .await?
-            .await?;
+        let mut c = Client {
+            child,
+            stdin,
+            next_id: 0,
+            pending,
+        };
+        c.request(
+            "initialize",
+            json!({"protocolVersion": "2025-06-18", "capabilities": {},
+            "clientInfo": {"name": "o8-bench", "version": "0"}}),
+        )
+        .await?
+        .await?;
         c.notify("notifications/initialized").await?;
         Ok(c)
     }
@@ -75,13 +85,18 @@ impl Client {
         let id = self.next_id;
         let (tx, rx) = oneshot::channel();
         self.pending.lock().await.insert(id, tx);
-        let line = format!("{}\n", json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}));
+        let line = format!(
+            "{}\n",
+            json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params})
+        );
         self.stdin.write_all(line.as_bytes()).await?;
         Ok(rx)
     }
 
     async fn tool(&mut self, name: &str, args: Value) -> Result<Value> {
-        let rx = self.request("tools/call", json!({"name": name, "arguments": args})).await?;
+        let rx = self
+            .request("tools/call", json!({"name": name, "arguments": args}))
+            .await?;
         structured(rx.await?)
     }
 
@@ -119,7 +134,10 @@ fn server_bin() -> Result<PathBuf> {
     let me = std::env::current_exe()?;
     let bin = me.with_file_name("orchestr8-async-server");
     if !bin.exists() {
-        bail!("{} not found: build it with cargo build --release", bin.display());
+        bail!(
+            "{} not found: build it with cargo build --release",
+            bin.display()
+        );
     }
     Ok(bin)
 }
@@ -149,9 +167,12 @@ async fn main() -> Result<()> {
     let mut lat = Vec::with_capacity(calls);
     for i in 0..calls {
         let t = Instant::now();
-        c.tool("task_async", json!({"name": format!("lat-{i}"), "agent_name": "parked",
-            "agent_instructions": "x", "run_at": run_at}))
-            .await?;
+        c.tool(
+            "task_async",
+            json!({"name": format!("lat-{i}"), "agent_name": "parked",
+            "agent_instructions": "x", "run_at": run_at}),
+        )
+        .await?;
         lat.push(t.elapsed().as_secs_f64() * 1000.0);
     }
     lat.sort_by(f64::total_cmp);
@@ -161,9 +182,12 @@ async fn main() -> Result<()> {
     let mut rxs = Vec::with_capacity(tasks);
     for i in 0..tasks {
         rxs.push(
-            c.request("tools/call", json!({"name": "task_async", "arguments": {
-                "name": format!("tp-{i}"), "agent_name": "noop", "agent_instructions": "x"}}))
-                .await?,
+            c.request(
+                "tools/call",
+                json!({"name": "task_async", "arguments": {
+                "name": format!("tp-{i}"), "agent_name": "noop", "agent_instructions": "x"}}),
+            )
+            .await?,
         );
     }
     let mut ids = Vec::with_capacity(tasks);
@@ -174,7 +198,12 @@ async fn main() -> Result<()> {
     let submitted = began.elapsed().as_secs_f64();
     for chunk in ids.chunks(10_000) {
         loop {
-            let r = c.tool("task_wait", json!({"task_ids": chunk, "timeout_seconds": 600})).await?;
+            let r = c
+                .tool(
+                    "task_wait",
+                    json!({"task_ids": chunk, "timeout_seconds": 600}),
+                )
+                .await?;
             if r["timed_out"] == false {
                 break;
             }
@@ -188,7 +217,9 @@ async fn main() -> Result<()> {
     let t = Instant::now();
     let mut in_flight = Vec::new();
     for _ in 0..spawn_n {
-        in_flight.push(tokio::spawn(async { Command::new("true").status().await.map(|_| ()) }));
+        in_flight.push(tokio::spawn(async {
+            Command::new("true").status().await.map(|_| ())
+        }));
         if in_flight.len() >= workers as usize {
             for h in in_flight.drain(..) {
                 h.await??;
@@ -206,7 +237,10 @@ async fn main() -> Result<()> {
     println!("orchestr8-async benchmark ({workers} workers)");
     println!("  task_async round trip, {calls} sequential calls: p50 {p50:.3} ms, p99 {p99:.3} ms");
     println!("  {tasks} trivial tasks: submitted in {submitted:.2} s, all completed in {total:.2} s = {rate:.0} tasks/s");
-    println!("  reference: spawn of `true`, {workers} at a time: {spawn_rate:.0} /s (ratio {:.2})", rate / spawn_rate);
+    println!(
+        "  reference: spawn of `true`, {workers} at a time: {spawn_rate:.0} /s (ratio {:.2})",
+        rate / spawn_rate
+    );
     println!(
         "{}",
         json!({"task_async_p50_ms": p50, "task_async_p99_ms": p99, "tasks": tasks,

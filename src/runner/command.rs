@@ -59,7 +59,10 @@ async fn run(job: RunJob, ctx: RunContext) -> RunOutcome {
             "ORCHESTR8_WORKFLOW_ID",
             job.workflow_id.map(|w| w.to_string()).unwrap_or_default(),
         )
-        .env("ORCHESTR8_PHASE_ID", job.phase_id.clone().unwrap_or_default())
+        .env(
+            "ORCHESTR8_PHASE_ID",
+            job.phase_id.clone().unwrap_or_default(),
+        )
         .env("ORCHESTR8_AGENT_PROMPT_FILE", prompt_file.path())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

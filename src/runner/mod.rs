@@ -83,7 +83,7 @@ impl Runners {
     pub fn new() -> Self {
         let mut r = Runners::default();
         r.by_name
-            .insert("command", Arc::new(command::CommandRunner::default()));
+            .insert("command", Arc::new(command::CommandRunner));
         r
     }
 

@@ -26,7 +26,10 @@ pub fn signal_group(pgid: i64, sig: Signal) {
 /// has been reaped.
 pub async fn terminate_group(child: &mut Child, pgid: i64) {
     signal_group(pgid, Signal::SIGTERM);
-    if tokio::time::timeout(KILL_GRACE, child.wait()).await.is_err() {
+    if tokio::time::timeout(KILL_GRACE, child.wait())
+        .await
+        .is_err()
+    {
         signal_group(pgid, Signal::SIGKILL);
         let _ = child.wait().await;
     }
@@ -73,10 +76,7 @@ pub async fn read_capped(stream: impl AsyncRead + Unpin, cap: usize) -> String {
     }
     let text = String::from_utf8_lossy(&kept).into_owned();
     if total > kept.len() {
-        format!(
-            "{text}\n…[truncated: {} bytes omitted]",
-            total - kept.len()
-        )
+        format!("{text}\n…[truncated: {} bytes omitted]", total - kept.len())
     } else {
         text
     }
@@ -84,10 +84,7 @@ pub async fn read_capped(stream: impl AsyncRead + Unpin, cap: usize) -> String {
 
 /// Streams lines of `stream` to `on_line` as they arrive (each cut to the log-line limit) and
 /// returns the last [`limits::MAX_STDERR_TAIL_BYTES`] of the whole stream.
-pub async fn stream_lines(
-    stream: impl AsyncRead + Unpin,
-    on_line: impl Fn(String),
-) -> String {
+pub async fn stream_lines(stream: impl AsyncRead + Unpin, on_line: impl Fn(String)) -> String {
     let mut reader = BufReader::new(stream);
     let mut tail = String::new();
     let mut line = Vec::new();
@@ -103,7 +100,10 @@ pub async fn stream_lines(
                 if tail.len() > 2 * limits::MAX_STDERR_TAIL_BYTES {
                     tail = limits::tail_with_marker(&tail, limits::MAX_STDERR_TAIL_BYTES);
                 }
-                on_line(limits::truncate_with_marker(text, limits::MAX_LOG_LINE_BYTES));
+                on_line(limits::truncate_with_marker(
+                    text,
+                    limits::MAX_LOG_LINE_BYTES,
+                ));
             }
         }
     }
@@ -123,7 +123,7 @@ mod tests {
 
     #[tokio::test]
     async fn capped_read_marks_the_cut() {
-        let data = vec![b'x'; 100];
+        let data = [b'x'; 100];
         let text = read_capped(&data[..], 10).await;
         assert!(text.starts_with("xxxxxxxxxx\n…[truncated: 90 bytes omitted]"));
     }

@@ -55,13 +55,14 @@ impl Inner {
     pub(super) fn log(&self, id: Uuid, level: &'static str, message: String) {
         let seq = self.lock().next_seq(id);
         if let Some(seq) = seq {
-            self.store.write_later(vec![WriteOp::AppendLogs(vec![NewLogLine {
-                task_id: id,
-                seq,
-                ts_us: now_us(),
-                level,
-                message,
-            }])]);
+            self.store
+                .write_later(vec![WriteOp::AppendLogs(vec![NewLogLine {
+                    task_id: id,
+                    seq,
+                    ts_us: now_us(),
+                    level,
+                    message,
+                }])]);
         }
     }
 }
@@ -252,8 +253,12 @@ fn settle(inner: &Inner, mut t: Task, outcome: RunOutcome, reason: u8) -> Transi
             STOP_CANCEL => {
                 t.status = TaskStatus::Cancelled;
                 t.completed_us = Some(now);
-                t.error = Some("cancelled by request while running; its process was stopped".into());
-                logs.push(("info", "cancelled by request; process group stopped".to_string()));
+                t.error =
+                    Some("cancelled by request while running; its process was stopped".into());
+                logs.push((
+                    "info",
+                    "cancelled by request; process group stopped".to_string(),
+                ));
                 None
             }
             _ => Some(("the runner stopped without a result".to_string(), true)),
@@ -286,7 +291,10 @@ fn settle(inner: &Inner, mut t: Task, outcome: RunOutcome, reason: u8) -> Transi
             } else {
                 String::new()
             };
-            logs.push(("error", format!("attempt {} failed{spent}: {error}", t.attempt)));
+            logs.push((
+                "error",
+                format!("attempt {} failed{spent}: {error}", t.attempt),
+            ));
         }
         t.error = Some(error);
     }

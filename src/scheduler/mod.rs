@@ -201,7 +201,7 @@ impl Scheduler {
         enum Action {
             Finished,
             Stop(Option<state::RunHandle>),
-            Withdrawn(Task),
+            Withdrawn(Box<Task>),
         }
         let inner = &self.inner;
         let mut events = inner.terminal.subscribe();
@@ -214,12 +214,13 @@ impl Scheduler {
                 Some(Wait::Finishing) => Action::Stop(None),
                 Some(_) => {
                     st.withdraw(id);
-                    Action::Withdrawn(st.hot[&id].task.clone())
+                    Action::Withdrawn(Box::new(st.hot[&id].task.clone()))
                 }
             }
         };
         match action {
-            Action::Withdrawn(mut t) => {
+            Action::Withdrawn(t) => {
+                let mut t = *t;
                 t.status = TaskStatus::Cancelled;
                 t.completed_us = Some(now_us());
                 t.error = Some("cancelled by request before it started".into());
@@ -236,7 +237,9 @@ impl Scheduler {
                 if let Some(h) = handle {
                     h.stop(STOP_CANCEL);
                 }
-                inner.await_terminal(id, &mut events, Duration::from_secs(30)).await;
+                inner
+                    .await_terminal(id, &mut events, Duration::from_secs(30))
+                    .await;
                 self.task_or_not_found(id).await
             }
             Action::Finished => {
@@ -283,7 +286,9 @@ impl Scheduler {
         {
             let mut st = inner.lock();
             if st.hot.contains_key(&id) {
-                return Err(SchedError::Conflict(format!("task {id} is already being retried")));
+                return Err(SchedError::Conflict(format!(
+                    "task {id} is already being retried"
+                )));
             }
             st.hot.insert(
                 id,
@@ -516,8 +521,12 @@ impl Inner {
         let mut out = Vec::new();
         let now = now_us();
         for d in st.dependents.remove(&dep).unwrap_or_default() {
-            let Some(h) = st.hot.get_mut(&d) else { continue };
-            let Wait::Deps(waiting) = &mut h.wait else { continue };
+            let Some(h) = st.hot.get_mut(&d) else {
+                continue;
+            };
+            let Wait::Deps(waiting) = &mut h.wait else {
+                continue;
+            };
             if !waiting.remove(&dep) {
                 continue;
             }

@@ -38,7 +38,12 @@ pub(super) async fn recover(inner: &Arc<Inner>) -> Result<(), SchedError> {
             if was_running {
                 if let Some(pid) = t.pid {
                     if process::kill_orphan(pid, t.pid_start) {
-                        logs.push(("warn", format!("killed process group {pid} left running by the previous server")));
+                        logs.push((
+                            "warn",
+                            format!(
+                                "killed process group {pid} left running by the previous server"
+                            ),
+                        ));
                     }
                 }
                 t.pid = None;

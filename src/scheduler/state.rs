@@ -17,20 +17,13 @@ pub const STOP_CANCEL: u8 = 1;
 pub const STOP_TIMEOUT: u8 = 2;
 pub const STOP_SHUTDOWN: u8 = 3;
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct RunHandle {
     pub cancel: CancellationToken,
     reason: Arc<AtomicU8>,
 }
 
 impl RunHandle {
-    pub fn new() -> Self {
-        RunHandle {
-            cancel: CancellationToken::new(),
-            reason: Arc::new(AtomicU8::new(STOP_NONE)),
-        }
-    }
-
     /// Records `reason` (unless another came first) and fires the token.
     pub fn stop(&self, reason: u8) {
         let _ = self
@@ -136,7 +129,7 @@ impl State {
         })?;
         self.ready.remove(&key);
         let h = self.hot.get_mut(&key.2)?;
-        let handle = RunHandle::new();
+        let handle = RunHandle::default();
         h.wait = Wait::Running(handle.clone());
         self.running += 1;
         *self
@@ -271,7 +264,7 @@ mod tests {
 
     #[test]
     fn stop_reason_first_wins() {
-        let h = RunHandle::new();
+        let h = RunHandle::default();
         h.stop(STOP_TIMEOUT);
         h.stop(STOP_CANCEL);
         assert_eq!(h.reason(), STOP_TIMEOUT);

@@ -25,14 +25,28 @@ pub(super) async fn wait(
         let st = inner.lock();
         let open = ids
             .iter()
-            .filter(|id| st.hot.get(id).is_some_and(|h| !matches!(h.wait, Wait::Reserved)))
+            .filter(|id| {
+                st.hot
+                    .get(id)
+                    .is_some_and(|h| !matches!(h.wait, Wait::Reserved))
+            })
             .copied()
             .collect::<HashSet<_>>();
-        let cold = ids.iter().filter(|id| !open.contains(id)).copied().collect();
+        let cold = ids
+            .iter()
+            .filter(|id| !open.contains(id))
+            .copied()
+            .collect();
         (open, cold)
     };
     if !cold.is_empty() {
-        let found: HashSet<Uuid> = inner.store.tasks(cold.clone()).await?.iter().map(|t| t.id).collect();
+        let found: HashSet<Uuid> = inner
+            .store
+            .tasks(cold.clone())
+            .await?
+            .iter()
+            .map(|t| t.id)
+            .collect();
         let missing: Vec<String> = cold
             .iter()
             .filter(|id| !found.contains(id))
@@ -41,8 +55,17 @@ pub(super) async fn wait(
         if !missing.is_empty() {
             return Err(SchedError::NotFound(format!(
                 "unknown task_ids: {}{}; pass ids returned by task_async",
-                missing.iter().take(5).cloned().collect::<Vec<_>>().join(", "),
-                if missing.len() > 5 { format!(" and {} more", missing.len() - 5) } else { String::new() }
+                missing
+                    .iter()
+                    .take(5)
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                if missing.len() > 5 {
+                    format!(" and {} more", missing.len() - 5)
+                } else {
+                    String::new()
+                }
             )));
         }
     }
@@ -71,7 +94,9 @@ pub(super) async fn wait(
     // Hot tasks from memory, the rest from the store, in the order asked.
     let mut tasks: Vec<Option<Task>> = {
         let st = inner.lock();
-        ids.iter().map(|id| st.hot.get(id).map(|h| h.task.clone())).collect()
+        ids.iter()
+            .map(|id| st.hot.get(id).map(|h| h.task.clone()))
+            .collect()
     };
     let need: Vec<Uuid> = ids
         .iter()
@@ -80,8 +105,13 @@ pub(super) async fn wait(
         .map(|(id, _)| *id)
         .collect();
     if !need.is_empty() {
-        let mut stored: std::collections::HashMap<Uuid, Task> =
-            inner.store.tasks(need).await?.into_iter().map(|t| (t.id, t)).collect();
+        let mut stored: std::collections::HashMap<Uuid, Task> = inner
+            .store
+            .tasks(need)
+            .await?
+            .into_iter()
+            .map(|t| (t.id, t))
+            .collect();
         for (id, slot) in ids.iter().zip(tasks.iter_mut()) {
             if slot.is_none() {
                 *slot = stored.remove(id);

@@ -42,7 +42,10 @@ pub enum StoreError {
 /// A durable change. Ops of one [`Store::write`] call commit together or not at all.
 #[derive(Debug, Clone)]
 pub enum WriteOp {
-    InsertTask { task: Box<Task>, instructions: String },
+    InsertTask {
+        task: Box<Task>,
+        instructions: String,
+    },
     UpdateTask(Box<Task>),
     AppendLogs(Vec<NewLogLine>),
 }
@@ -287,13 +290,21 @@ impl Store {
     }
 
     /// Log lines with `seq > after_seq`, oldest first.
-    pub async fn logs(&self, id: Uuid, after_seq: i64, limit: u32) -> Result<Vec<LogLine>, StoreError> {
+    pub async fn logs(
+        &self,
+        id: Uuid,
+        after_seq: i64,
+        limit: u32,
+    ) -> Result<Vec<LogLine>, StoreError> {
         self.read(move |c| {
             let mut st = c.prepare_cached(
                 "SELECT seq, epoch_us(ts), level, message FROM task_logs \
                  WHERE task_id = ? AND seq > ? ORDER BY seq LIMIT ?",
             )?;
-            let rows = st.query_map(duckdb::params![id.to_string(), after_seq, limit], rows::log_from_row)?;
+            let rows = st.query_map(
+                duckdb::params![id.to_string(), after_seq, limit],
+                rows::log_from_row,
+            )?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
         })
         .await
@@ -370,7 +381,10 @@ fn writer_loop(conn: Connection, mut rx: mpsc::UnboundedReceiver<WriteRequest>) 
             }
             Err(e) if group.len() == 1 => reply_err(group, e),
             Err(e) => {
-                tracing::warn!("group commit of {} batches failed ({e}); retrying one by one", group.len());
+                tracing::warn!(
+                    "group commit of {} batches failed ({e}); retrying one by one",
+                    group.len()
+                );
                 for req in group {
                     let res = commit(&conn, std::iter::once(req.ops.as_slice()))
                         .map(|mut o| o.pop().unwrap_or_default());

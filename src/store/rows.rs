@@ -25,7 +25,9 @@ fn opt_ts(us: Option<i64>) -> Value {
 }
 
 fn parse_uuid(s: &str) -> duckdb::Result<Uuid> {
-    Uuid::parse_str(s).map_err(|e| duckdb::Error::FromSqlConversionFailure(0, duckdb::types::Type::Text, Box::new(e)))
+    Uuid::parse_str(s).map_err(|e| {
+        duckdb::Error::FromSqlConversionFailure(0, duckdb::types::Type::Text, Box::new(e))
+    })
 }
 
 pub fn task_from_row(r: &Row<'_>) -> duckdb::Result<Task> {
@@ -161,7 +163,10 @@ pub fn update_task(conn: &Connection, t: &Task, now_us: i64) -> Result<(), Store
     if n == 1 {
         Ok(())
     } else {
-        Err(StoreError::Conflict(format!("task {} does not exist", t.id)))
+        Err(StoreError::Conflict(format!(
+            "task {} does not exist",
+            t.id
+        )))
     }
 }
 

@@ -20,12 +20,23 @@ async fn results_and_logs_survive_a_restart() {
     let s = env.start().await;
     let after = s.status(&id).await;
     assert_eq!(after["result"], "result-text\n");
-    for field in ["status", "attempt", "created_at", "started_at", "completed_at", "result"] {
+    for field in [
+        "status",
+        "attempt",
+        "created_at",
+        "started_at",
+        "completed_at",
+        "result",
+    ] {
         assert_eq!(after[field], before[field], "{field}");
     }
     let logs_after = s.call("task_logs", json!({"task_id": id})).await;
     assert_eq!(logs_after, logs_before);
-    assert!(after["logs"].as_array().unwrap().iter().any(|l| l["message"] == "note for later"));
+    assert!(after["logs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|l| l["message"] == "note for later"));
     s.stop().await;
 }
 
@@ -61,18 +72,30 @@ async fn kill_9_with_tasks_running_loses_nothing() {
         assert_eq!(t["result"], format!("done job-{i}\n"));
     }
     let interrupted: Vec<_> = done.iter().filter(|t| t["attempt"] == 2).collect();
-    assert_eq!(interrupted.len(), 3, "the three running tasks were requeued with their attempt counted: {done:?}");
+    assert_eq!(
+        interrupted.len(),
+        3,
+        "the three running tasks were requeued with their attempt counted: {done:?}"
+    );
     let first = &interrupted[0];
-    let logs = s.call("task_logs", json!({"task_id": first["task_id"]})).await;
+    let logs = s
+        .call("task_logs", json!({"task_id": first["task_id"]}))
+        .await;
     assert!(
-        logs["logs"].as_array().unwrap().iter().any(|l| l["message"].as_str().unwrap().contains("stopped unexpectedly during attempt 1")),
+        logs["logs"].as_array().unwrap().iter().any(|l| l["message"]
+            .as_str()
+            .unwrap()
+            .contains("stopped unexpectedly during attempt 1")),
         "{logs}"
     );
     // The orphans of the dead server were stopped: no attempt 1 of a requeued task ever ended.
     let lines = read_lines(&runs);
     for t in &interrupted {
         let id = t["task_id"].as_str().unwrap();
-        assert!(!lines.contains(&format!("end {id} 1")), "orphan of {id} kept running: {lines:?}");
+        assert!(
+            !lines.contains(&format!("end {id} 1")),
+            "orphan of {id} kept running: {lines:?}"
+        );
         assert!(lines.contains(&format!("end {id} 2")), "{lines:?}");
     }
     s.stop().await;
@@ -85,17 +108,25 @@ async fn graceful_shutdown_requeues_without_using_an_attempt() {
     let marker = env.path("work/seen");
     env.shell_agent(
         "long",
-        &format!("if [ -e {0} ]; then echo second-run; else touch {0}; sleep 999; fi", marker.display()),
+        &format!(
+            "if [ -e {0} ]; then echo second-run; else touch {0}; sleep 999; fi",
+            marker.display()
+        ),
         "",
     );
     env.shell_agent("quick", "sleep 0.5; echo quick", "");
     let s = env.start().await;
     let long = s.submit("long", "long", "x", json!({})).await;
     let quick = s.submit("quick", "quick", "x", json!({})).await;
-    s.until(&long, "running", |t| t["status"] == "running").await;
-    s.until(&quick, "running", |t| t["status"] == "running").await;
+    s.until(&long, "running", |t| t["status"] == "running")
+        .await;
+    s.until(&quick, "running", |t| t["status"] == "running")
+        .await;
     s.stop().await; // stdin EOF
-    assert!(processes_with("sleep 999").is_empty(), "shutdown left the agent running");
+    assert!(
+        processes_with("sleep 999").is_empty(),
+        "shutdown left the agent running"
+    );
 
     let s = env.start().await;
     // The quick task finished within the grace period.
@@ -106,7 +137,10 @@ async fn graceful_shutdown_requeues_without_using_an_attempt() {
     assert_eq!(t["result"], "second-run\n");
     assert_eq!(t["attempt"], 1, "the interrupted attempt must not count");
     let logs = s.call("task_logs", json!({"task_id": long})).await;
-    assert!(logs["logs"].as_array().unwrap().iter().any(|l| l["message"].as_str().unwrap().contains("interrupted by server shutdown")));
+    assert!(logs["logs"].as_array().unwrap().iter().any(|l| l["message"]
+        .as_str()
+        .unwrap()
+        .contains("interrupted by server shutdown")));
     s.stop().await;
 }
 
@@ -118,7 +152,11 @@ async fn sigterm_shuts_down_gracefully_too() {
     let s = env.start().await;
     let id = s.submit("long", "long", "x", json!({})).await;
     s.until(&id, "running", |t| t["status"] == "running").await;
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(s.pid as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(s.pid as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
     wait_gone(s.pid).await;
     assert!(processes_with("sleep 966").is_empty());
     drop(s);

@@ -112,11 +112,21 @@ impl Server {
             .expect("client")
             .call_tool(p)
             .await
-            .unwrap_or_else(|e| panic!("{tool} call failed at the protocol level: {e}\n{}", self.log()))
+            .unwrap_or_else(|e| {
+                panic!(
+                    "{tool} call failed at the protocol level: {e}\n{}",
+                    self.log()
+                )
+            })
     }
 
     pub async fn tools(&self) -> Vec<rmcp::model::Tool> {
-        self.client.as_ref().expect("client").list_all_tools().await.expect("tools/list")
+        self.client
+            .as_ref()
+            .expect("client")
+            .list_all_tools()
+            .await
+            .expect("tools/list")
     }
 
     /// Calls a tool that must succeed; returns its structured content, checking that the text
@@ -130,7 +140,11 @@ impl Server {
             "{tool}({args}) failed: {structured}\nserver log:\n{}",
             self.log()
         );
-        let text = r.content.first().and_then(|c| c.as_text()).expect("text block");
+        let text = r
+            .content
+            .first()
+            .and_then(|c| c.as_text())
+            .expect("text block");
         let from_text: Value = serde_json::from_str(&text.text).expect("text is JSON");
         assert_eq!(from_text, structured, "text and structured content differ");
         structured
@@ -149,8 +163,15 @@ impl Server {
         v["error"].as_str().expect("error message").to_string()
     }
 
-    pub async fn submit(&self, name: &str, agent: &str, instructions: &str, extra: Value) -> String {
-        let mut args = json!({"name": name, "agent_name": agent, "agent_instructions": instructions});
+    pub async fn submit(
+        &self,
+        name: &str,
+        agent: &str,
+        instructions: &str,
+        extra: Value,
+    ) -> String {
+        let mut args =
+            json!({"name": name, "agent_name": agent, "agent_instructions": instructions});
         if let Value::Object(m) = extra {
             args.as_object_mut().unwrap().extend(m);
         }
@@ -161,9 +182,17 @@ impl Server {
 
     pub async fn wait_all(&self, ids: &[String], timeout_s: u64) -> Vec<Value> {
         let r = self
-            .call("task_wait", json!({"task_ids": ids, "timeout_seconds": timeout_s}))
+            .call(
+                "task_wait",
+                json!({"task_ids": ids, "timeout_seconds": timeout_s}),
+            )
             .await;
-        assert_eq!(r["timed_out"], false, "task_wait timed out: {r}\n{}", self.log());
+        assert_eq!(
+            r["timed_out"],
+            false,
+            "task_wait timed out: {r}\n{}",
+            self.log()
+        );
         r["tasks"].as_array().unwrap().clone()
     }
 
@@ -230,7 +259,9 @@ pub fn alive(pid: u32) -> bool {
 pub fn processes_with(needle: &str) -> Vec<u32> {
     let mut out = Vec::new();
     for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
         if let Ok(cmd) = std::fs::read(e.path().join("cmdline")) {
             let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
             if cmd.contains(needle) && alive(pid) {
@@ -251,6 +282,8 @@ pub fn read_lines(p: &Path) -> Vec<String> {
 
 /// Parses an RFC 3339 time from a task object field.
 pub fn time(v: &Value, field: &str) -> chrono::DateTime<chrono::Utc> {
-    let s = v[field].as_str().unwrap_or_else(|| panic!("{field} missing in {v}"));
+    let s = v[field]
+        .as_str()
+        .unwrap_or_else(|| panic!("{field} missing in {v}"));
     chrono::DateTime::parse_from_rfc3339(s).unwrap().to_utc()
 }

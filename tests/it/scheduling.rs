@@ -13,17 +13,31 @@ async fn one_worker_takes_the_highest_priority_oldest_first() {
     env.set("ORCHESTR8_WORKERS", "1");
     let order = env.path("order.txt");
     env.shell_agent("blocker", "sleep 1", "");
-    env.shell_agent("rec", &format!("echo \"$ORCHESTR8_TASK_NAME\" >> {}", order.display()), "");
+    env.shell_agent(
+        "rec",
+        &format!("echo \"$ORCHESTR8_TASK_NAME\" >> {}", order.display()),
+        "",
+    );
     let s = env.start().await;
     let blocker = s.submit("blocker", "blocker", "x", json!({})).await;
-    s.until(&blocker, "running", |t| t["status"] == "running").await;
+    s.until(&blocker, "running", |t| t["status"] == "running")
+        .await;
     let mut ids = Vec::new();
-    for (name, p) in [("low", "low"), ("normal-1", "normal"), ("high", "high"), ("normal-2", "medium"), ("critical", "critical")] {
+    for (name, p) in [
+        ("low", "low"),
+        ("normal-1", "normal"),
+        ("high", "high"),
+        ("normal-2", "medium"),
+        ("critical", "critical"),
+    ] {
         ids.push(s.submit(name, "rec", "x", json!({"priority": p})).await);
     }
     ids.push(blocker);
     s.wait_all(&ids, 30).await;
-    assert_eq!(read_lines(&order), vec!["critical", "high", "normal-1", "normal-2", "low"]);
+    assert_eq!(
+        read_lines(&order),
+        vec!["critical", "high", "normal-1", "normal-2", "low"]
+    );
     s.stop().await;
 }
 
@@ -39,21 +53,40 @@ async fn dependencies_order_tasks_and_failures_cancel_dependents() {
     let b = s.submit("b", "ok", "x", json!({"dependencies": [a]})).await;
     let done = s.wait_all(&[a.clone(), b.clone()], 30).await;
     assert_eq!(done[1]["status"], "completed");
-    assert!(time(&done[1], "started_at") >= time(&done[0], "completed_at"), "b started before a completed");
+    assert!(
+        time(&done[1], "started_at") >= time(&done[0], "completed_at"),
+        "b started before a completed"
+    );
     assert_eq!(done[1]["dependencies"], json!([a]));
     // Depending on an already completed task is fine.
     let c = s.submit("c", "ok", "x", json!({"dependencies": [a]})).await;
     assert_eq!(s.wait_all(&[c], 30).await[0]["status"], "completed");
 
     let f = s.submit("f", "bad", "x", json!({"max_retries": 0})).await;
-    let d1 = s.submit("d1", "ok", "x", json!({"dependencies": [f]})).await;
-    let d2 = s.submit("d2", "ok", "x", json!({"dependencies": [d1]})).await;
+    let d1 = s
+        .submit("d1", "ok", "x", json!({"dependencies": [f]}))
+        .await;
+    let d2 = s
+        .submit("d2", "ok", "x", json!({"dependencies": [d1]}))
+        .await;
     let done = s.wait_all(&[f.clone(), d1.clone(), d2.clone()], 30).await;
     assert_eq!(done[0]["status"], "failed");
-    assert!(done[0]["error"].as_str().unwrap().contains("exit status 3"), "{}", done[0]);
-    assert!(done[0]["error"].as_str().unwrap().contains("broken"), "{}", done[0]);
+    assert!(
+        done[0]["error"].as_str().unwrap().contains("exit status 3"),
+        "{}",
+        done[0]
+    );
+    assert!(
+        done[0]["error"].as_str().unwrap().contains("broken"),
+        "{}",
+        done[0]
+    );
     assert_eq!(done[1]["status"], "cancelled");
-    assert!(done[1]["error"].as_str().unwrap().contains(&f), "{}", done[1]);
+    assert!(
+        done[1]["error"].as_str().unwrap().contains(&f),
+        "{}",
+        done[1]
+    );
     assert_eq!(done[2]["status"], "cancelled", "cancellation cascades");
     assert!(done[2]["started_at"].is_null());
     // A dependency that has already failed is refused at submit.
@@ -69,28 +102,57 @@ async fn failures_retry_with_backoff_then_fail_for_good() {
     let starts = env.path("starts.txt");
     env.shell_agent(
         "flaky",
-        &format!("date +%s.%N >> {}; echo \"attempt $ORCHESTR8_ATTEMPT failing\" >&2; exit 1", starts.display()),
+        &format!(
+            "date +%s.%N >> {}; echo \"attempt $ORCHESTR8_ATTEMPT failing\" >&2; exit 1",
+            starts.display()
+        ),
         "",
     );
-    env.shell_agent("second-time", "[ \"$ORCHESTR8_ATTEMPT\" -ge 2 ] && echo fine || exit 1", "max_retries: 1");
+    env.shell_agent(
+        "second-time",
+        "[ \"$ORCHESTR8_ATTEMPT\" -ge 2 ] && echo fine || exit 1",
+        "max_retries: 1",
+    );
     let s = env.start().await;
-    let id = s.submit("flaky", "flaky", "x", json!({"max_retries": 2})).await;
+    let id = s
+        .submit("flaky", "flaky", "x", json!({"max_retries": 2}))
+        .await;
     let ok = s.submit("eventually", "second-time", "x", json!({})).await;
     let done = s.wait_all(&[id.clone(), ok.clone()], 60).await;
     let t = &done[0];
     assert_eq!(t["status"], "failed");
     assert_eq!(t["attempt"], 3, "one run plus two retries");
-    assert!(t["error"].as_str().unwrap().contains("attempt 3 failing"), "{t}");
-    let times: Vec<f64> = read_lines(&starts).iter().map(|l| l.parse().unwrap()).collect();
+    assert!(
+        t["error"].as_str().unwrap().contains("attempt 3 failing"),
+        "{t}"
+    );
+    let times: Vec<f64> = read_lines(&starts)
+        .iter()
+        .map(|l| l.parse().unwrap())
+        .collect();
     assert_eq!(times.len(), 3);
     // Equal jitter: each delay is at least half the nominal one (300 ms, then 600 ms).
-    assert!(times[1] - times[0] >= 0.15, "first back-off too short: {times:?}");
-    assert!(times[2] - times[1] >= 0.30, "second back-off too short: {times:?}");
+    assert!(
+        times[1] - times[0] >= 0.15,
+        "first back-off too short: {times:?}"
+    );
+    assert!(
+        times[2] - times[1] >= 0.30,
+        "second back-off too short: {times:?}"
+    );
     let logs = s.call("task_logs", json!({"task_id": id})).await;
-    let text: Vec<String> = logs["logs"].as_array().unwrap().iter().map(|l| l["message"].as_str().unwrap().to_string()).collect();
+    let text: Vec<String> = logs["logs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["message"].as_str().unwrap().to_string())
+        .collect();
     assert!(text.iter().any(|m| m.contains("retry 1 of 2")), "{text:?}");
     assert!(text.iter().any(|m| m.contains("retry 2 of 2")), "{text:?}");
-    assert!(text.iter().any(|m| m.contains("no retries left")), "{text:?}");
+    assert!(
+        text.iter().any(|m| m.contains("no retries left")),
+        "{text:?}"
+    );
 
     assert_eq!(done[1]["status"], "completed");
     assert_eq!(done[1]["attempt"], 2, "failed once, succeeded on its retry");
@@ -111,12 +173,20 @@ async fn a_task_that_runs_too_long_is_stopped() {
     env.shell_agent("sleeper", "sleep 977", "");
     let s = env.start().await;
     let began = Instant::now();
-    let id = s.submit("slow", "sleeper", "x", json!({"timeout_seconds": 1})).await;
+    let id = s
+        .submit("slow", "sleeper", "x", json!({"timeout_seconds": 1}))
+        .await;
     let t = &s.wait_all(&[id], 30).await[0];
     assert_eq!(t["status"], "failed");
-    assert!(t["error"].as_str().unwrap().contains("timed out after 1s"), "{t}");
+    assert!(
+        t["error"].as_str().unwrap().contains("timed out after 1s"),
+        "{t}"
+    );
     assert!(began.elapsed() < Duration::from_secs(8));
-    assert!(processes_with("sleep 977").is_empty(), "the agent's process is still there");
+    assert!(
+        processes_with("sleep 977").is_empty(),
+        "the agent's process is still there"
+    );
     s.stop().await;
 }
 
@@ -134,18 +204,27 @@ async fn cancel_pending_and_running_tasks() {
     assert!(c["started_at"].is_null());
 
     let running = s.submit("sleeping", "sleeper", "x", json!({})).await;
-    let dependent = s.submit("after", "ok", "x", json!({"dependencies": [running]})).await;
-    s.until(&running, "running", |t| t["status"] == "running").await;
+    let dependent = s
+        .submit("after", "ok", "x", json!({"dependencies": [running]}))
+        .await;
+    s.until(&running, "running", |t| t["status"] == "running")
+        .await;
     for _ in 0..100 {
         if !processes_with("sleep 988").is_empty() {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert!(!processes_with("sleep 988").is_empty(), "agent never started");
+    assert!(
+        !processes_with("sleep 988").is_empty(),
+        "agent never started"
+    );
     let c = s.call("task_cancel", json!({"task_id": running})).await;
     assert_eq!(c["status"], "cancelled", "{c}");
-    assert!(processes_with("sleep 988").is_empty(), "cancel left the agent's child running");
+    assert!(
+        processes_with("sleep 988").is_empty(),
+        "cancel left the agent's child running"
+    );
     let d = &s.wait_all(&[dependent], 10).await[0];
     assert_eq!(d["status"], "cancelled");
 
@@ -162,7 +241,10 @@ async fn max_concurrency_limits_one_agent_not_others() {
     let spans = env.path("spans.txt");
     env.shell_agent(
         "single",
-        &format!("echo \"start $(date +%s.%N)\" >> {0}; sleep 0.3; echo \"end $(date +%s.%N)\" >> {0}", spans.display()),
+        &format!(
+            "echo \"start $(date +%s.%N)\" >> {0}; sleep 0.3; echo \"end $(date +%s.%N)\" >> {0}",
+            spans.display()
+        ),
         "max_concurrency: 1",
     );
     env.shell_agent("free", "sleep 0.3", "");
@@ -177,7 +259,10 @@ async fn max_concurrency_limits_one_agent_not_others() {
     let lines = read_lines(&spans);
     // Strictly alternating start/end: never two at once.
     for (i, l) in lines.iter().enumerate() {
-        assert!(l.starts_with(if i % 2 == 0 { "start" } else { "end" }), "{lines:?}");
+        assert!(
+            l.starts_with(if i % 2 == 0 { "start" } else { "end" }),
+            "{lines:?}"
+        );
     }
     s.wait_all(&others, 30).await;
     s.stop().await;
@@ -201,14 +286,30 @@ async fn task_wait_any_all_and_time_out() {
     let slow = s.submit("slow", "slow", "x", json!({})).await;
 
     let began = Instant::now();
-    let any = s.call("task_wait", json!({"task_ids": [slow, fast], "mode": "any", "timeout_seconds": 20})).await;
+    let any = s
+        .call(
+            "task_wait",
+            json!({"task_ids": [slow, fast], "mode": "any", "timeout_seconds": 20}),
+        )
+        .await;
     assert_eq!(any["timed_out"], false);
-    assert!(began.elapsed() < Duration::from_millis(2500), "any waited for the slow task");
-    assert_eq!(any["tasks"][0]["task_id"], slow, "tasks come back in the order asked");
+    assert!(
+        began.elapsed() < Duration::from_millis(2500),
+        "any waited for the slow task"
+    );
+    assert_eq!(
+        any["tasks"][0]["task_id"], slow,
+        "tasks come back in the order asked"
+    );
     assert_eq!(any["tasks"][1]["status"], "completed");
 
     let began = Instant::now();
-    let timed = s.call("task_wait", json!({"task_ids": [fast, slow], "timeout_seconds": 1})).await;
+    let timed = s
+        .call(
+            "task_wait",
+            json!({"task_ids": [fast, slow], "timeout_seconds": 1}),
+        )
+        .await;
     assert_eq!(timed["timed_out"], true);
     assert!(began.elapsed() >= Duration::from_millis(900));
     assert_eq!(timed["tasks"][1]["status"], "running");

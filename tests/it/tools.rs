@@ -19,7 +19,10 @@ async fn a_task_runs_and_every_tool_answers() {
     let agents = s.call("list_agents", json!({})).await;
     assert_eq!(agents["agents"][0]["name"], "echo");
     assert_eq!(agents["agents"][0]["runner"], "command");
-    assert!(agents["agents"][0]["path"].as_str().unwrap().ends_with("agents/echo.md"));
+    assert!(agents["agents"][0]["path"]
+        .as_str()
+        .unwrap()
+        .ends_with("agents/echo.md"));
 
     let accepted = s
         .call(
@@ -53,21 +56,38 @@ async fn a_task_runs_and_every_tool_answers() {
     assert_eq!(st["task_id"], id);
     assert_eq!(st["status"], "completed");
     let logs = st["logs"].as_array().unwrap();
-    let messages: Vec<&str> = logs.iter().map(|l| l["message"].as_str().unwrap()).collect();
-    assert!(messages.contains(&"stderr line for greet attempt 1"), "{messages:?}");
-    assert!(messages.iter().any(|m| m.contains("attempt 1 completed")), "{messages:?}");
+    let messages: Vec<&str> = logs
+        .iter()
+        .map(|l| l["message"].as_str().unwrap())
+        .collect();
+    assert!(
+        messages.contains(&"stderr line for greet attempt 1"),
+        "{messages:?}"
+    );
+    assert!(
+        messages.iter().any(|m| m.contains("attempt 1 completed")),
+        "{messages:?}"
+    );
 
     let all = s.call("task_logs", json!({"task_id": id})).await;
     let lines = all["logs"].as_array().unwrap();
     let seqs: Vec<i64> = lines.iter().map(|l| l["seq"].as_i64().unwrap()).collect();
     assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "seqs {seqs:?}");
     let after = s
-        .call("task_logs", json!({"task_id": id, "after_seq": seqs[1], "limit": 1}))
+        .call(
+            "task_logs",
+            json!({"task_id": id, "after_seq": seqs[1], "limit": 1}),
+        )
         .await;
     assert_eq!(after["logs"].as_array().unwrap().len(), 1);
     assert_eq!(after["logs"][0]["seq"], seqs[2]);
 
-    let listed = s.call("list_tasks", json!({"status": "completed", "agent_name": "echo"})).await;
+    let listed = s
+        .call(
+            "list_tasks",
+            json!({"status": "completed", "agent_name": "echo"}),
+        )
+        .await;
     assert_eq!(listed["total"], 1);
     assert_eq!(listed["tasks"][0]["task_id"], id);
     assert!(listed["tasks"][0].get("result").is_none());
@@ -88,7 +108,12 @@ async fn list_tasks_pages_newest_first() {
     s.wait_all(&ids, 30).await;
     let page = s.call("list_tasks", json!({"limit": 2, "offset": 1})).await;
     assert_eq!(page["total"], 5);
-    let got: Vec<&str> = page["tasks"].as_array().unwrap().iter().map(|t| t["task_id"].as_str().unwrap()).collect();
+    let got: Vec<&str> = page["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["task_id"].as_str().unwrap())
+        .collect();
     assert_eq!(got, vec![ids[3].as_str(), ids[2].as_str()]);
     s.stop().await;
 }
@@ -104,7 +129,8 @@ async fn idempotency_key_returns_the_first_task() {
     assert_eq!(first["task_id"], second["task_id"]);
     assert_eq!(first["existing"], false);
     assert_eq!(second["existing"], true);
-    s.wait_all(&[first["task_id"].as_str().unwrap().to_string()], 30).await;
+    s.wait_all(&[first["task_id"].as_str().unwrap().to_string()], 30)
+        .await;
     s.stop().await;
     // Still the same task after a restart.
     let s = env.start().await;
@@ -122,7 +148,9 @@ async fn an_edited_agent_takes_effect_without_restart() {
     env.shell_agent("edit-me", "echo old", "");
     let s = env.start().await;
     let run_at = (chrono::Utc::now() + chrono::Duration::milliseconds(1500)).to_rfc3339();
-    let id = s.submit("later", "edit-me", "x", json!({"run_at": run_at})).await;
+    let id = s
+        .submit("later", "edit-me", "x", json!({"run_at": run_at}))
+        .await;
     env.shell_agent("edit-me", "echo new", "");
     let t = &s.wait_all(&[id], 30).await[0];
     assert_eq!(t["result"], "new\n");
