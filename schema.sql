@@ -59,3 +59,26 @@ CREATE TABLE IF NOT EXISTS task_logs (
     level    VARCHAR NOT NULL,
     message  VARCHAR NOT NULL
 );
+
+-- Staging for batched task updates: the writer appends a group's new task states here, applies
+-- them with one UPDATE ... FROM, and empties it, all in the group's transaction (DuckDB costs
+-- about as much per statement as per row, so one statement per group instead of one per task).
+-- Always empty outside a transaction.
+CREATE TABLE IF NOT EXISTS task_updates (
+    task_id          UUID NOT NULL,
+    status           VARCHAR NOT NULL,
+    scheduled_at     TIMESTAMP NOT NULL,
+    started_at       TIMESTAMP,
+    completed_at     TIMESTAMP,
+    attempt          INTEGER NOT NULL,
+    retry_floor      INTEGER NOT NULL,
+    result           VARCHAR,
+    error            VARCHAR,
+    input_tokens     BIGINT,
+    output_tokens    BIGINT,
+    cost_usd         DOUBLE,
+    metadata         VARCHAR,
+    pid              BIGINT,
+    pid_start        BIGINT,
+    updated_at       TIMESTAMP NOT NULL
+);

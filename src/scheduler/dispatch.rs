@@ -83,10 +83,18 @@ async fn run_attempt(inner: Arc<Inner>, task: Task, handle: RunHandle) {
                 .for_agent(&agent)
                 .map(|runner| (agent, runner))
         });
-    let instructions = match inner.store.instructions(id).await {
-        Ok(Some(i)) => Ok(i),
-        Ok(None) => Err(format!("task {id} has no stored instructions")),
-        Err(e) => Err(e.to_string()),
+    let cached = inner
+        .lock()
+        .hot
+        .get(&id)
+        .and_then(|h| h.instructions.clone());
+    let instructions = match cached {
+        Some(i) => Ok(i.to_string()),
+        None => match inner.store.instructions(id).await {
+            Ok(Some(i)) => Ok(i),
+            Ok(None) => Err(format!("task {id} has no stored instructions")),
+            Err(e) => Err(e.to_string()),
+        },
     };
     let (agent, runner, instructions) = match (loaded, instructions) {
         (Ok((a, r)), Ok(i)) => (a, r, i),

@@ -146,35 +146,24 @@ impl Scheduler {
         }
         inner.check_dependencies(&task).await?;
         let id = task.id;
+        let cached = (instructions.len() <= state::CACHED_INSTRUCTIONS_BYTES)
+            .then(|| Arc::<str>::from(instructions.as_str()));
         inner.lock().hot.insert(
             id,
             Hot {
                 task: task.clone(),
                 wait: Wait::Reserved,
-                next_seq: 1,
+                next_seq: 0,
                 max_concurrency,
+                instructions: cached,
             },
         );
-        let accepted = NewLogLine {
-            task_id: id,
-            seq: 1,
-            ts_us: now_us(),
-            level: "info",
-            message: format!(
-                "accepted (agent {}, priority {})",
-                task.agent_name,
-                task.priority.as_str()
-            ),
-        };
         let written = inner
             .store
-            .write(vec![
-                WriteOp::InsertTask {
-                    task: Box::new(task.clone()),
-                    instructions,
-                },
-                WriteOp::AppendLogs(vec![accepted]),
-            ])
+            .write(vec![WriteOp::InsertTask {
+                task: Box::new(task.clone()),
+                instructions,
+            }])
             .await;
         match written {
             Ok(outcomes) => {
@@ -297,6 +286,7 @@ impl Scheduler {
                     wait: Wait::Reserved,
                     next_seq: last_seq + 1,
                     max_concurrency,
+                    instructions: None,
                 },
             );
         }

@@ -73,6 +73,7 @@ pub(super) async fn recover(inner: &Arc<Inner>) -> Result<(), SchedError> {
                     wait: Wait::Finishing,
                     next_seq: seqs.get(&id).copied().unwrap_or(0),
                     max_concurrency,
+                    instructions: None,
                 },
             );
             if t.status == TaskStatus::Pending {

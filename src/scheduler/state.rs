@@ -60,7 +60,12 @@ pub struct Hot {
     pub wait: Wait,
     pub next_seq: i64,
     pub max_concurrency: Option<u32>,
+    /// Small instructions are kept to spare a store read when the attempt starts.
+    pub instructions: Option<Arc<str>>,
 }
+
+/// Instructions up to this size stay in memory while their task is hot.
+pub const CACHED_INSTRUCTIONS_BYTES: usize = 16 * 1024;
 
 /// Ready-queue order: highest priority first, then oldest, then id (UUIDv7: creation order).
 pub type ReadyKey = (Reverse<Priority>, i64, Uuid);
@@ -211,6 +216,7 @@ mod tests {
                 wait: Wait::Reserved,
                 next_seq: 0,
                 max_concurrency: limit,
+                instructions: None,
             },
         );
         st.enqueue(id, 1_000);

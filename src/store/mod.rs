@@ -411,6 +411,12 @@ fn reply_err(group: Vec<WriteRequest>, e: StoreError) {
 }
 
 /// One transaction over several batches; returns each batch's outcomes.
+///
+/// DuckDB's cost is per statement far more than per row, so the group is written with a fixed
+/// number of statements whatever its size: all inserts through one appender, all updates
+/// through one staged UPDATE, all log lines through one appender. Inserts go first, then
+/// updates (an update in the group always follows its task's insert), each task's last update
+/// in the group winning (an update carries the task's whole mutable state).
 fn commit<'a>(
     conn: &Connection,
     batches: impl Iterator<Item = &'a [WriteOp]>,
@@ -419,19 +425,42 @@ fn commit<'a>(
     let res = (|| {
         let now = now_us();
         let mut all = Vec::new();
+        let mut inserts: Vec<(&Task, &str)> = Vec::new();
+        let mut keys_in_group: HashMap<&str, Uuid> = HashMap::new();
+        let mut updates: Vec<&Task> = Vec::new();
+        let mut update_index: HashMap<Uuid, usize> = HashMap::new();
         let mut logs: Vec<&NewLogLine> = Vec::new();
         for ops in batches {
             let mut outs = Vec::with_capacity(ops.len());
             for op in ops {
                 outs.push(match op {
                     WriteOp::InsertTask { task, instructions } => {
-                        match rows::insert_task(conn, task, instructions, now)? {
+                        let owner = match task.idempotency_key.as_deref() {
+                            Some(key) => match keys_in_group.get(key) {
+                                Some(id) => Some(*id),
+                                None => rows::idempotency_owner(conn, key)?,
+                            },
+                            None => None,
+                        };
+                        match owner {
                             Some(existing) => OpOutcome::Existing(existing),
-                            None => OpOutcome::Done,
+                            None => {
+                                if let Some(key) = task.idempotency_key.as_deref() {
+                                    keys_in_group.insert(key, task.id);
+                                }
+                                inserts.push((task, instructions));
+                                OpOutcome::Done
+                            }
                         }
                     }
                     WriteOp::UpdateTask(task) => {
-                        rows::update_task(conn, task, now)?;
+                        match update_index.get(&task.id) {
+                            Some(&i) => updates[i] = task,
+                            None => {
+                                update_index.insert(task.id, updates.len());
+                                updates.push(task);
+                            }
+                        }
                         OpOutcome::Done
                     }
                     WriteOp::AppendLogs(lines) => {
@@ -442,9 +471,14 @@ fn commit<'a>(
             }
             all.push(outs);
         }
+        if !inserts.is_empty() {
+            rows::insert_tasks(conn, &inserts, now)?;
+        }
+        if !updates.is_empty() {
+            rows::update_tasks(conn, &updates, now)?;
+        }
         if !logs.is_empty() {
-            let owned: Vec<NewLogLine> = logs.into_iter().cloned().collect();
-            rows::append_logs(conn, &owned)?;
+            rows::append_logs(conn, &logs)?;
         }
         Ok(all)
     })();

@@ -77,100 +77,182 @@ fn metadata_json(t: &Task) -> Option<String> {
     t.metadata.as_ref().map(|m| m.to_string())
 }
 
-/// Inserts a task; with an idempotency key already taken, inserts nothing and returns the owner.
-pub fn insert_task(
-    conn: &Connection,
-    t: &Task,
-    instructions: &str,
-    now_us: i64,
-) -> Result<Option<Uuid>, StoreError> {
-    if let Some(key) = &t.idempotency_key {
-        let mut st =
-            conn.prepare_cached("SELECT task_id::VARCHAR FROM idempotency_keys WHERE key = ?")?;
-        let mut rows = st.query([key])?;
-        if let Some(row) = rows.next()? {
-            let id: String = row.get(0)?;
-            return Ok(Some(parse_uuid(&id)?));
-        }
-        conn.prepare_cached("INSERT INTO idempotency_keys VALUES (?, ?)")?
-            .execute(params![key, t.id.to_string()])?;
+/// The task's columns in table order, for the appender.
+fn task_values(t: &Task, instructions: &str, now_us: i64) -> [Value; 29] {
+    fn text(s: &Option<String>) -> Value {
+        s.clone().map(Value::Text).unwrap_or(Value::Null)
     }
-    conn.prepare_cached(
-        "INSERT INTO tasks VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-    )?
-    .execute(params![
-        t.id.to_string(),
-        t.name,
-        t.agent_name,
-        instructions,
-        t.status.as_str(),
-        t.priority.rank(),
+    fn int(v: Option<i64>) -> Value {
+        v.map(Value::BigInt).unwrap_or(Value::Null)
+    }
+    [
+        Value::Text(t.id.to_string()),
+        Value::Text(t.name.clone()),
+        Value::Text(t.agent_name.clone()),
+        Value::Text(instructions.to_string()),
+        Value::Text(t.status.as_str().into()),
+        Value::SmallInt(t.priority.rank()),
         ts(t.created_us),
         ts(t.scheduled_us),
         opt_ts(t.started_us),
         opt_ts(t.completed_us),
-        t.attempt,
-        t.max_retries,
-        t.retry_floor,
-        t.timeout_seconds,
-        deps_json(t),
-        t.workflow_id.map(|w| w.to_string()),
-        t.phase_id,
-        t.working_dir,
-        metadata_json(t),
-        t.webhook_url,
-        t.idempotency_key,
-        t.result,
-        t.error,
-        t.usage.input_tokens,
-        t.usage.output_tokens,
-        t.usage.cost_usd,
-        t.pid,
-        t.pid_start,
+        Value::Int(t.attempt as i32),
+        Value::Int(t.max_retries as i32),
+        Value::Int(t.retry_floor as i32),
+        Value::Int(t.timeout_seconds as i32),
+        Value::Text(deps_json(t)),
+        t.workflow_id
+            .map(|w| Value::Text(w.to_string()))
+            .unwrap_or(Value::Null),
+        text(&t.phase_id),
+        text(&t.working_dir),
+        text(&metadata_json(t)),
+        text(&t.webhook_url),
+        text(&t.idempotency_key),
+        text(&t.result),
+        text(&t.error),
+        int(t.usage.input_tokens),
+        int(t.usage.output_tokens),
+        t.usage.cost_usd.map(Value::Double).unwrap_or(Value::Null),
+        int(t.pid),
+        int(t.pid_start),
         ts(now_us),
-    ])?;
-    Ok(None)
+    ]
 }
 
-/// Writes every mutable column of a task. Immutable ones (name, agent, instructions, ...) are
-/// fixed at insert.
-pub fn update_task(conn: &Connection, t: &Task, now_us: i64) -> Result<(), StoreError> {
-    let n = conn
-        .prepare_cached(
-            "UPDATE tasks SET status = ?, scheduled_at = ?, started_at = ?, completed_at = ?, \
-             attempt = ?, retry_floor = ?, result = ?, error = ?, input_tokens = ?, \
-             output_tokens = ?, cost_usd = ?, metadata = ?, pid = ?, pid_start = ?, updated_at = ? \
-             WHERE task_id = ?",
-        )?
-        .execute(params![
-            t.status.as_str(),
-            ts(t.scheduled_us),
-            opt_ts(t.started_us),
-            opt_ts(t.completed_us),
-            t.attempt,
-            t.retry_floor,
-            t.result,
-            t.error,
-            t.usage.input_tokens,
-            t.usage.output_tokens,
-            t.usage.cost_usd,
-            metadata_json(t),
-            t.pid,
-            t.pid_start,
-            ts(now_us),
-            t.id.to_string(),
-        ])?;
-    if n == 1 {
-        Ok(())
-    } else {
-        Err(StoreError::Conflict(format!(
-            "task {} does not exist",
-            t.id
-        )))
+/// The task that already owns `key`, if any.
+pub fn idempotency_owner(conn: &Connection, key: &str) -> Result<Option<Uuid>, StoreError> {
+    let mut st =
+        conn.prepare_cached("SELECT task_id::VARCHAR FROM idempotency_keys WHERE key = ?")?;
+    let mut rows = st.query([key])?;
+    match rows.next()? {
+        Some(row) => {
+            let id: String = row.get(0)?;
+            Ok(Some(parse_uuid(&id)?))
+        }
+        None => Ok(None),
     }
 }
 
-pub fn append_logs(conn: &Connection, lines: &[NewLogLine]) -> Result<(), StoreError> {
+/// Inserts tasks with one appender flush (DuckDB's bulk path). Idempotency keys must have been
+/// checked by the caller, in the same transaction.
+pub fn insert_tasks(
+    conn: &Connection,
+    tasks: &[(&Task, &str)],
+    now_us: i64,
+) -> Result<(), StoreError> {
+    let mut app = conn.appender("tasks")?;
+    for (t, instructions) in tasks {
+        app.append_row(duckdb::appender_params_from_iter(task_values(
+            t,
+            instructions,
+            now_us,
+        )))?;
+    }
+    app.flush()?;
+    drop(app);
+    let keyed: Vec<_> = tasks
+        .iter()
+        .filter_map(|(t, _)| t.idempotency_key.as_ref().map(|k| (k, t.id)))
+        .collect();
+    if !keyed.is_empty() {
+        let mut app = conn.appender("idempotency_keys")?;
+        for (key, id) in keyed {
+            app.append_row(params![key, id.to_string()])?;
+        }
+        app.flush()?;
+    }
+    Ok(())
+}
+
+/// The mutable columns of a task, in `task_updates` order.
+fn update_values(t: &Task, now_us: i64) -> [Value; 16] {
+    fn text(s: Option<String>) -> Value {
+        s.map(Value::Text).unwrap_or(Value::Null)
+    }
+    fn int(v: Option<i64>) -> Value {
+        v.map(Value::BigInt).unwrap_or(Value::Null)
+    }
+    [
+        Value::Text(t.id.to_string()),
+        Value::Text(t.status.as_str().into()),
+        ts(t.scheduled_us),
+        opt_ts(t.started_us),
+        opt_ts(t.completed_us),
+        Value::Int(t.attempt as i32),
+        Value::Int(t.retry_floor as i32),
+        text(t.result.clone()),
+        text(t.error.clone()),
+        int(t.usage.input_tokens),
+        int(t.usage.output_tokens),
+        t.usage.cost_usd.map(Value::Double).unwrap_or(Value::Null),
+        text(metadata_json(t)),
+        int(t.pid),
+        int(t.pid_start),
+        ts(now_us),
+    ]
+}
+
+const UPDATE_SET: &str = "status = u.status, scheduled_at = u.scheduled_at, \
+    started_at = u.started_at, completed_at = u.completed_at, attempt = u.attempt, \
+    retry_floor = u.retry_floor, result = u.result, error = u.error, \
+    input_tokens = u.input_tokens, output_tokens = u.output_tokens, cost_usd = u.cost_usd, \
+    metadata = u.metadata, pid = u.pid, pid_start = u.pid_start, updated_at = u.updated_at";
+
+/// Below this many rows, one UPDATE per task is cheaper than staging (measured: ~0.7 ms per
+/// UPDATE statement, ~2 ms fixed for the staged path, ~0.015 ms per staged row).
+const STAGE_FROM: usize = 3;
+
+/// Writes every mutable column of the given tasks (each id at most once). Immutable columns
+/// (name, agent, instructions, ...) are fixed at insert.
+pub fn update_tasks(conn: &Connection, tasks: &[&Task], now_us: i64) -> Result<(), StoreError> {
+    if tasks.len() < STAGE_FROM {
+        for t in tasks {
+            let mut v = update_values(t, now_us).to_vec();
+            let id = v.remove(0);
+            v.push(id);
+            let n = conn
+                .prepare_cached(
+                    "UPDATE tasks SET status = ?, scheduled_at = ?, started_at = ?, \
+                     completed_at = ?, attempt = ?, retry_floor = ?, result = ?, error = ?, \
+                     input_tokens = ?, output_tokens = ?, cost_usd = ?, metadata = ?, pid = ?, \
+                     pid_start = ?, updated_at = ? WHERE task_id = ?",
+                )?
+                .execute(duckdb::params_from_iter(v))?;
+            if n != 1 {
+                return Err(StoreError::Conflict(format!(
+                    "task {} does not exist",
+                    t.id
+                )));
+            }
+        }
+        return Ok(());
+    }
+    {
+        let mut app = conn.appender("task_updates")?;
+        for t in tasks {
+            app.append_row(duckdb::appender_params_from_iter(update_values(t, now_us)))?;
+        }
+        app.flush()?;
+    }
+    let n = conn
+        .prepare_cached(&format!(
+            "UPDATE tasks SET {UPDATE_SET} FROM task_updates u WHERE tasks.task_id = u.task_id"
+        ))?
+        .execute([])?;
+    conn.prepare_cached("DELETE FROM task_updates")?
+        .execute([])?;
+    if n != tasks.len() {
+        return Err(StoreError::Conflict(format!(
+            "{} of {} updated tasks do not exist",
+            tasks.len() - n,
+            tasks.len()
+        )));
+    }
+    Ok(())
+}
+
+pub fn append_logs(conn: &Connection, lines: &[&NewLogLine]) -> Result<(), StoreError> {
     let mut app = conn.appender("task_logs")?;
     for l in lines {
         app.append_row(params![

@@ -13,7 +13,7 @@ async fn results_and_logs_survive_a_restart() {
     env.shell_agent("ok", "echo 'note for later' >&2; echo result-text", "");
     let s = env.start().await;
     let id = s.submit("keep", "ok", "x", json!({})).await;
-    let before = s.wait_all(&[id.clone()], 30).await.remove(0);
+    let before = s.wait_one(&id, 30).await;
     let logs_before = s.call("task_logs", json!({"task_id": id})).await;
     s.stop().await;
 
@@ -132,7 +132,7 @@ async fn graceful_shutdown_requeues_without_using_an_attempt() {
     // The quick task finished within the grace period.
     let q = s.status(&quick).await;
     assert_eq!(q["status"], "completed", "{q}");
-    let t = s.wait_all(&[long.clone()], 30).await.remove(0);
+    let t = s.wait_one(&long, 30).await;
     assert_eq!(t["status"], "completed");
     assert_eq!(t["result"], "second-run\n");
     assert_eq!(t["attempt"], 1, "the interrupted attempt must not count");

@@ -196,6 +196,11 @@ impl Server {
         r["tasks"].as_array().unwrap().clone()
     }
 
+    /// Waits for one task to reach a terminal status and returns it.
+    pub async fn wait_one(&self, id: &str, timeout_s: u64) -> Value {
+        self.wait_all(&[id.to_string()], timeout_s).await.remove(0)
+    }
+
     pub async fn status(&self, id: &str) -> Value {
         self.call("task_status", json!({"task_id": id})).await
     }

@@ -175,7 +175,7 @@ async fn every_bad_argument_is_refused_with_a_reason() {
         .contains("unknown tool"));
 
     // State changes that are not allowed.
-    s.wait_all(&[id.clone()], 30).await;
+    s.wait_one(&id, 30).await;
     let msg = s.call_err("task_cancel", json!({"task_id": id})).await;
     assert!(msg.contains("already completed"), "{msg}");
     let msg = s.call_err("task_retry", json!({"task_id": id})).await;

@@ -36,8 +36,7 @@ async fn a_task_runs_and_every_tool_answers() {
     let id = accepted["task_id"].as_str().unwrap().to_string();
     assert_eq!(uuid::Uuid::parse_str(&id).unwrap().get_version_num(), 7);
 
-    let done = s.wait_all(&[id.clone()], 30).await;
-    let t = &done[0];
+    let t = &s.wait_one(&id, 30).await;
     assert_eq!(t["status"], "completed", "{t}");
     assert_eq!(
         t["result"],
