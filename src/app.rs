@@ -27,6 +27,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let store = Arc::new(
         Store::open(&db_path).with_context(|| format!("opening database {}", db_path.display()))?,
     );
+    let runners = Runners::new(cfg.runner_settings().map_err(anyhow::Error::msg)?)
+        .map_err(anyhow::Error::msg)?;
     let agents = AgentRegistry::new(cfg.agent_dirs(), cfg.default_runner.clone());
     let sched = Scheduler::start(
         SchedConfig {
@@ -35,7 +37,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         },
         store.clone(),
         agents,
-        Runners::new(),
+        runners,
         Arc::new(LogNotifier),
     )
     .await

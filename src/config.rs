@@ -5,6 +5,11 @@ use std::path::PathBuf;
 
 use clap::{Parser, ValueEnum};
 
+use crate::runner::anthropic::AnthropicSettings;
+use crate::runner::claude::ClaudeSettings;
+use crate::runner::openai::OpenAiSettings;
+use crate::runner::RunnerSettings;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Mode {
     /// stdio MCP server
@@ -60,6 +65,39 @@ pub struct Config {
     #[arg(long, env = "ORCHESTR8_CLAUDE_BIN", default_value = "claude")]
     pub claude_bin: String,
 
+    /// Claude Code permission mode for claude-runner agents that set none (acceptEdits,
+    /// bypassPermissions, plan, default)
+    #[arg(long, env = "ORCHESTR8_CLAUDE_PERMISSION_MODE")]
+    pub claude_permission_mode: Option<String>,
+
+    /// Anthropic API base URL; the anthropic runner posts to <base>/v1/messages
+    #[arg(
+        long,
+        env = "ANTHROPIC_BASE_URL",
+        default_value = "https://api.anthropic.com"
+    )]
+    pub anthropic_base_url: String,
+
+    /// Model for anthropic-runner agents that name none (or `inherit`)
+    #[arg(
+        long,
+        env = "ORCHESTR8_ANTHROPIC_MODEL",
+        default_value = "claude-sonnet-4-5"
+    )]
+    pub anthropic_model: String,
+
+    /// OpenAI-compatible base URL including /v1; the openai runner posts to <base>/chat/completions
+    #[arg(
+        long,
+        env = "OPENAI_BASE_URL",
+        default_value = "https://api.openai.com/v1"
+    )]
+    pub openai_base_url: String,
+
+    /// Model for openai-runner agents that name none
+    #[arg(long, env = "ORCHESTR8_OPENAI_MODEL")]
+    pub openai_model: Option<String>,
+
     /// Bearer token required on /api/*
     #[arg(long, env = "ORCHESTR8_API_TOKEN", hide_env_values = true)]
     pub api_token: Option<String>,
@@ -106,6 +144,41 @@ pub struct Config {
 }
 
 impl Config {
+    /// What the runners need. API keys come from the environment only (ANTHROPIC_API_KEY,
+    /// OPENAI_API_KEY), never from flags, so they cannot show in `ps`.
+    pub fn runner_settings(&self) -> Result<RunnerSettings, String> {
+        for (name, base) in [
+            ("ANTHROPIC_BASE_URL", &self.anthropic_base_url),
+            ("OPENAI_BASE_URL", &self.openai_base_url),
+        ] {
+            match url::Url::parse(base) {
+                Ok(u) if matches!(u.scheme(), "http" | "https") => {}
+                _ => {
+                    return Err(format!(
+                        "{name}={base:?} is not an http(s) URL; for example https://api.example.com"
+                    ))
+                }
+            }
+        }
+        let key = |name: &str| std::env::var(name).ok().filter(|k| !k.trim().is_empty());
+        Ok(RunnerSettings {
+            claude: ClaudeSettings {
+                bin: self.claude_bin.clone(),
+                permission_mode: self.claude_permission_mode.clone(),
+            },
+            anthropic: AnthropicSettings {
+                base_url: self.anthropic_base_url.clone(),
+                api_key: key("ANTHROPIC_API_KEY"),
+                model: self.anthropic_model.clone(),
+            },
+            openai: OpenAiSettings {
+                base_url: self.openai_base_url.clone(),
+                api_key: key("OPENAI_API_KEY"),
+                model: self.openai_model.clone(),
+            },
+        })
+    }
+
     /// The DuckDB file to open, with `~` expanded.
     pub fn db_path(&self) -> PathBuf {
         match &self.db_path {

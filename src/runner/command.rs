@@ -2,9 +2,7 @@
 //! result, stderr lines as log lines while they arrive.
 
 use std::io::Write;
-use std::process::Stdio;
 
-use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
 
 use super::process::{self, signal_group};
@@ -33,69 +31,27 @@ impl Runner for CommandRunner {
     }
 }
 
-fn failed(error: String, retryable: bool) -> RunOutcome {
-    RunOutcome::Failed { error, retryable }
-}
-
 async fn run(job: RunJob, ctx: RunContext) -> RunOutcome {
     let Some(argv) = job.agent.command.clone().filter(|a| !a.is_empty()) else {
-        return failed("agent has no `command:`".into(), false);
+        return RunOutcome::fatal("agent has no `command:`");
     };
     // The agent body goes to a file rather than an argument: it can be long, and it should not
     // show in `ps`. The file lives as long as this attempt.
     let prompt_file = match write_prompt_file(&job.agent.body) {
         Ok(f) => f,
-        Err(e) => return failed(format!("could not write the agent prompt file: {e}"), true),
+        Err(e) => {
+            return RunOutcome::retryable(format!("could not write the agent prompt file: {e}"))
+        }
     };
 
     let mut cmd = Command::new(&argv[0]);
-    cmd.args(&argv[1..])
-        .envs(&job.agent.env)
-        .env("ORCHESTR8_TASK_ID", job.task_id.to_string())
-        .env("ORCHESTR8_TASK_NAME", &job.task_name)
-        .env("ORCHESTR8_AGENT_NAME", &job.agent.name)
-        .env("ORCHESTR8_ATTEMPT", job.attempt.to_string())
-        .env(
-            "ORCHESTR8_WORKFLOW_ID",
-            job.workflow_id.map(|w| w.to_string()).unwrap_or_default(),
-        )
-        .env(
-            "ORCHESTR8_PHASE_ID",
-            job.phase_id.clone().unwrap_or_default(),
-        )
-        .env("ORCHESTR8_AGENT_PROMPT_FILE", prompt_file.path())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .kill_on_drop(true);
-    if let Some(dir) = &job.working_dir {
-        cmd.current_dir(dir);
-    }
-    let mut child = match cmd.spawn() {
+    cmd.args(&argv[1..]);
+    process::prepare(&mut cmd, &job, Some(prompt_file.path()));
+    let (mut child, pgid) = match process::spawn(&mut cmd, &ctx, &argv[0]) {
         Ok(c) => c,
-        Err(e) => {
-            let hint = if e.kind() == std::io::ErrorKind::NotFound {
-                " (not found: check the agent's `command:` and PATH, and that working_dir exists)"
-            } else {
-                ""
-            };
-            return failed(format!("could not start {:?}: {e}{hint}", argv[0]), false);
-        }
+        Err(e) => return RunOutcome::fatal(e),
     };
-    let pgid = child.id().map(i64::from).unwrap_or(0);
-    (ctx.on_spawn)(pgid, process::start_time(pgid));
-    (ctx.log)("info", format!("started {:?} (pid {pgid})", argv[0]));
-
-    let stdin = child.stdin.take();
-    let instructions = job.instructions;
-    let writer = tokio::spawn(async move {
-        if let Some(mut stdin) = stdin {
-            // An agent that does not read its stdin is fine: ignore a broken pipe.
-            let _ = stdin.write_all(instructions.as_bytes()).await;
-            let _ = stdin.shutdown().await;
-        }
-    });
+    let writer = process::feed_stdin(&mut child, job.instructions);
     let stdout = child.stdout.take();
     let out_reader = tokio::spawn(async move {
         match stdout {
@@ -137,20 +93,14 @@ async fn run(job: RunJob, ctx: RunContext) -> RunOutcome {
             metadata: None,
         },
         Ok(s) => {
-            use std::os::unix::process::ExitStatusExt;
-            let how = match (s.code(), s.signal()) {
-                (Some(code), _) => format!("exit status {code}"),
-                (None, Some(sig)) => format!("killed by signal {sig}"),
-                _ => "exited abnormally".to_string(),
-            };
-            let error = if stderr_tail.is_empty() {
+            let how = process::describe_exit(&s);
+            RunOutcome::retryable(if stderr_tail.is_empty() {
                 format!("{how} (stderr was empty)")
             } else {
                 format!("{how}; end of stderr:\n{stderr_tail}")
-            };
-            failed(error, true)
+            })
         }
-        Err(e) => failed(format!("could not wait for the process: {e}"), true),
+        Err(e) => RunOutcome::retryable(format!("could not wait for the process: {e}")),
     }
 }
 

@@ -1,11 +1,16 @@
-//! Runners: how one attempt of a task is carried out (a process, or later an HTTP call).
+//! Runners: how one attempt of a task is carried out (a process or an HTTP call).
 //!
 //! The scheduler knows nothing about processes or APIs: it hands a [`RunJob`] and a
 //! [`RunContext`] to the [`Runner`] the agent names and gets a [`RunOutcome`] back. Timeouts,
 //! cancellation and shutdown all arrive the same way, as the context's cancellation token; the
 //! scheduler knows why it cancelled, the runner only has to stop promptly and say so.
 
+pub mod anthropic;
+pub mod claude;
+pub mod claude_stream;
 pub mod command;
+pub mod http;
+pub mod openai;
 pub mod process;
 
 use std::collections::HashMap;
@@ -60,9 +65,31 @@ pub enum RunOutcome {
         /// Whether another attempt could succeed (a crash, a 5xx); `false` for a request the
         /// other side refused as invalid.
         retryable: bool,
+        /// The earliest the other side wants to be asked again (an HTTP `retry-after`).
+        retry_after: Option<std::time::Duration>,
     },
     /// The cancellation token fired and the work was stopped.
     Stopped,
+}
+
+impl RunOutcome {
+    /// A failure another attempt may get past (a crash, a time-out, a 5xx).
+    pub fn retryable(error: impl Into<String>) -> Self {
+        RunOutcome::Failed {
+            error: error.into(),
+            retryable: true,
+            retry_after: None,
+        }
+    }
+
+    /// A failure no retry will fix (a missing executable, a 401, an invalid request).
+    pub fn fatal(error: impl Into<String>) -> Self {
+        RunOutcome::Failed {
+            error: error.into(),
+            retryable: false,
+            retry_after: None,
+        }
+    }
 }
 
 pub trait Runner: Send + Sync {
@@ -73,6 +100,14 @@ pub trait Runner: Send + Sync {
     fn run(&self, job: RunJob, ctx: RunContext) -> BoxFuture<'_, RunOutcome>;
 }
 
+/// What the runners need from the configuration and environment.
+#[derive(Clone, Default)]
+pub struct RunnerSettings {
+    pub claude: claude::ClaudeSettings,
+    pub anthropic: anthropic::AnthropicSettings,
+    pub openai: openai::OpenAiSettings,
+}
+
 /// The runners this build provides, by the name agents use in `runner:`.
 #[derive(Clone, Default)]
 pub struct Runners {
@@ -80,11 +115,27 @@ pub struct Runners {
 }
 
 impl Runners {
-    pub fn new() -> Self {
+    /// Every runner of contract section 6. Fails only if no HTTP client can be built (TLS setup).
+    pub fn new(settings: RunnerSettings) -> Result<Self, String> {
+        let client = http::client()?;
         let mut r = Runners::default();
-        r.by_name
-            .insert("command", Arc::new(command::CommandRunner));
-        r
+        r.insert("command", Arc::new(command::CommandRunner));
+        r.insert(
+            "claude",
+            Arc::new(claude::ClaudeRunner::new(settings.claude)),
+        );
+        r.insert(
+            "anthropic",
+            Arc::new(anthropic::AnthropicRunner::new(
+                settings.anthropic,
+                client.clone(),
+            )),
+        );
+        r.insert(
+            "openai",
+            Arc::new(openai::OpenAiRunner::new(settings.openai, client)),
+        );
+        Ok(r)
     }
 
     pub fn insert(&mut self, name: &'static str, runner: Arc<dyn Runner>) {
@@ -95,7 +146,7 @@ impl Runners {
     pub fn for_agent(&self, agent: &AgentDef) -> Result<Arc<dyn Runner>, String> {
         let runner = self.by_name.get(agent.runner.as_str()).ok_or_else(|| {
             format!(
-                "agent {:?} uses runner {:?}, which this build does not provide yet (available: {}); set `runner: command` with a `command:` list in {}, or change ORCHESTR8_DEFAULT_RUNNER",
+                "agent {:?} uses runner {:?}, which this build does not provide (available: {}); set `runner:` to one of those in {}, or change ORCHESTR8_DEFAULT_RUNNER",
                 agent.name,
                 agent.runner,
                 self.names().join(", "),

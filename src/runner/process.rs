@@ -4,14 +4,86 @@
 //! it started (`sh -c 'sleep 100'` leaves no `sleep` behind), and so that crash recovery can stop
 //! the orphans of a dead server by group id.
 
+use std::path::Path;
+use std::process::Stdio;
 use std::time::Duration;
 
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader};
-use tokio::process::Child;
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::task::JoinHandle;
 
+use super::{RunContext, RunJob};
 use crate::limits;
+
+/// Sets `cmd` up the way every agent process runs: its own process group, the task's environment
+/// (contract section 6) on top of the agent's `env`, piped stdio, cwd = the task's working_dir.
+pub fn prepare(cmd: &mut Command, job: &RunJob, prompt_file: Option<&Path>) {
+    cmd.envs(&job.agent.env)
+        .env("ORCHESTR8_TASK_ID", job.task_id.to_string())
+        .env("ORCHESTR8_TASK_NAME", &job.task_name)
+        .env("ORCHESTR8_AGENT_NAME", &job.agent.name)
+        .env("ORCHESTR8_ATTEMPT", job.attempt.to_string())
+        .env(
+            "ORCHESTR8_WORKFLOW_ID",
+            job.workflow_id.map(|w| w.to_string()).unwrap_or_default(),
+        )
+        .env(
+            "ORCHESTR8_PHASE_ID",
+            job.phase_id.clone().unwrap_or_default(),
+        )
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    if let Some(f) = prompt_file {
+        cmd.env("ORCHESTR8_AGENT_PROMPT_FILE", f);
+    }
+    if let Some(dir) = &job.working_dir {
+        cmd.current_dir(dir);
+    }
+}
+
+/// Starts a prepared command and tells the scheduler its process group (for crash recovery).
+/// The error says what to check; `what` names the program for it.
+pub fn spawn(cmd: &mut Command, ctx: &RunContext, what: &str) -> Result<(Child, i64), String> {
+    let child = cmd.spawn().map_err(|e| {
+        let hint = if e.kind() == std::io::ErrorKind::NotFound {
+            " (not found: check the program name and PATH, and that working_dir exists)"
+        } else {
+            ""
+        };
+        format!("could not start {what:?}: {e}{hint}")
+    })?;
+    let pgid = child.id().map(i64::from).unwrap_or(0);
+    (ctx.on_spawn)(pgid, start_time(pgid));
+    (ctx.log)("info", format!("started {what:?} (pid {pgid})"));
+    Ok((child, pgid))
+}
+
+/// Writes `text` to the child's stdin and closes it, in the background (a large text must not
+/// block reading the child's output). An agent that never reads its stdin is fine.
+pub fn feed_stdin(child: &mut Child, text: String) -> JoinHandle<()> {
+    let stdin = child.stdin.take();
+    tokio::spawn(async move {
+        if let Some(mut stdin) = stdin {
+            let _ = stdin.write_all(text.as_bytes()).await;
+            let _ = stdin.shutdown().await;
+        }
+    })
+}
+
+/// Describes how a process ended, for an error message.
+pub fn describe_exit(status: &std::process::ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exit status {code}"),
+        (None, Some(sig)) => format!("killed by signal {sig}"),
+        _ => "exited abnormally".to_string(),
+    }
+}
 
 /// How long a process group has between SIGTERM and SIGKILL.
 pub const KILL_GRACE: Duration = Duration::from_secs(3);

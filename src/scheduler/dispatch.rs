@@ -242,11 +242,16 @@ fn settle(inner: &Inner, mut t: Task, outcome: RunOutcome, reason: u8) -> Transi
             logs.push(("info", format!("attempt {} completed", t.attempt)));
             None
         }
-        RunOutcome::Failed { error, retryable } => Some((error, retryable)),
+        RunOutcome::Failed {
+            error,
+            retryable,
+            retry_after,
+        } => Some((error, retryable, retry_after)),
         RunOutcome::Stopped => match reason {
             STOP_TIMEOUT => Some((
                 format!("timed out after {}s (timeout_seconds)", t.timeout_seconds),
                 true,
+                None,
             )),
             STOP_SHUTDOWN => {
                 t.status = TaskStatus::Pending;
@@ -269,17 +274,25 @@ fn settle(inner: &Inner, mut t: Task, outcome: RunOutcome, reason: u8) -> Transi
                 ));
                 None
             }
-            _ => Some(("the runner stopped without a result".to_string(), true)),
+            _ => Some((
+                "the runner stopped without a result".to_string(),
+                true,
+                None,
+            )),
         },
     };
-    if let Some((error, retryable)) = failure {
+    if let Some((error, retryable, retry_after)) = failure {
         if retryable && t.has_retries_left() {
             let retry = t.attempt.saturating_sub(t.retry_floor);
+            // The back-off, or later if the other side asked for that (an HTTP retry-after),
+            // within the same cap.
             let delay = backoff::delay_ms(
                 inner.cfg.retry_backoff_base_ms,
                 retry,
                 backoff::TASK_RETRY_CAP_MS,
-            );
+            )
+            .max(retry_after.map_or(0, |d| d.as_millis() as u64))
+            .min(backoff::TASK_RETRY_CAP_MS);
             t.status = TaskStatus::Pending;
             t.scheduled_us = now + (delay as i64) * 1000;
             logs.push((

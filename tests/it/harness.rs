@@ -53,6 +53,24 @@ impl Env {
         std::fs::write(self.path(&format!("agents/{name}.md")), text).unwrap();
     }
 
+    /// Writes `agents/<name>.md` with the given frontmatter lines (after `name:`) and body.
+    pub fn agent(&self, name: &str, frontmatter: &str, body: &str) {
+        let text = format!(
+            "---\nname: {name}\ndescription: test agent {name}\n{frontmatter}\n---\n{body}"
+        );
+        std::fs::write(self.path(&format!("agents/{name}.md")), text).unwrap();
+    }
+
+    /// Writes an executable `sh` script at `rel` and returns its path.
+    pub fn script(&self, rel: &str, text: &str) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let p = self.path(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, text).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        p
+    }
+
     /// Starts the server; its stderr goes to `server-<n>.log` in the temp dir.
     pub async fn start(&self) -> Server {
         let n = std::fs::read_dir(self.dir.path())
@@ -66,6 +84,15 @@ impl Env {
         let log_path = self.path(&format!("server-{n}.log"));
         let log = std::fs::File::create(&log_path).unwrap();
         let mut cmd = tokio::process::Command::new(BIN);
+        // The server must see only what the test sets, not the developer's own keys or settings.
+        for (k, _) in std::env::vars() {
+            if ["ORCHESTR8_", "ANTHROPIC_", "OPENAI_"]
+                .iter()
+                .any(|p| k.starts_with(p))
+            {
+                cmd.env_remove(k);
+            }
+        }
         cmd.current_dir(self.dir.path())
             .env("ORCHESTR8_DB_PATH", self.path("db/o8.duckdb"))
             .env("ORCHESTR8_AGENTS_DIR", self.path("agents"))
@@ -199,6 +226,19 @@ impl Server {
     /// Waits for one task to reach a terminal status and returns it.
     pub async fn wait_one(&self, id: &str, timeout_s: u64) -> Value {
         self.wait_all(&[id.to_string()], timeout_s).await.remove(0)
+    }
+
+    /// The task's log messages, oldest first.
+    pub async fn log_messages(&self, id: &str) -> Vec<String> {
+        let r = self
+            .call("task_logs", json!({"task_id": id, "limit": 1000}))
+            .await;
+        r["logs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l["message"].as_str().unwrap().to_string())
+            .collect()
     }
 
     pub async fn status(&self, id: &str) -> Value {

@@ -6,5 +6,7 @@ mod durability;
 mod harness;
 mod protocol;
 mod refusals;
+mod runners;
 mod scheduling;
+mod stub_http;
 mod tools;

@@ -43,7 +43,7 @@ async fn every_bad_argument_is_refused_with_a_reason() {
         (task(json!({"agent_name": "broken"})), "no `command:` list"),
         (
             task(json!({"agent_name": "remote"})),
-            "runner \"anthropic\"",
+            "ANTHROPIC_API_KEY is not set",
         ),
         (task(json!({"name": " "})), "name must be"),
         (
