@@ -82,3 +82,32 @@ CREATE TABLE IF NOT EXISTS task_updates (
     pid_start        BIGINT,
     updated_at       TIMESTAMP NOT NULL
 );
+
+-- One row per workflow. Its phases and tasks point at it by workflow_id.
+CREATE TABLE IF NOT EXISTS workflows (
+    workflow_id   UUID PRIMARY KEY,
+    name          VARCHAR NOT NULL,
+    description   VARCHAR,
+    webhook_url   VARCHAR,
+    status        VARCHAR NOT NULL,      -- draft | running | completed | failed | cancelled
+    max_parallel  INTEGER,
+    error         VARCHAR,               -- why it failed or was cancelled
+    created_at    TIMESTAMP NOT NULL,
+    started_at    TIMESTAMP,
+    completed_at  TIMESTAMP,
+    updated_at    TIMESTAMP NOT NULL
+);
+
+-- Phases of a workflow. `depends_on` only names phases added earlier (lower position), so
+-- position order is a topological order of the phase graph.
+CREATE TABLE IF NOT EXISTS workflow_phases (
+    workflow_id   UUID NOT NULL,
+    phase_id      VARCHAR NOT NULL,
+    name          VARCHAR NOT NULL,
+    depends_on    VARCHAR NOT NULL,      -- JSON array of phase ids
+    position      INTEGER NOT NULL,
+    status        VARCHAR NOT NULL,      -- pending | running | completed | failed | cancelled
+    started_at    TIMESTAMP,
+    completed_at  TIMESTAMP,
+    PRIMARY KEY (workflow_id, phase_id)
+);

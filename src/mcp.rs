@@ -27,7 +27,10 @@ Call task_async to hand off a task; it answers at once with a task_id while the 
 then use task_wait to block until tasks finish (better than calling task_status in a loop), or task_status \
 to look once. Task statuses: pending (queued, waiting for a worker, its dependencies, its run_at time or a \
 retry back-off), running, completed (result holds the output), failed (error says why, after retries), \
-cancelled. Everything is stored durably: tasks survive restarts of this server.";
+cancelled. For multi-step work, build a workflow: workflow_create, then workflow_add_phase for each phase (depends_on \
+orders them, e.g. design -> implementation -> testing), workflow_add_task for each task, then workflow_start; each \
+later phase's tasks receive the results of the phases before them. Follow it with workflow_status. Everything is \
+stored durably: tasks and workflows survive restarts of this server.";
 
 fn tool<T: JsonSchema + 'static>(name: &'static str, description: &'static str) -> Tool {
     Tool::new(name, description, schema_for_type::<T>())
@@ -71,6 +74,35 @@ fn tools() -> Vec<Tool> {
         tool::<NoArgs>(
             "list_agents",
             "The agents tasks can be handed to: {agents: [{name, description, runner, model, path}]}. Pick agent_name for task_async from here.",
+        ),
+        tool::<WorkflowCreateArgs>(
+            "workflow_create",
+            "Create a workflow in status draft: multi-step work as phases that run in order (e.g. design -> implementation -> testing). Returns {workflow_id, status: \"draft\"}. \
+             Next: workflow_add_phase, workflow_add_task, then workflow_start.",
+        ),
+        tool::<WorkflowAddPhaseArgs>(
+            "workflow_add_phase",
+            "Add a phase to a draft workflow. depends_on lists phases (added earlier) that must complete before this phase's tasks start; phases without a dependency between them run in parallel. Returns the phase.",
+        ),
+        tool::<WorkflowAddTaskArgs>(
+            "workflow_add_task",
+            "Add a task to a phase of a draft workflow. Tasks of one phase run in parallel (dependencies order them further). When it starts, the task receives the results of every task in the phases its phase depends on, appended to its instructions. Returns {task_id, ...}.",
+        ),
+        tool::<WorkflowIdArgs>(
+            "workflow_start",
+            "Start a draft workflow: its shape is frozen and the tasks of its first phases start. Returns the workflow status object. Refused for a workflow without tasks.",
+        ),
+        tool::<WorkflowIdArgs>(
+            "workflow_status",
+            "The workflow status object: status (draft, running, completed, failed, cancelled), progress (0..100), phases with task counts, tasks with their status, failed_tasks with errors. Use task_status on a task_id for its result.",
+        ),
+        tool::<WorkflowIdArgs>(
+            "workflow_cancel",
+            "Cancel a draft or running workflow: every unfinished task is cancelled (running processes are stopped) and unfinished phases are marked cancelled. Returns the workflow status object.",
+        ),
+        tool::<ListWorkflowsArgs>(
+            "list_workflows",
+            "List workflows, newest first, optionally by status; returns {workflows: [summaries with progress], total}.",
         ),
     ]
 }
@@ -191,6 +223,42 @@ impl ServerHandler for McpServer {
                     |s, _: NoArgs| async move { s.list_agents().await },
                 )
                 .await
+            }
+            "workflow_create" => {
+                self.call(name, args, |s, a| async move { s.workflow_create(a).await })
+                    .await
+            }
+            "workflow_add_phase" => {
+                self.call(
+                    name,
+                    args,
+                    |s, a| async move { s.workflow_add_phase(a).await },
+                )
+                .await
+            }
+            "workflow_add_task" => {
+                self.call(
+                    name,
+                    args,
+                    |s, a| async move { s.workflow_add_task(a).await },
+                )
+                .await
+            }
+            "workflow_start" => {
+                self.call(name, args, |s, a| async move { s.workflow_start(a).await })
+                    .await
+            }
+            "workflow_status" => {
+                self.call(name, args, |s, a| async move { s.workflow_status(a).await })
+                    .await
+            }
+            "workflow_cancel" => {
+                self.call(name, args, |s, a| async move { s.workflow_cancel(a).await })
+                    .await
+            }
+            "list_workflows" => {
+                self.call(name, args, |s, a| async move { s.list_workflows(a).await })
+                    .await
             }
             other => error_result(&format!(
                 "unknown tool {other:?}; the tools are: {}",

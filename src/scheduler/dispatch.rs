@@ -8,12 +8,16 @@ use std::time::Duration;
 
 use uuid::Uuid;
 
-use super::state::{RunHandle, Wait, STOP_CANCEL, STOP_SHUTDOWN, STOP_TIMEOUT};
+use super::state::{RunHandle, Wait, STOP_CANCEL, STOP_SHUTDOWN, STOP_TIMEOUT, STOP_WORKFLOW};
 use super::{Inner, Transition};
 use crate::backoff;
 use crate::model::{now_us, NewLogLine, Task, TaskStatus};
 use crate::runner::{RunContext, RunJob, RunOutcome};
 use crate::store::WriteOp;
+
+/// The boxed future of `Inner::commit` (it recurses through workflows).
+pub(super) type BoxedUnit<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>>;
 
 pub(super) async fn dispatcher(inner: Arc<Inner>) {
     loop {
@@ -117,6 +121,21 @@ async fn run_attempt(inner: Arc<Inner>, task: Task, handle: RunHandle) {
     if let Some(h) = inner.lock().hot.get_mut(&id) {
         h.max_concurrency = agent.max_concurrency;
     }
+    // A workflow task sees the results of the phases before its own.
+    let upstream = inner.upstream_results(&task).await;
+    let instructions = if upstream.is_empty() {
+        instructions
+    } else {
+        inner.log(
+            id,
+            "info",
+            format!(
+                "instructions extended with the results of earlier phases ({} bytes)",
+                upstream.len()
+            ),
+        );
+        instructions + &upstream
+    };
 
     let mut running = task.clone();
     running.status = TaskStatus::Running;
@@ -148,7 +167,7 @@ async fn run_attempt(inner: Arc<Inner>, task: Task, handle: RunHandle) {
         // Nothing ran and nothing durable changed: back to the queue.
         tracing::error!(task_id = %id, "could not record the start ({e}); requeueing");
         let mut st = inner.lock();
-        st.release_worker(&task.agent_name);
+        st.release_worker(&task);
         st.enqueue(id, now_us() + 1_000_000);
         return;
     }
@@ -272,6 +291,15 @@ fn settle(inner: &Inner, mut t: Task, outcome: RunOutcome, reason: u8) -> Transi
                     "info",
                     "cancelled by request; process group stopped".to_string(),
                 ));
+                None
+            }
+            STOP_WORKFLOW => {
+                t.status = TaskStatus::Cancelled;
+                t.completed_us = Some(now);
+                let why =
+                    "stopped because its workflow ended (failed or cancelled; see workflow_status)";
+                t.error = Some(why.into());
+                logs.push(("warn", format!("{why}; process group stopped")));
                 None
             }
             _ => Some((

@@ -10,9 +10,11 @@
 //! at start (crash recovery); `wait` implements `task_wait`.
 
 mod dispatch;
+mod phases;
 mod recovery;
 pub mod state;
 mod wait;
+mod workflow;
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -71,6 +73,9 @@ pub(crate) struct Inner {
     terminal: broadcast::Sender<Uuid>,
     /// Fired at shutdown: no new attempts start, no new tasks are accepted.
     stopping: CancellationToken,
+    /// Serializes changes to a workflow's shape and its start and cancel, so that a task added
+    /// concurrently with a start is either in the started workflow or refused.
+    wf_lock: tokio::sync::Mutex<()>,
 }
 
 /// Cheap to clone; all clones drive the same scheduler.
@@ -107,6 +112,7 @@ impl Scheduler {
             wake: Notify::new(),
             terminal,
             stopping: CancellationToken::new(),
+            wf_lock: tokio::sync::Mutex::new(()),
         });
         recovery::recover(&inner).await?;
         tokio::spawn(dispatch::dispatcher(inner.clone()));
@@ -193,6 +199,13 @@ impl Scheduler {
             Withdrawn(Box<Task>),
         }
         let inner = &self.inner;
+        if let Some(t) = self.task(id).await? {
+            if let (Some(w), false) = (t.workflow_id, t.status.is_terminal()) {
+                return Err(SchedError::Conflict(format!(
+                    "task {id} belongs to workflow {w}, whose tasks are cancelled together: use workflow_cancel"
+                )));
+            }
+        }
         let mut events = inner.terminal.subscribe();
         let action = {
             let mut st = inner.lock();
@@ -254,6 +267,11 @@ impl Scheduler {
             )));
         }
         let mut t = self.task_or_not_found(id).await?;
+        if let Some(w) = t.workflow_id {
+            return Err(SchedError::Conflict(format!(
+                "task {id} belongs to workflow {w}; a workflow's tasks are not retried one by one once it has ended — create a new workflow to run it again"
+            )));
+        }
         if !matches!(t.status, TaskStatus::Failed | TaskStatus::Cancelled) {
             return Err(SchedError::Conflict(format!(
                 "task {id} is {}; only failed or cancelled tasks can be retried",
@@ -546,20 +564,35 @@ impl Inner {
 
     /// Commits transitions (and the cancellations they cascade into), updating memory after
     /// each commit.
-    async fn commit(self: &Arc<Self>, mut batch: Vec<Transition>) {
-        while !batch.is_empty() {
-            let ops = Self::ops_for(&mut self.lock(), &batch);
-            self.write_with_retries(ops).await;
-            let mut next = Vec::new();
-            {
-                let mut st = self.lock();
-                for tr in batch {
-                    next.extend(self.apply_committed(&mut st, tr));
+    ///
+    /// Boxed because it recurses: advancing a workflow can activate tasks, which can commit.
+    fn commit(self: &Arc<Self>, mut batch: Vec<Transition>) -> dispatch::BoxedUnit<'_> {
+        Box::pin(async move {
+            while !batch.is_empty() {
+                let ops = Self::ops_for(&mut self.lock(), &batch);
+                self.write_with_retries(ops).await;
+                let mut next = Vec::new();
+                let mut workflows = Vec::new();
+                {
+                    let mut st = self.lock();
+                    for tr in batch {
+                        if let Some(w) =
+                            tr.task.workflow_id.filter(|_| tr.task.status.is_terminal())
+                        {
+                            if !workflows.contains(&w) {
+                                workflows.push(w);
+                            }
+                        }
+                        next.extend(self.apply_committed(&mut st, tr));
+                    }
                 }
+                for w in workflows {
+                    next.extend(self.advance_workflow(w, false).await);
+                }
+                self.wake.notify_one();
+                batch = next;
             }
-            self.wake.notify_one();
-            batch = next;
-        }
+        })
     }
 
     /// The store writes of `batch`: each task's new state and its log lines.
@@ -608,11 +641,12 @@ impl Inner {
     fn apply_committed(&self, st: &mut State, tr: Transition) -> Vec<Transition> {
         let id = tr.task.id;
         if tr.ends_attempt {
-            st.release_worker(&tr.task.agent_name);
+            st.release_worker(&tr.task);
         }
         let status = tr.task.status;
         if status.is_terminal() {
             st.hot.remove(&id);
+            Self::note_workflow_task(st, &tr.task);
             self.notifier.task_finished(&tr.task);
             let _ = self.terminal.send(id);
             return self.settle_dependents(st, id, &tr.task.name, status);

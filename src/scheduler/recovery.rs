@@ -5,16 +5,73 @@
 //! process group of that attempt, if still alive, is killed first, so a task never runs twice at
 //! the same time.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
-use super::state::{Hot, Wait};
+use uuid::Uuid;
+
+use super::state::{Hot, Wait, WfHot};
+use super::workflow::phase_index;
 use super::{Inner, SchedError, Transition};
-use crate::model::{now_us, TaskStatus};
+use crate::model::{now_us, PhaseStatus, TaskStatus, WorkflowStatus};
 use crate::runner::process;
 
+/// Where a recovered pending task goes.
+enum Gate {
+    /// Not in a workflow, or its phase is open: schedule it.
+    Open,
+    /// Its phase has not opened yet.
+    Closed,
+    /// Its workflow has ended (a crash interrupted the workflow's cancellations): cancel it.
+    Ended,
+}
+
+/// Rebuilds every running workflow in memory from its stored phases and task statuses.
+async fn load_workflows(inner: &Arc<Inner>) -> Result<Vec<Uuid>, SchedError> {
+    let mut ids = Vec::new();
+    for wf in inner.store.workflows_in(WorkflowStatus::Running).await? {
+        let phases = inner.store.phases(wf.id).await?;
+        let tasks = inner.store.workflow_tasks(wf.id).await?;
+        let mut hot = WfHot {
+            workflow: wf,
+            phases,
+            tasks: HashMap::new(),
+            running: 0,
+            failure: None,
+        };
+        let mut st = inner.lock();
+        for t in &tasks {
+            hot.tasks
+                .insert(t.id, (phase_index(&hot.phases, t), TaskStatus::Pending));
+        }
+        ids.push(hot.workflow.id);
+        st.workflows.insert(hot.workflow.id, hot);
+        for t in tasks.iter().filter(|t| t.status.is_terminal()) {
+            Inner::note_workflow_task(&mut st, t);
+        }
+    }
+    Ok(ids)
+}
+
 pub(super) async fn recover(inner: &Arc<Inner>) -> Result<(), SchedError> {
+    let workflows = load_workflows(inner).await?;
     let active = inner.store.active_tasks().await?;
-    if active.is_empty() {
+    // Workflows of active tasks that are not running: drafts (their tasks wait for the start)
+    // or ended ones.
+    let mut other: HashMap<Uuid, Option<WorkflowStatus>> = HashMap::new();
+    for w in active.iter().filter_map(|t| t.workflow_id) {
+        if !workflows.contains(&w) && !other.contains_key(&w) {
+            other.insert(w, inner.store.workflow(w).await?.map(|wf| wf.status));
+        }
+    }
+    let active: Vec<_> = active
+        .into_iter()
+        .filter(|t| {
+            t.workflow_id
+                .is_none_or(|w| other.get(&w) != Some(&Some(WorkflowStatus::Draft)))
+        })
+        .collect();
+    if active.is_empty() && workflows.is_empty() {
         return Ok(());
     }
     let seqs = inner
@@ -34,6 +91,20 @@ pub(super) async fn recover(inner: &Arc<Inner>) -> Result<(), SchedError> {
                 .and_then(|a| a.max_concurrency);
             let id = t.id;
             let was_running = t.status == TaskStatus::Running;
+            let gate = match t.workflow_id {
+                None => Gate::Open,
+                Some(w) => match st.workflows.get(&w) {
+                    Some(wf) => {
+                        let open = wf.phases.get(phase_index(&wf.phases, &t)).map(|p| p.status);
+                        if open == Some(PhaseStatus::Running) {
+                            Gate::Open
+                        } else {
+                            Gate::Closed
+                        }
+                    }
+                    None => Gate::Ended,
+                },
+            };
             let mut logs = Vec::new();
             if was_running {
                 if let Some(pid) = t.pid {
@@ -48,7 +119,9 @@ pub(super) async fn recover(inner: &Arc<Inner>) -> Result<(), SchedError> {
                 }
                 t.pid = None;
                 t.pid_start = None;
-                if t.has_retries_left() {
+                if matches!(gate, Gate::Ended) {
+                    // Handled below with the pending ones.
+                } else if t.has_retries_left() {
                     t.status = TaskStatus::Pending;
                     t.scheduled_us = now;
                     logs.push((
@@ -66,6 +139,14 @@ pub(super) async fn recover(inner: &Arc<Inner>) -> Result<(), SchedError> {
                     logs.push(("error", msg));
                 }
             }
+            let ended = matches!(gate, Gate::Ended);
+            if ended {
+                t.status = TaskStatus::Cancelled;
+                t.completed_us = Some(now);
+                let msg = "cancelled: its workflow had already ended when the server restarted";
+                t.error = Some(msg.into());
+                logs.push(("warn", msg.to_string()));
+            }
             st.hot.insert(
                 id,
                 Hot {
@@ -77,9 +158,9 @@ pub(super) async fn recover(inner: &Arc<Inner>) -> Result<(), SchedError> {
                 },
             );
             if t.status == TaskStatus::Pending {
-                pending.push(id);
+                pending.push((id, matches!(gate, Gate::Open)));
             }
-            if was_running {
+            if was_running || ended {
                 transitions.push(Transition {
                     task: t,
                     logs,
@@ -102,20 +183,30 @@ pub(super) async fn recover(inner: &Arc<Inner>) -> Result<(), SchedError> {
                 h.task = tr.task;
             }
         }
-        for id in &pending {
+        for (id, open) in &pending {
             if let Some(h) = st.hot.get_mut(id) {
-                h.wait = Wait::Reserved;
+                h.wait = if *open { Wait::Reserved } else { Wait::Gated };
             }
         }
     }
     inner.commit(cascade).await;
-    for id in pending {
-        inner.activate(id).await;
+    for (id, open) in pending {
+        if open {
+            inner.activate(id).await;
+        }
+    }
+    // Phases and workflows whose change a crash interrupted move on now.
+    for w in &workflows {
+        let cancel = inner.advance_workflow(*w, false).await;
+        inner.commit(cancel).await;
     }
     let (hot, _) = {
         let st = inner.lock();
         (st.hot.len(), st.running)
     };
-    tracing::info!("recovered {hot} pending task(s); {recovered} had been running when the previous server stopped");
+    tracing::info!(
+        "recovered {hot} pending task(s) and {} running workflow(s); {recovered} task(s) had been running when the previous server stopped",
+        workflows.len()
+    );
     Ok(())
 }

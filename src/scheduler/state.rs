@@ -9,13 +9,15 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::model::{Priority, Task};
+use crate::model::{Phase, Priority, Task, TaskStatus, Workflow};
 
 /// Why a running attempt was asked to stop. The first reason set wins.
 pub const STOP_NONE: u8 = 0;
 pub const STOP_CANCEL: u8 = 1;
 pub const STOP_TIMEOUT: u8 = 2;
 pub const STOP_SHUTDOWN: u8 = 3;
+/// Its workflow failed or was cancelled.
+pub const STOP_WORKFLOW: u8 = 4;
 
 #[derive(Debug, Clone, Default)]
 pub struct RunHandle {
@@ -42,6 +44,8 @@ impl RunHandle {
 pub enum Wait {
     /// Being inserted: not yet durable, invisible, never started.
     Reserved,
+    /// A workflow task whose phase has not opened yet.
+    Gated,
     /// Waiting for these tasks to complete.
     Deps(HashSet<Uuid>),
     /// Waiting for `scheduled_us` (run_at or retry back-off); has an entry in `timers`.
@@ -74,8 +78,25 @@ pub fn ready_key(t: &Task) -> ReadyKey {
     (Reverse(t.priority), t.created_us, t.id)
 }
 
+/// A running workflow. Its phase statuses here may be a step ahead of the store (they are
+/// decided under the lock, then committed); clients read workflows from the store only, and
+/// crash recovery recomputes phases from task statuses, so nobody sees the difference.
+#[derive(Debug)]
+pub struct WfHot {
+    pub workflow: Workflow,
+    /// In position (topological) order.
+    pub phases: Vec<Phase>,
+    /// Every task of the workflow: its phase index and last committed status.
+    pub tasks: HashMap<Uuid, (usize, TaskStatus)>,
+    pub running: u32,
+    /// The first task that failed for good: its phase index and what to report.
+    pub failure: Option<(usize, String)>,
+}
+
 #[derive(Debug, Default)]
 pub struct State {
+    /// Running workflows (draft and finished ones live in the store only).
+    pub workflows: HashMap<Uuid, WfHot>,
     pub hot: HashMap<Uuid, Hot>,
     pub ready: BTreeSet<ReadyKey>,
     pub timers: BinaryHeap<Reverse<(i64, Uuid)>>,
@@ -129,7 +150,12 @@ impl State {
                     .get(&h.task.agent_name)
                     .copied()
                     .unwrap_or(0);
-                h.max_concurrency.is_none_or(|limit| busy < limit)
+                let workflow_free = h
+                    .task
+                    .workflow_id
+                    .and_then(|w| self.workflows.get(&w))
+                    .is_none_or(|wf| wf.workflow.max_parallel.is_none_or(|m| wf.running < m));
+                workflow_free && h.max_concurrency.is_none_or(|limit| busy < limit)
             })
         })?;
         self.ready.remove(&key);
@@ -141,17 +167,23 @@ impl State {
             .running_per_agent
             .entry(h.task.agent_name.clone())
             .or_default() += 1;
+        if let Some(wf) = h.task.workflow_id.and_then(|w| self.workflows.get_mut(&w)) {
+            wf.running += 1;
+        }
         Some((h.task.clone(), handle))
     }
 
-    /// Bookkeeping for an attempt that has ended (whatever its outcome).
-    pub fn release_worker(&mut self, agent: &str) {
+    /// Bookkeeping for an attempt of `task` that has ended (whatever its outcome).
+    pub fn release_worker(&mut self, task: &Task) {
         self.running = self.running.saturating_sub(1);
-        if let Some(n) = self.running_per_agent.get_mut(agent) {
+        if let Some(n) = self.running_per_agent.get_mut(&task.agent_name) {
             *n = n.saturating_sub(1);
             if *n == 0 {
-                self.running_per_agent.remove(agent);
+                self.running_per_agent.remove(&task.agent_name);
             }
+        }
+        if let Some(wf) = task.workflow_id.and_then(|w| self.workflows.get_mut(&w)) {
+            wf.running = wf.running.saturating_sub(1);
         }
     }
 
@@ -175,7 +207,7 @@ impl State {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{TaskStatus, Usage};
+    use crate::model::Usage;
 
     fn task(priority: Priority, created_us: i64, agent: &str) -> Task {
         Task {
@@ -241,10 +273,11 @@ mod tests {
         let a1 = add(&mut st, task(Priority::High, 1, "a"), Some(1));
         let _a2 = add(&mut st, task(Priority::High, 2, "a"), Some(1));
         let b = add(&mut st, task(Priority::Low, 3, "b"), None);
-        assert_eq!(st.take_next().unwrap().0.id, a1);
+        let (first, _) = st.take_next().unwrap();
+        assert_eq!(first.id, a1);
         assert_eq!(st.take_next().unwrap().0.id, b);
         assert!(st.take_next().is_none());
-        st.release_worker("a");
+        st.release_worker(&first);
         assert!(st.take_next().is_some());
     }
 

@@ -12,6 +12,9 @@
 
 mod rows;
 mod schema;
+mod workflows;
+
+pub use workflows::{WorkflowSummary, WorkflowTaskRow};
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -22,7 +25,7 @@ use duckdb::Connection;
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
-use crate::model::{now_us, LogLine, NewLogLine, Task, TaskStatus};
+use crate::model::{now_us, LogLine, NewLogLine, Phase, Task, TaskStatus, Workflow};
 pub use schema::SCHEMA_VERSION;
 
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +51,11 @@ pub enum WriteOp {
     },
     UpdateTask(Box<Task>),
     AppendLogs(Vec<NewLogLine>),
+    InsertWorkflow(Box<Workflow>),
+    /// Writes the workflow's status, error and times (the rest is fixed at creation).
+    UpdateWorkflow(Box<Workflow>),
+    /// Inserts a phase, or writes the status and times of an existing one.
+    UpsertPhase(Box<Phase>),
 }
 
 /// What an op did, in the order of the ops.
@@ -465,6 +473,19 @@ fn commit<'a>(
                     }
                     WriteOp::AppendLogs(lines) => {
                         logs.extend(lines.iter());
+                        OpOutcome::Done
+                    }
+                    // Workflow rows are few and written one statement each, in order.
+                    WriteOp::InsertWorkflow(w) => {
+                        workflows::insert_workflow(conn, w, now)?;
+                        OpOutcome::Done
+                    }
+                    WriteOp::UpdateWorkflow(w) => {
+                        workflows::update_workflow(conn, w, now)?;
+                        OpOutcome::Done
+                    }
+                    WriteOp::UpsertPhase(p) => {
+                        workflows::upsert_phase(conn, p)?;
                         OpOutcome::Done
                     }
                 });

@@ -16,15 +16,15 @@ pub const TASK_COLUMNS: &str = "task_id::VARCHAR, name, agent_name, status, prio
     phase_id, working_dir, metadata, webhook_url, idempotency_key, result, error, \
     input_tokens, output_tokens, cost_usd, pid, pid_start";
 
-fn ts(us: i64) -> Value {
+pub(super) fn ts(us: i64) -> Value {
     Value::Timestamp(TimeUnit::Microsecond, us)
 }
 
-fn opt_ts(us: Option<i64>) -> Value {
+pub(super) fn opt_ts(us: Option<i64>) -> Value {
     us.map(ts).unwrap_or(Value::Null)
 }
 
-fn parse_uuid(s: &str) -> duckdb::Result<Uuid> {
+pub(super) fn parse_uuid(s: &str) -> duckdb::Result<Uuid> {
     Uuid::parse_str(s).map_err(|e| {
         duckdb::Error::FromSqlConversionFailure(0, duckdb::types::Type::Text, Box::new(e))
     })

@@ -10,3 +10,4 @@ mod runners;
 mod scheduling;
 mod stub_http;
 mod tools;
+mod workflows;

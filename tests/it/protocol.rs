@@ -98,12 +98,19 @@ async fn tools_are_listed_with_schemas_and_descriptions() {
         vec![
             "list_agents",
             "list_tasks",
+            "list_workflows",
             "task_async",
             "task_cancel",
             "task_logs",
             "task_retry",
             "task_status",
-            "task_wait"
+            "task_wait",
+            "workflow_add_phase",
+            "workflow_add_task",
+            "workflow_cancel",
+            "workflow_create",
+            "workflow_start",
+            "workflow_status",
         ]
     );
     let task_async = tools.iter().find(|t| t.name == "task_async").unwrap();

@@ -15,6 +15,8 @@ use crate::model::{now_us, Priority, Task, TaskStatus, Usage};
 use crate::scheduler::{not_found, SchedError, Scheduler, Submitted};
 use crate::store::TaskFilter;
 
+mod workflows;
+
 /// Default per-attempt timeout when neither the task nor its agent sets one.
 pub const DEFAULT_TIMEOUT_SECONDS: u32 = 3600;
 /// Most dependencies one task may list.
@@ -117,6 +119,27 @@ impl Service {
     }
 
     pub async fn task_async(&self, a: TaskAsyncArgs) -> Result<TaskAccepted> {
+        let (task, instructions, max_concurrency) = self.build_task(a).await?;
+        let (task, existing) = match self
+            .sched
+            .submit(task, instructions, max_concurrency)
+            .await?
+        {
+            Submitted::Created(t) => (t, false),
+            Submitted::Existing(t) => (t, true),
+        };
+        let view = task.view();
+        Ok(TaskAccepted {
+            task_id: view.task_id,
+            status: view.status,
+            created_at: view.created_at,
+            existing,
+        })
+    }
+
+    /// Validates task arguments into a new pending task, its instructions and its agent's
+    /// `max_concurrency`. The agent must exist and its runner be able to run it now.
+    async fn build_task(&self, a: TaskAsyncArgs) -> Result<(Task, String, Option<u32>)> {
         let name = a.name.trim().to_string();
         if name.is_empty() || name.len() > 200 {
             return invalid("name must be 1-200 characters, e.g. \"review auth.rs\"");
@@ -251,21 +274,7 @@ impl Service {
             pid: None,
             pid_start: None,
         };
-        let (task, existing) = match self
-            .sched
-            .submit(task, a.agent_instructions, agent.max_concurrency)
-            .await?
-        {
-            Submitted::Created(t) => (t, false),
-            Submitted::Existing(t) => (t, true),
-        };
-        let view = task.view();
-        Ok(TaskAccepted {
-            task_id: view.task_id,
-            status: view.status,
-            created_at: view.created_at,
-            existing,
-        })
+        Ok((task, a.agent_instructions, agent.max_concurrency))
     }
 
     pub async fn task_status(&self, a: TaskIdArgs) -> Result<TaskWithLogs> {

@@ -4,6 +4,10 @@
 //! what DuckDB's TIMESTAMP stores and what the scheduler compares; they become RFC 3339 strings
 //! only at the edge, in [`TaskView`].
 
+mod workflow;
+
+pub use workflow::{Phase, PhaseStatus, Workflow, WorkflowStatus};
+
 use chrono::{DateTime, SecondsFormat, Utc};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};

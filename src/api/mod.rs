@@ -2,6 +2,10 @@
 //! REST next). The doc comments become the JSON-schema descriptions agents read, so they are
 //! written for the agent calling the tool.
 
+mod workflows;
+
+pub use workflows::*;
+
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 

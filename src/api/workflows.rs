@@ -1,0 +1,170 @@
+//! Request and response shapes of the workflow tools (contract section 4).
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::model::{PhaseStatus, TaskStatus, WorkflowStatus};
+
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WorkflowCreateArgs {
+    /// Short human-readable name, e.g. "feature: CSV export".
+    pub name: String,
+    /// What the workflow is for.
+    pub description: Option<String>,
+    /// http(s) URL to POST to when the workflow completes, fails or is cancelled.
+    pub webhook_url: Option<String>,
+    /// At most this many of the workflow's tasks run at once (1..1024); default: only the server's worker limit applies.
+    pub max_parallel: Option<i64>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WorkflowAddPhaseArgs {
+    /// The workflow_id returned by workflow_create (the workflow must still be a draft).
+    pub workflow_id: String,
+    /// Id of the phase within the workflow: 1-64 of a-z 0-9 . _ - (e.g. "design").
+    pub phase_id: String,
+    /// Human-readable name, e.g. "Design".
+    pub name: String,
+    /// phase_ids of phases added earlier that must complete before this phase starts. Omit for a first phase.
+    pub depends_on: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WorkflowAddTaskArgs {
+    /// The workflow_id returned by workflow_create (the workflow must still be a draft).
+    pub workflow_id: String,
+    /// The phase the task belongs to (added with workflow_add_phase).
+    pub phase_id: String,
+    /// Short human-readable name of the task, e.g. "write the spec".
+    pub name: String,
+    /// Name of the agent that does the work (see list_agents).
+    pub agent_name: String,
+    /// What the agent should do; at most 1 MiB. When the task starts, the results of the phases its phase depends on (directly or transitively) are appended under headings naming each upstream task.
+    pub agent_instructions: String,
+    /// task_ids of tasks of the same workflow, in this phase or an earlier one, that must complete first.
+    pub dependencies: Option<Vec<String>>,
+    /// low, normal (default), high or critical.
+    pub priority: Option<String>,
+    /// Seconds one attempt may run (1..86400). Default: the agent's, else 3600.
+    pub timeout_seconds: Option<i64>,
+    /// Automatic retries after a failure (0..10). Default: the agent's, else 0. The workflow fails when a task has failed for good.
+    pub max_retries: Option<i64>,
+    /// Directory the agent runs in (must exist). Default: the server's working directory.
+    pub working_dir: Option<String>,
+    /// Free-form JSON object stored with the task.
+    pub metadata: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WorkflowIdArgs {
+    /// The workflow_id returned by workflow_create.
+    pub workflow_id: String,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ListWorkflowsArgs {
+    /// Only workflows in this status: draft, running, completed, failed or cancelled.
+    pub status: Option<String>,
+    /// Most workflows to return (1..1000, default 50).
+    pub limit: Option<i64>,
+    /// Workflows to skip, for paging (default 0).
+    pub offset: Option<i64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct WorkflowCreated {
+    pub workflow_id: String,
+    pub name: String,
+    pub status: WorkflowStatus,
+    pub created_at: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct PhaseView {
+    pub workflow_id: String,
+    pub phase_id: String,
+    pub name: String,
+    pub status: PhaseStatus,
+    pub depends_on: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct WorkflowTaskAdded {
+    pub task_id: String,
+    pub workflow_id: String,
+    pub phase_id: String,
+    pub status: TaskStatus,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct PhaseStatusView {
+    pub phase_id: String,
+    pub name: String,
+    pub status: PhaseStatus,
+    pub depends_on: Vec<String>,
+    pub tasks_total: u32,
+    pub tasks_completed: u32,
+    pub tasks_failed: u32,
+    pub started_at: Option<String>,
+    pub completed_at: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct WorkflowTaskView {
+    pub task_id: String,
+    pub phase_id: Option<String>,
+    pub name: String,
+    pub status: TaskStatus,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct FailedTask {
+    pub task_id: String,
+    pub name: String,
+    pub error: Option<String>,
+}
+
+/// The workflow status object.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct WorkflowStatusView {
+    pub workflow_id: String,
+    pub name: String,
+    pub description: Option<String>,
+    pub status: WorkflowStatus,
+    /// Completed tasks × 100 / all tasks, rounded down.
+    pub progress: u32,
+    /// Why the workflow failed or was cancelled.
+    pub error: Option<String>,
+    pub webhook_url: Option<String>,
+    pub max_parallel: Option<u32>,
+    pub created_at: String,
+    pub started_at: Option<String>,
+    pub completed_at: Option<String>,
+    pub phases: Vec<PhaseStatusView>,
+    pub tasks: Vec<WorkflowTaskView>,
+    pub failed_tasks: Vec<FailedTask>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct WorkflowSummaryView {
+    pub workflow_id: String,
+    pub name: String,
+    pub status: WorkflowStatus,
+    pub progress: u32,
+    pub tasks_total: u64,
+    pub tasks_completed: u64,
+    pub created_at: String,
+    pub started_at: Option<String>,
+    pub completed_at: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct WorkflowList {
+    pub workflows: Vec<WorkflowSummaryView>,
+    pub total: u64,
+}

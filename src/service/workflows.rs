@@ -1,0 +1,257 @@
+//! The workflow tools: argument validation and answers. The scheduler checks the workflow's
+//! shape (phases, dependencies, draft state); this module checks the arguments themselves.
+
+use uuid::Uuid;
+
+use super::{in_range, invalid, validate_webhook_url, Result, Service, ServiceError};
+use crate::agents::validate_name;
+use crate::api::*;
+use crate::model::{now_us, rfc3339, PhaseStatus, TaskStatus, Workflow, WorkflowStatus};
+
+fn parse_workflow_id(s: &str) -> Result<Uuid> {
+    Uuid::parse_str(s.trim()).map_err(|_| {
+        ServiceError::Invalid(format!(
+            "workflow_id: {s:?} is not a workflow id; workflow ids are UUIDs as returned by workflow_create"
+        ))
+    })
+}
+
+fn display_name(field: &str, s: &str) -> Result<String> {
+    let s = s.trim();
+    if s.is_empty() || s.len() > 200 {
+        return invalid(format!("{field} must be 1-200 characters"));
+    }
+    Ok(s.to_string())
+}
+
+fn progress(completed: u64, total: u64) -> u32 {
+    (completed * 100).checked_div(total).unwrap_or(0) as u32
+}
+
+impl Service {
+    pub async fn workflow_create(&self, a: WorkflowCreateArgs) -> Result<WorkflowCreated> {
+        let name = display_name("name", &a.name)?;
+        let description = match a.description {
+            Some(d) if d.len() > 10_000 => {
+                return invalid("description is longer than 10000 characters")
+            }
+            d => d.filter(|d| !d.trim().is_empty()),
+        };
+        let webhook_url = a
+            .webhook_url
+            .as_deref()
+            .map(validate_webhook_url)
+            .transpose()?;
+        let max_parallel = match a.max_parallel {
+            None => None,
+            Some(_) => Some(in_range("max_parallel", a.max_parallel, 1, 1024, 1)? as u32),
+        };
+        let wf = Workflow {
+            id: Uuid::now_v7(),
+            name,
+            description,
+            webhook_url,
+            status: WorkflowStatus::Draft,
+            max_parallel,
+            error: None,
+            created_us: now_us(),
+            started_us: None,
+            completed_us: None,
+        };
+        let wf = self.sched.create_workflow(wf).await?;
+        Ok(WorkflowCreated {
+            workflow_id: wf.id.to_string(),
+            name: wf.name,
+            status: wf.status,
+            created_at: rfc3339(wf.created_us),
+        })
+    }
+
+    pub async fn workflow_add_phase(&self, a: WorkflowAddPhaseArgs) -> Result<PhaseView> {
+        let id = parse_workflow_id(&a.workflow_id)?;
+        validate_name("phase_id", &a.phase_id).map_err(ServiceError::Invalid)?;
+        let name = display_name("name", &a.name)?;
+        let deps = a.depends_on.unwrap_or_default();
+        for d in &deps {
+            validate_name("phase_id in depends_on", d).map_err(ServiceError::Invalid)?;
+        }
+        let p = self.sched.add_phase(id, a.phase_id, name, deps).await?;
+        Ok(PhaseView {
+            workflow_id: p.workflow_id.to_string(),
+            phase_id: p.phase_id,
+            name: p.name,
+            status: p.status,
+            depends_on: p.depends_on,
+        })
+    }
+
+    pub async fn workflow_add_task(&self, a: WorkflowAddTaskArgs) -> Result<WorkflowTaskAdded> {
+        let id = parse_workflow_id(&a.workflow_id)?;
+        validate_name("phase_id", &a.phase_id).map_err(ServiceError::Invalid)?;
+        let (mut task, instructions, _) = self
+            .build_task(TaskAsyncArgs {
+                name: a.name,
+                agent_name: a.agent_name,
+                agent_instructions: a.agent_instructions,
+                priority: a.priority,
+                timeout_seconds: a.timeout_seconds,
+                max_retries: a.max_retries,
+                dependencies: a.dependencies,
+                working_dir: a.working_dir,
+                metadata: a.metadata,
+                ..TaskAsyncArgs::default()
+            })
+            .await?;
+        task.workflow_id = Some(id);
+        task.phase_id = Some(a.phase_id);
+        let t = self.sched.add_workflow_task(task, instructions).await?;
+        Ok(WorkflowTaskAdded {
+            task_id: t.id.to_string(),
+            workflow_id: id.to_string(),
+            phase_id: t.phase_id.unwrap_or_default(),
+            status: t.status,
+        })
+    }
+
+    pub async fn workflow_start(&self, a: WorkflowIdArgs) -> Result<WorkflowStatusView> {
+        let id = parse_workflow_id(&a.workflow_id)?;
+        self.sched.start_workflow(id).await?;
+        self.workflow_view(id).await
+    }
+
+    pub async fn workflow_status(&self, a: WorkflowIdArgs) -> Result<WorkflowStatusView> {
+        let id = parse_workflow_id(&a.workflow_id)?;
+        self.workflow_view(id).await
+    }
+
+    pub async fn workflow_cancel(&self, a: WorkflowIdArgs) -> Result<WorkflowStatusView> {
+        let id = parse_workflow_id(&a.workflow_id)?;
+        self.sched.cancel_workflow(id).await?;
+        self.workflow_view(id).await
+    }
+
+    pub async fn list_workflows(&self, a: ListWorkflowsArgs) -> Result<WorkflowList> {
+        let status = match a.status.as_deref() {
+            None => None,
+            Some(s) => Some(WorkflowStatus::parse(s).ok_or_else(|| {
+                ServiceError::Invalid(format!(
+                    "status {s:?} is not one of draft, running, completed, failed, cancelled"
+                ))
+            })?),
+        };
+        let limit = in_range("limit", a.limit, 1, 1000, 50)? as u32;
+        let offset = in_range("offset", a.offset, 0, i64::MAX, 0)? as u64;
+        let (rows, total) = self
+            .sched
+            .store()
+            .list_workflows(status, limit, offset)
+            .await
+            .map_err(|e| ServiceError::Internal(e.to_string()))?;
+        Ok(WorkflowList {
+            workflows: rows
+                .into_iter()
+                .map(|r| WorkflowSummaryView {
+                    workflow_id: r.workflow.id.to_string(),
+                    name: r.workflow.name,
+                    status: r.workflow.status,
+                    progress: progress(r.tasks_completed, r.tasks_total),
+                    tasks_total: r.tasks_total,
+                    tasks_completed: r.tasks_completed,
+                    created_at: rfc3339(r.workflow.created_us),
+                    started_at: r.workflow.started_us.map(rfc3339),
+                    completed_at: r.workflow.completed_us.map(rfc3339),
+                })
+                .collect(),
+            total,
+        })
+    }
+
+    /// The workflow status object, read from the store (the durable truth).
+    async fn workflow_view(&self, id: Uuid) -> Result<WorkflowStatusView> {
+        let store = self.sched.store();
+        let internal = |e: crate::store::StoreError| ServiceError::Internal(e.to_string());
+        let wf = store.workflow(id).await.map_err(internal)?.ok_or_else(|| {
+            ServiceError::NotFound(format!(
+                "unknown workflow_id {id}: no such workflow (list_workflows shows the workflows there are)"
+            ))
+        })?;
+        let phases = store.phases(id).await.map_err(internal)?;
+        let tasks = store.workflow_task_rows(id).await.map_err(internal)?;
+        let count = |phase: &str, pred: &dyn Fn(TaskStatus) -> bool| {
+            tasks
+                .iter()
+                .filter(|t| t.phase_id.as_deref() == Some(phase) && pred(t.status))
+                .count() as u32
+        };
+        let completed = tasks
+            .iter()
+            .filter(|t| t.status == TaskStatus::Completed)
+            .count() as u64;
+        Ok(WorkflowStatusView {
+            workflow_id: id.to_string(),
+            name: wf.name,
+            description: wf.description,
+            status: wf.status,
+            progress: progress(completed, tasks.len() as u64),
+            error: wf.error,
+            webhook_url: wf.webhook_url,
+            max_parallel: wf.max_parallel,
+            created_at: rfc3339(wf.created_us),
+            started_at: wf.started_us.map(rfc3339),
+            completed_at: wf.completed_us.map(rfc3339),
+            phases: phases
+                .iter()
+                .map(|p| PhaseStatusView {
+                    phase_id: p.phase_id.clone(),
+                    name: p.name.clone(),
+                    status: p.status,
+                    depends_on: p.depends_on.clone(),
+                    tasks_total: count(&p.phase_id, &|_| true),
+                    tasks_completed: count(&p.phase_id, &|s| s == TaskStatus::Completed),
+                    tasks_failed: count(&p.phase_id, &|s| s == TaskStatus::Failed),
+                    started_at: p
+                        .started_us
+                        .filter(|_| p.status != PhaseStatus::Pending)
+                        .map(rfc3339),
+                    completed_at: p.completed_us.map(rfc3339),
+                })
+                .collect(),
+            failed_tasks: tasks
+                .iter()
+                .filter(|t| t.status == TaskStatus::Failed)
+                .map(|t| FailedTask {
+                    task_id: t.id.to_string(),
+                    name: t.name.clone(),
+                    error: t.error.clone(),
+                })
+                .collect(),
+            tasks: tasks
+                .into_iter()
+                .map(|t| WorkflowTaskView {
+                    task_id: t.id.to_string(),
+                    phase_id: t.phase_id,
+                    name: t.name,
+                    status: t.status,
+                })
+                .collect(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn progress_rounds_down() {
+        assert_eq!(progress(0, 0), 0);
+        assert_eq!(progress(1, 3), 33);
+        assert_eq!(progress(3, 3), 100);
+    }
+
+    #[test]
+    fn task_ids_are_not_workflow_ids() {
+        assert!(parse_workflow_id("nope").is_err());
+        assert!(parse_workflow_id(" 0190f5c2-7b1e-7cc3-8a5e-3f1d2c4b5a69 ").is_ok());
+    }
+}
