@@ -111,3 +111,34 @@ CREATE TABLE IF NOT EXISTS workflow_phases (
     completed_at  TIMESTAMP,
     PRIMARY KEY (workflow_id, phase_id)
 );
+
+-- The webhook outbox: one row per event owed to a URL, inserted in the same transaction as the
+-- terminal state that caused it, so a crash cannot lose it. The payload is fixed at creation.
+CREATE TABLE IF NOT EXISTS webhook_events (
+    event_id         VARCHAR PRIMARY KEY,   -- the webhook-id header
+    event_type       VARCHAR NOT NULL,
+    task_id          UUID,
+    workflow_id      UUID,
+    url              VARCHAR NOT NULL,
+    payload          VARCHAR NOT NULL,
+    status           VARCHAR NOT NULL,      -- pending | delivered | failed
+    attempts         INTEGER NOT NULL,
+    next_attempt_at  TIMESTAMP NOT NULL,
+    last_error       VARCHAR,
+    created_at       TIMESTAMP NOT NULL,
+    updated_at       TIMESTAMP NOT NULL
+);
+
+-- Every delivery attempt (webhook_history).
+CREATE TABLE IF NOT EXISTS webhook_deliveries (
+    event_id      VARCHAR NOT NULL,
+    event_type    VARCHAR NOT NULL,
+    task_id       UUID,
+    workflow_id   UUID,
+    attempt       INTEGER NOT NULL,
+    url           VARCHAR NOT NULL,
+    status_code   INTEGER,
+    error         VARCHAR,
+    duration_ms   BIGINT NOT NULL,
+    delivered_at  TIMESTAMP NOT NULL
+);

@@ -10,7 +10,9 @@ use rmcp::ServiceExt;
 use crate::agents::AgentRegistry;
 use crate::config::{Config, Mode};
 use crate::mcp::McpServer;
-use crate::notifier::LogNotifier;
+use crate::notifier::delivery::{Deliverer, WebhookSettings};
+use crate::notifier::signature::WebhookSecret;
+use crate::notifier::WebhookNotifier;
 use crate::runner::Runners;
 use crate::scheduler::{SchedConfig, Scheduler};
 use crate::service::Service;
@@ -23,12 +25,34 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             cfg.mode
         );
     }
+    // A bad secret is a configuration error: refuse to start rather than send unsigned hooks.
+    let secret = cfg
+        .webhook_secret
+        .as_deref()
+        .filter(|s| !s.trim().is_empty())
+        .map(WebhookSecret::parse)
+        .transpose()
+        .map_err(anyhow::Error::msg)?;
+    if cfg.webhook_max_attempts == 0 || cfg.webhook_timeout_ms == 0 {
+        bail!("ORCHESTR8_WEBHOOK_MAX_ATTEMPTS and ORCHESTR8_WEBHOOK_TIMEOUT_MS must be at least 1");
+    }
     let db_path = cfg.db_path();
     let store = Arc::new(
         Store::open(&db_path).with_context(|| format!("opening database {}", db_path.display()))?,
     );
     let runners = Runners::new(cfg.runner_settings().map_err(anyhow::Error::msg)?)
         .map_err(anyhow::Error::msg)?;
+    let deliverer = Deliverer::start(
+        store.clone(),
+        WebhookSettings {
+            max_attempts: cfg.webhook_max_attempts,
+            backoff_base_ms: cfg.webhook_backoff_base_ms,
+            backoff_max_ms: cfg.webhook_backoff_max_ms,
+            timeout_ms: cfg.webhook_timeout_ms,
+            secret,
+        },
+    )
+    .map_err(anyhow::Error::msg)?;
     let agents = AgentRegistry::new(cfg.agent_dirs(), cfg.default_runner.clone());
     let sched = Scheduler::start(
         SchedConfig {
@@ -38,7 +62,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         store.clone(),
         agents,
         runners,
-        Arc::new(LogNotifier),
+        Arc::new(WebhookNotifier::new(deliverer.clone())),
     )
     .await
     .context("starting the scheduler")?;
@@ -67,6 +91,10 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     sched
         .shutdown(Duration::from_secs(cfg.shutdown_grace_seconds))
         .await;
+    // Webhooks of tasks that ended during the grace period may be in flight; whatever is still
+    // owed after this stays in the store and goes out at the next start.
+    deliverer.shutdown(Duration::from_secs(2)).await;
+    store.close();
     tracing::info!("stopped");
     Ok(())
 }

@@ -104,6 +104,10 @@ fn tools() -> Vec<Tool> {
             "list_workflows",
             "List workflows, newest first, optionally by status; returns {workflows: [summaries with progress], total}.",
         ),
+        tool::<WebhookHistoryArgs>(
+            "webhook_history",
+            "Every webhook delivery attempt for a task (task_id) or a workflow (workflow_id), oldest first: {deliveries: [{event_id, event_type, attempt, status_code, error, duration_ms, delivered_at, url}]}.",
+        ),
     ]
 }
 
@@ -258,6 +262,10 @@ impl ServerHandler for McpServer {
             }
             "list_workflows" => {
                 self.call(name, args, |s, a| async move { s.list_workflows(a).await })
+                    .await
+            }
+            "webhook_history" => {
+                self.call(name, args, |s, a| async move { s.webhook_history(a).await })
                     .await
             }
             other => error_result(&format!(

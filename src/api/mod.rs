@@ -172,3 +172,34 @@ pub struct AgentInfo {
 pub struct AgentList {
     pub agents: Vec<AgentInfo>,
 }
+
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookHistoryArgs {
+    /// The task whose webhook deliveries to list (give this or workflow_id).
+    pub task_id: Option<String>,
+    /// The workflow whose webhook deliveries to list (give this or task_id).
+    pub workflow_id: Option<String>,
+}
+
+/// One delivery attempt.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct DeliveryView {
+    /// The webhook-id header: the same on every attempt of one event.
+    pub event_id: String,
+    pub event_type: String,
+    /// 1 for the first attempt of the event.
+    pub attempt: u32,
+    /// The receiver's HTTP status, absent when no answer came (network error, time-out).
+    pub status_code: Option<u16>,
+    pub error: Option<String>,
+    pub duration_ms: u64,
+    pub delivered_at: String,
+    pub url: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct WebhookHistory {
+    /// One entry per attempt, oldest first.
+    pub deliveries: Vec<DeliveryView>,
+}

@@ -3,7 +3,9 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::model::{PhaseStatus, TaskStatus, WorkflowStatus};
+use crate::model::{
+    rfc3339, Phase, PhaseStatus, TaskStatus, Workflow, WorkflowStatus, WorkflowTaskRow,
+};
 
 #[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -167,4 +169,84 @@ pub struct WorkflowSummaryView {
 pub struct WorkflowList {
     pub workflows: Vec<WorkflowSummaryView>,
     pub total: u64,
+}
+
+/// Completed tasks × 100 / all tasks, rounded down (0 for no tasks).
+pub fn progress(completed: u64, total: u64) -> u32 {
+    (completed * 100).checked_div(total).unwrap_or(0) as u32
+}
+
+/// The workflow status object from its stored parts (also the `data` of workflow webhooks).
+pub fn status_view(
+    wf: &Workflow,
+    phases: &[Phase],
+    tasks: Vec<WorkflowTaskRow>,
+) -> WorkflowStatusView {
+    let count = |phase: &str, pred: &dyn Fn(TaskStatus) -> bool| {
+        tasks
+            .iter()
+            .filter(|t| t.phase_id.as_deref() == Some(phase) && pred(t.status))
+            .count() as u32
+    };
+    let completed = tasks
+        .iter()
+        .filter(|t| t.status == TaskStatus::Completed)
+        .count() as u64;
+    WorkflowStatusView {
+        workflow_id: wf.id.to_string(),
+        name: wf.name.clone(),
+        description: wf.description.clone(),
+        status: wf.status,
+        progress: progress(completed, tasks.len() as u64),
+        error: wf.error.clone(),
+        webhook_url: wf.webhook_url.clone(),
+        max_parallel: wf.max_parallel,
+        created_at: rfc3339(wf.created_us),
+        started_at: wf.started_us.map(rfc3339),
+        completed_at: wf.completed_us.map(rfc3339),
+        phases: phases
+            .iter()
+            .map(|p| PhaseStatusView {
+                phase_id: p.phase_id.clone(),
+                name: p.name.clone(),
+                status: p.status,
+                depends_on: p.depends_on.clone(),
+                tasks_total: count(&p.phase_id, &|_| true),
+                tasks_completed: count(&p.phase_id, &|s| s == TaskStatus::Completed),
+                tasks_failed: count(&p.phase_id, &|s| s == TaskStatus::Failed),
+                started_at: p.started_us.map(rfc3339),
+                completed_at: p.completed_us.map(rfc3339),
+            })
+            .collect(),
+        failed_tasks: tasks
+            .iter()
+            .filter(|t| t.status == TaskStatus::Failed)
+            .map(|t| FailedTask {
+                task_id: t.id.to_string(),
+                name: t.name.clone(),
+                error: t.error.clone(),
+            })
+            .collect(),
+        tasks: tasks
+            .into_iter()
+            .map(|t| WorkflowTaskView {
+                task_id: t.id.to_string(),
+                phase_id: t.phase_id,
+                name: t.name,
+                status: t.status,
+            })
+            .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn progress_rounds_down() {
+        assert_eq!(progress(0, 0), 0);
+        assert_eq!(progress(1, 3), 33);
+        assert_eq!(progress(3, 3), 100);
+    }
 }

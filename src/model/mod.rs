@@ -4,9 +4,11 @@
 //! what DuckDB's TIMESTAMP stores and what the scheduler compares; they become RFC 3339 strings
 //! only at the edge, in [`TaskView`].
 
+mod webhook;
 mod workflow;
 
-pub use workflow::{Phase, PhaseStatus, Workflow, WorkflowStatus};
+pub use webhook::{DeliveryStatus, WebhookAttempt, WebhookEvent};
+pub use workflow::{Phase, PhaseStatus, Workflow, WorkflowStatus, WorkflowTaskRow};
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use schemars::JsonSchema;

@@ -4,6 +4,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use super::TaskStatus;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum WorkflowStatus {
@@ -115,4 +117,14 @@ pub struct Phase {
     pub status: PhaseStatus,
     pub started_us: Option<i64>,
     pub completed_us: Option<i64>,
+}
+
+/// A workflow's task as `workflow_status` lists it (no instructions, no result).
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorkflowTaskRow {
+    pub id: Uuid,
+    pub phase_id: Option<String>,
+    pub name: String,
+    pub status: TaskStatus,
+    pub error: Option<String>,
 }

@@ -205,7 +205,7 @@ async fn read_body(mut resp: reqwest::Response) -> Result<Option<Vec<u8>>, reqwe
 
 /// reqwest's own message is terse ("error sending request"); the causes say what happened
 /// ("connection refused").
-fn error_chain(e: &dyn std::error::Error) -> String {
+pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {

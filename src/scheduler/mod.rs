@@ -364,7 +364,8 @@ impl Scheduler {
     }
 
     /// Graceful shutdown: stop starting attempts, let running ones finish for `grace`, then stop
-    /// them and put them back to pending without using up an attempt; flush the store.
+    /// them and put them back to pending without using up an attempt. The caller closes the
+    /// store afterwards (other components may still write).
     pub async fn shutdown(&self, grace: Duration) {
         let inner = &self.inner;
         inner.stopping.cancel();
@@ -396,7 +397,6 @@ impl Scheduler {
         while inner.lock().running > 0 && tokio::time::Instant::now() < hard {
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
-        inner.store.close();
     }
 }
 
@@ -613,6 +613,10 @@ impl Inner {
                 }
             }
             ops.push(WriteOp::UpdateTask(Box::new(tr.task.clone())));
+            // The webhook outbox row commits with the terminal state it reports.
+            if let Some(ev) = crate::notifier::events::task_event(&tr.task, now) {
+                ops.push(WriteOp::InsertWebhookEvent(Box::new(ev)));
+            }
         }
         ops.push(WriteOp::AppendLogs(lines));
         ops

@@ -18,7 +18,9 @@ use super::phases::{self, Counts};
 use super::state::{Hot, RunHandle, State, Wait, WfHot, STOP_WORKFLOW};
 use super::{Inner, SchedError, Scheduler, Transition};
 use crate::limits;
-use crate::model::{now_us, Phase, PhaseStatus, Task, TaskStatus, Workflow, WorkflowStatus};
+use crate::model::{
+    now_us, Phase, PhaseStatus, Task, TaskStatus, WebhookEvent, Workflow, WorkflowStatus,
+};
 use crate::store::WriteOp;
 
 /// Upstream results appended to one task's instructions share this budget...
@@ -256,15 +258,19 @@ impl Scheduler {
             t.error = Some("cancelled with its workflow before the workflow started".into());
             ops.push(WriteOp::UpdateTask(Box::new(t.clone())));
         }
-        for mut p in inner.store.phases(wf.id).await? {
+        let mut phases = inner.store.phases(wf.id).await?;
+        for p in &mut phases {
             p.status = PhaseStatus::Cancelled;
             p.completed_us = Some(now);
-            ops.push(WriteOp::UpsertPhase(Box::new(p)));
+            ops.push(WriteOp::UpsertPhase(Box::new(p.clone())));
         }
         wf.status = WorkflowStatus::Cancelled;
         wf.completed_us = Some(now);
         wf.error = Some("cancelled by request before it started".into());
         ops.push(WriteOp::UpdateWorkflow(Box::new(wf.clone())));
+        if let Some(ev) = inner.workflow_event(&wf, &phases).await {
+            ops.push(WriteOp::InsertWebhookEvent(Box::new(ev)));
+        }
         inner.store.write(ops).await?;
         for t in &tasks {
             inner.notifier.task_finished(t);
@@ -350,6 +356,11 @@ impl Inner {
             .collect();
         if let Some(wf) = &step.workflow {
             ops.push(WriteOp::UpdateWorkflow(Box::new(wf.clone())));
+            if step.finished {
+                if let Some(ev) = self.workflow_event(wf, &step.phases).await {
+                    ops.push(WriteOp::InsertWebhookEvent(Box::new(ev)));
+                }
+            }
         }
         if !ops.is_empty() {
             self.write_with_retries(ops).await;
@@ -366,6 +377,36 @@ impl Inner {
             self.activate(t).await;
         }
         step.cancel
+    }
+
+    /// The outbox event of a workflow that has just ended, if it has a webhook. Its `data` is
+    /// the workflow status object as it ends: `changed` are the phase rows being committed with
+    /// the end, and a failed or cancelled workflow's unfinished tasks show as `cancelled`, which
+    /// they are about to be.
+    async fn workflow_event(&self, wf: &Workflow, changed: &[Phase]) -> Option<WebhookEvent> {
+        wf.webhook_url.as_ref()?;
+        let (mut phases, mut tasks) = match (
+            self.store.phases(wf.id).await,
+            self.store.workflow_task_rows(wf.id).await,
+        ) {
+            (Ok(p), Ok(t)) => (p, t),
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::error!("could not read workflow {} for its webhook: {e}", wf.id);
+                (Vec::new(), Vec::new())
+            }
+        };
+        for p in &mut phases {
+            if let Some(c) = changed.iter().find(|c| c.phase_id == p.phase_id) {
+                *p = c.clone();
+            }
+        }
+        if wf.status != WorkflowStatus::Completed {
+            for t in tasks.iter_mut().filter(|t| !t.status.is_terminal()) {
+                t.status = TaskStatus::Cancelled;
+            }
+        }
+        let view = crate::api::status_view(wf, &phases, tasks);
+        crate::notifier::events::workflow_event(wf, &view, now_us())
     }
 
     /// The results of every completed task in the phases upstream of `t`'s (transitively),

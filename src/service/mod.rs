@@ -15,6 +15,7 @@ use crate::model::{now_us, Priority, Task, TaskStatus, Usage};
 use crate::scheduler::{not_found, SchedError, Scheduler, Submitted};
 use crate::store::TaskFilter;
 
+mod webhooks;
 mod workflows;
 
 /// Default per-attempt timeout when neither the task nor its agent sets one.

@@ -6,9 +6,9 @@ use uuid::Uuid;
 use super::{in_range, invalid, validate_webhook_url, Result, Service, ServiceError};
 use crate::agents::validate_name;
 use crate::api::*;
-use crate::model::{now_us, rfc3339, PhaseStatus, TaskStatus, Workflow, WorkflowStatus};
+use crate::model::{now_us, rfc3339, Workflow, WorkflowStatus};
 
-fn parse_workflow_id(s: &str) -> Result<Uuid> {
+pub(super) fn parse_workflow_id(s: &str) -> Result<Uuid> {
     Uuid::parse_str(s.trim()).map_err(|_| {
         ServiceError::Invalid(format!(
             "workflow_id: {s:?} is not a workflow id; workflow ids are UUIDs as returned by workflow_create"
@@ -22,10 +22,6 @@ fn display_name(field: &str, s: &str) -> Result<String> {
         return invalid(format!("{field} must be 1-200 characters"));
     }
     Ok(s.to_string())
-}
-
-fn progress(completed: u64, total: u64) -> u32 {
-    (completed * 100).checked_div(total).unwrap_or(0) as u32
 }
 
 impl Service {
@@ -177,77 +173,13 @@ impl Service {
         })?;
         let phases = store.phases(id).await.map_err(internal)?;
         let tasks = store.workflow_task_rows(id).await.map_err(internal)?;
-        let count = |phase: &str, pred: &dyn Fn(TaskStatus) -> bool| {
-            tasks
-                .iter()
-                .filter(|t| t.phase_id.as_deref() == Some(phase) && pred(t.status))
-                .count() as u32
-        };
-        let completed = tasks
-            .iter()
-            .filter(|t| t.status == TaskStatus::Completed)
-            .count() as u64;
-        Ok(WorkflowStatusView {
-            workflow_id: id.to_string(),
-            name: wf.name,
-            description: wf.description,
-            status: wf.status,
-            progress: progress(completed, tasks.len() as u64),
-            error: wf.error,
-            webhook_url: wf.webhook_url,
-            max_parallel: wf.max_parallel,
-            created_at: rfc3339(wf.created_us),
-            started_at: wf.started_us.map(rfc3339),
-            completed_at: wf.completed_us.map(rfc3339),
-            phases: phases
-                .iter()
-                .map(|p| PhaseStatusView {
-                    phase_id: p.phase_id.clone(),
-                    name: p.name.clone(),
-                    status: p.status,
-                    depends_on: p.depends_on.clone(),
-                    tasks_total: count(&p.phase_id, &|_| true),
-                    tasks_completed: count(&p.phase_id, &|s| s == TaskStatus::Completed),
-                    tasks_failed: count(&p.phase_id, &|s| s == TaskStatus::Failed),
-                    started_at: p
-                        .started_us
-                        .filter(|_| p.status != PhaseStatus::Pending)
-                        .map(rfc3339),
-                    completed_at: p.completed_us.map(rfc3339),
-                })
-                .collect(),
-            failed_tasks: tasks
-                .iter()
-                .filter(|t| t.status == TaskStatus::Failed)
-                .map(|t| FailedTask {
-                    task_id: t.id.to_string(),
-                    name: t.name.clone(),
-                    error: t.error.clone(),
-                })
-                .collect(),
-            tasks: tasks
-                .into_iter()
-                .map(|t| WorkflowTaskView {
-                    task_id: t.id.to_string(),
-                    phase_id: t.phase_id,
-                    name: t.name,
-                    status: t.status,
-                })
-                .collect(),
-        })
+        Ok(status_view(&wf, &phases, tasks))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn progress_rounds_down() {
-        assert_eq!(progress(0, 0), 0);
-        assert_eq!(progress(1, 3), 33);
-        assert_eq!(progress(3, 3), 100);
-    }
 
     #[test]
     fn task_ids_are_not_workflow_ids() {

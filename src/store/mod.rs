@@ -12,9 +12,10 @@
 
 mod rows;
 mod schema;
+mod webhooks;
 mod workflows;
 
-pub use workflows::{WorkflowSummary, WorkflowTaskRow};
+pub use workflows::WorkflowSummary;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -25,7 +26,9 @@ use duckdb::Connection;
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
-use crate::model::{now_us, LogLine, NewLogLine, Phase, Task, TaskStatus, Workflow};
+use crate::model::{
+    now_us, LogLine, NewLogLine, Phase, Task, TaskStatus, WebhookAttempt, WebhookEvent, Workflow,
+};
 pub use schema::SCHEMA_VERSION;
 
 #[derive(Debug, thiserror::Error)]
@@ -56,6 +59,10 @@ pub enum WriteOp {
     UpdateWorkflow(Box<Workflow>),
     /// Inserts a phase, or writes the status and times of an existing one.
     UpsertPhase(Box<Phase>),
+    /// An owed webhook event (the outbox), written with the state change that causes it.
+    InsertWebhookEvent(Box<WebhookEvent>),
+    /// A delivery attempt, and the event's state after it.
+    RecordWebhookAttempt(Box<(WebhookAttempt, WebhookEvent)>),
 }
 
 /// What an op did, in the order of the ops.
@@ -486,6 +493,14 @@ fn commit<'a>(
                     }
                     WriteOp::UpsertPhase(p) => {
                         workflows::upsert_phase(conn, p)?;
+                        OpOutcome::Done
+                    }
+                    WriteOp::InsertWebhookEvent(e) => {
+                        webhooks::insert_event(conn, e, now)?;
+                        OpOutcome::Done
+                    }
+                    WriteOp::RecordWebhookAttempt(r) => {
+                        webhooks::record_attempt(conn, &r.0, &r.1, now)?;
                         OpOutcome::Done
                     }
                 });

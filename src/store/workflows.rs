@@ -6,23 +6,15 @@ use uuid::Uuid;
 
 use super::rows::{self, opt_ts, parse_uuid, ts};
 use super::{Store, StoreError};
-use crate::model::{Phase, PhaseStatus, Task, TaskStatus, Workflow, WorkflowStatus};
+use crate::model::{
+    Phase, PhaseStatus, Task, TaskStatus, Workflow, WorkflowStatus, WorkflowTaskRow,
+};
 
 const WORKFLOW_COLUMNS: &str = "workflow_id::VARCHAR, name, description, webhook_url, status, \
     max_parallel, error, epoch_us(created_at), epoch_us(started_at), epoch_us(completed_at)";
 
 const PHASE_COLUMNS: &str = "workflow_id::VARCHAR, phase_id, name, depends_on, position, status, \
     epoch_us(started_at), epoch_us(completed_at)";
-
-/// A workflow's task as `workflow_status` lists it (no instructions, no result).
-#[derive(Debug, Clone)]
-pub struct WorkflowTaskRow {
-    pub id: Uuid,
-    pub phase_id: Option<String>,
-    pub name: String,
-    pub status: TaskStatus,
-    pub error: Option<String>,
-}
 
 #[derive(Debug, Clone)]
 pub struct WorkflowSummary {

@@ -10,4 +10,5 @@ mod runners;
 mod scheduling;
 mod stub_http;
 mod tools;
+mod webhooks;
 mod workflows;

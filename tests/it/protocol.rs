@@ -105,6 +105,7 @@ async fn tools_are_listed_with_schemas_and_descriptions() {
             "task_retry",
             "task_status",
             "task_wait",
+            "webhook_history",
             "workflow_add_phase",
             "workflow_add_task",
             "workflow_cancel",

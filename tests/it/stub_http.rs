@@ -16,6 +16,8 @@ pub struct Recorded {
     pub path: String,
     pub headers: HashMap<String, String>,
     pub body: Value,
+    pub raw: Vec<u8>,
+    pub at: std::time::Instant,
 }
 
 #[derive(Debug, Clone)]
@@ -61,12 +63,19 @@ pub struct Stub {
 
 impl Stub {
     pub async fn start(replies: Vec<Reply>) -> Stub {
+        Stub::start_on(0, replies).await
+    }
+
+    /// On a given port (0: any free one).
+    pub async fn start_on(port: u16, replies: Vec<Reply>) -> Stub {
         let shared = Shared::default();
         shared.script.lock().unwrap().extend(replies);
         let app = axum::Router::new()
             .fallback(answer)
             .with_state(shared.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+            .await
+            .unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         tokio::spawn(async move {
             axum::serve(listener, app).await.unwrap();
@@ -87,6 +96,8 @@ async fn answer(State(s): State<Shared>, uri: Uri, headers: HeaderMap, body: Byt
             .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string()))
             .collect(),
         body: serde_json::from_slice(&body).unwrap_or(Value::Null),
+        raw: body.to_vec(),
+        at: std::time::Instant::now(),
     });
     let reply = {
         let mut script = s.script.lock().unwrap();
@@ -106,4 +117,10 @@ async fn answer(State(s): State<Shared>, uri: Uri, headers: HeaderMap, body: Byt
         resp.headers_mut().insert(k, v.parse().unwrap());
     }
     resp
+}
+
+/// A port nobody listens on (for a receiver that is down, until a stub starts on it).
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
 }

@@ -1,0 +1,330 @@
+//! Webhook delivery: sends owed outbox events from its own tokio tasks, never in a worker's path.
+//!
+//! One loop reads due events from the store and starts one attempt per event (an in-flight set
+//! keeps an event from being sent twice at once). Attempts to one host share a small semaphore,
+//! so a dead or slow receiver holds up only its own deliveries. Each attempt's outcome and the
+//! event's next state are committed together; the store is the only queue, so owed events are
+//! resumed after any restart.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+use reqwest::header::{CONTENT_TYPE, USER_AGENT};
+use tokio::sync::{Notify, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+use super::signature::WebhookSecret;
+use crate::model::{now_us, DeliveryStatus, WebhookAttempt, WebhookEvent};
+use crate::runner::http::{error_chain, retry_after};
+use crate::store::{Store, WriteOp};
+
+/// Attempts in flight to one host (`host:port`) at a time.
+const PER_HOST: usize = 4;
+/// Owed events read per pass of the loop.
+const BATCH: u32 = 256;
+
+/// Delivery settings (contract section 2).
+#[derive(Clone)]
+pub struct WebhookSettings {
+    pub max_attempts: u32,
+    pub backoff_base_ms: u64,
+    pub backoff_max_ms: u64,
+    pub timeout_ms: u64,
+    pub secret: Option<WebhookSecret>,
+}
+
+struct Inner {
+    store: Arc<Store>,
+    client: reqwest::Client,
+    settings: WebhookSettings,
+    wake: Notify,
+    in_flight: Mutex<HashSet<String>>,
+    hosts: Mutex<HashMap<String, Arc<Semaphore>>>,
+    /// Ends the loop: no new attempts start.
+    draining: CancellationToken,
+    /// Abandons attempts still in flight.
+    stop: CancellationToken,
+}
+
+/// Cheap to clone; all clones drive the same delivery loop.
+#[derive(Clone)]
+pub struct Deliverer {
+    inner: Arc<Inner>,
+}
+
+/// How one attempt ended.
+enum Verdict {
+    Delivered,
+    Retry(Option<Duration>),
+    GiveUp,
+}
+
+impl Deliverer {
+    /// Starts the delivery loop; owed events left by a previous run go out at once.
+    pub fn start(store: Arc<Store>, settings: WebhookSettings) -> Result<Deliverer, String> {
+        let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(Duration::from_millis(settings.timeout_ms))
+            .build()
+            .map_err(|e| format!("could not set up the webhook HTTP client: {e}"))?;
+        let d = Deliverer {
+            inner: Arc::new(Inner {
+                store,
+                client,
+                settings,
+                wake: Notify::new(),
+                in_flight: Mutex::new(HashSet::new()),
+                hosts: Mutex::new(HashMap::new()),
+                draining: CancellationToken::new(),
+                stop: CancellationToken::new(),
+            }),
+        };
+        tokio::spawn(run(d.inner.clone()));
+        Ok(d)
+    }
+
+    /// Something new may be owed (a terminal state with a webhook was just committed).
+    pub fn wake(&self) {
+        self.inner.wake.notify_one();
+    }
+
+    /// Stops starting attempts, lets those in flight finish for up to `grace`, then abandons
+    /// the rest. Events not yet delivered stay owed in the store for the next start.
+    pub async fn shutdown(&self, grace: Duration) {
+        self.inner.draining.cancel();
+        let deadline = Instant::now() + grace;
+        while !lock(&self.inner.in_flight).is_empty() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        self.inner.stop.cancel();
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+async fn run(inner: Arc<Inner>) {
+    loop {
+        let now = now_us();
+        match inner.store.due_webhook_events(now, BATCH).await {
+            Ok(events) => {
+                for ev in events {
+                    if lock(&inner.in_flight).insert(ev.id.clone()) {
+                        tokio::spawn(attempt(inner.clone(), ev));
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::error!("could not read owed webhooks: {e}");
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                    _ = inner.draining.cancelled() => break,
+                }
+            }
+        }
+        let next = inner.store.next_webhook_due(now).await.ok().flatten();
+        let sleep = async {
+            match next {
+                Some(at) => {
+                    tokio::time::sleep(Duration::from_micros((at - now_us()).max(0) as u64)).await
+                }
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = inner.wake.notified() => {}
+            _ = sleep => {}
+            _ = inner.draining.cancelled() => break,
+        }
+    }
+    tracing::debug!("webhook delivery stopped");
+}
+
+fn host_of(url: &str) -> String {
+    url::Url::parse(url)
+        .ok()
+        .and_then(|u| Some(format!("{}:{}", u.host_str()?, u.port_or_known_default()?)))
+        .unwrap_or_default()
+}
+
+async fn attempt(inner: Arc<Inner>, ev: WebhookEvent) {
+    // The loop's read may predate the commit of this event's previous attempt (which ended
+    // just before this one was marked in flight); only a fresh read is safe to act on.
+    let fresh = match inner.store.webhook_event(ev.id.clone()).await {
+        Ok(Some(e)) if e.status == DeliveryStatus::Pending && e.next_attempt_us <= now_us() => {
+            Some(e)
+        }
+        Ok(_) => None,
+        Err(e) => {
+            tracing::error!("could not read webhook event {}: {e}", ev.id);
+            None
+        }
+    };
+    if let Some(ev) = fresh {
+        deliver(&inner, ev).await;
+    }
+    lock(&inner.in_flight).remove(&ev.id);
+    inner.wake.notify_one();
+}
+
+async fn deliver(inner: &Arc<Inner>, mut ev: WebhookEvent) {
+    let sem = lock(&inner.hosts)
+        .entry(host_of(&ev.url))
+        .or_insert_with(|| Arc::new(Semaphore::new(PER_HOST)))
+        .clone();
+    let outcome = tokio::select! {
+        o = send(inner, &ev, sem) => Some(o),
+        _ = inner.stop.cancelled() => None,
+    };
+    if let Some((code, error, verdict, took)) = outcome {
+        let n = ev.attempts + 1;
+        let now = now_us();
+        ev.attempts = n;
+        ev.last_error = error.clone();
+        match verdict {
+            Verdict::Delivered => ev.status = DeliveryStatus::Delivered,
+            Verdict::Retry(after) if n < inner.settings.max_attempts => {
+                let delay = backoff_ms(&inner.settings, n, after);
+                ev.next_attempt_us = now + (delay as i64) * 1000;
+            }
+            Verdict::Retry(_) | Verdict::GiveUp => ev.status = DeliveryStatus::Failed,
+        }
+        let log = WebhookAttempt {
+            event_id: ev.id.clone(),
+            event_type: ev.event_type.clone(),
+            task_id: ev.task_id,
+            workflow_id: ev.workflow_id,
+            attempt: n,
+            url: ev.url.clone(),
+            status_code: code,
+            error,
+            duration_ms: took.as_millis() as u64,
+            at_us: now,
+        };
+        match ev.status {
+            DeliveryStatus::Delivered => {
+                tracing::debug!(event = %ev.id, url = %ev.url, attempt = n, "webhook delivered")
+            }
+            DeliveryStatus::Failed => tracing::warn!(
+                event = %ev.id, url = %ev.url, attempt = n,
+                "webhook {} not delivered, giving up: {}", ev.event_type,
+                ev.last_error.as_deref().unwrap_or("")
+            ),
+            DeliveryStatus::Pending => {}
+        }
+        if let Err(e) = inner
+            .store
+            .write(vec![WriteOp::RecordWebhookAttempt(Box::new((
+                log,
+                ev.clone(),
+            )))])
+            .await
+        {
+            // The event stays owed as it was; it is sent again (at-least-once delivery).
+            tracing::error!("could not record a webhook attempt: {e}");
+        }
+    }
+}
+
+/// One POST: `(status code, error text, verdict, duration)`.
+async fn send(
+    inner: &Inner,
+    ev: &WebhookEvent,
+    sem: Arc<Semaphore>,
+) -> (Option<u16>, Option<String>, Verdict, Duration) {
+    let _permit = sem.acquire_owned().await;
+    let timestamp = chrono::Utc::now().timestamp();
+    let mut req = inner
+        .client
+        .post(&ev.url)
+        .timeout(Duration::from_millis(inner.settings.timeout_ms))
+        .header(CONTENT_TYPE, "application/json")
+        .header(
+            USER_AGENT,
+            concat!("orchestr8-async/", env!("CARGO_PKG_VERSION")),
+        )
+        .header("webhook-id", &ev.id)
+        .header("webhook-timestamp", timestamp.to_string())
+        .body(ev.payload.clone());
+    if let Some(secret) = &inner.settings.secret {
+        req = req.header(
+            "webhook-signature",
+            secret.sign(&ev.id, timestamp, &ev.payload),
+        );
+    }
+    let started = Instant::now();
+    let res = req.send().await;
+    let took = started.elapsed();
+    match res {
+        Ok(resp) => {
+            let status = resp.status();
+            let code = Some(status.as_u16());
+            if status.is_success() {
+                return (code, None, Verdict::Delivered, took);
+            }
+            let error = Some(format!("HTTP {status}"));
+            let verdict = match status.as_u16() {
+                408 | 429 => Verdict::Retry(retry_after(resp.headers())),
+                s if s >= 500 => Verdict::Retry(retry_after(resp.headers())),
+                _ => Verdict::GiveUp,
+            };
+            (code, error, verdict, took)
+        }
+        Err(e) => {
+            let error = if e.is_timeout() {
+                format!(
+                    "timed out after {} ms (ORCHESTR8_WEBHOOK_TIMEOUT_MS)",
+                    inner.settings.timeout_ms
+                )
+            } else {
+                error_chain(&e)
+            };
+            (None, Some(error), Verdict::Retry(None), took)
+        }
+    }
+}
+
+/// Full jitter: a random delay in `[0, min(max, base × 2^(n-1))]` after attempt `n`, or the
+/// receiver's `retry-after` if that is longer (still within the cap).
+fn backoff_ms(s: &WebhookSettings, n: u32, retry_after: Option<Duration>) -> u64 {
+    let ceiling = crate::backoff::nominal_ms(s.backoff_base_ms, n, s.backoff_max_ms);
+    let jittered = rand::rng().random_range(0..=ceiling);
+    let asked = retry_after.map_or(0, |d| d.as_millis() as u64);
+    jittered.max(asked).min(s.backoff_max_ms)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings() -> WebhookSettings {
+        WebhookSettings {
+            max_attempts: 8,
+            backoff_base_ms: 100,
+            backoff_max_ms: 1000,
+            timeout_ms: 1000,
+            secret: None,
+        }
+    }
+
+    #[test]
+    fn full_jitter_stays_under_the_doubling_ceiling_and_the_cap() {
+        let s = settings();
+        for _ in 0..500 {
+            assert!(backoff_ms(&s, 1, None) <= 100);
+            assert!(backoff_ms(&s, 3, None) <= 400);
+            assert!(backoff_ms(&s, 20, None) <= 1000);
+        }
+        assert_eq!(backoff_ms(&s, 1, Some(Duration::from_millis(700))), 700);
+        assert_eq!(backoff_ms(&s, 1, Some(Duration::from_secs(60))), 1000);
+    }
+
+    #[test]
+    fn hosts_include_the_port() {
+        assert_eq!(host_of("http://127.0.0.1:9000/x"), "127.0.0.1:9000");
+        assert_eq!(host_of("https://example.com/x"), "example.com:443");
+    }
+}

@@ -1,0 +1,49 @@
+//! The notifier: told of every terminal task and workflow state after it is committed, and the
+//! webhook machinery behind it (contract section 7).
+//!
+//! The outbox row of a webhook event is written by the scheduler in the same transaction as the
+//! terminal state ([`events`]), so a crash between "done" and "sent" cannot lose it. The hook
+//! below only wakes the [`delivery::Deliverer`], which sends owed events from its own tasks.
+
+pub mod delivery;
+pub mod events;
+pub mod signature;
+
+use crate::model::{Task, Workflow};
+use delivery::Deliverer;
+
+pub trait Notifier: Send + Sync {
+    /// Called once per terminal transition (completed, failed for good, cancelled), after the
+    /// transition is durable. Must not block: hand slow work to another task.
+    fn task_finished(&self, task: &Task);
+
+    /// Called once when a workflow completes, fails or is cancelled, after that is durable.
+    fn workflow_finished(&self, workflow: &Workflow);
+}
+
+/// Logs terminal states and wakes webhook delivery when one has a webhook.
+pub struct WebhookNotifier {
+    deliverer: Deliverer,
+}
+
+impl WebhookNotifier {
+    pub fn new(deliverer: Deliverer) -> Self {
+        WebhookNotifier { deliverer }
+    }
+}
+
+impl Notifier for WebhookNotifier {
+    fn task_finished(&self, task: &Task) {
+        tracing::debug!(task_id = %task.id, status = task.status.as_str(), "task finished");
+        if task.webhook_url.is_some() {
+            self.deliverer.wake();
+        }
+    }
+
+    fn workflow_finished(&self, workflow: &Workflow) {
+        tracing::info!(workflow_id = %workflow.id, status = workflow.status.as_str(), "workflow finished");
+        if workflow.webhook_url.is_some() {
+            self.deliverer.wake();
+        }
+    }
+}

@@ -1,0 +1,53 @@
+//! The `webhook_history` tool.
+
+use super::{parse_task_id, Result, Service, ServiceError};
+use crate::api::*;
+use crate::model::rfc3339;
+use crate::scheduler::not_found;
+
+impl Service {
+    pub async fn webhook_history(&self, a: WebhookHistoryArgs) -> Result<WebhookHistory> {
+        let (task_id, workflow_id) = match (a.task_id.as_deref(), a.workflow_id.as_deref()) {
+            (Some(t), None) => (Some(parse_task_id("task_id", t)?), None),
+            (None, Some(w)) => (None, Some(super::workflows::parse_workflow_id(w)?)),
+            _ => {
+                return Err(ServiceError::Invalid(
+                    "give exactly one of task_id or workflow_id".into(),
+                ))
+            }
+        };
+        let store = self.sched.store();
+        let internal = |e: crate::store::StoreError| ServiceError::Internal(e.to_string());
+        if let Some(t) = task_id {
+            if self.sched.task(t).await?.is_none() {
+                return Err(ServiceError::NotFound(not_found(t)));
+            }
+        }
+        if let Some(w) = workflow_id {
+            if store.workflow(w).await.map_err(internal)?.is_none() {
+                return Err(ServiceError::NotFound(format!(
+                    "unknown workflow_id {w}: no such workflow (list_workflows shows the workflows there are)"
+                )));
+            }
+        }
+        let attempts = store
+            .webhook_history(task_id, workflow_id)
+            .await
+            .map_err(internal)?;
+        Ok(WebhookHistory {
+            deliveries: attempts
+                .into_iter()
+                .map(|a| DeliveryView {
+                    event_id: a.event_id,
+                    event_type: a.event_type,
+                    attempt: a.attempt,
+                    status_code: a.status_code,
+                    error: a.error,
+                    duration_ms: a.duration_ms,
+                    delivered_at: rfc3339(a.at_us),
+                    url: a.url,
+                })
+                .collect(),
+        })
+    }
+}
