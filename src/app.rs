@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use rmcp::ServiceExt;
+use tokio_util::sync::CancellationToken;
 
 use crate::agents::AgentRegistry;
 use crate::config::{Config, Mode};
@@ -13,18 +14,14 @@ use crate::mcp::McpServer;
 use crate::notifier::delivery::{Deliverer, WebhookSettings};
 use crate::notifier::signature::WebhookSecret;
 use crate::notifier::WebhookNotifier;
+use crate::rest::{self, RestSettings};
 use crate::runner::Runners;
 use crate::scheduler::{SchedConfig, Scheduler};
 use crate::service::Service;
 use crate::store::Store;
 
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
-    if cfg.mode != Mode::Mcp {
-        bail!(
-            "ORCHESTR8_MODE={:?} is not available yet: this build serves the stdio MCP mode only (ORCHESTR8_MODE=mcp); the REST API is on the roadmap",
-            cfg.mode
-        );
-    }
+    crate::metrics::install();
     // A bad secret is a configuration error: refuse to start rather than send unsigned hooks.
     let secret = cfg
         .webhook_secret
@@ -36,6 +33,25 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     if cfg.webhook_max_attempts == 0 || cfg.webhook_timeout_ms == 0 {
         bail!("ORCHESTR8_WEBHOOK_MAX_ATTEMPTS and ORCHESTR8_WEBHOOK_TIMEOUT_MS must be at least 1");
     }
+    // The HTTP address is checked and bound before anything runs.
+    let rest_settings = RestSettings {
+        host: cfg.host.clone(),
+        port: cfg.port,
+        token: cfg.api_token.clone().filter(|t| !t.is_empty()),
+        cors_origins: cfg
+            .cors_origins
+            .as_deref()
+            .unwrap_or("")
+            .split(',')
+            .map(str::trim)
+            .filter(|o| !o.is_empty())
+            .map(String::from)
+            .collect(),
+    };
+    let listener = match cfg.mode {
+        Mode::Mcp => None,
+        Mode::Api | Mode::Both => Some(rest::bind(&rest_settings).await?),
+    };
     let db_path = cfg.db_path();
     let store = Arc::new(
         Store::open(&db_path).with_context(|| format!("opening database {}", db_path.display()))?,
@@ -74,18 +90,61 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     );
     let service = Service::new(sched.clone());
 
-    let server = McpServer::new(service)
-        .serve(rmcp::transport::stdio())
-        .await
-        .context("starting the MCP session on stdio")?;
-    let cancel = server.cancellation_token();
-    tokio::select! {
-        r = server.waiting() => {
-            tracing::info!("MCP client disconnected ({:?}); shutting down", r.ok());
+    let http_stop = CancellationToken::new();
+    let mut http = match listener {
+        Some(l) => Some(rest::serve(
+            l,
+            service.clone(),
+            &rest_settings,
+            http_stop.clone(),
+        )?),
+        None => None,
+    };
+    if cfg.mode == Mode::Api {
+        let served = async {
+            match http.as_mut() {
+                Some(h) => {
+                    let _ = h.await;
+                }
+                None => std::future::pending().await,
+            }
+        };
+        let stopped_by_itself = tokio::select! {
+            _ = terminate_signal() => {
+                tracing::info!("signal received; shutting down");
+                false
+            }
+            _ = served => {
+                tracing::error!("the HTTP server stopped; shutting down");
+                true
+            }
+        };
+        if stopped_by_itself {
+            http = None;
         }
-        _ = terminate_signal() => {
-            tracing::info!("signal received; shutting down");
-            cancel.cancel();
+    } else {
+        let server = McpServer::new(service)
+            .serve(rmcp::transport::stdio())
+            .await
+            .context("starting the MCP session on stdio")?;
+        let cancel = server.cancellation_token();
+        tokio::select! {
+            r = server.waiting() => {
+                tracing::info!("MCP client disconnected ({:?}); shutting down", r.ok());
+            }
+            _ = terminate_signal() => {
+                tracing::info!("signal received; shutting down");
+                cancel.cancel();
+            }
+        }
+    }
+    // In-flight HTTP requests finish first (bounded), then the same task shutdown as MCP mode.
+    http_stop.cancel();
+    if let Some(mut h) = http {
+        let bound = Duration::from_secs(cfg.shutdown_grace_seconds.max(1));
+        if tokio::time::timeout(bound, &mut h).await.is_err() {
+            tracing::warn!("HTTP requests still in flight after {bound:?}; dropping them");
+            h.abort();
         }
     }
     sched

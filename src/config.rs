@@ -102,6 +102,10 @@ pub struct Config {
     #[arg(long, env = "ORCHESTR8_API_TOKEN", hide_env_values = true)]
     pub api_token: Option<String>,
 
+    /// Comma-separated origins allowed to call the REST API from a browser (CORS); off when unset
+    #[arg(long, env = "ORCHESTR8_CORS_ORIGINS")]
+    pub cors_origins: Option<String>,
+
     /// whsec_<base64> secret; when set, every webhook is signed
     #[arg(long, env = "ORCHESTR8_WEBHOOK_SECRET", hide_env_values = true)]
     pub webhook_secret: Option<String>,

@@ -1,6 +1,6 @@
 //! orchestr8-async: durable background agents behind an MCP server.
 //!
-//! Data flows one way: frontends ([`mcp`]) → the service core ([`service`]) → the
+//! Data flows one way: frontends ([`mcp`], [`rest`]) → the service core ([`service`]) → the
 //! [`scheduler`] and the [`store`] → [`runner`]s → the [`notifier`]. See ARCHITECTURE.md.
 
 pub mod agents;
@@ -10,8 +10,10 @@ pub mod backoff;
 pub mod config;
 pub mod limits;
 pub mod mcp;
+pub mod metrics;
 pub mod model;
 pub mod notifier;
+pub mod rest;
 pub mod runner;
 pub mod scheduler;
 pub mod service;

@@ -132,11 +132,14 @@ impl McpServer {
         F: FnOnce(Service, A) -> Fut,
         Fut: Future<Output = Result<R, ServiceError>>,
     {
+        let started = std::time::Instant::now();
         let parsed: Result<A, _> = serde_path_to_error::deserialize(args);
         let result = match parsed {
             Ok(a) => f(self.service.clone(), a).await,
             Err(e) => Err(ServiceError::Invalid(argument_error(tool, &e))),
         };
+        let outcome = if result.is_ok() { "ok" } else { "error" };
+        crate::metrics::request("mcp", tool.to_string(), outcome, started.elapsed());
         match result {
             Ok(r) => match serde_json::to_value(&r) {
                 Ok(v) => CallToolResult::structured(v),

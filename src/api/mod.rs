@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::{LogLine, Priority, TaskStatus, TaskView};
 
-#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TaskAsyncArgs {
     /// Short human-readable name of the task, e.g. "review auth.rs".
@@ -35,19 +35,20 @@ pub struct TaskAsyncArgs {
     /// Directory the agent runs in (must exist). Default: the server's working directory.
     pub working_dir: Option<String>,
     /// Free-form JSON object stored with the task and returned with it.
+    #[schema(value_type = Option<Object>)]
     pub metadata: Option<serde_json::Value>,
     /// Do not start before this time (RFC 3339, e.g. "2026-01-01T09:00:00Z").
     pub run_at: Option<String>,
 }
 
-#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Deserialize, JsonSchema, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TaskIdArgs {
     /// The task_id returned by task_async.
     pub task_id: String,
 }
 
-#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Deserialize, JsonSchema, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TaskLogsArgs {
     /// The task_id returned by task_async.
@@ -58,7 +59,7 @@ pub struct TaskLogsArgs {
     pub limit: Option<i64>,
 }
 
-#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Deserialize, JsonSchema, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TaskWaitArgs {
     /// The task_ids to wait for (1..10000).
@@ -69,7 +70,8 @@ pub struct TaskWaitArgs {
     pub timeout_seconds: Option<i64>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema, utoipa::ToSchema, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListTasksArgs {
     /// Only tasks with this status: pending, running, completed, failed or cancelled.
@@ -84,11 +86,11 @@ pub struct ListTasksArgs {
     pub offset: Option<i64>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NoArgs {}
 
-#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, utoipa::ToSchema)]
 pub struct TaskAccepted {
     pub task_id: String,
     pub status: TaskStatus,
@@ -97,7 +99,17 @@ pub struct TaskAccepted {
     pub existing: bool,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+/// The answer to `POST /api/tasks`: the task object plus `existing`, a superset of the
+/// `task_async` answer.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, utoipa::ToSchema)]
+pub struct CreatedTask {
+    #[serde(flatten)]
+    pub task: TaskView,
+    /// True when an earlier task with the same idempotency_key was returned instead of a new one.
+    pub existing: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, utoipa::ToSchema)]
 pub struct TaskWithLogs {
     #[serde(flatten)]
     pub task: TaskView,
@@ -105,20 +117,20 @@ pub struct TaskWithLogs {
     pub logs: Vec<LogLine>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, utoipa::ToSchema)]
 pub struct TaskLogs {
     pub task_id: String,
     pub logs: Vec<LogLine>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, utoipa::ToSchema)]
 pub struct TaskWaitResult {
     pub tasks: Vec<TaskView>,
     pub timed_out: bool,
 }
 
 /// A task in a listing: the task object without its (possibly large) result.
-#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, utoipa::ToSchema)]
 pub struct TaskSummary {
     pub task_id: String,
     pub name: String,
@@ -153,13 +165,13 @@ impl From<TaskView> for TaskSummary {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, utoipa::ToSchema)]
 pub struct TaskList {
     pub tasks: Vec<TaskSummary>,
     pub total: u64,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, utoipa::ToSchema)]
 pub struct AgentInfo {
     pub name: String,
     pub description: String,
@@ -168,12 +180,12 @@ pub struct AgentInfo {
     pub path: String,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, utoipa::ToSchema)]
 pub struct AgentList {
     pub agents: Vec<AgentInfo>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookHistoryArgs {
     /// The task whose webhook deliveries to list (give this or workflow_id).
@@ -183,7 +195,7 @@ pub struct WebhookHistoryArgs {
 }
 
 /// One delivery attempt.
-#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, utoipa::ToSchema)]
 pub struct DeliveryView {
     /// The webhook-id header: the same on every attempt of one event.
     pub event_id: String,
@@ -198,7 +210,7 @@ pub struct DeliveryView {
     pub url: String,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, utoipa::ToSchema)]
 pub struct WebhookHistory {
     /// One entry per attempt, oldest first.
     pub deliveries: Vec<DeliveryView>,

@@ -7,7 +7,7 @@ use crate::model::{
     rfc3339, Phase, PhaseStatus, TaskStatus, Workflow, WorkflowStatus, WorkflowTaskRow,
 };
 
-#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WorkflowCreateArgs {
     /// Short human-readable name, e.g. "feature: CSV export".
@@ -20,7 +20,7 @@ pub struct WorkflowCreateArgs {
     pub max_parallel: Option<i64>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WorkflowAddPhaseArgs {
     /// The workflow_id returned by workflow_create (the workflow must still be a draft).
@@ -33,7 +33,7 @@ pub struct WorkflowAddPhaseArgs {
     pub depends_on: Option<Vec<String>>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WorkflowAddTaskArgs {
     /// The workflow_id returned by workflow_create (the workflow must still be a draft).
@@ -57,17 +57,19 @@ pub struct WorkflowAddTaskArgs {
     /// Directory the agent runs in (must exist). Default: the server's working directory.
     pub working_dir: Option<String>,
     /// Free-form JSON object stored with the task.
+    #[schema(value_type = Option<Object>)]
     pub metadata: Option<serde_json::Value>,
 }
 
-#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Deserialize, JsonSchema, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WorkflowIdArgs {
     /// The workflow_id returned by workflow_create.
     pub workflow_id: String,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema, utoipa::ToSchema, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListWorkflowsArgs {
     /// Only workflows in this status: draft, running, completed, failed or cancelled.
@@ -78,7 +80,7 @@ pub struct ListWorkflowsArgs {
     pub offset: Option<i64>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, utoipa::ToSchema)]
 pub struct WorkflowCreated {
     pub workflow_id: String,
     pub name: String,
@@ -86,7 +88,7 @@ pub struct WorkflowCreated {
     pub created_at: String,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, utoipa::ToSchema)]
 pub struct PhaseView {
     pub workflow_id: String,
     pub phase_id: String,
@@ -95,7 +97,7 @@ pub struct PhaseView {
     pub depends_on: Vec<String>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, utoipa::ToSchema)]
 pub struct WorkflowTaskAdded {
     pub task_id: String,
     pub workflow_id: String,
@@ -103,7 +105,7 @@ pub struct WorkflowTaskAdded {
     pub status: TaskStatus,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, utoipa::ToSchema)]
 pub struct PhaseStatusView {
     pub phase_id: String,
     pub name: String,
@@ -116,7 +118,7 @@ pub struct PhaseStatusView {
     pub completed_at: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, utoipa::ToSchema)]
 pub struct WorkflowTaskView {
     pub task_id: String,
     pub phase_id: Option<String>,
@@ -124,7 +126,7 @@ pub struct WorkflowTaskView {
     pub status: TaskStatus,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, utoipa::ToSchema)]
 pub struct FailedTask {
     pub task_id: String,
     pub name: String,
@@ -132,7 +134,7 @@ pub struct FailedTask {
 }
 
 /// The workflow status object.
-#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, utoipa::ToSchema)]
 pub struct WorkflowStatusView {
     pub workflow_id: String,
     pub name: String,
@@ -152,7 +154,7 @@ pub struct WorkflowStatusView {
     pub failed_tasks: Vec<FailedTask>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, utoipa::ToSchema)]
 pub struct WorkflowSummaryView {
     pub workflow_id: String,
     pub name: String,
@@ -165,7 +167,7 @@ pub struct WorkflowSummaryView {
     pub completed_at: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, utoipa::ToSchema)]
 pub struct WorkflowList {
     pub workflows: Vec<WorkflowSummaryView>,
     pub total: u64,

@@ -27,7 +27,9 @@ pub fn rfc3339(us: i64) -> String {
         .to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema, utoipa::ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum TaskStatus {
     Pending,
@@ -70,7 +72,18 @@ impl TaskStatus {
 
 /// Ordered so that `Critical > High > Normal > Low`; the scheduler relies on this order.
 #[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    JsonSchema,
+    utoipa::ToSchema,
 )]
 #[serde(rename_all = "lowercase")]
 pub enum Priority {
@@ -116,7 +129,9 @@ impl Priority {
 }
 
 /// Token and cost figures a runner may report.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema, utoipa::ToSchema,
+)]
 pub struct Usage {
     pub input_tokens: Option<i64>,
     pub output_tokens: Option<i64>,
@@ -199,7 +214,7 @@ impl Task {
 }
 
 /// The task object of the public contract (section 4).
-#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, utoipa::ToSchema)]
 pub struct TaskView {
     pub task_id: String,
     pub name: String,
@@ -220,12 +235,13 @@ pub struct TaskView {
     pub error: Option<String>,
     pub usage: Option<Usage>,
     pub webhook_url: Option<String>,
+    #[schema(value_type = Option<Object>)]
     pub metadata: Option<serde_json::Value>,
 }
 
 /// One line of a task's log. `seq` grows by one per line over the task's whole life (all
 /// attempts), so `after_seq` paging never skips or repeats a line.
-#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, utoipa::ToSchema)]
 pub struct LogLine {
     pub seq: i64,
     pub ts: String,

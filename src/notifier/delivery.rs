@@ -204,6 +204,11 @@ async fn deliver(inner: &Arc<Inner>, mut ev: WebhookEvent) {
             duration_ms: took.as_millis() as u64,
             at_us: now,
         };
+        crate::metrics::webhook_attempt(match ev.status {
+            DeliveryStatus::Delivered => "delivered",
+            DeliveryStatus::Pending => "retry",
+            DeliveryStatus::Failed => "failed",
+        });
         match ev.status {
             DeliveryStatus::Delivered => {
                 tracing::debug!(event = %ev.id, url = %ev.url, attempt = n, "webhook delivered")

@@ -43,6 +43,22 @@ pub enum SchedError {
     ShuttingDown,
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// Runs a state change to its end even if the caller stops waiting (a client that disconnects,
+/// a request time-out, an MCP cancellation): the in-memory follow-up of a commit — activating a
+/// new task, releasing a withdrawn one — must never be skipped, or an accepted task would sit
+/// unscheduled until the next restart.
+pub(crate) async fn detached<T, F>(fut: F) -> Result<T, SchedError>
+where
+    F: std::future::Future<Output = Result<T, SchedError>> + Send + 'static,
+    T: Send + 'static,
+{
+    tokio::spawn(fut)
+        .await
+        .map_err(|e| SchedError::Internal(format!("a scheduler task failed: {e}")))?
 }
 
 #[derive(Debug, Clone)]
@@ -146,6 +162,17 @@ impl Scheduler {
         instructions: String,
         max_concurrency: Option<u32>,
     ) -> Result<Submitted, SchedError> {
+        let this = self.clone();
+        detached(async move { this.submit_now(task, instructions, max_concurrency).await }).await
+    }
+
+    /// The body of [`Self::submit`], run to its end on its own task.
+    async fn submit_now(
+        &self,
+        task: Task,
+        instructions: String,
+        max_concurrency: Option<u32>,
+    ) -> Result<Submitted, SchedError> {
         let inner = &self.inner;
         if inner.stopping.is_cancelled() {
             return Err(SchedError::ShuttingDown);
@@ -182,6 +209,7 @@ impl Scheduler {
                     return Ok(Submitted::Existing(t));
                 }
                 inner.activate(id).await;
+                crate::metrics::task_submitted(&task.agent_name);
                 Ok(Submitted::Created(task))
             }
             Err(e) => {
@@ -193,6 +221,12 @@ impl Scheduler {
 
     /// Cancels a pending task at once, or stops a running one and waits until it has stopped.
     pub async fn cancel(&self, id: Uuid) -> Result<Task, SchedError> {
+        let this = self.clone();
+        detached(async move { this.cancel_now(id).await }).await
+    }
+
+    /// The body of [`Self::cancel`], run to its end on its own task.
+    async fn cancel_now(&self, id: Uuid) -> Result<Task, SchedError> {
         enum Action {
             Finished,
             Stop(Option<state::RunHandle>),
@@ -256,6 +290,12 @@ impl Scheduler {
 
     /// Puts a failed or cancelled task back to pending, with a fresh retry budget.
     pub async fn retry(&self, id: Uuid) -> Result<Task, SchedError> {
+        let this = self.clone();
+        detached(async move { this.retry_now(id).await }).await
+    }
+
+    /// The body of [`Self::retry`], run to its end on its own task.
+    async fn retry_now(&self, id: Uuid) -> Result<Task, SchedError> {
         let inner = &self.inner;
         if inner.stopping.is_cancelled() {
             return Err(SchedError::ShuttingDown);
@@ -651,6 +691,7 @@ impl Inner {
         if status.is_terminal() {
             st.hot.remove(&id);
             Self::note_workflow_task(st, &tr.task);
+            crate::metrics::task_finished(&tr.task);
             self.notifier.task_finished(&tr.task);
             let _ = self.terminal.send(id);
             return self.settle_dependents(st, id, &tr.task.name, status);

@@ -16,7 +16,7 @@ use uuid::Uuid;
 
 use super::phases::{self, Counts};
 use super::state::{Hot, RunHandle, State, Wait, WfHot, STOP_WORKFLOW};
-use super::{Inner, SchedError, Scheduler, Transition};
+use super::{detached, Inner, SchedError, Scheduler, Transition};
 use crate::limits;
 use crate::model::{
     now_us, Phase, PhaseStatus, Task, TaskStatus, WebhookEvent, Workflow, WorkflowStatus,
@@ -151,11 +151,18 @@ impl Scheduler {
                 instructions,
             }])
             .await?;
+        crate::metrics::task_submitted(&task.agent_name);
         Ok(task)
     }
 
     /// Starts a draft: its shape is frozen and the tasks of its first phases become ready.
     pub async fn start_workflow(&self, id: Uuid) -> Result<(), SchedError> {
+        let this = self.clone();
+        detached(async move { this.start_workflow_now(id).await }).await
+    }
+
+    /// The body of [`Self::start_workflow`], run to its end on its own task.
+    async fn start_workflow_now(&self, id: Uuid) -> Result<(), SchedError> {
         let inner = &self.inner;
         if inner.stopping.is_cancelled() {
             return Err(SchedError::ShuttingDown);
@@ -217,6 +224,12 @@ impl Scheduler {
     /// Cancels a draft or running workflow: every unfinished task is cancelled (running ones
     /// are stopped, and this waits for them, bounded).
     pub async fn cancel_workflow(&self, id: Uuid) -> Result<(), SchedError> {
+        let this = self.clone();
+        detached(async move { this.cancel_workflow_now(id).await }).await
+    }
+
+    /// The body of [`Self::cancel_workflow`], run to its end on its own task.
+    async fn cancel_workflow_now(&self, id: Uuid) -> Result<(), SchedError> {
         let inner = &self.inner;
         let _shape = inner.wf_lock.lock().await;
         let wf = self.workflow_or_not_found(id).await?;
@@ -273,6 +286,7 @@ impl Scheduler {
         }
         inner.store.write(ops).await?;
         for t in &tasks {
+            crate::metrics::task_finished(t);
             inner.notifier.task_finished(t);
             let _ = inner.terminal.send(t.id);
         }

@@ -11,7 +11,7 @@ use uuid::Uuid;
 use crate::agents::{validate_name, AgentError};
 use crate::api::*;
 use crate::limits;
-use crate::model::{now_us, Priority, Task, TaskStatus, Usage};
+use crate::model::{now_us, Priority, Task, TaskStatus, TaskView, Usage};
 use crate::scheduler::{not_found, SchedError, Scheduler, Submitted};
 use crate::store::TaskFilter;
 
@@ -24,6 +24,9 @@ pub const DEFAULT_TIMEOUT_SECONDS: u32 = 3600;
 pub const MAX_DEPENDENCIES: usize = 1000;
 /// Most ids one task_wait may list.
 pub const MAX_WAIT_IDS: usize = 10_000;
+
+/// Largest `offset` of the list calls (the store cannot page further; nobody has that many).
+pub(crate) const MAX_OFFSET: i64 = 1_000_000_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
@@ -49,6 +52,7 @@ impl From<SchedError> for ServiceError {
             SchedError::Invalid(m) => ServiceError::Invalid(m),
             SchedError::ShuttingDown => ServiceError::Internal(e.to_string()),
             SchedError::Store(e) => ServiceError::Internal(e.to_string()),
+            SchedError::Internal(m) => ServiceError::Internal(m),
         }
     }
 }
@@ -115,27 +119,46 @@ impl Service {
         Service { sched }
     }
 
-    pub fn scheduler(&self) -> &Scheduler {
-        &self.sched
+    /// Whether the database answers (for health checks); the error says why not.
+    pub async fn db_health(&self) -> std::result::Result<(), String> {
+        self.sched.store().ping().await.map_err(|e| e.to_string())
+    }
+
+    /// Tasks pending and running right now (for the metrics gauges).
+    pub fn hot_counts(&self) -> (usize, usize) {
+        self.sched.hot_counts()
+    }
+
+    /// The task object and `existing` (the REST answer to `POST /api/tasks`).
+    pub async fn create_task(&self, a: TaskAsyncArgs) -> Result<CreatedTask> {
+        let (task, existing) = self.submit_task(a).await?;
+        Ok(CreatedTask { task, existing })
     }
 
     pub async fn task_async(&self, a: TaskAsyncArgs) -> Result<TaskAccepted> {
-        let (task, instructions, max_concurrency) = self.build_task(a).await?;
-        let (task, existing) = match self
-            .sched
-            .submit(task, instructions, max_concurrency)
-            .await?
-        {
-            Submitted::Created(t) => (t, false),
-            Submitted::Existing(t) => (t, true),
-        };
-        let view = task.view();
+        let (view, existing) = self.submit_task(a).await?;
         Ok(TaskAccepted {
             task_id: view.task_id,
             status: view.status,
             created_at: view.created_at,
             existing,
         })
+    }
+
+    /// Accepts a task; returns it and whether an earlier task with the same idempotency key
+    /// was returned instead of a new one.
+    async fn submit_task(&self, a: TaskAsyncArgs) -> Result<(TaskView, bool)> {
+        let (task, instructions, max_concurrency) = self.build_task(a).await?;
+        Ok(
+            match self
+                .sched
+                .submit(task, instructions, max_concurrency)
+                .await?
+            {
+                Submitted::Created(t) => (t.view(), false),
+                Submitted::Existing(t) => (t.view(), true),
+            },
+        )
     }
 
     /// Validates task arguments into a new pending task, its instructions and its agent's
@@ -375,7 +398,7 @@ impl Service {
             })
             .transpose()?;
         let limit = in_range("limit", a.limit, 1, 1000, 50)? as u32;
-        let offset = in_range("offset", a.offset, 0, i64::MAX, 0)? as u64;
+        let offset = in_range("offset", a.offset, 0, MAX_OFFSET, 0)? as u64;
         let (tasks, total) = self
             .sched
             .store()

@@ -6,6 +6,31 @@ use crate::model::rfc3339;
 use crate::scheduler::not_found;
 
 impl Service {
+    /// The history of a task or a workflow, whichever `id` names (REST
+    /// `GET /api/webhooks/{id}/history`).
+    pub async fn webhook_history_of(&self, id: &str) -> Result<WebhookHistory> {
+        let uuid = parse_task_id("id", id)?;
+        if self.sched.task(uuid).await?.is_some() {
+            return self
+                .webhook_history(WebhookHistoryArgs {
+                    task_id: Some(id.to_string()),
+                    workflow_id: None,
+                })
+                .await;
+        }
+        if self.workflow_or_not_found(uuid).await.is_ok() {
+            return self
+                .webhook_history(WebhookHistoryArgs {
+                    task_id: None,
+                    workflow_id: Some(id.to_string()),
+                })
+                .await;
+        }
+        Err(ServiceError::NotFound(format!(
+            "unknown id {uuid}: no task or workflow has it (list_tasks and list_workflows show the ids there are)"
+        )))
+    }
+
     pub async fn webhook_history(&self, a: WebhookHistoryArgs) -> Result<WebhookHistory> {
         let (task_id, workflow_id) = match (a.task_id.as_deref(), a.workflow_id.as_deref()) {
             (Some(t), None) => (Some(parse_task_id("task_id", t)?), None),
@@ -24,11 +49,7 @@ impl Service {
             }
         }
         if let Some(w) = workflow_id {
-            if store.workflow(w).await.map_err(internal)?.is_none() {
-                return Err(ServiceError::NotFound(format!(
-                    "unknown workflow_id {w}: no such workflow (list_workflows shows the workflows there are)"
-                )));
-            }
+            self.workflow_or_not_found(w).await?;
         }
         let attempts = store
             .webhook_history(task_id, workflow_id)

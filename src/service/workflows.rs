@@ -3,7 +3,7 @@
 
 use uuid::Uuid;
 
-use super::{in_range, invalid, validate_webhook_url, Result, Service, ServiceError};
+use super::{in_range, invalid, validate_webhook_url, Result, Service, ServiceError, MAX_OFFSET};
 use crate::agents::validate_name;
 use crate::api::*;
 use crate::model::{now_us, rfc3339, Workflow, WorkflowStatus};
@@ -136,7 +136,7 @@ impl Service {
             })?),
         };
         let limit = in_range("limit", a.limit, 1, 1000, 50)? as u32;
-        let offset = in_range("offset", a.offset, 0, i64::MAX, 0)? as u64;
+        let offset = in_range("offset", a.offset, 0, MAX_OFFSET, 0)? as u64;
         let (rows, total) = self
             .sched
             .store()
@@ -162,15 +162,43 @@ impl Service {
         })
     }
 
+    /// The tasks of one workflow, paged as `list_tasks` (REST `GET /api/workflows/{id}/tasks`);
+    /// an unknown workflow is a not-found, not an empty list.
+    pub async fn workflow_tasks(
+        &self,
+        workflow_id: &str,
+        limit: Option<i64>,
+        offset: Option<i64>,
+    ) -> Result<TaskList> {
+        let id = parse_workflow_id(workflow_id)?;
+        self.workflow_or_not_found(id).await?;
+        self.list_tasks(ListTasksArgs {
+            workflow_id: Some(id.to_string()),
+            limit,
+            offset,
+            ..ListTasksArgs::default()
+        })
+        .await
+    }
+
+    pub(super) async fn workflow_or_not_found(&self, id: Uuid) -> Result<Workflow> {
+        self.sched
+            .store()
+            .workflow(id)
+            .await
+            .map_err(|e| ServiceError::Internal(e.to_string()))?
+            .ok_or_else(|| {
+                ServiceError::NotFound(format!(
+                    "unknown workflow_id {id}: no such workflow (list_workflows shows the workflows there are)"
+                ))
+            })
+    }
+
     /// The workflow status object, read from the store (the durable truth).
     async fn workflow_view(&self, id: Uuid) -> Result<WorkflowStatusView> {
         let store = self.sched.store();
         let internal = |e: crate::store::StoreError| ServiceError::Internal(e.to_string());
-        let wf = store.workflow(id).await.map_err(internal)?.ok_or_else(|| {
-            ServiceError::NotFound(format!(
-                "unknown workflow_id {id}: no such workflow (list_workflows shows the workflows there are)"
-            ))
-        })?;
+        let wf = self.workflow_or_not_found(id).await?;
         let phases = store.phases(id).await.map_err(internal)?;
         let tasks = store.workflow_task_rows(id).await.map_err(internal)?;
         Ok(status_view(&wf, &phases, tasks))

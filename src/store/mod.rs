@@ -12,6 +12,7 @@
 
 mod rows;
 mod schema;
+
 mod webhooks;
 mod workflows;
 
@@ -192,6 +193,15 @@ impl Store {
         })
         .await
         .map_err(|_| StoreError::Closed)?
+    }
+
+    /// A trivial read, for health checks.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        self.read(|c| {
+            c.query_row("SELECT 1", [], |r| r.get::<_, i32>(0))?;
+            Ok(())
+        })
+        .await
     }
 
     pub async fn task(&self, id: Uuid) -> Result<Option<Task>, StoreError> {

@@ -6,6 +6,7 @@ mod durability;
 mod harness;
 mod protocol;
 mod refusals;
+mod rest;
 mod runners;
 mod scheduling;
 mod stub_http;

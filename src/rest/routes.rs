@@ -1,0 +1,277 @@
+//! The routes of contract section 8. Each handler only adapts HTTP to a [`Service`] call: path
+//! and body in, status code and JSON out.
+
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::Json;
+use serde::Deserialize;
+
+use super::error::{ApiError, ErrorBody, IdPath, JsonBody};
+use super::AppState;
+use crate::api::*;
+use crate::model::TaskView;
+
+type Answer<T> = Result<(StatusCode, Json<T>), ApiError>;
+
+fn ok<T>(v: T) -> Answer<T> {
+    Ok((StatusCode::OK, Json(v)))
+}
+
+fn created<T>(v: T) -> Answer<T> {
+    Ok((StatusCode::CREATED, Json(v)))
+}
+
+fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
+    q.map(|Query(v)| v)
+        .map_err(|e| ApiError::bad_request(format!("invalid query string: {}", e.body_text())))
+}
+
+/// Query of `GET /api/tasks/{id}/logs`.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct LogsQuery {
+    /// Only lines with seq greater than this (default 0).
+    pub after_seq: Option<i64>,
+    /// Most lines to return (1..1000, default 100).
+    pub limit: Option<i64>,
+}
+
+/// Paging of `GET /api/workflows/{id}/tasks`.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct PageQuery {
+    /// Most tasks to return (1..1000, default 50).
+    pub limit: Option<i64>,
+    /// Tasks to skip (default 0).
+    pub offset: Option<i64>,
+}
+
+/// Body of `POST /api/workflows/{id}/phases`: workflow_add_phase without the id in the path.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PhaseBody {
+    pub phase_id: String,
+    pub name: String,
+    pub depends_on: Option<Vec<String>>,
+}
+
+/// Body of `POST /api/workflows/{id}/tasks`: workflow_add_task without the id in the path.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WorkflowTaskBody {
+    pub phase_id: String,
+    pub name: String,
+    pub agent_name: String,
+    pub agent_instructions: String,
+    pub dependencies: Option<Vec<String>>,
+    pub priority: Option<String>,
+    pub timeout_seconds: Option<i64>,
+    pub max_retries: Option<i64>,
+    pub working_dir: Option<String>,
+    #[schema(value_type = Option<Object>)]
+    pub metadata: Option<serde_json::Value>,
+}
+
+#[utoipa::path(post, path = "/api/tasks", tag = "tasks", request_body = TaskAsyncArgs,
+    responses((status = 201, description = "Accepted (durable)", body = CreatedTask),
+              (status = 200, description = "An earlier task with the same idempotency_key", body = CreatedTask),
+              (status = 400, body = ErrorBody), (status = 404, description = "Unknown agent", body = ErrorBody),
+              (status = 415, description = "Not sent as application/json", body = ErrorBody)))]
+pub async fn create_task(
+    State(s): State<AppState>,
+    JsonBody(a): JsonBody<TaskAsyncArgs>,
+) -> Answer<CreatedTask> {
+    let answer = s.service.create_task(a).await?;
+    if answer.existing {
+        ok(answer)
+    } else {
+        created(answer)
+    }
+}
+
+#[utoipa::path(get, path = "/api/tasks", tag = "tasks", params(ListTasksArgs),
+    responses((status = 200, body = TaskList), (status = 400, body = ErrorBody)))]
+pub async fn list_tasks(
+    State(s): State<AppState>,
+    q: Result<Query<ListTasksArgs>, QueryRejection>,
+) -> Answer<TaskList> {
+    ok(s.service.list_tasks(query(q)?).await?)
+}
+
+#[utoipa::path(get, path = "/api/tasks/{id}", tag = "tasks", params(("id" = String, Path)),
+    responses((status = 200, body = TaskWithLogs), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn get_task(State(s): State<AppState>, IdPath(id): IdPath) -> Answer<TaskWithLogs> {
+    ok(s.service.task_status(TaskIdArgs { task_id: id }).await?)
+}
+
+#[utoipa::path(delete, path = "/api/tasks/{id}", tag = "tasks", params(("id" = String, Path)),
+    responses((status = 200, description = "Cancelled", body = TaskView), (status = 404, body = ErrorBody),
+              (status = 409, description = "Already finished", body = ErrorBody)))]
+pub async fn cancel_task(State(s): State<AppState>, IdPath(id): IdPath) -> Answer<TaskView> {
+    ok(s.service.task_cancel(TaskIdArgs { task_id: id }).await?)
+}
+
+#[utoipa::path(post, path = "/api/tasks/{id}/retry", tag = "tasks", params(("id" = String, Path)),
+    responses((status = 200, body = TaskView), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn retry_task(State(s): State<AppState>, IdPath(id): IdPath) -> Answer<TaskView> {
+    ok(s.service.task_retry(TaskIdArgs { task_id: id }).await?)
+}
+
+#[utoipa::path(get, path = "/api/tasks/{id}/logs", tag = "tasks", params(("id" = String, Path), LogsQuery),
+    responses((status = 200, body = TaskLogs), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn task_logs(
+    State(s): State<AppState>,
+    IdPath(id): IdPath,
+    q: Result<Query<LogsQuery>, QueryRejection>,
+) -> Answer<TaskLogs> {
+    let q = query(q)?;
+    ok(s.service
+        .task_logs(TaskLogsArgs {
+            task_id: id,
+            after_seq: q.after_seq,
+            limit: q.limit,
+        })
+        .await?)
+}
+
+#[utoipa::path(get, path = "/api/agents", tag = "agents",
+    responses((status = 200, body = AgentList)))]
+pub async fn list_agents(State(s): State<AppState>) -> Answer<AgentList> {
+    ok(s.service.list_agents().await?)
+}
+
+#[utoipa::path(post, path = "/api/workflows", tag = "workflows", request_body = WorkflowCreateArgs,
+    responses((status = 201, body = WorkflowCreated), (status = 400, body = ErrorBody)))]
+pub async fn create_workflow(
+    State(s): State<AppState>,
+    JsonBody(a): JsonBody<WorkflowCreateArgs>,
+) -> Answer<WorkflowCreated> {
+    created(s.service.workflow_create(a).await?)
+}
+
+#[utoipa::path(get, path = "/api/workflows", tag = "workflows", params(ListWorkflowsArgs),
+    responses((status = 200, body = WorkflowList), (status = 400, body = ErrorBody)))]
+pub async fn list_workflows(
+    State(s): State<AppState>,
+    q: Result<Query<ListWorkflowsArgs>, QueryRejection>,
+) -> Answer<WorkflowList> {
+    ok(s.service.list_workflows(query(q)?).await?)
+}
+
+#[utoipa::path(get, path = "/api/workflows/{id}", tag = "workflows", params(("id" = String, Path)),
+    responses((status = 200, body = WorkflowStatusView), (status = 404, body = ErrorBody)))]
+pub async fn get_workflow(
+    State(s): State<AppState>,
+    IdPath(id): IdPath,
+) -> Answer<WorkflowStatusView> {
+    ok(s.service
+        .workflow_status(WorkflowIdArgs { workflow_id: id })
+        .await?)
+}
+
+#[utoipa::path(get, path = "/api/workflows/{id}/status", tag = "workflows", params(("id" = String, Path)),
+    responses((status = 200, body = WorkflowStatusView), (status = 404, body = ErrorBody)))]
+pub async fn workflow_status(
+    State(s): State<AppState>,
+    IdPath(id): IdPath,
+) -> Answer<WorkflowStatusView> {
+    ok(s.service
+        .workflow_status(WorkflowIdArgs { workflow_id: id })
+        .await?)
+}
+
+#[utoipa::path(post, path = "/api/workflows/{id}/start", tag = "workflows", params(("id" = String, Path)),
+    responses((status = 200, body = WorkflowStatusView), (status = 400, description = "No tasks", body = ErrorBody),
+              (status = 404, body = ErrorBody), (status = 409, description = "Not a draft", body = ErrorBody)))]
+pub async fn start_workflow(
+    State(s): State<AppState>,
+    IdPath(id): IdPath,
+) -> Answer<WorkflowStatusView> {
+    ok(s.service
+        .workflow_start(WorkflowIdArgs { workflow_id: id })
+        .await?)
+}
+
+#[utoipa::path(post, path = "/api/workflows/{id}/phases", tag = "workflows", params(("id" = String, Path)),
+    request_body = PhaseBody,
+    responses((status = 201, body = PhaseView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+              (status = 409, body = ErrorBody)))]
+pub async fn add_phase(
+    State(s): State<AppState>,
+    IdPath(id): IdPath,
+    JsonBody(b): JsonBody<PhaseBody>,
+) -> Answer<PhaseView> {
+    created(
+        s.service
+            .workflow_add_phase(WorkflowAddPhaseArgs {
+                workflow_id: id,
+                phase_id: b.phase_id,
+                name: b.name,
+                depends_on: b.depends_on,
+            })
+            .await?,
+    )
+}
+
+#[utoipa::path(post, path = "/api/workflows/{id}/tasks", tag = "workflows", params(("id" = String, Path)),
+    request_body = WorkflowTaskBody,
+    responses((status = 201, body = WorkflowTaskAdded), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+              (status = 409, body = ErrorBody)))]
+pub async fn add_workflow_task(
+    State(s): State<AppState>,
+    IdPath(id): IdPath,
+    JsonBody(b): JsonBody<WorkflowTaskBody>,
+) -> Answer<WorkflowTaskAdded> {
+    created(
+        s.service
+            .workflow_add_task(WorkflowAddTaskArgs {
+                workflow_id: id,
+                phase_id: b.phase_id,
+                name: b.name,
+                agent_name: b.agent_name,
+                agent_instructions: b.agent_instructions,
+                dependencies: b.dependencies,
+                priority: b.priority,
+                timeout_seconds: b.timeout_seconds,
+                max_retries: b.max_retries,
+                working_dir: b.working_dir,
+                metadata: b.metadata,
+            })
+            .await?,
+    )
+}
+
+#[utoipa::path(get, path = "/api/workflows/{id}/tasks", tag = "workflows", params(("id" = String, Path), PageQuery),
+    responses((status = 200, body = TaskList), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn workflow_tasks(
+    State(s): State<AppState>,
+    IdPath(id): IdPath,
+    q: Result<Query<PageQuery>, QueryRejection>,
+) -> Answer<TaskList> {
+    let q = query(q)?;
+    ok(s.service.workflow_tasks(&id, q.limit, q.offset).await?)
+}
+
+#[utoipa::path(post, path = "/api/workflows/{id}/cancel", tag = "workflows", params(("id" = String, Path)),
+    responses((status = 200, body = WorkflowStatusView), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn cancel_workflow(
+    State(s): State<AppState>,
+    IdPath(id): IdPath,
+) -> Answer<WorkflowStatusView> {
+    ok(s.service
+        .workflow_cancel(WorkflowIdArgs { workflow_id: id })
+        .await?)
+}
+
+#[utoipa::path(get, path = "/api/webhooks/{id}/history", tag = "webhooks",
+    params(("id" = String, Path, description = "A task_id (or a workflow_id)")),
+    responses((status = 200, body = WebhookHistory), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn webhook_history(
+    State(s): State<AppState>,
+    IdPath(id): IdPath,
+) -> Answer<WebhookHistory> {
+    ok(s.service.webhook_history_of(&id).await?)
+}
