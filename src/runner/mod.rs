@@ -11,6 +11,7 @@ pub mod claude_stream;
 pub mod command;
 pub mod http;
 pub mod openai;
+pub mod orphans;
 pub mod process;
 
 use std::collections::HashMap;

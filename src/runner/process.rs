@@ -117,18 +117,6 @@ pub fn start_time(pid: i64) -> Option<i64> {
     after_comm.split_whitespace().nth(19)?.parse().ok()
 }
 
-/// Kills the process group a dead server left running, if its leader is still the same process.
-/// Returns whether something was killed.
-pub fn kill_orphan(pgid: i64, expected_start: Option<i64>) -> bool {
-    match (start_time(pgid), expected_start) {
-        (Some(now), Some(then)) if now == then => {
-            signal_group(pgid, Signal::SIGKILL);
-            true
-        }
-        _ => false,
-    }
-}
-
 /// Reads a stream to its end, keeping at most `cap` bytes; returns the kept text (lossy UTF-8,
 /// with a marker when cut).
 pub async fn read_capped(stream: impl AsyncRead + Unpin, cap: usize) -> String {

@@ -5,8 +5,9 @@
 //! process group of that attempt, if still alive, is killed first, so a task never runs twice at
 //! the same time.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::time::Duration;
 
 use uuid::Uuid;
 
@@ -14,7 +15,7 @@ use super::state::{Hot, Wait, WfHot};
 use super::workflow::phase_index;
 use super::{Inner, SchedError, Transition};
 use crate::model::{now_us, PhaseStatus, TaskStatus, WorkflowStatus};
-use crate::runner::process;
+use crate::runner::{orphans, process};
 
 /// Where a recovered pending task goes.
 enum Gate {
@@ -78,6 +79,13 @@ pub(super) async fn recover(inner: &Arc<Inner>) -> Result<(), SchedError> {
         .store
         .max_log_seqs(active.iter().map(|t| t.id).collect())
         .await?;
+    let running_ids: HashSet<String> = active
+        .iter()
+        .filter(|t| t.status == TaskStatus::Running)
+        .map(|t| t.id.to_string())
+        .collect();
+    let mut orphan_groups = orphans::groups_by_task(&running_ids);
+    let mut killed = Vec::new();
     let now = now_us();
     let mut transitions = Vec::new();
     let mut pending = Vec::new();
@@ -108,7 +116,8 @@ pub(super) async fn recover(inner: &Arc<Inner>) -> Result<(), SchedError> {
             let mut logs = Vec::new();
             if was_running {
                 if let Some(pid) = t.pid {
-                    if process::kill_orphan(pid, t.pid_start) {
+                    if orphans::kill_orphan(pid, t.pid_start) {
+                        killed.push(pid);
                         logs.push((
                             "warn",
                             format!(
@@ -116,6 +125,19 @@ pub(super) async fn recover(inner: &Arc<Inner>) -> Result<(), SchedError> {
                             ),
                         ));
                     }
+                }
+                // Processes whose pid was never recorded (the server died right after
+                // starting them), found by their ORCHESTR8_TASK_ID.
+                for pgid in orphan_groups.remove(&t.id.to_string()).unwrap_or_default() {
+                    if killed.contains(&pgid) {
+                        continue;
+                    }
+                    process::signal_group(pgid, nix::sys::signal::Signal::SIGKILL);
+                    killed.push(pgid);
+                    logs.push((
+                        "warn",
+                        format!("killed process group {pgid} of this task left running by the previous server"),
+                    ));
                 }
                 t.pid = None;
                 t.pid_start = None;
@@ -168,6 +190,13 @@ pub(super) async fn recover(inner: &Arc<Inner>) -> Result<(), SchedError> {
                 });
             }
         }
+    }
+    // SIGKILL is delivered asynchronously: the next attempt starts only once the old one is
+    // gone (its open files, such as locks it holds, closed).
+    if !killed.is_empty() && !orphans::wait_groups_gone(&killed, Duration::from_secs(3)).await {
+        tracing::warn!(
+            "process groups {killed:?} of the previous server were still alive 3 s after SIGKILL"
+        );
     }
     let recovered = transitions.len();
     // The running -> pending/failed changes are durable before anything else happens.

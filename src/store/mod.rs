@@ -12,7 +12,7 @@
 
 mod rows;
 mod schema;
-
+pub mod synthetic;
 mod webhooks;
 mod workflows;
 

@@ -147,6 +147,23 @@ impl Server {
             })
     }
 
+    /// Calls a tool; `None` when the call fails at the protocol level (the server died) or
+    /// takes longer than `limit`.
+    pub async fn try_call(
+        &self,
+        tool: &str,
+        args: Value,
+        limit: Duration,
+    ) -> Option<CallToolResult> {
+        let mut p = CallToolRequestParams::new(tool.to_string());
+        p.arguments = args.as_object().cloned();
+        let client = self.client.as_ref()?;
+        match tokio::time::timeout(limit, client.call_tool(p)).await {
+            Ok(Ok(r)) => Some(r),
+            _ => None,
+        }
+    }
+
     pub async fn tools(&self) -> Vec<rmcp::model::Tool> {
         self.client
             .as_ref()

@@ -11,5 +11,6 @@ mod runners;
 mod scheduling;
 mod stub_http;
 mod tools;
+mod torture;
 mod webhooks;
 mod workflows;

@@ -1,138 +1,102 @@
 //! o8-bench: measures the real release binary over stdio with a minimal JSON-RPC client (so
-//! client overhead does not hide server cost).
+//! client overhead does not hide server cost), with reference points from the same run.
 //!
-//!   cargo run --release --bin o8-bench -- [--calls 2000] [--tasks 10000] [--workers 8]
+//!   cargo run --release --bin o8-bench            (--help for the knobs)
 //!
-//! Prints a table and one JSON line. Reference point in the same run: spawning `true` (the
-//! ceiling for trivial command tasks).
+//! Prints a table and one JSON line.
 
-use std::collections::HashMap;
+mod client;
+mod reference;
+
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Context, Result};
-use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::process::{Child, ChildStdin, Command};
-use tokio::sync::{oneshot, Mutex};
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use serde_json::{json, Map, Value};
+use tokio::process::Command;
 
-struct Client {
-    child: Child,
-    stdin: ChildStdin,
-    next_id: u64,
-    pending: Arc<Mutex<HashMap<u64, oneshot::Sender<Value>>>>,
+use client::{structured, Client};
+
+#[derive(Parser, Debug)]
+#[command(about = "Benchmarks orchestr8-async-server against the targets of the benchmark issue")]
+struct Args {
+    /// Sequential task_async calls for the round-trip latency.
+    #[arg(long, default_value_t = 2000)]
+    calls: usize,
+    /// Trivial tasks for the end-to-end throughput.
+    #[arg(long, default_value_t = 10_000)]
+    tasks: usize,
+    /// Workers of the server under test.
+    #[arg(long, default_value_t = 8)]
+    workers: usize,
+    /// Tasks measured one at a time for the dispatch latency.
+    #[arg(long, default_value_t = 300)]
+    dispatches: usize,
+    /// Finished tasks stored for the status/list/start-up figures.
+    #[arg(long, default_value_t = 1_000_000)]
+    stored: usize,
+    /// Pending tasks for the memory figure.
+    #[arg(long, default_value_t = 100_000)]
+    pending: usize,
+    /// Skip the MCP Python SDK reference (it needs PyPI the first time).
+    #[arg(long)]
+    no_python: bool,
 }
 
-impl Client {
-    async fn start(bin: &Path, dir: &Path, workers: u32) -> Result<Client> {
-        let mut child = Command::new(bin)
-            .current_dir(dir)
-            .env("ORCHESTR8_DB_PATH", dir.join("bench.duckdb"))
-            .env("ORCHESTR8_AGENTS_DIR", dir.join("agents"))
-            .env("ORCHESTR8_WORKERS", workers.to_string())
-            .env("ORCHESTR8_LOG", "warn")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .with_context(|| format!("starting {}", bin.display()))?;
-        let stdin = child.stdin.take().ok_or_else(|| anyhow!("no stdin"))?;
-        let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
-        let pending: Arc<Mutex<HashMap<u64, oneshot::Sender<Value>>>> = Arc::default();
-        let p = pending.clone();
-        tokio::spawn(async move {
-            let mut lines = BufReader::new(stdout).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
-                let Ok(v) = serde_json::from_str::<Value>(&line) else {
-                    continue;
-                };
-                if let Some(id) = v["id"].as_u64() {
-                    if let Some(tx) = p.lock().await.remove(&id) {
-                        let _ = tx.send(v);
-                    }
-                }
+/// Median and 99th percentile of a sample, in ms.
+#[derive(Clone, Copy)]
+struct Stat {
+    p50: f64,
+    p99: f64,
+}
+
+impl Stat {
+    fn of(mut v: Vec<f64>) -> Stat {
+        v.sort_by(f64::total_cmp);
+        let at = |p: f64| {
+            if v.is_empty() {
+                f64::NAN
+            } else {
+                v[((v.len() as f64 - 1.0) * p).round() as usize]
             }
-        });
-        let mut c = Client {
-            child,
-            stdin,
-            next_id: 0,
-            pending,
         };
-        c.request(
-            "initialize",
-            json!({"protocolVersion": "2025-06-18", "capabilities": {},
-            "clientInfo": {"name": "o8-bench", "version": "0"}}),
-        )
-        .await?
-        .await?;
-        c.notify("notifications/initialized").await?;
-        Ok(c)
-    }
-
-    async fn notify(&mut self, method: &str) -> Result<()> {
-        let line = format!("{}\n", json!({"jsonrpc": "2.0", "method": method}));
-        self.stdin.write_all(line.as_bytes()).await?;
-        Ok(())
-    }
-
-    /// Sends a request; the returned receiver yields its response.
-    async fn request(&mut self, method: &str, params: Value) -> Result<oneshot::Receiver<Value>> {
-        self.next_id += 1;
-        let id = self.next_id;
-        let (tx, rx) = oneshot::channel();
-        self.pending.lock().await.insert(id, tx);
-        let line = format!(
-            "{}\n",
-            json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params})
-        );
-        self.stdin.write_all(line.as_bytes()).await?;
-        Ok(rx)
-    }
-
-    async fn tool(&mut self, name: &str, args: Value) -> Result<Value> {
-        let rx = self
-            .request("tools/call", json!({"name": name, "arguments": args}))
-            .await?;
-        structured(rx.await?)
-    }
-
-    async fn stop(mut self) -> Result<()> {
-        drop(self.stdin);
-        tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await??;
-        Ok(())
+        Stat {
+            p50: at(0.5),
+            p99: at(0.99),
+        }
     }
 }
 
-fn structured(resp: Value) -> Result<Value> {
-    let r = &resp["result"];
-    if r["isError"] == true || resp.get("error").is_some() {
-        bail!("call failed: {resp}");
+/// The agents the benchmark submits to.
+fn write_agents(dir: &Path) -> Result<()> {
+    let agents = dir.join("agents");
+    std::fs::create_dir_all(&agents)?;
+    for (name, cmd) in [
+        ("noop", r#"["true"]"#),
+        ("parked", r#"["true"]"#),
+        ("stamp", r#"["date", "+%s%N"]"#),
+    ] {
+        std::fs::write(
+            agents.join(format!("{name}.md")),
+            format!("---\nname: {name}\nrunner: command\ncommand: {cmd}\n---\n"),
+        )?;
     }
-    Ok(r["structuredContent"].clone())
+    Ok(())
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i]
-}
-
-fn arg(args: &[String], name: &str, default: u64) -> u64 {
-    args.windows(2)
-        .find(|w| w[0] == name)
-        .and_then(|w| w[1].parse().ok())
-        .unwrap_or(default)
+fn server_cmd(bin: &Path, dir: &Path, workers: usize) -> Command {
+    let mut cmd = Command::new(bin);
+    cmd.current_dir(dir)
+        .env("ORCHESTR8_DB_PATH", dir.join("bench.duckdb"))
+        .env("ORCHESTR8_AGENTS_DIR", dir.join("agents"))
+        .env("ORCHESTR8_WORKERS", workers.to_string())
+        .env("ORCHESTR8_LOG", "warn");
+    cmd
 }
 
 fn server_bin() -> Result<PathBuf> {
-    let me = std::env::current_exe()?;
-    let bin = me.with_file_name("orchestr8-async-server");
+    let bin = std::env::current_exe()?.with_file_name("orchestr8-async-server");
     if !bin.exists() {
         bail!(
             "{} not found: build it with cargo build --release",
@@ -142,60 +106,59 @@ fn server_bin() -> Result<PathBuf> {
     Ok(bin)
 }
 
-#[tokio::main]
-async fn main() -> Result<()> {
-    let args: Vec<String> = std::env::args().collect();
-    let calls = arg(&args, "--calls", 2000) as usize;
-    let tasks = arg(&args, "--tasks", 10_000) as usize;
-    let workers = arg(&args, "--workers", 8) as u32;
-    let bin = server_bin()?;
-    let dir = tempfile::tempdir()?;
-    std::fs::create_dir_all(dir.path().join("agents"))?;
-    std::fs::write(
-        dir.path().join("agents/noop.md"),
-        "---\nname: noop\nrunner: command\ncommand: [\"true\"]\n---\n",
-    )?;
-    std::fs::write(
-        dir.path().join("agents/parked.md"),
-        "---\nname: parked\nrunner: command\ncommand: [\"true\"]\n---\n",
-    )?;
+/// Resident set size and its peak, in MiB, from /proc.
+fn rss_mib(pid: Option<u32>) -> (f64, f64) {
+    let status = pid
+        .and_then(|p| std::fs::read_to_string(format!("/proc/{p}/status")).ok())
+        .unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|kb| kb.parse::<f64>().ok())
+            .map_or(f64::NAN, |kb| kb / 1024.0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
 
-    // 1. task_async round trip, sequential. Tasks are parked an hour in the future so that the
-    // workers do not compete with the submissions being measured.
-    let mut c = Client::start(&bin, dir.path(), workers).await?;
-    let run_at = (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339();
-    let mut lat = Vec::with_capacity(calls);
-    for i in 0..calls {
-        let t = Instant::now();
-        c.tool(
-            "task_async",
-            json!({"name": format!("lat-{i}"), "agent_name": "parked",
-            "agent_instructions": "x", "run_at": run_at}),
-        )
-        .await?;
-        lat.push(t.elapsed().as_secs_f64() * 1000.0);
-    }
-    lat.sort_by(f64::total_cmp);
+fn parked_at() -> String {
+    (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339()
+}
 
-    // 2. throughput: submit `tasks` trivial tasks pipelined, wait for all to complete.
-    let began = Instant::now();
-    let mut rxs = Vec::with_capacity(tasks);
-    for i in 0..tasks {
-        rxs.push(
-            c.request(
-                "tools/call",
-                json!({"name": "task_async", "arguments": {
-                "name": format!("tp-{i}"), "agent_name": "noop", "agent_instructions": "x"}}),
-            )
-            .await?,
-        );
+/// Sends `n` task_async calls with at most 1,000 unanswered at a time; returns the ids.
+async fn submit_many(
+    c: &mut Client,
+    n: usize,
+    agent: &str,
+    run_at: Option<&str>,
+) -> Result<Vec<String>> {
+    let mut ids = Vec::with_capacity(n);
+    let mut window = std::collections::VecDeque::new();
+    for i in 0..n {
+        let mut args = json!({"name": format!("{agent}-{i}"), "agent_name": agent,
+                              "agent_instructions": "x"});
+        if let Some(at) = run_at {
+            args["run_at"] = json!(at);
+        }
+        window.push_back(c.send_tool("task_async", args).await?);
+        if window.len() >= 1000 {
+            if let Some(rx) = window.pop_front() {
+                ids.push(id_of(&structured(rx.await?)?));
+            }
+        }
     }
-    let mut ids = Vec::with_capacity(tasks);
-    for rx in rxs {
-        let v = structured(rx.await?)?;
-        ids.push(v["task_id"].as_str().unwrap_or_default().to_string());
+    for rx in window {
+        ids.push(id_of(&structured(rx.await?)?));
     }
-    let submitted = began.elapsed().as_secs_f64();
+    Ok(ids)
+}
+
+fn id_of(v: &Value) -> String {
+    v["task_id"].as_str().unwrap_or_default().to_string()
+}
+
+async fn wait_all(c: &mut Client, ids: &[String]) -> Result<()> {
     for chunk in ids.chunks(10_000) {
         loop {
             let r = c
@@ -209,43 +172,252 @@ async fn main() -> Result<()> {
             }
         }
     }
-    let total = began.elapsed().as_secs_f64();
+    Ok(())
+}
+
+/// Times `n` sequential calls of one tool.
+async fn time_calls(
+    c: &mut Client,
+    n: usize,
+    mut args: impl FnMut(usize) -> (String, Value),
+) -> Result<Stat> {
+    let mut lat = Vec::with_capacity(n);
+    for i in 0..n {
+        let (tool, a) = args(i);
+        let t = Instant::now();
+        c.tool(&tool, a).await?;
+        lat.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    Ok(Stat::of(lat))
+}
+
+/// Dispatch latency: a `date +%s%N` task submitted while every worker is free; the time it
+/// prints minus the task's `created_at`.
+async fn dispatch_latency(c: &mut Client, n: usize) -> Result<Stat> {
+    let mut lat = Vec::with_capacity(n);
+    for i in 0..n {
+        let t = c
+            .tool(
+                "task_async",
+                json!({"name": format!("d-{i}"), "agent_name": "stamp",
+                                       "agent_instructions": "x"}),
+            )
+            .await?;
+        let r = c
+            .tool(
+                "task_wait",
+                json!({"task_ids": [id_of(&t)], "timeout_seconds": 60}),
+            )
+            .await?;
+        let task = &r["tasks"][0];
+        let created =
+            chrono::DateTime::parse_from_rfc3339(task["created_at"].as_str().unwrap_or(""))
+                .context("created_at")?;
+        let started: i128 = task["result"]
+            .as_str()
+            .unwrap_or("")
+            .trim()
+            .parse()
+            .context("stamp result")?;
+        let created_ns = i128::from(created.timestamp_nanos_opt().unwrap_or(0));
+        lat.push((started - created_ns) as f64 / 1e6);
+    }
+    Ok(Stat::of(lat))
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let a = Args::parse();
+    let bin = server_bin()?;
+    let mut out = Map::new();
+    let mut rows: Vec<(String, String, String)> = Vec::new();
+
+    // --- An empty database: latency, dispatch, throughput, idle memory. ---
+    let dir = tempfile::tempdir()?;
+    write_agents(dir.path())?;
+    let mut c = Client::start(server_cmd(&bin, dir.path(), a.workers)).await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (idle_rss, _) = rss_mib(c.pid());
+
+    let run_at = parked_at();
+    let lat = time_calls(&mut c, a.calls, |i| {
+        (
+            "task_async".into(),
+            json!({"name": format!("lat-{i}"), "agent_name": "parked",
+                                     "agent_instructions": "x", "run_at": run_at}),
+        )
+    })
+    .await?;
+    let dispatch = dispatch_latency(&mut c, a.dispatches).await?;
+
+    let began = Instant::now();
+    let ids = submit_many(&mut c, a.tasks, "noop", None).await?;
+    let submitted = began.elapsed().as_secs_f64();
+    wait_all(&mut c, &ids).await?;
+    let rate = a.tasks as f64 / began.elapsed().as_secs_f64();
     c.stop().await?;
 
-    // Reference: spawning `true` sequentially and with `workers` at once.
-    let spawn_n = 2000usize;
+    // --- Memory with many pending tasks, on a fresh database. ---
+    let dir_p = tempfile::tempdir()?;
+    write_agents(dir_p.path())?;
+    let mut c = Client::start(server_cmd(&bin, dir_p.path(), a.workers)).await?;
+    submit_many(&mut c, a.pending, "parked", Some(&parked_at())).await?;
+    let (pending_rss, pending_peak) = rss_mib(c.pid());
+    c.stop().await?;
+
+    // --- Many stored tasks: start-up, task_status, list_tasks. ---
+    let dir_s = tempfile::tempdir()?;
+    write_agents(dir_s.path())?;
+    let agents: Vec<String> = (0..10).map(|i| format!("agent-{i}")).collect();
+    let agent_refs: Vec<&str> = agents.iter().map(String::as_str).collect();
     let t = Instant::now();
-    let mut in_flight = Vec::new();
-    for _ in 0..spawn_n {
-        in_flight.push(tokio::spawn(async {
-            Command::new("true").status().await.map(|_| ())
-        }));
-        if in_flight.len() >= workers as usize {
-            for h in in_flight.drain(..) {
-                h.await??;
+    let sample = orchestr8_async::store::synthetic::fill_finished(
+        &dir_s.path().join("bench.duckdb"),
+        a.stored,
+        &agent_refs,
+    )?;
+    let fill_s = t.elapsed().as_secs_f64();
+    let mut startups = Vec::new();
+    for _ in 0..3 {
+        let t = Instant::now();
+        let c = Client::start(server_cmd(&bin, dir_s.path(), a.workers)).await?;
+        startups.push(t.elapsed().as_secs_f64() * 1000.0);
+        c.stop().await?;
+    }
+    let startup = Stat::of(startups);
+    let mut c = Client::start(server_cmd(&bin, dir_s.path(), a.workers)).await?;
+    let status = time_calls(&mut c, 1000, |i| {
+        (
+            "task_status".into(),
+            json!({"task_id": sample[(i * 7919) % sample.len()].to_string()}),
+        )
+    })
+    .await?;
+    let list = time_calls(&mut c, 300, |i| {
+        (
+            "list_tasks".into(),
+            json!({"status": "completed", "agent_name": format!("agent-{}", i % 10),
+                                     "limit": 50, "offset": (i % 5) * 50}),
+        )
+    })
+    .await?;
+    let (stored_rss, _) = rss_mib(c.pid());
+    c.stop().await?;
+
+    // --- Reference points. ---
+    let spawn_rate = reference::spawn_rate(2000, a.workers).await?;
+    let spawn_lat = Stat::of(reference::spawn_latencies(a.dispatches).await?);
+    let python = if a.no_python {
+        None
+    } else {
+        match python_reference(a.calls).await {
+            Ok(s) => Some(s),
+            Err(e) => {
+                eprintln!("o8-bench: MCP Python SDK reference unavailable: {e:#}");
+                None
             }
         }
-    }
-    for h in in_flight {
-        h.await??;
-    }
-    let spawn_rate = spawn_n as f64 / t.elapsed().as_secs_f64();
+    };
 
-    let p50 = percentile(&lat, 0.5);
-    let p99 = percentile(&lat, 0.99);
-    let rate = tasks as f64 / total;
-    println!("orchestr8-async benchmark ({workers} workers)");
-    println!("  task_async round trip, {calls} sequential calls: p50 {p50:.3} ms, p99 {p99:.3} ms");
-    println!("  {tasks} trivial tasks: submitted in {submitted:.2} s, all completed in {total:.2} s = {rate:.0} tasks/s");
-    println!(
-        "  reference: spawn of `true`, {workers} at a time: {spawn_rate:.0} /s (ratio {:.2})",
-        rate / spawn_rate
-    );
-    println!(
-        "{}",
-        json!({"task_async_p50_ms": p50, "task_async_p99_ms": p99, "tasks": tasks,
-               "workers": workers, "throughput_tasks_per_s": rate, "spawn_true_per_s": spawn_rate,
-               "throughput_vs_spawn": rate / spawn_rate})
-    );
+    let ms = |v: f64| format!("{v:.3} ms");
+    rows.push((
+        format!("task_async round trip ({} sequential)", a.calls),
+        format!("p50 {} p99 {}", ms(lat.p50), ms(lat.p99)),
+        match python {
+            Some(p) => format!(
+                "Python SDK no-op tool p50 {} p99 {} (ratio {:.2})",
+                ms(p.p50),
+                ms(p.p99),
+                lat.p50 / p.p50
+            ),
+            None => "Python SDK reference skipped".into(),
+        },
+    ));
+    rows.push((
+        format!(
+            "throughput, {} trivial tasks, {} workers",
+            a.tasks, a.workers
+        ),
+        format!("{rate:.0} tasks/s (submitted in {submitted:.2} s)"),
+        format!(
+            "spawn `true` {spawn_rate:.0}/s (ratio {:.2})",
+            rate / spawn_rate
+        ),
+    ));
+    rows.push((
+        "dispatch, created -> process started".into(),
+        format!("p50 {} p99 {}", ms(dispatch.p50), ms(dispatch.p99)),
+        format!(
+            "spawn `date` p50 {} p99 {}",
+            ms(spawn_lat.p50),
+            ms(spawn_lat.p99)
+        ),
+    ));
+    rows.push((
+        format!("task_status, {} stored", a.stored),
+        format!("p50 {} p99 {}", ms(status.p50), ms(status.p99)),
+        String::new(),
+    ));
+    rows.push((
+        format!("list_tasks status+agent, {} stored", a.stored),
+        format!("p50 {} p99 {}", ms(list.p50), ms(list.p99)),
+        String::new(),
+    ));
+    rows.push((
+        format!("start-up, {} stored (median of 3)", a.stored),
+        ms(startup.p50),
+        format!("filled in {fill_s:.1} s"),
+    ));
+    rows.push((
+        "memory".into(),
+        format!("idle {idle_rss:.1} MiB; {} pending {pending_rss:.1} MiB (peak {pending_peak:.1}); {} stored idle {stored_rss:.1} MiB", a.pending, a.stored),
+        String::new(),
+    ));
+
+    println!("orchestr8-async benchmark ({} workers)", a.workers);
+    for (what, value, reference) in &rows {
+        println!("  {what:<48} {value:<40} {reference}");
+    }
+    for (k, v) in [
+        ("task_async_p50_ms", lat.p50),
+        ("task_async_p99_ms", lat.p99),
+        ("python_noop_p50_ms", python.map_or(f64::NAN, |p| p.p50)),
+        ("python_noop_p99_ms", python.map_or(f64::NAN, |p| p.p99)),
+        ("throughput_tasks_per_s", rate),
+        ("spawn_true_per_s", spawn_rate),
+        ("dispatch_p50_ms", dispatch.p50),
+        ("dispatch_p99_ms", dispatch.p99),
+        ("spawn_latency_p50_ms", spawn_lat.p50),
+        ("task_status_p50_ms", status.p50),
+        ("task_status_p99_ms", status.p99),
+        ("list_tasks_p50_ms", list.p50),
+        ("list_tasks_p99_ms", list.p99),
+        ("startup_ms", startup.p50),
+        ("idle_rss_mib", idle_rss),
+        ("pending_rss_mib", pending_rss),
+        ("pending_peak_rss_mib", pending_peak),
+        ("stored_idle_rss_mib", stored_rss),
+    ] {
+        out.insert(k.into(), if v.is_finite() { json!(v) } else { Value::Null });
+    }
+    out.insert("workers".into(), json!(a.workers));
+    out.insert("tasks".into(), json!(a.tasks));
+    out.insert("stored".into(), json!(a.stored));
+    out.insert("pending".into(), json!(a.pending));
+    println!("{}", Value::Object(out));
     Ok(())
+}
+
+/// The official Python SDK's no-op tool, driven by the same client the same way.
+async fn python_reference(calls: usize) -> Result<Stat> {
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .context("no HOME for the SDK's cache")?
+        .join("orchestr8-async");
+    let cmd = reference::python_noop_server(&cache).await?;
+    let mut c = Client::start(cmd).await?;
+    let stat = time_calls(&mut c, calls, |_| ("noop".into(), json!({}))).await?;
+    c.stop().await?;
+    Ok(stat)
 }
