@@ -15,6 +15,9 @@ use crate::model::{now_us, NewLogLine, Task, TaskStatus};
 use crate::runner::{RunContext, RunJob, RunOutcome};
 use crate::store::WriteOp;
 
+/// How long a process runs before its process group is written to the store.
+const RECORD_PID_AFTER: Duration = Duration::from_millis(200);
+
 /// The boxed future of `Inner::commit` (it recurses through workflows).
 pub(super) type BoxedUnit<'a> =
     std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>>;
@@ -108,6 +111,7 @@ async fn run_attempt(inner: Arc<Inner>, task: Task, handle: RunHandle) {
             t.completed_us = Some(now_us());
             let msg = format!("could not start: {e}");
             t.error = Some(msg.clone());
+            inner.lock().end_attempt(&t);
             inner
                 .commit(vec![Transition {
                     task: t,
@@ -146,22 +150,9 @@ async fn run_attempt(inner: Arc<Inner>, task: Task, handle: RunHandle) {
     running.error = None;
     running.pid = None;
     running.pid_start = None;
-    let seq = inner.lock().next_seq(id).unwrap_or(0);
     let started = inner
         .store
-        .write(vec![
-            WriteOp::UpdateTask(Box::new(running.clone())),
-            WriteOp::AppendLogs(vec![NewLogLine {
-                task_id: id,
-                seq,
-                ts_us: now_us(),
-                level: "info",
-                message: format!(
-                    "attempt {} started (runner {}, timeout {}s)",
-                    running.attempt, agent.runner, running.timeout_seconds
-                ),
-            }]),
-        ])
+        .write(vec![WriteOp::UpdateTask(Box::new(running.clone()))])
         .await;
     if let Err(e) = started {
         // Nothing ran and nothing durable changed: back to the queue.
@@ -174,6 +165,16 @@ async fn run_attempt(inner: Arc<Inner>, task: Task, handle: RunHandle) {
     if let Some(h) = inner.lock().hot.get_mut(&id) {
         h.task = running.clone();
     }
+    // The log line is not part of the awaited commit: the process starts one appender sooner,
+    // and the line joins the next group.
+    inner.log(
+        id,
+        "info",
+        format!(
+            "attempt {} started (runner {}, timeout {}s)",
+            running.attempt, agent.runner, running.timeout_seconds
+        ),
+    );
 
     let log_inner = inner.clone();
     let pid_inner = inner.clone();
@@ -181,19 +182,29 @@ async fn run_attempt(inner: Arc<Inner>, task: Task, handle: RunHandle) {
         cancel: handle.cancel.clone(),
         log: Arc::new(move |level, message| log_inner.log(id, level, message)),
         on_spawn: Arc::new(move |pid, pid_start| {
-            let task = {
-                let mut st = pid_inner.lock();
-                st.hot.get_mut(&id).map(|h| {
-                    h.task.pid = Some(pid);
-                    h.task.pid_start = pid_start;
-                    h.task.clone()
-                })
-            };
-            if let Some(t) = task {
-                pid_inner
-                    .store
-                    .write_later(vec![WriteOp::UpdateTask(Box::new(t))]);
+            if let Some(h) = pid_inner.lock().hot.get_mut(&id) {
+                h.task.pid = Some(pid);
+                h.task.pid_start = pid_start;
             }
+            // The process group is recorded only once the process has lived a while: DuckDB
+            // charges about a millisecond per updated row, and most short tasks would pay it
+            // for nothing. A younger orphan is found by its ORCHESTR8_TASK_ID (runner::orphans).
+            let inner = pid_inner.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(RECORD_PID_AFTER).await;
+                // Sent under the lock: the attempt's end marks the task `Finishing` under the
+                // same lock before it queues its own write, so this never lands after it.
+                let st = inner.lock();
+                let running = st
+                    .hot
+                    .get(&id)
+                    .filter(|h| matches!(h.wait, Wait::Running(_)) && h.task.pid == Some(pid));
+                if let Some(h) = running {
+                    inner
+                        .store
+                        .write_later(vec![WriteOp::UpdateTask(Box::new(h.task.clone()))]);
+                }
+            });
         }),
     };
     let job = RunJob {
@@ -227,9 +238,8 @@ async fn run_attempt(inner: Arc<Inner>, task: Task, handle: RunHandle) {
         .map(|h| h.task.clone())
         .unwrap_or(running);
     let tr = settle(&inner, current, outcome, handle.reason());
-    if let Some(h) = inner.lock().hot.get_mut(&id) {
-        h.wait = Wait::Finishing;
-    }
+    inner.lock().end_attempt(&tr.task);
+    inner.wake.notify_one();
     inner.commit(vec![tr]).await;
 }
 

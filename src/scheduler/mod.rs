@@ -400,7 +400,10 @@ impl Scheduler {
     /// Counts of hot tasks: (pending, running).
     pub fn hot_counts(&self) -> (usize, usize) {
         let st = self.inner.lock();
-        (st.hot.len().saturating_sub(st.running), st.running)
+        (
+            st.hot.len().saturating_sub(st.running + st.finishing),
+            st.running,
+        )
     }
 
     /// Graceful shutdown: stop starting attempts, let running ones finish for `grace`, then stop
@@ -410,7 +413,7 @@ impl Scheduler {
         let inner = &self.inner;
         inner.stopping.cancel();
         let deadline = tokio::time::Instant::now() + grace;
-        while inner.lock().running > 0 && tokio::time::Instant::now() < deadline {
+        while inner.lock().busy() && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
         let handles: Vec<_> = inner
@@ -434,7 +437,7 @@ impl Scheduler {
         let hard = tokio::time::Instant::now()
             + crate::runner::process::KILL_GRACE
             + Duration::from_secs(5);
-        while inner.lock().running > 0 && tokio::time::Instant::now() < hard {
+        while inner.lock().busy() && tokio::time::Instant::now() < hard {
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
     }
@@ -685,7 +688,7 @@ impl Inner {
     fn apply_committed(&self, st: &mut State, tr: Transition) -> Vec<Transition> {
         let id = tr.task.id;
         if tr.ends_attempt {
-            st.release_worker(&tr.task);
+            st.outcome_committed();
         }
         let status = tr.task.status;
         if status.is_terminal() {

@@ -103,6 +103,9 @@ pub struct State {
     /// dependency -> tasks waiting on it
     pub dependents: HashMap<Uuid, Vec<Uuid>>,
     pub running: usize,
+    /// Attempts whose process has ended (their worker slot is free again) but whose outcome is
+    /// still being committed; shutdown waits for these too.
+    pub finishing: usize,
     pub running_per_agent: HashMap<String, u32>,
 }
 
@@ -171,6 +174,26 @@ impl State {
             wf.running += 1;
         }
         Some((h.task.clone(), handle))
+    }
+
+    /// An attempt's process has ended: its worker slot is free at once, and the outcome is
+    /// counted as `finishing` until committed ([`Self::outcome_committed`]). Freeing the slot
+    /// before the commit lets the next task's start share a group commit with this outcome.
+    pub fn end_attempt(&mut self, task: &Task) {
+        if let Some(h) = self.hot.get_mut(&task.id) {
+            h.wait = Wait::Finishing;
+        }
+        self.release_worker(task);
+        self.finishing += 1;
+    }
+
+    /// Attempts running or with an outcome not yet committed.
+    pub fn busy(&self) -> bool {
+        self.running > 0 || self.finishing > 0
+    }
+
+    pub fn outcome_committed(&mut self) {
+        self.finishing = self.finishing.saturating_sub(1);
     }
 
     /// Bookkeeping for an attempt of `task` that has ended (whatever its outcome).

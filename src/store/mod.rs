@@ -396,7 +396,15 @@ fn writer_loop(conn: Connection, mut rx: mpsc::UnboundedReceiver<WriteRequest>) 
                 Err(_) => break,
             }
         }
-        match commit(&conn, group.iter().map(|r| r.ops.as_slice())) {
+        let started = std::time::Instant::now();
+        let committed = commit(&conn, group.iter().map(|r| r.ops.as_slice()));
+        tracing::trace!(
+            requests = group.len(),
+            ops = group.iter().map(|r| r.ops.len()).sum::<usize>(),
+            took_us = started.elapsed().as_micros() as u64,
+            "group commit"
+        );
+        match committed {
             Ok(mut outcomes) => {
                 for (req, out) in group.into_iter().zip(outcomes.drain(..)) {
                     if let Some(reply) = req.reply {
@@ -517,20 +525,34 @@ fn commit<'a>(
             }
             all.push(outs);
         }
+        let t0 = std::time::Instant::now();
         if !inserts.is_empty() {
             rows::insert_tasks(conn, &inserts, now)?;
         }
+        let t1 = std::time::Instant::now();
         if !updates.is_empty() {
             rows::update_tasks(conn, &updates, now)?;
         }
+        let t2 = std::time::Instant::now();
         if !logs.is_empty() {
             rows::append_logs(conn, &logs)?;
         }
+        tracing::trace!(
+            inserts = inserts.len(),
+            insert_us = (t1 - t0).as_micros() as u64,
+            updates = updates.len(),
+            update_us = (t2 - t1).as_micros() as u64,
+            logs = logs.len(),
+            log_us = t2.elapsed().as_micros() as u64,
+            "group parts"
+        );
         Ok(all)
     })();
     match res {
         Ok(all) => {
+            let t = std::time::Instant::now();
             conn.execute_batch("COMMIT")?;
+            tracing::trace!(commit_us = t.elapsed().as_micros() as u64, "group COMMIT");
             Ok(all)
         }
         Err(e) => {

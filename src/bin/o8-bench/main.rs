@@ -91,7 +91,10 @@ fn server_cmd(bin: &Path, dir: &Path, workers: usize) -> Command {
         .env("ORCHESTR8_DB_PATH", dir.join("bench.duckdb"))
         .env("ORCHESTR8_AGENTS_DIR", dir.join("agents"))
         .env("ORCHESTR8_WORKERS", workers.to_string())
-        .env("ORCHESTR8_LOG", "warn");
+        .env(
+            "ORCHESTR8_LOG",
+            std::env::var("ORCHESTR8_LOG").unwrap_or_else(|_| "warn".into()),
+        );
     cmd
 }
 
