@@ -74,6 +74,10 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         SchedConfig {
             workers: cfg.workers as usize,
             retry_backoff_base_ms: cfg.retry_backoff_base_ms,
+            instance: std::fs::canonicalize(&db_path)
+                .unwrap_or_else(|_| db_path.clone())
+                .display()
+                .to_string(),
         },
         store.clone(),
         agents,

@@ -39,6 +39,8 @@ pub struct RunJob {
     pub workflow_id: Option<Uuid>,
     pub phase_id: Option<String>,
     pub working_dir: Option<PathBuf>,
+    /// The database this task lives in (see `SchedConfig::instance`).
+    pub instance: Arc<str>,
 }
 
 /// Sink for task log lines: `(level, message)`.

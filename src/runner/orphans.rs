@@ -20,16 +20,21 @@ pub fn kill_orphan(pgid: i64, expected_start: Option<i64>) -> bool {
     }
 }
 
-/// Process groups of live processes whose environment carries `ORCHESTR8_TASK_ID=<id>` for one of
-/// `ids`, by task id.
+/// An interrupted attempt: task id and attempt number, as the agent's environment carries them.
+pub type Attempt = (String, u32);
+
+/// Process groups holding a live process of one of `attempts` of database `db`, by task id:
+/// processes whose environment carries that `ORCHESTR8_TASK_ID`, `ORCHESTR8_ATTEMPT` and
+/// `ORCHESTR8_TASK_DB`.
 ///
-/// Crash recovery uses this on top of the recorded process group: a server killed between
-/// starting a process and recording its pid leaves an orphan only its environment identifies,
-/// and a task must never run twice at the same time. Processes of other users are skipped
+/// Crash recovery uses this on top of the recorded process group: a process younger than the
+/// pid record, or started just before the server died, is known only by its environment. The
+/// attempt and the database must match too, so helpers left by earlier attempts and processes
+/// of a copy of the database file are never touched. Processes of other users are skipped
 /// (their environment is unreadable), and so is this process's own group.
-pub fn groups_by_task(ids: &HashSet<String>) -> HashMap<String, Vec<i64>> {
+pub fn groups_by_task(attempts: &HashSet<Attempt>, db: &str) -> HashMap<String, Vec<i64>> {
     let mut found: HashMap<String, Vec<i64>> = HashMap::new();
-    if ids.is_empty() {
+    if attempts.is_empty() {
         return found;
     }
     let own_group = i64::from(nix::unistd::getpgrp().as_raw());
@@ -43,21 +48,75 @@ pub fn groups_by_task(ids: &HashSet<String>) -> HashMap<String, Vec<i64>> {
         let Ok(environ) = std::fs::read(entry.path().join("environ")) else {
             continue;
         };
-        let task = environ
-            .split(|b| *b == 0)
-            .find_map(|kv| kv.strip_prefix(b"ORCHESTR8_TASK_ID="))
-            .map(|v| String::from_utf8_lossy(v).into_owned());
-        let Some(task) = task.filter(|t| ids.contains(t)) else {
+        let var = |name: &[u8]| {
+            environ
+                .split(|b| *b == 0)
+                .find_map(|kv| kv.strip_prefix(name))
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+        };
+        let (Some(task), Some(attempt), Some(task_db)) = (
+            var(b"ORCHESTR8_TASK_ID="),
+            var(b"ORCHESTR8_ATTEMPT=").and_then(|a| a.parse::<u32>().ok()),
+            var(b"ORCHESTR8_TASK_DB="),
+        ) else {
             continue;
         };
-        if let Some(pgid) = process_group(pid).filter(|g| *g > 1 && *g != own_group) {
-            let groups = found.entry(task).or_default();
-            if !groups.contains(&pgid) {
-                groups.push(pgid);
+        if task_db != db || !attempts.contains(&(task.clone(), attempt)) {
+            continue;
+        }
+        match process_group(pid) {
+            Some(pgid) if pgid > 1 && pgid != own_group => {
+                let groups = found.entry(task).or_default();
+                if !groups.contains(&pgid) {
+                    groups.push(pgid);
+                }
             }
+            Some(_) => tracing::warn!(
+                "process {pid} of task {task} shares this server's process group; not killing it"
+            ),
+            None => {}
         }
     }
     found
+}
+
+/// Kills every process group of `attempts` found by environment, waits for them to be gone,
+/// and scans again (a process may have left its group meanwhile), until a scan finds nothing
+/// or `limit` has passed. Returns the groups killed and the task ids of which processes are
+/// still alive (their tasks must not run again yet).
+pub async fn stop_attempts(
+    attempts: &HashSet<Attempt>,
+    db: &str,
+    also_killed: &[i64],
+    limit: Duration,
+) -> (HashMap<String, Vec<i64>>, HashSet<String>) {
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut killed: HashMap<String, Vec<i64>> = HashMap::new();
+    let mut all: Vec<i64> = also_killed.to_vec();
+    loop {
+        let found = groups_by_task(attempts, db);
+        if found.is_empty() && !any_alive_in(&all) {
+            return (killed, HashSet::new());
+        }
+        for (task, groups) in &found {
+            for pgid in groups {
+                signal_group(*pgid, Signal::SIGKILL);
+                if !all.contains(pgid) {
+                    all.push(*pgid);
+                }
+                let k = killed.entry(task.clone()).or_default();
+                if !k.contains(pgid) {
+                    k.push(*pgid);
+                }
+            }
+        }
+        let now = tokio::time::Instant::now();
+        if now >= deadline {
+            return (killed, found.into_keys().collect());
+        }
+        // SIGKILL is delivered asynchronously: wait for the groups before looking again.
+        wait_groups_gone(&all, (deadline - now).min(Duration::from_secs(1))).await;
+    }
 }
 
 /// Process group of a process (field 5 of `/proc/<pid>/stat`).

@@ -25,6 +25,7 @@ pub fn prepare(cmd: &mut Command, job: &RunJob, prompt_file: Option<&Path>) {
         .env("ORCHESTR8_TASK_NAME", &job.task_name)
         .env("ORCHESTR8_AGENT_NAME", &job.agent.name)
         .env("ORCHESTR8_ATTEMPT", job.attempt.to_string())
+        .env("ORCHESTR8_TASK_DB", &*job.instance)
         .env(
             "ORCHESTR8_WORKFLOW_ID",
             job.workflow_id.map(|w| w.to_string()).unwrap_or_default(),

@@ -24,6 +24,9 @@ pub(super) type BoxedUnit<'a> =
 
 pub(super) async fn dispatcher(inner: Arc<Inner>) {
     loop {
+        if inner.stopping.is_cancelled() {
+            break;
+        }
         let (to_start, next_timer) = {
             let mut st = inner.lock();
             let next = st.promote_due(now_us());
@@ -49,9 +52,10 @@ pub(super) async fn dispatcher(inner: Arc<Inner>) {
             }
         };
         tokio::select! {
+            biased;
+            _ = inner.stopping.cancelled() => break,
             _ = inner.wake.notified() => {}
             _ = sleep => {}
-            _ = inner.stopping.cancelled() => break,
         }
     }
     tracing::debug!("dispatcher stopped");
@@ -114,11 +118,11 @@ async fn run_attempt(inner: Arc<Inner>, task: Task, handle: RunHandle) {
             inner.lock().end_attempt(&t);
             inner
                 .commit(vec![Transition {
-                    task: t,
+                    task: t.clone(),
                     logs: vec![("error", msg)],
-                    ends_attempt: true,
                 }])
                 .await;
+            inner.lock().outcome_committed(&t);
             return;
         }
     };
@@ -216,6 +220,7 @@ async fn run_attempt(inner: Arc<Inner>, task: Task, handle: RunHandle) {
         workflow_id: running.workflow_id,
         phase_id: running.phase_id.clone(),
         working_dir: running.working_dir.clone().map(Into::into),
+        instance: Arc::from(inner.cfg.instance.as_str()),
     };
     let timeout = Duration::from_secs(u64::from(running.timeout_seconds));
     let outcome = if handle.cancel.is_cancelled() {
@@ -238,9 +243,13 @@ async fn run_attempt(inner: Arc<Inner>, task: Task, handle: RunHandle) {
         .map(|h| h.task.clone())
         .unwrap_or(running);
     let tr = settle(&inner, current, outcome, handle.reason());
-    inner.lock().end_attempt(&tr.task);
+    let ended = tr.task.clone();
+    inner.lock().end_attempt(&ended);
     inner.wake.notify_one();
+    // Outcome, dependents and workflow steps are all durable before shutdown may close the
+    // store.
     inner.commit(vec![tr]).await;
+    inner.lock().outcome_committed(&ended);
 }
 
 /// Turns an attempt's outcome into the task's next state.
@@ -357,9 +366,5 @@ fn settle(inner: &Inner, mut t: Task, outcome: RunOutcome, reason: u8) -> Transi
         }
         t.error = Some(error);
     }
-    Transition {
-        task: t,
-        logs,
-        ends_attempt: true,
-    }
+    Transition { task: t, logs }
 }

@@ -65,6 +65,9 @@ where
 pub struct SchedConfig {
     pub workers: usize,
     pub retry_backoff_base_ms: u64,
+    /// Names this database to the processes it starts (`ORCHESTR8_TASK_DB`), so that crash
+    /// recovery only ever stops processes of its own tasks, not those of a copy of the file.
+    pub instance: String,
 }
 
 /// A state change on its way to the store, with the log lines that explain it.
@@ -72,8 +75,6 @@ pub struct SchedConfig {
 pub(crate) struct Transition {
     pub task: Task,
     pub logs: Vec<(&'static str, String)>,
-    /// The change ends a running attempt, so a worker is freed.
-    pub ends_attempt: bool,
 }
 
 pub(crate) struct Inner {
@@ -264,7 +265,6 @@ impl Scheduler {
                     .commit(vec![Transition {
                         task: t,
                         logs: vec![("info", "cancelled by request".into())],
-                        ends_attempt: false,
                     }])
                     .await;
                 self.task_or_not_found(id).await
@@ -598,7 +598,6 @@ impl Inner {
                 out.push(Transition {
                     task: t,
                     logs: vec![("warn", why)],
-                    ends_attempt: false,
                 });
             }
         }
@@ -687,9 +686,6 @@ impl Inner {
     /// Memory catches up with a committed transition. Returns cascaded cancellations.
     fn apply_committed(&self, st: &mut State, tr: Transition) -> Vec<Transition> {
         let id = tr.task.id;
-        if tr.ends_attempt {
-            st.outcome_committed();
-        }
         let status = tr.task.status;
         if status.is_terminal() {
             st.hot.remove(&id);

@@ -14,8 +14,8 @@ use uuid::Uuid;
 use super::state::{Hot, Wait, WfHot};
 use super::workflow::phase_index;
 use super::{Inner, SchedError, Transition};
-use crate::model::{now_us, PhaseStatus, TaskStatus, WorkflowStatus};
-use crate::runner::{orphans, process};
+use crate::model::{now_us, PhaseStatus, Task, TaskStatus, WorkflowStatus};
+use crate::runner::orphans;
 
 /// Where a recovered pending task goes.
 enum Gate {
@@ -38,6 +38,7 @@ async fn load_workflows(inner: &Arc<Inner>) -> Result<Vec<Uuid>, SchedError> {
             phases,
             tasks: HashMap::new(),
             running: 0,
+            failing: 0,
             failure: None,
         };
         let mut st = inner.lock();
@@ -52,6 +53,59 @@ async fn load_workflows(inner: &Arc<Inner>) -> Result<Vec<Uuid>, SchedError> {
         }
     }
     Ok(ids)
+}
+
+/// How long a task whose old processes survived SIGKILL waits before it may run again.
+const HOLD_SURVIVORS_US: i64 = 60_000_000;
+
+/// Stops everything the tasks a dead server left `running` may still have running: the
+/// recorded process group (pid and start time), then whatever carries their attempt in its
+/// environment (see `runner::orphans`), waiting until it is all gone. Returns a log line per
+/// group killed, by task, and the tasks some of whose processes are still alive.
+async fn stop_orphans(
+    inner: &Arc<Inner>,
+    active: &[Task],
+) -> (HashMap<Uuid, Vec<String>>, HashSet<Uuid>) {
+    let running: Vec<&Task> = active
+        .iter()
+        .filter(|t| t.status == TaskStatus::Running)
+        .collect();
+    let mut logs: HashMap<Uuid, Vec<String>> = HashMap::new();
+    let mut recorded = Vec::new();
+    for t in &running {
+        if let Some(pid) = t.pid.filter(|pid| orphans::kill_orphan(*pid, t.pid_start)) {
+            recorded.push(pid);
+            logs.entry(t.id).or_default().push(format!(
+                "killed process group {pid} left running by the previous server"
+            ));
+        }
+    }
+    let attempts: HashSet<orphans::Attempt> = running
+        .iter()
+        .map(|t| (t.id.to_string(), t.attempt))
+        .collect();
+    let (found, alive) = orphans::stop_attempts(
+        &attempts,
+        &inner.cfg.instance,
+        &recorded,
+        Duration::from_secs(10),
+    )
+    .await;
+    for (task, groups) in found {
+        let Ok(id) = Uuid::parse_str(&task) else {
+            continue;
+        };
+        for pgid in groups.into_iter().filter(|g| !recorded.contains(g)) {
+            logs.entry(id).or_default().push(format!(
+                "killed process group {pgid} of this task left running by the previous server"
+            ));
+        }
+    }
+    let alive = alive
+        .iter()
+        .filter_map(|t| Uuid::parse_str(t).ok())
+        .collect();
+    (logs, alive)
 }
 
 pub(super) async fn recover(inner: &Arc<Inner>) -> Result<(), SchedError> {
@@ -79,13 +133,7 @@ pub(super) async fn recover(inner: &Arc<Inner>) -> Result<(), SchedError> {
         .store
         .max_log_seqs(active.iter().map(|t| t.id).collect())
         .await?;
-    let running_ids: HashSet<String> = active
-        .iter()
-        .filter(|t| t.status == TaskStatus::Running)
-        .map(|t| t.id.to_string())
-        .collect();
-    let mut orphan_groups = orphans::groups_by_task(&running_ids);
-    let mut killed = Vec::new();
+    let (mut kill_logs, survivors) = stop_orphans(inner, &active).await;
     let now = now_us();
     let mut transitions = Vec::new();
     let mut pending = Vec::new();
@@ -115,29 +163,8 @@ pub(super) async fn recover(inner: &Arc<Inner>) -> Result<(), SchedError> {
             };
             let mut logs = Vec::new();
             if was_running {
-                if let Some(pid) = t.pid {
-                    if orphans::kill_orphan(pid, t.pid_start) {
-                        killed.push(pid);
-                        logs.push((
-                            "warn",
-                            format!(
-                                "killed process group {pid} left running by the previous server"
-                            ),
-                        ));
-                    }
-                }
-                // Processes whose pid was never recorded (the server died right after
-                // starting them), found by their ORCHESTR8_TASK_ID.
-                for pgid in orphan_groups.remove(&t.id.to_string()).unwrap_or_default() {
-                    if killed.contains(&pgid) {
-                        continue;
-                    }
-                    process::signal_group(pgid, nix::sys::signal::Signal::SIGKILL);
-                    killed.push(pgid);
-                    logs.push((
-                        "warn",
-                        format!("killed process group {pgid} of this task left running by the previous server"),
-                    ));
+                for line in kill_logs.remove(&id).unwrap_or_default() {
+                    logs.push(("warn", line));
                 }
                 t.pid = None;
                 t.pid_start = None;
@@ -146,6 +173,14 @@ pub(super) async fn recover(inner: &Arc<Inner>) -> Result<(), SchedError> {
                 } else if t.has_retries_left() {
                     t.status = TaskStatus::Pending;
                     t.scheduled_us = now;
+                    if survivors.contains(&id) {
+                        // Never two runs at once: wait for the old one to be gone for sure.
+                        t.scheduled_us = now + HOLD_SURVIVORS_US;
+                        logs.push((
+                            "error",
+                            format!("processes of attempt {} survived SIGKILL; the task waits {} s before it runs again", t.attempt, HOLD_SURVIVORS_US / 1_000_000),
+                        ));
+                    }
                     logs.push((
                         "warn",
                         format!("the server stopped unexpectedly during attempt {}; requeued (the attempt counts)", t.attempt),
@@ -183,20 +218,9 @@ pub(super) async fn recover(inner: &Arc<Inner>) -> Result<(), SchedError> {
                 pending.push((id, matches!(gate, Gate::Open)));
             }
             if was_running || ended {
-                transitions.push(Transition {
-                    task: t,
-                    logs,
-                    ends_attempt: false,
-                });
+                transitions.push(Transition { task: t, logs });
             }
         }
-    }
-    // SIGKILL is delivered asynchronously: the next attempt starts only once the old one is
-    // gone (its open files, such as locks it holds, closed).
-    if !killed.is_empty() && !orphans::wait_groups_gone(&killed, Duration::from_secs(3)).await {
-        tracing::warn!(
-            "process groups {killed:?} of the previous server were still alive 3 s after SIGKILL"
-        );
     }
     let recovered = transitions.len();
     // The running -> pending/failed changes are durable before anything else happens.

@@ -89,6 +89,8 @@ pub struct WfHot {
     /// Every task of the workflow: its phase index and last committed status.
     pub tasks: HashMap<Uuid, (usize, TaskStatus)>,
     pub running: u32,
+    /// Failures for good whose commit is under way; while any is, no task of the workflow starts.
+    pub failing: u32,
     /// The first task that failed for good: its phase index and what to report.
     pub failure: Option<(usize, String)>,
 }
@@ -157,7 +159,9 @@ impl State {
                     .task
                     .workflow_id
                     .and_then(|w| self.workflows.get(&w))
-                    .is_none_or(|wf| wf.workflow.max_parallel.is_none_or(|m| wf.running < m));
+                    .is_none_or(|wf| {
+                        wf.failing == 0 && wf.workflow.max_parallel.is_none_or(|m| wf.running < m)
+                    });
                 workflow_free && h.max_concurrency.is_none_or(|limit| busy < limit)
             })
         })?;
@@ -179,12 +183,20 @@ impl State {
     /// An attempt's process has ended: its worker slot is free at once, and the outcome is
     /// counted as `finishing` until committed ([`Self::outcome_committed`]). Freeing the slot
     /// before the commit lets the next task's start share a group commit with this outcome.
+    ///
+    /// A workflow task that failed for good holds its workflow back until its failure is
+    /// committed (`WfHot::failing`): the failure cancels the rest, so nothing of it may start.
     pub fn end_attempt(&mut self, task: &Task) {
         if let Some(h) = self.hot.get_mut(&task.id) {
             h.wait = Wait::Finishing;
         }
         self.release_worker(task);
         self.finishing += 1;
+        if task.status == TaskStatus::Failed {
+            if let Some(wf) = task.workflow_id.and_then(|w| self.workflows.get_mut(&w)) {
+                wf.failing += 1;
+            }
+        }
     }
 
     /// Attempts running or with an outcome not yet committed.
@@ -192,8 +204,15 @@ impl State {
         self.running > 0 || self.finishing > 0
     }
 
-    pub fn outcome_committed(&mut self) {
+    /// The outcome of an attempt ended by [`Self::end_attempt`] is committed, with everything
+    /// it set off.
+    pub fn outcome_committed(&mut self, task: &Task) {
         self.finishing = self.finishing.saturating_sub(1);
+        if task.status == TaskStatus::Failed {
+            if let Some(wf) = task.workflow_id.and_then(|w| self.workflows.get_mut(&w)) {
+                wf.failing = wf.failing.saturating_sub(1);
+            }
+        }
     }
 
     /// Bookkeeping for an attempt of `task` that has ended (whatever its outcome).

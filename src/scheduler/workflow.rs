@@ -191,6 +191,7 @@ impl Scheduler {
                 phases,
                 tasks: HashMap::new(),
                 running: 0,
+                failing: 0,
                 failure: None,
             };
             for t in tasks {
@@ -528,7 +529,6 @@ fn decide(st: &mut State, id: Uuid, cancel: bool) -> Option<WfStep> {
                     step.cancel.push(Transition {
                         task,
                         logs: vec![("warn", why.clone())],
-                        ends_attempt: false,
                     });
                 }
             }

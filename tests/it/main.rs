@@ -11,6 +11,7 @@ mod runners;
 mod scheduling;
 mod stub_http;
 mod tools;
+#[cfg(target_os = "linux")]
 mod torture;
 mod webhooks;
 mod workflows;

@@ -4,7 +4,7 @@
 //!
 //! CI runs one iteration (a few hundred tasks, four kills). For a long run:
 //! `O8_TORTURE_ITERATIONS=20 cargo test --release -- torture --nocapture`; `O8_TORTURE_SEED`
-//! replays a run (each iteration prints its seed).
+//! repeats a run's choices (kill moments, task lengths; the timing of the machine varies).
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
@@ -74,9 +74,23 @@ echo "ran $ORCHESTR8_TASK_ID $ORCHESTR8_ATTEMPT""#,
     );
 
     let mut accepted: Vec<String> = Vec::new();
+    // One long task per round, running when the kill comes: its process outlives the server,
+    // so every restart must find and stop an orphan before running the task again.
+    let mut long: Vec<String> = Vec::new();
     for round in 0..KILLS {
         let s = env.start().await;
         let pid = s.pid;
+        let id = s
+            .submit(
+                &format!("long-{round}"),
+                "rec",
+                "6\n",
+                json!({"max_retries": 10, "priority": "critical", "webhook_url": hook_url}),
+            )
+            .await;
+        s.until(&id, "running", |t| t["status"] == "running").await;
+        long.push(id.clone());
+        accepted.push(id);
         let kill_after = Duration::from_millis(rng.random_range(30..1200));
         let pauses: Vec<u32> = (0..TASKS_PER_ROUND)
             .map(|_| rng.random_range(0..250))
@@ -120,11 +134,6 @@ echo "ran $ORCHESTR8_TASK_ID $ORCHESTR8_ATTEMPT""#,
         accepted.extend(ok);
         s.kill9().await;
     }
-    assert!(
-        accepted.len() >= TASKS_PER_ROUND,
-        "too few tasks were accepted to test anything: {}",
-        accepted.len()
-    );
 
     let s = env.start().await;
     let done = s.wait_all(&accepted, 300).await;
@@ -137,6 +146,23 @@ echo "ran $ORCHESTR8_TASK_ID $ORCHESTR8_ATTEMPT""#,
         overlaps.is_empty(),
         "a task ran twice at the same time (seed {seed}): {overlaps:?}"
     );
+    for id in &long {
+        let logs = s.log_messages(id).await;
+        assert!(
+            logs.iter().any(|l| l.contains("killed process group")),
+            "the orphan of long task {id} was not stopped by recovery (seed {seed}): {logs:?}"
+        );
+    }
+    for (id, runs) in &record {
+        let mut attempts: Vec<u32> = runs.iter().map(|r| r.attempt).collect();
+        attempts.sort_unstable();
+        attempts.dedup();
+        assert_eq!(
+            attempts.len(),
+            runs.len(),
+            "an attempt of {id} started twice (seed {seed})"
+        );
+    }
     for t in &done {
         let id = t["task_id"].as_str().unwrap();
         assert_eq!(
