@@ -108,14 +108,14 @@ pub async fn get_task(State(s): State<AppState>, IdPath(id): IdPath) -> Answer<T
 }
 
 #[utoipa::path(delete, path = "/api/tasks/{id}", tag = "tasks", params(("id" = String, Path)),
-    responses((status = 200, description = "Cancelled", body = TaskView), (status = 404, body = ErrorBody),
+    responses((status = 400, description = "A malformed id or parameter", body = ErrorBody), (status = 200, description = "Cancelled", body = TaskView), (status = 404, body = ErrorBody),
               (status = 409, description = "Already finished", body = ErrorBody)))]
 pub async fn cancel_task(State(s): State<AppState>, IdPath(id): IdPath) -> Answer<TaskView> {
     ok(s.service.task_cancel(TaskIdArgs { task_id: id }).await?)
 }
 
 #[utoipa::path(post, path = "/api/tasks/{id}/retry", tag = "tasks", params(("id" = String, Path)),
-    responses((status = 200, body = TaskView), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+    responses((status = 400, description = "A malformed id or parameter", body = ErrorBody), (status = 200, body = TaskView), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn retry_task(State(s): State<AppState>, IdPath(id): IdPath) -> Answer<TaskView> {
     ok(s.service.task_retry(TaskIdArgs { task_id: id }).await?)
 }
@@ -162,7 +162,7 @@ pub async fn list_workflows(
 }
 
 #[utoipa::path(get, path = "/api/workflows/{id}", tag = "workflows", params(("id" = String, Path)),
-    responses((status = 200, body = WorkflowStatusView), (status = 404, body = ErrorBody)))]
+    responses((status = 400, description = "A malformed id or parameter", body = ErrorBody), (status = 200, body = WorkflowStatusView), (status = 404, body = ErrorBody)))]
 pub async fn get_workflow(
     State(s): State<AppState>,
     IdPath(id): IdPath,
@@ -173,7 +173,7 @@ pub async fn get_workflow(
 }
 
 #[utoipa::path(get, path = "/api/workflows/{id}/status", tag = "workflows", params(("id" = String, Path)),
-    responses((status = 200, body = WorkflowStatusView), (status = 404, body = ErrorBody)))]
+    responses((status = 400, description = "A malformed id or parameter", body = ErrorBody), (status = 200, body = WorkflowStatusView), (status = 404, body = ErrorBody)))]
 pub async fn workflow_status(
     State(s): State<AppState>,
     IdPath(id): IdPath,
@@ -256,7 +256,7 @@ pub async fn workflow_tasks(
 }
 
 #[utoipa::path(post, path = "/api/workflows/{id}/cancel", tag = "workflows", params(("id" = String, Path)),
-    responses((status = 200, body = WorkflowStatusView), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+    responses((status = 400, description = "A malformed id or parameter", body = ErrorBody), (status = 200, body = WorkflowStatusView), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn cancel_workflow(
     State(s): State<AppState>,
     IdPath(id): IdPath,

@@ -695,6 +695,22 @@ impl Inner {
             let _ = self.terminal.send(id);
             return self.settle_dependents(st, id, &tr.task.name, status);
         }
+        let workflow_ended = tr
+            .task
+            .workflow_id
+            .is_some_and(|w| !st.workflows.contains_key(&w));
+        if status == TaskStatus::Pending && workflow_ended {
+            // A retry decided while its workflow failed or was cancelled: it must not run.
+            let msg = "cancelled: its workflow ended while this attempt was finishing";
+            let mut t = tr.task;
+            t.status = TaskStatus::Cancelled;
+            t.completed_us = Some(now_us());
+            t.error = Some(msg.into());
+            return vec![Transition {
+                task: t,
+                logs: vec![("warn", msg.into())],
+            }];
+        }
         if let Some(h) = st.hot.get_mut(&id) {
             h.task = tr.task;
             if status == TaskStatus::Pending {
