@@ -56,6 +56,12 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let store = Arc::new(
         Store::open(&db_path).with_context(|| format!("opening database {}", db_path.display()))?,
     );
+    // We hold the database: any socket left next to it is a dead engine's. Without the socket
+    // the server still works; only local clients of the API lose their door.
+    let socket_path = rest::socket::socket_path(&db_path);
+    let socket = rest::socket::bind(&socket_path)
+        .map_err(|e| tracing::warn!("no local API socket: {e:#}"))
+        .ok();
     let runners = Runners::new(cfg.runner_settings().map_err(anyhow::Error::msg)?)
         .map_err(anyhow::Error::msg)?;
     let deliverer = Deliverer::start(
@@ -95,6 +101,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let service = Service::new(sched.clone());
 
     let http_stop = CancellationToken::new();
+    let local =
+        socket.map(|l| rest::socket::serve(l, socket_path, service.clone(), http_stop.clone()));
     let mut http = match listener {
         Some(l) => Some(rest::serve(
             l,
@@ -144,8 +152,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     }
     // In-flight HTTP requests finish first (bounded), then the same task shutdown as MCP mode.
     http_stop.cancel();
-    if let Some(mut h) = http {
-        let bound = Duration::from_secs(cfg.shutdown_grace_seconds.max(1));
+    let bound = Duration::from_secs(cfg.shutdown_grace_seconds.max(1));
+    for mut h in http.into_iter().chain(local) {
         if tokio::time::timeout(bound, &mut h).await.is_err() {
             tracing::warn!("HTTP requests still in flight after {bound:?}; dropping them");
             h.abort();

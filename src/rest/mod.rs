@@ -6,6 +6,7 @@ mod error;
 mod middleware;
 mod openapi;
 mod routes;
+pub mod socket;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;

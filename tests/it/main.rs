@@ -9,6 +9,7 @@ mod refusals;
 mod rest;
 mod runners;
 mod scheduling;
+mod socket;
 mod stub_http;
 mod tools;
 #[cfg(target_os = "linux")]

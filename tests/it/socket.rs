@@ -1,0 +1,76 @@
+//! The engine's local API on a Unix socket next to the database file.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::harness::*;
+
+/// One HTTP/1.1 request over a Unix socket; returns the status and the JSON body.
+async fn unix_http(path: &Path, method: &str, target: &str, body: Option<Value>) -> (u16, Value) {
+    let mut s = tokio::net::UnixStream::connect(path)
+        .await
+        .expect("connect");
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let req = format!(
+        "{method} {target} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).await.unwrap();
+    let text = String::from_utf8_lossy(&raw).to_string();
+    let (head, body) = text.split_once("\r\n\r\n").expect("HTTP response");
+    let status: u16 = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (
+        status,
+        serde_json::from_str(body).unwrap_or(Value::String(body.into())),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_engine_serves_its_api_on_a_private_socket_next_to_the_database() {
+    let env = Env::new();
+    env.shell_agent("echo", "cat", "");
+    let sock = env.path("db/o8.duckdb.sock");
+    // A stale socket from a dead engine: a socket file nobody listens on.
+    std::fs::create_dir_all(env.path("db")).unwrap();
+    drop(std::os::unix::net::UnixListener::bind(&sock).unwrap());
+    assert!(sock.exists());
+
+    let s = env.start().await;
+    let mode = std::fs::metadata(&sock).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "only the owner may connect");
+    let (code, health) = unix_http(&sock, "GET", "/health", None).await;
+    assert_eq!(code, 200, "{health}");
+    assert_eq!(health["db"], "ok");
+    // The same service as the MCP tools: a task created through the socket is seen over MCP.
+    let (code, t) = unix_http(
+        &sock,
+        "POST",
+        "/api/tasks",
+        Some(json!({"name": "via socket", "agent_name": "echo", "agent_instructions": "hi"})),
+    )
+    .await;
+    assert_eq!(code, 201, "{t}");
+    let done = s.wait_one(t["task_id"].as_str().unwrap(), 20).await;
+    assert_eq!(done["result"], "hi");
+    let mcp_id = s.submit("via mcp", "echo", "yo", json!({})).await;
+    s.wait_one(&mcp_id, 20).await;
+    let (code, got) = unix_http(&sock, "GET", &format!("/api/tasks/{mcp_id}"), None).await;
+    assert_eq!(code, 200);
+    assert_eq!(got["result"], "yo");
+    s.stop().await;
+    assert!(!sock.exists(), "a clean stop removes the socket");
+
+    // kill -9 leaves it behind; the next engine replaces it.
+    let s = env.start().await;
+    s.kill9().await;
+    assert!(sock.exists());
+    let s = env.start().await;
+    let (code, _) = unix_http(&sock, "GET", "/health", None).await;
+    assert_eq!(code, 200);
+    s.stop().await;
+}
