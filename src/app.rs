@@ -59,7 +59,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     // We hold the database: any socket left next to it is a dead engine's. Without the socket
     // the server still works; only local clients of the API lose their door.
     let socket_path = rest::socket::socket_path(&db_path);
-    let socket = rest::socket::bind(&socket_path)
+    let mut socket = rest::socket::bind(&socket_path)
         .map_err(|e| tracing::warn!("no local API socket: {e:#}"))
         .ok();
     let runners = Runners::new(cfg.runner_settings().map_err(anyhow::Error::msg)?)
@@ -101,8 +101,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let service = Service::new(sched.clone());
 
     let http_stop = CancellationToken::new();
-    let local =
-        socket.map(|l| rest::socket::serve(l, socket_path, service.clone(), http_stop.clone()));
+    let local = socket
+        .as_mut()
+        .and_then(|l| rest::socket::serve(l, service.clone(), http_stop.clone()));
     let mut http = match listener {
         Some(l) => Some(rest::serve(
             l,
@@ -153,12 +154,14 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     // In-flight HTTP requests finish first (bounded), then the same task shutdown as MCP mode.
     http_stop.cancel();
     let bound = Duration::from_secs(cfg.shutdown_grace_seconds.max(1));
+    let deadline = tokio::time::Instant::now() + bound;
     for mut h in http.into_iter().chain(local) {
-        if tokio::time::timeout(bound, &mut h).await.is_err() {
+        if tokio::time::timeout_at(deadline, &mut h).await.is_err() {
             tracing::warn!("HTTP requests still in flight after {bound:?}; dropping them");
             h.abort();
         }
     }
+    drop(socket);
     sched
         .shutdown(Duration::from_secs(cfg.shutdown_grace_seconds))
         .await;

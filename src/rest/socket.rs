@@ -1,8 +1,9 @@
 //! The engine's local endpoint: the same REST API on a Unix domain socket next to the database
 //! file (`<db>.sock`, mode 0600), in every mode. It is the door later processes on the same
 //! file (a second Claude Code window, the CLI) will come through; the file's permissions are
-//! its authentication, so no token is asked for.
+//! its authentication, so no token is asked for (not even with `ORCHESTR8_API_TOKEN` set).
 
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -22,38 +23,94 @@ pub fn socket_path(db: &Path) -> PathBuf {
     PathBuf::from(p)
 }
 
+/// The bound socket; its file is removed when this is dropped (a clean stop, or a start that
+/// fails after binding), unless another socket has replaced it meanwhile.
+pub struct LocalSocket {
+    listener: Option<UnixListener>,
+    path: PathBuf,
+    inode: u64,
+}
+
+impl Drop for LocalSocket {
+    fn drop(&mut self) {
+        use std::os::unix::fs::MetadataExt;
+        let ours = std::fs::symlink_metadata(&self.path).is_ok_and(|m| m.ino() == self.inode);
+        if ours {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
 /// Binds the socket, replacing a stale one a dead engine left behind. Call only while holding
 /// the database (the DuckDB file lock), so that no live engine can own the path.
-pub fn bind(path: &Path) -> anyhow::Result<UnixListener> {
-    use std::os::unix::fs::PermissionsExt;
+///
+/// The socket is created 0600 in a private folder and renamed into place, so nobody can
+/// connect in a window before its permissions are set. Refused: a folder others may write to
+/// (someone could put their own socket there), a path that is not a socket, or a socket that
+/// answers.
+pub fn bind(path: &Path) -> anyhow::Result<LocalSocket> {
+    use std::os::unix::fs::MetadataExt;
     if path.as_os_str().len() > MAX_SOCKET_PATH {
         anyhow::bail!(
             "socket path {} is longer than {MAX_SOCKET_PATH} bytes; use a shorter ORCHESTR8_DB_PATH",
             path.display()
         );
     }
-    if path.exists() {
-        if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            anyhow::bail!(
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let dir_mode = std::fs::metadata(dir)?.permissions().mode();
+    if dir_mode & 0o022 != 0 {
+        anyhow::bail!(
+            "{} is writable by other users; keep the database in a private folder",
+            dir.display()
+        );
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if !m.file_type().is_socket() => {
+            anyhow::bail!("{} exists and is not a socket; remove it", path.display())
+        }
+        Ok(_) => match std::os::unix::net::UnixStream::connect(path) {
+            Ok(_) => anyhow::bail!(
                 "{} is served by another process; stop it or use another ORCHESTR8_DB_PATH",
                 path.display()
-            );
-        }
-        tracing::info!("removing stale socket {}", path.display());
-        std::fs::remove_file(path)?;
+            ),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                tracing::info!("replacing stale socket {}", path.display());
+            }
+            Err(e) => anyhow::bail!("cannot tell whether {} is in use: {e}", path.display()),
+        },
+        Err(_) => {}
     }
-    let listener = UnixListener::bind(path)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-    Ok(listener)
+    let staging = dir.join(format!(".o8-sock-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&staging);
+    std::fs::DirBuilder::new().mode(0o700).create(&staging)?;
+    let staged = staging.join("s");
+    let bound = (|| -> std::io::Result<UnixListener> {
+        let listener = UnixListener::bind(&staged)?;
+        std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o600))?;
+        std::fs::rename(&staged, path)?;
+        Ok(listener)
+    })();
+    let _ = std::fs::remove_dir_all(&staging);
+    let listener = bound?;
+    let inode = std::fs::symlink_metadata(path)?.ino();
+    Ok(LocalSocket {
+        listener: Some(listener),
+        path: path.to_path_buf(),
+        inode,
+    })
 }
 
-/// Serves the API on `listener` until `shutdown`, then removes the socket file.
+/// Serves the API on the socket until `shutdown`. The socket file stays until `socket` is
+/// dropped.
 pub fn serve(
-    listener: UnixListener,
-    path: PathBuf,
+    socket: &mut LocalSocket,
     service: Service,
     shutdown: CancellationToken,
-) -> tokio::task::JoinHandle<()> {
+) -> Option<tokio::task::JoinHandle<()>> {
+    let listener = socket.listener.take()?;
     let state = AppState {
         service,
         token_digest: None,
@@ -62,14 +119,13 @@ pub fn serve(
         started: Instant::now(),
     };
     let app = router(state);
-    tracing::info!("local API on unix socket {}", path.display());
-    tokio::spawn(async move {
+    tracing::info!("local API on unix socket {}", socket.path.display());
+    Some(tokio::spawn(async move {
         let served = axum::serve(listener, app)
             .with_graceful_shutdown(shutdown.cancelled_owned())
             .await;
         if let Err(e) = served {
             tracing::error!("local API stopped: {e}");
         }
-        let _ = std::fs::remove_file(&path);
-    })
+    }))
 }

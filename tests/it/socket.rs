@@ -74,3 +74,21 @@ async fn the_engine_serves_its_api_on_a_private_socket_next_to_the_database() {
     assert_eq!(code, 200);
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_file_in_the_sockets_place_is_left_alone_and_the_server_still_starts() {
+    let env = Env::new();
+    env.shell_agent("echo", "cat", "");
+    std::fs::create_dir_all(env.path("db")).unwrap();
+    std::fs::write(env.path("db/o8.duckdb.sock"), "not a socket").unwrap();
+    let s = env.start().await;
+    let id = s.submit("t", "echo", "still works", json!({})).await;
+    assert_eq!(s.wait_one(&id, 20).await["result"], "still works");
+    s.stop().await;
+    assert_eq!(
+        std::fs::read_to_string(env.path("db/o8.duckdb.sock")).unwrap(),
+        "not a socket"
+    );
+    let log = std::fs::read_to_string(env.path("server-0.log")).unwrap();
+    assert!(log.contains("is not a socket"), "{log}");
+}
