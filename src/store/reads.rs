@@ -1,0 +1,187 @@
+//! Reads of tasks and their logs. Each runs on a pooled reader connection (see
+//! `Store::read`), never behind a commit.
+
+use std::collections::HashMap;
+
+use uuid::Uuid;
+
+use super::{rows, Store, StoreError, TaskFilter};
+use crate::model::{LogLine, Task};
+
+impl Store {
+    pub async fn task(&self, id: Uuid) -> Result<Option<Task>, StoreError> {
+        self.read(move |c| {
+            let sql = format!("SELECT {} FROM tasks WHERE task_id = ?", rows::TASK_COLUMNS);
+            let mut st = c.prepare_cached(&sql)?;
+            let mut r = st.query([id.to_string()])?;
+            Ok(match r.next()? {
+                Some(row) => Some(rows::task_from_row(row)?),
+                None => None,
+            })
+        })
+        .await
+    }
+
+    /// Tasks by id, in no particular order; unknown ids are simply absent.
+    pub async fn tasks(&self, ids: Vec<Uuid>) -> Result<Vec<Task>, StoreError> {
+        self.read(move |c| {
+            let mut out = Vec::with_capacity(ids.len());
+            for chunk in ids.chunks(500) {
+                // Ids are parsed Uuids, so formatting them into SQL cannot inject anything.
+                let list = chunk
+                    .iter()
+                    .map(|id| format!("'{id}'"))
+                    .collect::<Vec<_>>()
+                    .join(",");
+                let sql = format!(
+                    "SELECT {} FROM tasks WHERE task_id IN ({list})",
+                    rows::TASK_COLUMNS
+                );
+                let mut st = c.prepare(&sql)?;
+                let mut r = st.query([])?;
+                while let Some(row) = r.next()? {
+                    out.push(rows::task_from_row(row)?);
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// Every pending or running task: the scheduler's state at start.
+    pub async fn active_tasks(&self) -> Result<Vec<Task>, StoreError> {
+        self.read(|c| {
+            let sql = format!(
+                "SELECT {} FROM tasks WHERE status IN ('pending', 'running') ORDER BY created_at",
+                rows::TASK_COLUMNS
+            );
+            let mut st = c.prepare(&sql)?;
+            let mut r = st.query([])?;
+            let mut out = Vec::new();
+            while let Some(row) = r.next()? {
+                out.push(rows::task_from_row(row)?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    pub async fn instructions(&self, id: Uuid) -> Result<Option<String>, StoreError> {
+        self.read(move |c| {
+            let mut st = c.prepare_cached("SELECT instructions FROM tasks WHERE task_id = ?")?;
+            let mut r = st.query([id.to_string()])?;
+            Ok(match r.next()? {
+                Some(row) => Some(row.get(0)?),
+                None => None,
+            })
+        })
+        .await
+    }
+
+    pub async fn list_tasks(&self, f: TaskFilter) -> Result<(Vec<Task>, u64), StoreError> {
+        self.read(move |c| {
+            let mut clauses = Vec::new();
+            let mut args: Vec<String> = Vec::new();
+            if let Some(s) = f.status {
+                clauses.push("status = ?");
+                args.push(s.as_str().to_string());
+            }
+            if let Some(a) = &f.agent_name {
+                clauses.push("agent_name = ?");
+                args.push(a.clone());
+            }
+            if let Some(w) = f.workflow_id {
+                clauses.push("workflow_id = ?");
+                args.push(w.to_string());
+            }
+            let filter = if clauses.is_empty() {
+                String::new()
+            } else {
+                format!("WHERE {}", clauses.join(" AND "))
+            };
+            let total: i64 = c
+                .prepare_cached(&format!("SELECT count(*) FROM tasks {filter}"))?
+                .query_row(duckdb::params_from_iter(args.iter()), |r| r.get(0))?;
+            let sql = format!(
+                "SELECT {} FROM tasks {filter} ORDER BY created_at DESC, task_id DESC LIMIT {} OFFSET {}",
+                rows::TASK_COLUMNS,
+                f.limit,
+                f.offset
+            );
+            let mut st = c.prepare_cached(&sql)?;
+            let mut r = st.query(duckdb::params_from_iter(args.iter()))?;
+            let mut out = Vec::new();
+            while let Some(row) = r.next()? {
+                out.push(rows::task_from_row(row)?);
+            }
+            Ok((out, total.max(0) as u64))
+        })
+        .await
+    }
+
+    /// Log lines with `seq > after_seq`, oldest first.
+    pub async fn logs(
+        &self,
+        id: Uuid,
+        after_seq: i64,
+        limit: u32,
+    ) -> Result<Vec<LogLine>, StoreError> {
+        self.read(move |c| {
+            let mut st = c.prepare_cached(
+                "SELECT seq, epoch_us(ts), level, message FROM task_logs \
+                 WHERE task_id = ? AND seq > ? ORDER BY seq LIMIT ?",
+            )?;
+            let rows = st.query_map(
+                duckdb::params![id.to_string(), after_seq, limit],
+                rows::log_from_row,
+            )?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    /// The last `n` log lines, oldest first.
+    pub async fn last_logs(&self, id: Uuid, n: u32) -> Result<Vec<LogLine>, StoreError> {
+        self.read(move |c| {
+            let mut st = c.prepare_cached(
+                "SELECT seq, epoch_us(ts), level, message FROM task_logs \
+                 WHERE task_id = ? ORDER BY seq DESC LIMIT ?",
+            )?;
+            let rows = st.query_map(duckdb::params![id.to_string(), n], rows::log_from_row)?;
+            let mut lines = rows.collect::<Result<Vec<_>, _>>()?;
+            lines.reverse();
+            Ok(lines)
+        })
+        .await
+    }
+
+    /// The highest log `seq` of each task (absent: no lines yet).
+    pub async fn max_log_seqs(&self, ids: Vec<Uuid>) -> Result<HashMap<Uuid, i64>, StoreError> {
+        if ids.is_empty() {
+            return Ok(HashMap::new());
+        }
+        self.read(move |c| {
+            let mut out = HashMap::new();
+            for chunk in ids.chunks(500) {
+                let list = chunk
+                    .iter()
+                    .map(|id| format!("'{id}'"))
+                    .collect::<Vec<_>>()
+                    .join(",");
+                let sql = format!(
+                    "SELECT task_id::VARCHAR, max(seq) FROM task_logs WHERE task_id IN ({list}) GROUP BY 1"
+                );
+                let mut st = c.prepare(&sql)?;
+                let mut r = st.query([])?;
+                while let Some(row) = r.next()? {
+                    let id: String = row.get(0)?;
+                    if let Ok(id) = Uuid::parse_str(&id) {
+                        out.insert(id, row.get(1)?);
+                    }
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+}
