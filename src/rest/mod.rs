@@ -115,14 +115,29 @@ pub fn serve(
     }
     let addr: SocketAddr = listener.local_addr()?;
     tracing::info!("REST API listening on http://{addr}");
-    Ok(tokio::spawn(async move {
+    Ok(spawn_server(listener, app, shutdown, "HTTP server"))
+}
+
+/// Serves `app` on `listener` on its own task until `shutdown`, letting requests in flight
+/// finish.
+fn spawn_server<L>(
+    listener: L,
+    app: Router,
+    shutdown: CancellationToken,
+    what: &'static str,
+) -> tokio::task::JoinHandle<()>
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
+    tokio::spawn(async move {
         let served = axum::serve(listener, app)
             .with_graceful_shutdown(shutdown.cancelled_owned())
             .await;
         if let Err(e) = served {
-            tracing::error!("HTTP server stopped: {e}");
+            tracing::error!("{what} stopped: {e}");
         }
-    }))
+    })
 }
 
 /// CORS is off unless origins are listed.

@@ -10,7 +10,7 @@ use std::time::Instant;
 use tokio::net::UnixListener;
 use tokio_util::sync::CancellationToken;
 
-use super::{router, AppState};
+use super::{router, spawn_server, AppState};
 use crate::service::Service;
 
 /// Longest socket path the kernel accepts (`sun_path` is 108 bytes with its terminating NUL).
@@ -120,12 +120,5 @@ pub fn serve(
     };
     let app = router(state);
     tracing::info!("local API on unix socket {}", socket.path.display());
-    Some(tokio::spawn(async move {
-        let served = axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown.cancelled_owned())
-            .await;
-        if let Err(e) = served {
-            tracing::error!("local API stopped: {e}");
-        }
-    }))
+    Some(spawn_server(listener, app, shutdown, "local API"))
 }

@@ -1,5 +1,7 @@
 //! The `webhook_history` tool.
 
+use uuid::Uuid;
+
 use super::{parse_task_id, Result, Service, ServiceError};
 use crate::api::*;
 use crate::model::rfc3339;
@@ -11,20 +13,10 @@ impl Service {
     pub async fn webhook_history_of(&self, id: &str) -> Result<WebhookHistory> {
         let uuid = parse_task_id("id", id)?;
         if self.sched.task(uuid).await?.is_some() {
-            return self
-                .webhook_history(WebhookHistoryArgs {
-                    task_id: Some(id.to_string()),
-                    workflow_id: None,
-                })
-                .await;
+            return self.history_rows(Some(uuid), None).await;
         }
         if self.workflow_or_not_found(uuid).await.is_ok() {
-            return self
-                .webhook_history(WebhookHistoryArgs {
-                    task_id: None,
-                    workflow_id: Some(id.to_string()),
-                })
-                .await;
+            return self.history_rows(None, Some(uuid)).await;
         }
         Err(ServiceError::NotFound(format!(
             "unknown id {uuid}: no task or workflow has it (list_tasks and list_workflows show the ids there are)"
@@ -41,8 +33,6 @@ impl Service {
                 ))
             }
         };
-        let store = self.sched.store();
-        let internal = |e: crate::store::StoreError| ServiceError::Internal(e.to_string());
         if let Some(t) = task_id {
             if self.sched.task(t).await?.is_none() {
                 return Err(ServiceError::NotFound(not_found(t)));
@@ -51,10 +41,21 @@ impl Service {
         if let Some(w) = workflow_id {
             self.workflow_or_not_found(w).await?;
         }
-        let attempts = store
+        self.history_rows(task_id, workflow_id).await
+    }
+
+    /// The delivery log of a task or workflow known to exist.
+    async fn history_rows(
+        &self,
+        task_id: Option<Uuid>,
+        workflow_id: Option<Uuid>,
+    ) -> Result<WebhookHistory> {
+        let attempts = self
+            .sched
+            .store()
             .webhook_history(task_id, workflow_id)
             .await
-            .map_err(internal)?;
+            .map_err(|e| ServiceError::Internal(e.to_string()))?;
         Ok(WebhookHistory {
             deliveries: attempts
                 .into_iter()

@@ -8,7 +8,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
 use crate::harness::*;
-use crate::stub_http::free_port;
+use crate::stub_http::{free_port, Reply, Stub};
 
 /// The server in api mode, killed when dropped.
 pub struct Api {
@@ -630,32 +630,75 @@ async fn metrics_parse_and_move_and_openapi_lists_every_route() {
         .unwrap()
         .starts_with("text/plain"));
     let before = before.text().await.unwrap();
-    for _ in 0..3 {
-        let (_, t) = api
-            .post(
-                "/api/tasks",
-                json!({"name": "m", "agent_name": "echo", "agent_instructions": "x"}),
-            )
-            .await;
+    let hooks = Stub::start(vec![Reply::json(204, json!(null))]).await;
+    for i in 0..3 {
+        let mut body = json!({"name": "m", "agent_name": "echo", "agent_instructions": "x"});
+        if i == 0 {
+            body["webhook_url"] = json!(format!("{}/hook", hooks.url));
+        }
+        let (_, t) = api.post("/api/tasks", body).await;
         api.until_status(t["task_id"].as_str().unwrap(), "completed")
             .await;
     }
-    let after = api
-        .http
-        .get(format!("{}/metrics", api.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let (_, long) = api
+        .post(
+            "/api/tasks",
+            json!({"name": "c", "agent_name": "long", "agent_instructions": "x"}),
+        )
+        .await;
+    let lid = long["task_id"].as_str().unwrap();
+    api.until_status(lid, "running").await;
+    let (code, _) = api
+        .req(Method::DELETE, &format!("/api/tasks/{lid}"), None)
+        .await;
+    assert_eq!(code, 200);
+    let scrape = || async {
+        api.http
+            .get(format!("{}/metrics", api.base))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    };
+    // The webhook attempt is counted once its answer is in.
+    let mut after = scrape().await;
+    for _ in 0..200 {
+        if metric(
+            &after,
+            "orchestr8_webhook_attempts_total{outcome=\"delivered\"}",
+        ) >= 1.0
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+        after = scrape().await;
+    }
+    assert_eq!(
+        metric(
+            &after,
+            "orchestr8_webhook_attempts_total{outcome=\"delivered\"}"
+        ),
+        1.0,
+        "{after}"
+    );
+    assert_eq!(hooks.requests().len(), 1);
     let finished = "orchestr8_tasks_finished_total{agent=\"echo\",status=\"completed\"}";
     assert_eq!(
         metric(&after, finished) - metric(&before, finished),
         3.0,
         "{after}"
     );
-    assert_eq!(metric(&after, "orchestr8_tasks_submitted_total"), 3.0);
+    assert_eq!(
+        metric(
+            &after,
+            "orchestr8_tasks_finished_total{agent=\"long\",status=\"cancelled\"}"
+        ),
+        1.0,
+        "{after}"
+    );
+    assert_eq!(metric(&after, "orchestr8_tasks_submitted_total"), 4.0);
     assert!(metric(&after, "orchestr8_task_duration_seconds_count") >= 3.0);
     assert!(metric(&after, "orchestr8_requests_total{frontend=\"rest\"") >= 3.0);
     for gauge in ["orchestr8_tasks_pending", "orchestr8_tasks_running"] {
