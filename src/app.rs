@@ -1,40 +1,135 @@
-//! Wiring: opens the store, starts the scheduler, serves the frontends of the configured mode,
-//! and shuts everything down in order (frontends, then running tasks, then the store).
+//! The server's life: check the settings, become the engine or a frontend ([`crate::roles`]),
+//! serve the stdio MCP session (or HTTP only in `api` mode), and stop in order. An engine
+//! whose own client has gone stays up while it is still needed ([`linger`]).
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use rmcp::ServiceExt;
 use tokio_util::sync::CancellationToken;
 
-use crate::agents::AgentRegistry;
 use crate::config::{Config, Mode};
+use crate::engine::{check_config, Engine, EngineOptions, OpenError};
 use crate::mcp::McpServer;
-use crate::notifier::delivery::{Deliverer, WebhookSettings};
-use crate::notifier::signature::WebhookSecret;
-use crate::notifier::WebhookNotifier;
 use crate::rest::{self, RestSettings};
-use crate::runner::Runners;
-use crate::scheduler::{SchedConfig, Scheduler};
-use crate::service::Service;
-use crate::store::Store;
+use crate::roles::{EngineRecipe, Roles};
 
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
     crate::metrics::install();
-    // A bad secret is a configuration error: refuse to start rather than send unsigned hooks.
-    let secret = cfg
-        .webhook_secret
-        .as_deref()
-        .filter(|s| !s.trim().is_empty())
-        .map(WebhookSecret::parse)
-        .transpose()
-        .map_err(anyhow::Error::msg)?;
-    if cfg.webhook_max_attempts == 0 || cfg.webhook_timeout_ms == 0 {
-        bail!("ORCHESTR8_WEBHOOK_MAX_ATTEMPTS and ORCHESTR8_WEBHOOK_TIMEOUT_MS must be at least 1");
+    // One listener for the whole life, so that no signal falls between two waits.
+    let signal = CancellationToken::new();
+    let fire = signal.clone();
+    tokio::spawn(async move {
+        terminate_signal().await;
+        fire.cancel();
+    });
+    check_config(&cfg)?;
+    let http = match cfg.mode {
+        Mode::Mcp => None,
+        Mode::Api | Mode::Both => {
+            let s = rest_settings(&cfg);
+            rest::check(&s)?;
+            Some(s)
+        }
+    };
+    if cfg.mode == Mode::Api {
+        return serve_api(&cfg, http, &signal).await;
     }
-    // The HTTP address is checked and bound before anything runs.
-    let rest_settings = RestSettings {
+    let mut roles = Roles::establish(EngineRecipe {
+        cfg: cfg.clone(),
+        http,
+    })
+    .await?;
+    let server = McpServer::new(roles.backend())
+        .serve(rmcp::transport::stdio())
+        .await
+        .context("starting the MCP session on stdio")?;
+    let cancel = server.cancellation_token();
+    let signalled = tokio::select! {
+        r = server.waiting() => {
+            tracing::info!("MCP client disconnected ({:?})", r.ok());
+            false
+        }
+        _ = signal.cancelled() => {
+            tracing::info!("signal received; shutting down");
+            cancel.cancel();
+            true
+        }
+    };
+    roles.settle().await;
+    let Some(engine) = roles.take_engine().await else {
+        tracing::info!("frontend stopped");
+        return Ok(());
+    };
+    if !signalled {
+        linger(&engine, Duration::from_secs(cfg.idle_exit_seconds), &signal).await;
+    }
+    engine.shutdown().await;
+    Ok(())
+}
+
+/// `api` mode: this process must be the engine.
+async fn serve_api(
+    cfg: &Config,
+    http: Option<RestSettings>,
+    signal: &CancellationToken,
+) -> anyhow::Result<()> {
+    let opts = EngineOptions {
+        active: true,
+        http,
+        http_required: true,
+    };
+    let mut engine = match Engine::open(cfg, opts).await {
+        Ok(e) => e,
+        Err(OpenError::Locked(m)) => anyhow::bail!(
+            "api mode needs the database to itself, but another orchestr8-async process has it open ({m}). \
+             Stop that process, or start the first one with --mode both so that it serves HTTP"
+        ),
+        Err(OpenError::Failed(e)) => return Err(e),
+    };
+    tokio::select! {
+        _ = signal.cancelled() => tracing::info!("signal received; shutting down"),
+        _ = engine.http_stopped() => tracing::error!("the HTTP server stopped; shutting down"),
+    }
+    engine.shutdown().await;
+    Ok(())
+}
+
+/// After its own client has gone, an engine keeps serving while frontends are attached, tasks
+/// are in flight or webhooks are owed, and stops once it has been idle for `idle` (or on a
+/// signal). Closing one Claude Code window thus never stops another window's work.
+async fn linger(engine: &Engine, idle: Duration, signal: &CancellationToken) {
+    let mut idle_since: Option<tokio::time::Instant> = None;
+    let mut last_reason = String::new();
+    loop {
+        match engine.busy().await {
+            Some(reason) => {
+                if reason != last_reason {
+                    tracing::info!("client gone; staying up: {reason}");
+                    last_reason = reason;
+                }
+                idle_since = None;
+            }
+            None => {
+                let since = *idle_since.get_or_insert_with(tokio::time::Instant::now);
+                if since.elapsed() >= idle {
+                    tracing::info!("idle for {idle:?}; shutting down");
+                    return;
+                }
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+            _ = signal.cancelled() => {
+                tracing::info!("signal received; shutting down");
+                return;
+            }
+        }
+    }
+}
+
+fn rest_settings(cfg: &Config) -> RestSettings {
+    RestSettings {
         host: cfg.host.clone(),
         port: cfg.port,
         token: cfg.api_token.clone().filter(|t| !t.is_empty()),
@@ -47,130 +142,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             .filter(|o| !o.is_empty())
             .map(String::from)
             .collect(),
-    };
-    let listener = match cfg.mode {
-        Mode::Mcp => None,
-        Mode::Api | Mode::Both => Some(rest::bind(&rest_settings).await?),
-    };
-    let db_path = cfg.db_path();
-    let store = Arc::new(
-        Store::open(&db_path).with_context(|| format!("opening database {}", db_path.display()))?,
-    );
-    // We hold the database: any socket left next to it is a dead engine's. Without the socket
-    // the server still works; only local clients of the API lose their door.
-    let socket_path = rest::socket::socket_path(&db_path);
-    let mut socket = rest::socket::bind(&socket_path)
-        .map_err(|e| tracing::warn!("no local API socket: {e:#}"))
-        .ok();
-    let runners = Runners::new(cfg.runner_settings().map_err(anyhow::Error::msg)?)
-        .map_err(anyhow::Error::msg)?;
-    let deliverer = Deliverer::start(
-        store.clone(),
-        WebhookSettings {
-            max_attempts: cfg.webhook_max_attempts,
-            backoff_base_ms: cfg.webhook_backoff_base_ms,
-            backoff_max_ms: cfg.webhook_backoff_max_ms,
-            timeout_ms: cfg.webhook_timeout_ms,
-            secret,
-        },
-    )
-    .map_err(anyhow::Error::msg)?;
-    let agents = AgentRegistry::new(cfg.agent_dirs(), cfg.default_runner.clone());
-    let sched = Scheduler::start(
-        SchedConfig {
-            workers: cfg.workers as usize,
-            retry_backoff_base_ms: cfg.retry_backoff_base_ms,
-            instance: std::fs::canonicalize(&db_path)
-                .unwrap_or_else(|_| db_path.clone())
-                .display()
-                .to_string(),
-        },
-        store.clone(),
-        agents,
-        runners,
-        Arc::new(WebhookNotifier::new(deliverer.clone())),
-    )
-    .await
-    .context("starting the scheduler")?;
-    tracing::info!(
-        db = %db_path.display(),
-        workers = cfg.workers,
-        agents = %sched.agents().search_path(),
-        "orchestr8-async ready"
-    );
-    let service = Service::new(sched.clone());
-
-    let http_stop = CancellationToken::new();
-    let local = socket
-        .as_mut()
-        .and_then(|l| rest::socket::serve(l, service.clone(), http_stop.clone()));
-    let mut http = match listener {
-        Some(l) => Some(rest::serve(
-            l,
-            service.clone(),
-            &rest_settings,
-            http_stop.clone(),
-        )?),
-        None => None,
-    };
-    if cfg.mode == Mode::Api {
-        let served = async {
-            match http.as_mut() {
-                Some(h) => {
-                    let _ = h.await;
-                }
-                None => std::future::pending().await,
-            }
-        };
-        let stopped_by_itself = tokio::select! {
-            _ = terminate_signal() => {
-                tracing::info!("signal received; shutting down");
-                false
-            }
-            _ = served => {
-                tracing::error!("the HTTP server stopped; shutting down");
-                true
-            }
-        };
-        if stopped_by_itself {
-            http = None;
-        }
-    } else {
-        let server = McpServer::new(service)
-            .serve(rmcp::transport::stdio())
-            .await
-            .context("starting the MCP session on stdio")?;
-        let cancel = server.cancellation_token();
-        tokio::select! {
-            r = server.waiting() => {
-                tracing::info!("MCP client disconnected ({:?}); shutting down", r.ok());
-            }
-            _ = terminate_signal() => {
-                tracing::info!("signal received; shutting down");
-                cancel.cancel();
-            }
-        }
     }
-    // In-flight HTTP requests finish first (bounded), then the same task shutdown as MCP mode.
-    http_stop.cancel();
-    let bound = Duration::from_secs(cfg.shutdown_grace_seconds.max(1));
-    let deadline = tokio::time::Instant::now() + bound;
-    for mut h in http.into_iter().chain(local) {
-        if tokio::time::timeout_at(deadline, &mut h).await.is_err() {
-            tracing::warn!("HTTP requests still in flight after {bound:?}; dropping them");
-            h.abort();
-        }
-    }
-    drop(socket);
-    sched
-        .shutdown(Duration::from_secs(cfg.shutdown_grace_seconds))
-        .await;
-    // Webhooks of tasks that ended during the grace period may be in flight; whatever is still
-    // owed after this stays in the store and goes out at the next start.
-    deliverer.shutdown(Duration::from_secs(2)).await;
-    store.close();
-    tracing::info!("stopped");
-    Ok(())
 }
 
 async fn terminate_signal() {

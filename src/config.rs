@@ -33,7 +33,7 @@ pub struct Config {
 
     /// The DuckDB file; parent folders are created. Default:
     /// ~/.claude/plugins/orchestr8/orchestr8-async.duckdb
-    #[arg(long, env = "ORCHESTR8_DB_PATH")]
+    #[arg(long, env = "ORCHESTR8_DB_PATH", global = true)]
     pub db_path: Option<PathBuf>,
 
     /// Tasks that may run at the same time
@@ -142,9 +142,20 @@ pub struct Config {
     #[arg(long, env = "ORCHESTR8_WEBHOOK_TIMEOUT_MS", default_value_t = 10_000)]
     pub webhook_timeout_ms: u64,
 
-    /// tracing filter; logs go to stderr only (stdout belongs to MCP)
-    #[arg(long, env = "ORCHESTR8_LOG", default_value = "info")]
-    pub log: String,
+    /// After its own MCP client has gone (stdin EOF), an engine stays up while other sessions
+    /// are attached, tasks are in flight or webhooks are owed, then exits once idle this long
+    #[arg(long, env = "ORCHESTR8_IDLE_EXIT_SECONDS", default_value_t = 5)]
+    pub idle_exit_seconds: u64,
+
+    /// tracing filter; logs go to stderr only (stdout belongs to MCP). Default: info for the
+    /// server, warn for CLI commands
+    #[arg(long, env = "ORCHESTR8_LOG", global = true)]
+    pub log: Option<String>,
+
+    /// Without a command: serve (stdio MCP, or HTTP in api mode). With one: a CLI command
+    /// against the engine that has the database open, or the file itself when none runs.
+    #[command(subcommand)]
+    pub command: Option<crate::cli::Command>,
 }
 
 impl Config {

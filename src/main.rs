@@ -4,11 +4,17 @@ use tracing_subscriber::EnvFilter;
 
 fn main() {
     let cfg = Config::parse();
-    // stdout carries the MCP protocol: logs go to stderr only.
+    // stdout carries the MCP protocol (or a CLI command's output): logs go to stderr only.
+    let default = if cfg.command.is_some() {
+        "warn"
+    } else {
+        "info"
+    };
+    let filter = cfg.log.as_deref().unwrap_or(default);
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(false)
-        .with_env_filter(EnvFilter::try_new(&cfg.log).unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_env_filter(EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new(default)))
         .init();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
@@ -17,6 +23,10 @@ fn main() {
             std::process::exit(1);
         }
     };
+    if cfg.command.is_some() {
+        let code = runtime.block_on(orchestr8_async::cli::run(cfg));
+        std::process::exit(code);
+    }
     let code = match runtime.block_on(orchestr8_async::app::run(cfg)) {
         Ok(()) => 0,
         Err(e) => {

@@ -1,10 +1,11 @@
-//! The stdio MCP frontend: tool definitions and a thin dispatch onto [`Service`].
+//! The stdio MCP frontend: the tool definitions, and every call handed to the session's
+//! [`Backend`] (the engine in this process, or the one over the socket).
 //!
-//! Arguments are deserialized here rather than by rmcp's `Parameters` wrapper so that a wrong
-//! argument is a tool result with `isError: true` and a message naming the field (the contract's
-//! "domain error"), not a JSON-RPC protocol error the calling agent may never see.
+//! Arguments are deserialized by [`crate::service::tools`] rather than by rmcp's `Parameters`
+//! wrapper so that a wrong argument is a tool result with `isError: true` and a message naming
+//! the field (the contract's "domain error"), not a JSON-RPC protocol error the calling agent
+//! may never see.
 
-use std::future::Future;
 use std::sync::Arc;
 
 use rmcp::handler::server::common::schema_for_type;
@@ -15,12 +16,10 @@ use rmcp::model::{
 use rmcp::service::RequestContext;
 use rmcp::{ErrorData, RoleServer, ServerHandler};
 use schemars::JsonSchema;
-use serde::de::DeserializeOwned;
-use serde::Serialize;
 use serde_json::Value;
 
 use crate::api::*;
-use crate::service::{Service, ServiceError};
+use crate::roles::Backend;
 
 const INSTRUCTIONS: &str = "orchestr8-async runs work in the background on agents defined as Markdown files. \
 Call task_async to hand off a task; it answers at once with a task_id while the task runs. Keep working, \
@@ -113,50 +112,16 @@ fn tools() -> Vec<Tool> {
 
 #[derive(Clone)]
 pub struct McpServer {
-    service: Service,
+    backend: Backend,
     tools: Arc<Vec<Tool>>,
 }
 
 impl McpServer {
-    pub fn new(service: Service) -> Self {
+    pub fn new(backend: Backend) -> Self {
         McpServer {
-            service,
+            backend,
             tools: Arc::new(tools()),
         }
-    }
-
-    async fn call<A, R, F, Fut>(&self, tool: &str, args: Value, f: F) -> CallToolResult
-    where
-        A: DeserializeOwned,
-        R: Serialize,
-        F: FnOnce(Service, A) -> Fut,
-        Fut: Future<Output = Result<R, ServiceError>>,
-    {
-        let started = std::time::Instant::now();
-        let parsed: Result<A, _> = serde_path_to_error::deserialize(args);
-        let result = match parsed {
-            Ok(a) => f(self.service.clone(), a).await,
-            Err(e) => Err(ServiceError::Invalid(argument_error(tool, &e))),
-        };
-        let outcome = if result.is_ok() { "ok" } else { "error" };
-        crate::metrics::request("mcp", tool.to_string(), outcome, started.elapsed());
-        match result {
-            Ok(r) => match serde_json::to_value(&r) {
-                Ok(v) => CallToolResult::structured(v),
-                Err(e) => error_result(&format!("could not encode the answer: {e}")),
-            },
-            Err(e) => error_result(&e.to_string()),
-        }
-    }
-}
-
-fn argument_error(tool: &str, e: &serde_path_to_error::Error<serde_json::Error>) -> String {
-    let path = e.path().to_string();
-    let inner = e.inner().to_string();
-    if path == "." || path.is_empty() {
-        format!("invalid arguments for {tool}: {inner}")
-    } else {
-        format!("invalid arguments for {tool}: {path}: {inner}")
     }
 }
 
@@ -193,92 +158,9 @@ impl ServerHandler for McpServer {
         _context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
         let args = Value::Object(request.arguments.unwrap_or_default());
-        let name = request.name.as_ref();
-        let result = match name {
-            "task_async" => {
-                self.call(name, args, |s, a| async move { s.task_async(a).await })
-                    .await
-            }
-            "task_status" => {
-                self.call(name, args, |s, a| async move { s.task_status(a).await })
-                    .await
-            }
-            "task_cancel" => {
-                self.call(name, args, |s, a| async move { s.task_cancel(a).await })
-                    .await
-            }
-            "task_retry" => {
-                self.call(name, args, |s, a| async move { s.task_retry(a).await })
-                    .await
-            }
-            "task_logs" => {
-                self.call(name, args, |s, a| async move { s.task_logs(a).await })
-                    .await
-            }
-            "task_wait" => {
-                self.call(name, args, |s, a| async move { s.task_wait(a).await })
-                    .await
-            }
-            "list_tasks" => {
-                self.call(name, args, |s, a| async move { s.list_tasks(a).await })
-                    .await
-            }
-            "list_agents" => {
-                self.call(
-                    name,
-                    args,
-                    |s, _: NoArgs| async move { s.list_agents().await },
-                )
-                .await
-            }
-            "workflow_create" => {
-                self.call(name, args, |s, a| async move { s.workflow_create(a).await })
-                    .await
-            }
-            "workflow_add_phase" => {
-                self.call(
-                    name,
-                    args,
-                    |s, a| async move { s.workflow_add_phase(a).await },
-                )
-                .await
-            }
-            "workflow_add_task" => {
-                self.call(
-                    name,
-                    args,
-                    |s, a| async move { s.workflow_add_task(a).await },
-                )
-                .await
-            }
-            "workflow_start" => {
-                self.call(name, args, |s, a| async move { s.workflow_start(a).await })
-                    .await
-            }
-            "workflow_status" => {
-                self.call(name, args, |s, a| async move { s.workflow_status(a).await })
-                    .await
-            }
-            "workflow_cancel" => {
-                self.call(name, args, |s, a| async move { s.workflow_cancel(a).await })
-                    .await
-            }
-            "list_workflows" => {
-                self.call(name, args, |s, a| async move { s.list_workflows(a).await })
-                    .await
-            }
-            "webhook_history" => {
-                self.call(name, args, |s, a| async move { s.webhook_history(a).await })
-                    .await
-            }
-            other => error_result(&format!(
-                "unknown tool {other:?}; the tools are: {}",
-                self.tools
-                    .iter()
-                    .map(|t| t.name.as_ref())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )),
+        let result = match self.backend.call(request.name.as_ref(), args).await {
+            Ok(v) => CallToolResult::structured(v),
+            Err(m) => error_result(&m),
         };
         Ok(result.into())
     }

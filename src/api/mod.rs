@@ -215,3 +215,21 @@ pub struct WebhookHistory {
     /// One entry per attempt, oldest first.
     pub deliveries: Vec<DeliveryView>,
 }
+
+/// What the CLI's `status` shows: the engine and the queue at a glance (socket route
+/// `GET /rpc/overview`, not an MCP tool).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EngineOverview {
+    /// The process that has the database open.
+    pub pid: u32,
+    pub db_path: String,
+    /// Whether that process runs tasks (a CLI command that opened the file itself does not).
+    pub dispatching: bool,
+    /// Tasks per status, every status listed.
+    pub counts: std::collections::BTreeMap<String, u64>,
+    pub workers: usize,
+    pub workers_busy: usize,
+    pub webhooks_owed: u64,
+    /// The running tasks, oldest start first (at most 1000).
+    pub running: Vec<TaskSummary>,
+}

@@ -90,6 +90,18 @@ impl Deliverer {
         self.inner.wake.notify_one();
     }
 
+    /// Whether an event is being sent or still owed (an engine stays up for these). A store
+    /// that cannot tell counts as owing.
+    pub async fn owed(&self) -> bool {
+        !lock(&self.inner.in_flight).is_empty()
+            || self
+                .inner
+                .store
+                .webhooks_owed()
+                .await
+                .map_or(true, |n| n > 0)
+    }
+
     /// Stops starting attempts, lets those in flight finish for up to `grace`, then abandons
     /// the rest. Events not yet delivered stay owed in the store for the next start.
     pub async fn shutdown(&self, grace: Duration) {

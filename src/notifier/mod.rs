@@ -23,11 +23,12 @@ pub trait Notifier: Send + Sync {
 
 /// Logs terminal states and wakes webhook delivery when one has a webhook.
 pub struct WebhookNotifier {
-    deliverer: Deliverer,
+    /// None in an engine that does not deliver (a CLI command's): events stay owed.
+    deliverer: Option<Deliverer>,
 }
 
 impl WebhookNotifier {
-    pub fn new(deliverer: Deliverer) -> Self {
+    pub fn new(deliverer: Option<Deliverer>) -> Self {
         WebhookNotifier { deliverer }
     }
 }
@@ -35,15 +36,15 @@ impl WebhookNotifier {
 impl Notifier for WebhookNotifier {
     fn task_finished(&self, task: &Task) {
         tracing::debug!(task_id = %task.id, status = task.status.as_str(), "task finished");
-        if task.webhook_url.is_some() {
-            self.deliverer.wake();
+        if let (Some(d), Some(_)) = (&self.deliverer, &task.webhook_url) {
+            d.wake();
         }
     }
 
     fn workflow_finished(&self, workflow: &Workflow) {
         tracing::info!(workflow_id = %workflow.id, status = workflow.status.as_str(), "workflow finished");
-        if workflow.webhook_url.is_some() {
-            self.deliverer.wake();
+        if let (Some(d), Some(_)) = (&self.deliverer, &workflow.webhook_url) {
+            d.wake();
         }
     }
 }

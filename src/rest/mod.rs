@@ -6,6 +6,7 @@ mod error;
 mod middleware;
 mod openapi;
 mod routes;
+pub mod rpc;
 pub mod socket;
 
 use std::net::{IpAddr, SocketAddr};
@@ -25,7 +26,7 @@ use crate::service::Service;
 use error::ApiError;
 
 /// Largest request body (instructions may be 1 MiB; JSON escaping can double that).
-const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
+pub(crate) const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
 /// Longest a request may take before it is answered 408.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -73,14 +74,7 @@ pub fn is_loopback(host: &str) -> bool {
 /// Checks the address and binds it, before anything else starts (a taken port or a
 /// non-loopback address without a token stops the server at once).
 pub async fn bind(settings: &RestSettings) -> anyhow::Result<tokio::net::TcpListener> {
-    if !is_loopback(&settings.host) && settings.token.is_none() {
-        anyhow::bail!(
-            "refusing to listen on {} without ORCHESTR8_API_TOKEN: anyone who can reach it could run agents on this machine. Set ORCHESTR8_API_TOKEN (e.g. `export ORCHESTR8_API_TOKEN=$(openssl rand -hex 32)`) or listen on 127.0.0.1",
-            settings.host
-        );
-    }
-    // Fail on a bad CORS list now too.
-    cors(&settings.cors_origins)?;
+    check(settings)?;
     tokio::net::TcpListener::bind((settings.host.as_str(), settings.port))
         .await
         .map_err(|e| {
@@ -90,6 +84,20 @@ pub async fn bind(settings: &RestSettings) -> anyhow::Result<tokio::net::TcpList
                 settings.port
             )
         })
+}
+
+/// Refuses settings that must never be served: a non-loopback address without a token, a bad
+/// CORS list.
+pub fn check(settings: &RestSettings) -> anyhow::Result<()> {
+    if !is_loopback(&settings.host) && settings.token.is_none() {
+        anyhow::bail!(
+            "refusing to listen on {} without ORCHESTR8_API_TOKEN: anyone who can reach it could run agents on this machine. Set ORCHESTR8_API_TOKEN (e.g. `export ORCHESTR8_API_TOKEN=$(openssl rand -hex 32)`) or listen on 127.0.0.1",
+            settings.host
+        );
+    }
+    // Fail on a bad CORS list now too.
+    cors(&settings.cors_origins)?;
+    Ok(())
 }
 
 /// Serves until `shutdown` fires, then lets in-flight requests finish.

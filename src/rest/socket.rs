@@ -2,6 +2,7 @@
 //! file (`<db>.sock`, mode 0600), in every mode. It is the door later processes on the same
 //! file (a second Claude Code window, the CLI) will come through; the file's permissions are
 //! its authentication, so no token is asked for (not even with `ORCHESTR8_API_TOKEN` set).
+//! Besides the REST routes it serves the internal [`super::rpc`] routes of frontends.
 
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -108,9 +109,11 @@ pub fn bind(path: &Path) -> anyhow::Result<LocalSocket> {
 pub fn serve(
     socket: &mut LocalSocket,
     service: Service,
+    frontends: super::rpc::Frontends,
     shutdown: CancellationToken,
 ) -> Option<tokio::task::JoinHandle<()>> {
     let listener = socket.listener.take()?;
+    let rpc = super::rpc::router(service.clone(), frontends, shutdown.clone());
     let state = AppState {
         service,
         token_digest: None,
@@ -118,7 +121,7 @@ pub fn serve(
         origins: Vec::new().into(),
         started: Instant::now(),
     };
-    let app = router(state);
+    let app = router(state).merge(rpc);
     tracing::info!("local API on unix socket {}", socket.path.display());
     Some(spawn_server(listener, app, shutdown, "local API"))
 }

@@ -69,6 +69,9 @@ pub struct SchedConfig {
     /// Names this database to the processes it starts (`ORCHESTR8_TASK_DB`), so that crash
     /// recovery only ever stops processes of its own tasks, not those of a copy of the file.
     pub instance: String,
+    /// Start attempts. Off for a CLI command that opens the file only to read or store: its
+    /// tasks wait for an engine that runs them.
+    pub dispatch: bool,
 }
 
 /// A state change on its way to the store, with the log lines that explain it.
@@ -133,7 +136,9 @@ impl Scheduler {
             wf_lock: tokio::sync::Mutex::new(()),
         });
         recovery::recover(&inner).await?;
-        tokio::spawn(dispatch::dispatcher(inner.clone()));
+        if inner.cfg.dispatch {
+            tokio::spawn(dispatch::dispatcher(inner.clone()));
+        }
         Ok(Scheduler { inner })
     }
 
@@ -398,6 +403,21 @@ impl Scheduler {
         wait::wait(&self.inner, ids, any, timeout).await
     }
 
+    /// The database this scheduler runs (its canonical path).
+    pub fn instance(&self) -> &str {
+        &self.inner.cfg.instance
+    }
+
+    /// The configured number of workers.
+    pub fn workers(&self) -> usize {
+        self.inner.cfg.workers
+    }
+
+    /// Whether this scheduler starts attempts (see [`SchedConfig::dispatch`]).
+    pub fn dispatching(&self) -> bool {
+        self.inner.cfg.dispatch
+    }
+
     /// Counts of hot tasks: (pending, running).
     pub fn hot_counts(&self) -> (usize, usize) {
         let st = self.inner.lock();
@@ -405,6 +425,19 @@ impl Scheduler {
             st.hot.len().saturating_sub(st.running + st.finishing),
             st.running,
         )
+    }
+
+    /// Whether work is under way that an engine should stay up for: an attempt running or
+    /// finishing, a task ready to start, or a retry waiting out its back-off. Tasks waiting for
+    /// a `run_at` or for dependencies do not count: they are stored and run at the next start.
+    pub fn in_flight(&self) -> bool {
+        let st = self.inner.lock();
+        st.busy()
+            || st.hot.values().any(|h| match h.wait {
+                Wait::Ready | Wait::Reserved => true,
+                Wait::Delayed => h.task.attempt > 0,
+                _ => false,
+            })
     }
 
     /// Graceful shutdown: stop starting attempts, let running ones finish for `grace`, then stop

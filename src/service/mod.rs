@@ -15,6 +15,8 @@ use crate::model::{now_us, Priority, Task, TaskStatus, TaskView, Usage};
 use crate::scheduler::{not_found, SchedError, Scheduler, Submitted};
 use crate::store::TaskFilter;
 
+mod overview;
+pub mod tools;
 mod webhooks;
 mod workflows;
 

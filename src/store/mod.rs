@@ -47,6 +47,13 @@ pub enum StoreError {
     Io(#[from] std::io::Error),
 }
 
+impl StoreError {
+    /// Another process holds the file (DuckDB allows one writer process per file).
+    pub fn is_locked(&self) -> bool {
+        matches!(self, StoreError::Db(e) if e.to_string().contains("Could not set lock on file"))
+    }
+}
+
 /// A durable change. Ops of one [`Store::write`] call commit together or not at all.
 #[derive(Debug, Clone)]
 pub enum WriteOp {

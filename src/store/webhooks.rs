@@ -137,6 +137,17 @@ impl Store {
         .await
     }
 
+    /// How many events are still owed (not yet delivered, attempts left).
+    pub async fn webhooks_owed(&self) -> Result<u64, StoreError> {
+        self.read(|c| {
+            let mut st =
+                c.prepare_cached("SELECT count(*) FROM webhook_events WHERE status = 'pending'")?;
+            let n: i64 = st.query_row([], |r| r.get(0))?;
+            Ok(n.max(0) as u64)
+        })
+        .await
+    }
+
     /// Every attempt for a task's or a workflow's events, oldest first.
     pub async fn webhook_history(
         &self,

@@ -122,7 +122,13 @@ async fn graceful_shutdown_requeues_without_using_an_attempt() {
         .await;
     s.until(&quick, "running", |t| t["status"] == "running")
         .await;
-    s.stop().await; // stdin EOF
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(s.pid as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    wait_gone(s.pid).await;
+    drop(s);
     assert!(
         processes_with("sleep 999").is_empty(),
         "shutdown left the agent running"
@@ -145,25 +151,40 @@ async fn graceful_shutdown_requeues_without_using_an_attempt() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn sigterm_shuts_down_gracefully_too() {
+async fn stdin_eof_lets_running_tasks_finish_before_the_engine_exits() {
     let mut env = Env::new();
     env.set("ORCHESTR8_SHUTDOWN_GRACE_SECONDS", "1");
-    env.shell_agent("long", "sleep 966", "");
-    let s = env.start().await;
-    let id = s.submit("long", "long", "x", json!({})).await;
-    s.until(&id, "running", |t| t["status"] == "running").await;
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(s.pid as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    wait_gone(s.pid).await;
-    assert!(processes_with("sleep 966").is_empty());
-    drop(s);
+    env.shell_agent("slow", "sleep 3; echo finished", "");
+    let mut raw = env.start_raw("raw.log").await;
+    let id = raw
+        .call(
+            "task_async",
+            json!({"name": "slow", "agent_name": "slow", "agent_instructions": "x"}),
+        )
+        .await["task_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let pid = raw.pid();
+    raw.close_stdin(); // the client has gone
+                       // Well past the grace period the engine is still there, running the task.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(alive(pid), "the engine exited while its task was running");
+    let status = tokio::time::timeout(Duration::from_secs(20), raw.child.wait())
+        .await
+        .expect("the engine exits once idle")
+        .unwrap();
+    assert!(status.success());
+    assert!(
+        raw.log().contains("staying up: tasks in flight"),
+        "{}",
+        raw.log()
+    );
     let s = env.start().await;
     let t = s.status(&id).await;
-    assert_ne!(t["status"], "failed");
-    assert!(t["attempt"].as_u64().unwrap() <= 1);
-    s.call("task_cancel", json!({"task_id": id})).await;
+    assert_eq!(t["status"], "completed", "{t}");
+    assert_eq!(t["attempt"], 1);
+    assert_eq!(t["result"], "finished\n");
     s.stop().await;
 }

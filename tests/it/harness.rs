@@ -97,7 +97,8 @@ impl Env {
             .env("ORCHESTR8_DB_PATH", self.path("db/o8.duckdb"))
             .env("ORCHESTR8_AGENTS_DIR", self.path("agents"))
             .env("ORCHESTR8_LOG", "info,orchestr8_async=debug")
-            .env("ORCHESTR8_SHUTDOWN_GRACE_SECONDS", "2");
+            .env("ORCHESTR8_SHUTDOWN_GRACE_SECONDS", "2")
+            .env("ORCHESTR8_IDLE_EXIT_SECONDS", "0");
         for (k, v) in &self.env {
             cmd.env(k, v);
         }
@@ -348,4 +349,152 @@ pub fn time(v: &Value, field: &str) -> chrono::DateTime<chrono::Utc> {
         .as_str()
         .unwrap_or_else(|| panic!("{field} missing in {v}"));
     chrono::DateTime::parse_from_rfc3339(s).unwrap().to_utc()
+}
+
+/// A server driven by hand over its stdio (initialize, then tool calls as JSON lines), so a
+/// test can close its stdin and nothing else — unlike rmcp's client, whose close also sends
+/// SIGTERM after 3 s.
+pub struct RawServer {
+    pub child: tokio::process::Child,
+    stdin: Option<tokio::process::ChildStdin>,
+    stdout: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+    next_id: u64,
+    pub log_path: PathBuf,
+}
+
+impl Env {
+    /// The command that runs the binary in this environment (server or CLI).
+    pub fn command(&self) -> tokio::process::Command {
+        let mut cmd = tokio::process::Command::new(BIN);
+        for (k, _) in std::env::vars() {
+            if ["ORCHESTR8_", "ANTHROPIC_", "OPENAI_"]
+                .iter()
+                .any(|p| k.starts_with(p))
+            {
+                cmd.env_remove(k);
+            }
+        }
+        cmd.current_dir(self.dir.path())
+            .env("ORCHESTR8_DB_PATH", self.path("db/o8.duckdb"))
+            .env("ORCHESTR8_AGENTS_DIR", self.path("agents"))
+            .env("ORCHESTR8_SHUTDOWN_GRACE_SECONDS", "2")
+            .env("ORCHESTR8_IDLE_EXIT_SECONDS", "0");
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        cmd
+    }
+
+    pub async fn start_raw(&self, log_name: &str) -> RawServer {
+        use tokio::io::AsyncBufReadExt;
+        let log_path = self.path(log_name);
+        let mut child = self
+            .command()
+            .env("ORCHESTR8_LOG", "info,orchestr8_async=debug")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log_path).unwrap())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn server");
+        let stdin = child.stdin.take();
+        let stdout = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut s = RawServer {
+            child,
+            stdin,
+            stdout,
+            next_id: 1,
+            log_path,
+        };
+        s.request(
+            "initialize",
+            json!({"protocolVersion": "2025-06-18", "capabilities": {},
+                   "clientInfo": {"name": "raw", "version": "0"}}),
+        )
+        .await;
+        s.send(json!({"jsonrpc": "2.0", "method": "notifications/initialized"}))
+            .await;
+        s
+    }
+
+    /// Runs a CLI command to its end: (exit status, stdout, stderr).
+    pub async fn cli(&self, args: &[&str]) -> (i32, String, String) {
+        let out = tokio::time::timeout(
+            Duration::from_secs(60),
+            self.command()
+                .args(args)
+                .stdin(Stdio::null())
+                .kill_on_drop(true)
+                .output(),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("cli {args:?} did not finish"))
+        .expect("run cli");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// A CLI command that must succeed; its stdout as JSON (`--json` is added).
+    pub async fn cli_json(&self, args: &[&str]) -> Value {
+        let mut all = args.to_vec();
+        all.push("--json");
+        let (code, out, err) = self.cli(&all).await;
+        assert_eq!(code, 0, "cli {all:?} failed: {err}\n{out}");
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("cli {all:?}: {e}: {out}"))
+    }
+}
+
+impl RawServer {
+    async fn send(&mut self, msg: Value) {
+        use tokio::io::AsyncWriteExt;
+        let stdin = self.stdin.as_mut().expect("stdin open");
+        stdin
+            .write_all(format!("{msg}\n").as_bytes())
+            .await
+            .unwrap();
+        stdin.flush().await.unwrap();
+    }
+
+    async fn request(&mut self, method: &str, params: Value) -> Value {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.send(json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}))
+            .await;
+        loop {
+            let line = tokio::time::timeout(Duration::from_secs(30), self.stdout.next_line())
+                .await
+                .expect("answer in time")
+                .unwrap()
+                .expect("stdout open");
+            let v: Value = serde_json::from_str(&line).unwrap();
+            if v["id"] == id {
+                return v["result"].clone();
+            }
+        }
+    }
+
+    /// A tool call that must succeed: its structured answer.
+    pub async fn call(&mut self, tool: &str, args: Value) -> Value {
+        let r = self
+            .request("tools/call", json!({"name": tool, "arguments": args}))
+            .await;
+        assert_ne!(r["isError"], true, "{tool} failed: {r}");
+        r["structuredContent"].clone()
+    }
+
+    /// Closes stdin only (the client has gone).
+    pub fn close_stdin(&mut self) {
+        self.stdin.take();
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("running")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
 }

@@ -2,7 +2,9 @@
 //! processes and a real DuckDB file in a temp dir. One test crate, several modules, so the
 //! project links one test binary.
 
+mod cli;
 mod durability;
+mod engines;
 mod harness;
 mod protocol;
 mod refusals;

@@ -91,6 +91,8 @@ fn server_cmd(bin: &Path, dir: &Path, workers: usize) -> Command {
         .env("ORCHESTR8_DB_PATH", dir.join("bench.duckdb"))
         .env("ORCHESTR8_AGENTS_DIR", dir.join("agents"))
         .env("ORCHESTR8_WORKERS", workers.to_string())
+        // Each run stops its server by closing stdin; nothing to linger for.
+        .env("ORCHESTR8_IDLE_EXIT_SECONDS", "0")
         .env(
             "ORCHESTR8_LOG",
             std::env::var("ORCHESTR8_LOG").unwrap_or_else(|_| "warn".into()),

@@ -1,0 +1,585 @@
+//! The CLI for people: subcommands of the server binary that talk to the running engine over
+//! its socket, or open the database file themselves when no engine runs ([`conn::Conn`]).
+//! Every command speaks through the MCP tools' own dispatch, so it accepts and refuses
+//! exactly what an agent's call would. Tables by default, `--json` for scripts.
+//!
+//! Exit status: 0 done (for `wait`, `submit --wait`, `logs --follow`: every task completed);
+//! 1 an error, or a task failed or was cancelled; 2 a usage error; 124 `--timeout` passed.
+
+mod conn;
+mod render;
+
+use std::io::IsTerminal;
+use std::time::{Duration, Instant};
+
+use clap::{Args, Subcommand};
+use serde_json::{json, Value};
+
+use crate::config::Config;
+use conn::Conn;
+use render::{age, s, short, table};
+
+/// Exit status when `--timeout` passes first (as `timeout(1)`).
+const TIMED_OUT: i32 = 124;
+
+#[derive(Debug, Clone, Args)]
+pub struct Output {
+    /// Print JSON (the tools' answers) instead of tables
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum Command {
+    /// Counts by status, running tasks with agent and age, workers busy, owed webhooks
+    Status(Output),
+    /// List tasks, newest first
+    Tasks {
+        /// pending, running, completed, failed or cancelled
+        #[arg(long)]
+        status: Option<String>,
+        /// Only this agent's tasks
+        #[arg(long)]
+        agent: Option<String>,
+        /// Only this workflow's tasks
+        #[arg(long)]
+        workflow: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+        #[arg(long, default_value_t = 0)]
+        offset: i64,
+        #[command(flatten)]
+        out: Output,
+    },
+    /// One task: its fields, result or error, and last log lines
+    Show {
+        task_id: String,
+        #[command(flatten)]
+        out: Output,
+    },
+    /// A task's log lines; with --follow, new lines as they come until the task ends
+    Logs {
+        task_id: String,
+        #[arg(long, short)]
+        follow: bool,
+        #[command(flatten)]
+        out: Output,
+    },
+    /// Hand a task to an agent ("-" as instructions reads them from stdin); prints its id
+    Submit {
+        agent: String,
+        instructions: String,
+        /// Task name (default: the first line of the instructions)
+        #[arg(long)]
+        name: Option<String>,
+        /// low, normal, high or critical
+        #[arg(long)]
+        priority: Option<String>,
+        /// Makes repeating this command safe: the same key gives the same task
+        #[arg(long)]
+        idempotency_key: Option<String>,
+        /// Wait until the task has finished and print its result
+        #[arg(long)]
+        wait: bool,
+        /// With --wait: give up after this many seconds
+        #[arg(long, default_value_t = 86_400)]
+        timeout: u64,
+        #[command(flatten)]
+        out: Output,
+    },
+    /// Cancel a pending or running task (and the tasks that depend on it)
+    Cancel {
+        task_id: String,
+        #[command(flatten)]
+        out: Output,
+    },
+    /// Wait until tasks have finished
+    Wait {
+        #[arg(required = true)]
+        task_ids: Vec<String>,
+        /// Return when any one has finished (default: all)
+        #[arg(long)]
+        any: bool,
+        /// Give up after this many seconds
+        #[arg(long, default_value_t = 86_400)]
+        timeout: u64,
+        #[command(flatten)]
+        out: Output,
+    },
+    /// List workflows, newest first
+    Workflows {
+        /// draft, running, completed, failed or cancelled
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+        #[command(flatten)]
+        out: Output,
+    },
+    /// The agents tasks can be handed to
+    Agents(Output),
+}
+
+impl Command {
+    /// Commands that wait for tasks run them when they have to open the file themselves.
+    fn runs_tasks(&self) -> bool {
+        matches!(
+            self,
+            Command::Submit { wait: true, .. }
+                | Command::Wait { .. }
+                | Command::Logs { follow: true, .. }
+        )
+    }
+}
+
+/// Runs the command in `cfg` and returns the exit status.
+pub async fn run(cfg: Config) -> i32 {
+    let Some(cmd) = cfg.command.clone() else {
+        return 2;
+    };
+    let mut conn = match Conn::open(&cfg, cmd.runs_tasks()).await {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return 1;
+        }
+    };
+    let code = match execute(&cfg, cmd, &mut conn).await {
+        Ok(code) => code,
+        Err(e) => {
+            Progress::clear();
+            eprintln!("error: {e:#}");
+            1
+        }
+    };
+    conn.close().await;
+    code
+}
+
+fn print_json(v: &Value) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string())
+    );
+}
+
+async fn execute(cfg: &Config, cmd: Command, conn: &mut Conn) -> anyhow::Result<i32> {
+    let now = chrono::Utc::now();
+    match cmd {
+        Command::Status(out) => {
+            let o = conn.overview().await?;
+            if out.json {
+                let mut v = serde_json::to_value(&o)?;
+                v["engine_running"] = json!(!conn.is_local());
+                print_json(&v);
+                return Ok(0);
+            }
+            if conn.is_local() {
+                println!("engine    none running (read {} directly)", o.db_path);
+            } else {
+                println!("engine    pid {} on {}", o.pid, o.db_path);
+            }
+            let counts: Vec<String> = ["pending", "running", "completed", "failed", "cancelled"]
+                .iter()
+                .map(|k| format!("{k} {}", o.counts.get(*k).copied().unwrap_or(0)))
+                .collect();
+            println!("tasks     {}", counts.join(" · "));
+            if o.dispatching {
+                println!("workers   {} of {} busy", o.workers_busy, o.workers);
+            }
+            println!("webhooks  {} owed", o.webhooks_owed);
+            if !o.running.is_empty() {
+                let rows: Vec<Vec<String>> = o
+                    .running
+                    .iter()
+                    .map(|t| {
+                        let v = serde_json::to_value(t).unwrap_or_default();
+                        vec![
+                            s(&v, "task_id"),
+                            s(&v, "agent_name"),
+                            age(&v, "started_at", now),
+                            s(&v, "name"),
+                        ]
+                    })
+                    .collect();
+                println!("\n{}", table(&["RUNNING", "AGENT", "AGE", "NAME"], &rows));
+            }
+            Ok(0)
+        }
+        Command::Tasks {
+            status,
+            agent,
+            workflow,
+            limit,
+            offset,
+            out,
+        } => {
+            let v = conn
+                .tool(
+                    cfg,
+                    "list_tasks",
+                    json!({"status": status, "agent_name": agent,
+                    "workflow_id": workflow, "limit": limit, "offset": offset}),
+                )
+                .await?;
+            if out.json {
+                print_json(&v);
+                return Ok(0);
+            }
+            let tasks = v["tasks"].as_array().cloned().unwrap_or_default();
+            let rows: Vec<Vec<String>> = tasks
+                .iter()
+                .map(|t| {
+                    vec![
+                        s(t, "task_id"),
+                        s(t, "status"),
+                        s(t, "agent_name"),
+                        age(t, "created_at", now),
+                        s(t, "name"),
+                    ]
+                })
+                .collect();
+            println!(
+                "{}",
+                table(&["TASK_ID", "STATUS", "AGENT", "AGE", "NAME"], &rows)
+            );
+            println!("({} of {} tasks)", tasks.len(), v["total"]);
+            Ok(0)
+        }
+        Command::Show { task_id, out } => {
+            let v = conn
+                .tool(cfg, "task_status", json!({ "task_id": task_id }))
+                .await?;
+            if out.json {
+                print_json(&v);
+                return Ok(0);
+            }
+            print_task(&v);
+            if let Some(logs) = v["logs"].as_array().filter(|l| !l.is_empty()) {
+                println!("\nlast log lines:");
+                for l in logs {
+                    print_log(l);
+                }
+            }
+            Ok(0)
+        }
+        Command::Logs {
+            task_id,
+            follow,
+            out,
+        } => logs(cfg, conn, &task_id, follow, out.json).await,
+        Command::Submit {
+            agent,
+            instructions,
+            name,
+            priority,
+            idempotency_key,
+            wait,
+            timeout,
+            out,
+        } => {
+            let instructions = if instructions == "-" {
+                std::io::read_to_string(std::io::stdin())?
+            } else {
+                instructions
+            };
+            let name = name.unwrap_or_else(|| short(instructions.trim(), 60));
+            let v = conn
+                .tool(
+                    cfg,
+                    "task_async",
+                    json!({"name": name, "agent_name": agent,
+                    "agent_instructions": instructions, "priority": priority,
+                    "idempotency_key": idempotency_key}),
+                )
+                .await?;
+            let id = s(&v, "task_id");
+            if !wait {
+                if out.json {
+                    print_json(&v);
+                } else {
+                    println!("{id}");
+                    if conn.is_local() {
+                        eprintln!("stored; no engine runs: it starts with the next orchestr8-async-server (or `submit --wait`)");
+                    }
+                }
+                return Ok(0);
+            }
+            eprintln!("submitted {id}");
+            wait_cmd(cfg, conn, vec![id], false, timeout, out.json, true).await
+        }
+        Command::Cancel { task_id, out } => {
+            let v = conn
+                .tool(cfg, "task_cancel", json!({ "task_id": task_id }))
+                .await?;
+            if out.json {
+                print_json(&v);
+            } else {
+                println!("{} {}", s(&v, "status"), s(&v, "task_id"));
+            }
+            Ok(0)
+        }
+        Command::Wait {
+            task_ids,
+            any,
+            timeout,
+            out,
+        } => wait_cmd(cfg, conn, task_ids, any, timeout, out.json, false).await,
+        Command::Workflows { status, limit, out } => {
+            let v = conn
+                .tool(
+                    cfg,
+                    "list_workflows",
+                    json!({"status": status, "limit": limit}),
+                )
+                .await?;
+            if out.json {
+                print_json(&v);
+                return Ok(0);
+            }
+            let wfs = v["workflows"].as_array().cloned().unwrap_or_default();
+            let rows: Vec<Vec<String>> = wfs
+                .iter()
+                .map(|w| {
+                    vec![
+                        s(w, "workflow_id"),
+                        s(w, "status"),
+                        format!("{}%", w["progress"]),
+                        format!("{}/{}", w["tasks_completed"], w["tasks_total"]),
+                        age(w, "created_at", now),
+                        s(w, "name"),
+                    ]
+                })
+                .collect();
+            println!(
+                "{}",
+                table(
+                    &["WORKFLOW_ID", "STATUS", "PROGRESS", "TASKS", "AGE", "NAME"],
+                    &rows
+                )
+            );
+            println!("({} of {} workflows)", wfs.len(), v["total"]);
+            Ok(0)
+        }
+        Command::Agents(out) => {
+            let v = conn.tool(cfg, "list_agents", json!({})).await?;
+            if out.json {
+                print_json(&v);
+                return Ok(0);
+            }
+            let rows: Vec<Vec<String>> = v["agents"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .iter()
+                .map(|a| {
+                    vec![
+                        s(a, "name"),
+                        s(a, "runner"),
+                        s(a, "model"),
+                        short(&s(a, "description"), 80),
+                    ]
+                })
+                .collect();
+            println!(
+                "{}",
+                table(&["NAME", "RUNNER", "MODEL", "DESCRIPTION"], &rows)
+            );
+            Ok(0)
+        }
+    }
+}
+
+fn print_task(v: &Value) {
+    for f in [
+        "task_id",
+        "name",
+        "agent_name",
+        "status",
+        "priority",
+        "attempt",
+        "created_at",
+        "started_at",
+        "completed_at",
+        "workflow_id",
+        "phase_id",
+    ] {
+        if !v[f].is_null() {
+            println!("{f:<13} {}", s(v, f));
+        }
+    }
+    if let Some(u) = v.get("usage").filter(|u| !u.is_null()) {
+        println!("{:<13} {u}", "usage");
+    }
+    if !v["error"].is_null() {
+        println!("{:<13} {}", "error", s(v, "error"));
+    }
+    if !v["result"].is_null() {
+        println!("\n{}", s(v, "result").trim_end());
+    }
+}
+
+fn print_log(l: &Value) {
+    println!(
+        "{:>5} {} {:<5} {}",
+        l["seq"],
+        s(l, "ts"),
+        s(l, "level"),
+        s(l, "message")
+    );
+}
+
+/// Whether every task in a task_wait answer completed.
+fn all_completed(tasks: &[Value]) -> bool {
+    tasks.iter().all(|t| t["status"] == "completed")
+}
+
+async fn wait_cmd(
+    cfg: &Config,
+    conn: &mut Conn,
+    ids: Vec<String>,
+    any: bool,
+    timeout: u64,
+    as_json: bool,
+    with_result: bool,
+) -> anyhow::Result<i32> {
+    let started = Instant::now();
+    let limit = Duration::from_secs(timeout);
+    let mut progress = Progress::new();
+    loop {
+        let v = conn
+            .tool(
+                cfg,
+                "task_wait",
+                json!({"task_ids": ids,
+                "mode": if any { "any" } else { "all" }, "timeout_seconds": 1}),
+            )
+            .await?;
+        let tasks = v["tasks"].as_array().cloned().unwrap_or_default();
+        let timed_out = v["timed_out"] == true;
+        if !timed_out || started.elapsed() >= limit {
+            Progress::clear();
+            if as_json {
+                print_json(&json!({ "tasks": tasks, "timed_out": timed_out }));
+            } else if with_result && tasks.len() == 1 {
+                print_task(&tasks[0]);
+            } else {
+                let rows: Vec<Vec<String>> = tasks
+                    .iter()
+                    .map(|t| {
+                        vec![
+                            s(t, "task_id"),
+                            s(t, "status"),
+                            short(&s(t, "error"), 60),
+                            s(t, "name"),
+                        ]
+                    })
+                    .collect();
+                println!("{}", table(&["TASK_ID", "STATUS", "ERROR", "NAME"], &rows));
+            }
+            return Ok(if timed_out {
+                TIMED_OUT
+            } else if any || all_completed(&tasks) {
+                0
+            } else {
+                1
+            });
+        }
+        let count = |st: &str| tasks.iter().filter(|t| t["status"] == st).count();
+        let done = tasks.len() - count("pending") - count("running");
+        progress.show(&format!(
+            "waiting {}: {done}/{} finished, {} running, {} pending",
+            render::duration(started.elapsed().as_secs() as i64),
+            tasks.len(),
+            count("running"),
+            count("pending")
+        ));
+    }
+}
+
+async fn logs(
+    cfg: &Config,
+    conn: &mut Conn,
+    id: &str,
+    follow: bool,
+    as_json: bool,
+) -> anyhow::Result<i32> {
+    let mut after = 0i64;
+    let started = Instant::now();
+    let mut progress = Progress::new();
+    loop {
+        // Read the status before the lines, so that lines written before the end are printed.
+        let status = if follow {
+            let t = conn
+                .tool(cfg, "task_status", json!({ "task_id": id }))
+                .await?;
+            Some(s(&t, "status"))
+        } else {
+            None
+        };
+        loop {
+            let v = conn
+                .tool(
+                    cfg,
+                    "task_logs",
+                    json!({"task_id": id, "after_seq": after, "limit": 1000}),
+                )
+                .await?;
+            let lines = v["logs"].as_array().cloned().unwrap_or_default();
+            if lines.is_empty() {
+                break;
+            }
+            Progress::clear();
+            for l in &lines {
+                after = after.max(l["seq"].as_i64().unwrap_or(after));
+                if as_json {
+                    println!("{l}");
+                } else {
+                    print_log(l);
+                }
+            }
+        }
+        let Some(status) = status else {
+            return Ok(0);
+        };
+        if matches!(status.as_str(), "completed" | "failed" | "cancelled") {
+            Progress::clear();
+            eprintln!("task {status}");
+            return Ok(if status == "completed" { 0 } else { 1 });
+        }
+        progress.show(&format!(
+            "following {id}: {status}, {}",
+            render::duration(started.elapsed().as_secs() as i64)
+        ));
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// A progress line on stderr: redrawn in place on a terminal, a line every 10 s otherwise.
+struct Progress {
+    last: Option<Instant>,
+}
+
+impl Progress {
+    fn new() -> Self {
+        Progress { last: None }
+    }
+
+    fn show(&mut self, msg: &str) {
+        if std::io::stderr().is_terminal() {
+            eprint!("\r\x1b[2K{msg}");
+        } else if self
+            .last
+            .is_none_or(|t| t.elapsed() >= Duration::from_secs(10))
+        {
+            eprintln!("{msg}");
+            self.last = Some(Instant::now());
+        }
+    }
+
+    fn clear() {
+        if std::io::stderr().is_terminal() {
+            eprint!("\r\x1b[2K");
+        }
+    }
+}

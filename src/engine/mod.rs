@@ -1,0 +1,250 @@
+//! The engine: the one process that has the database file open. It owns the store, the
+//! scheduler, the workers and the webhook deliverer, and serves the local socket (and HTTP in
+//! `api`/`both` mode). Every other process on the same file is a frontend that reaches the
+//! engine through [`client::EngineClient`]. DuckDB lets one process open a file for writing,
+//! so "the engine" is simply whoever opened it: [`Engine::open`] says [`OpenError::Locked`]
+//! to everybody else.
+
+pub mod client;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::agents::AgentRegistry;
+use crate::config::Config;
+use crate::notifier::delivery::{Deliverer, WebhookSettings};
+use crate::notifier::signature::WebhookSecret;
+use crate::notifier::WebhookNotifier;
+use crate::rest::rpc::Frontends;
+use crate::rest::{self, RestSettings};
+use crate::runner::Runners;
+use crate::scheduler::{SchedConfig, Scheduler};
+use crate::service::Service;
+use crate::store::Store;
+
+/// Why this process did not become the engine.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// Another process has the file: be its frontend.
+    #[error("{0}")]
+    Locked(String),
+    #[error("{0:#}")]
+    Failed(anyhow::Error),
+}
+
+/// What kind of engine to be.
+pub struct EngineOptions {
+    /// Run tasks and deliver webhooks. Off for CLI commands that only read or store.
+    pub active: bool,
+    /// Serve the REST API too.
+    pub http: Option<RestSettings>,
+    /// A failure to listen on HTTP stops the start (at first start); otherwise (a take-over in
+    /// `both` mode, whose port may still be busy) it is only logged.
+    pub http_required: bool,
+}
+
+pub struct Engine {
+    store: Arc<Store>,
+    sched: Scheduler,
+    deliverer: Option<Deliverer>,
+    service: Service,
+    frontends: Frontends,
+    socket: Option<rest::socket::LocalSocket>,
+    local: Option<JoinHandle<()>>,
+    http: Option<JoinHandle<()>>,
+    http_stop: CancellationToken,
+    grace: Duration,
+    db_path: PathBuf,
+}
+
+/// Checks the settings every role needs before anything starts, so that a frontend refuses a
+/// bad configuration at once rather than when it takes over.
+pub fn check_config(cfg: &Config) -> anyhow::Result<(Option<WebhookSecret>, Runners)> {
+    // A bad secret is a configuration error: refuse to start rather than send unsigned hooks.
+    let secret = cfg
+        .webhook_secret
+        .as_deref()
+        .filter(|s| !s.trim().is_empty())
+        .map(WebhookSecret::parse)
+        .transpose()
+        .map_err(anyhow::Error::msg)?;
+    if cfg.webhook_max_attempts == 0 || cfg.webhook_timeout_ms == 0 {
+        anyhow::bail!(
+            "ORCHESTR8_WEBHOOK_MAX_ATTEMPTS and ORCHESTR8_WEBHOOK_TIMEOUT_MS must be at least 1"
+        );
+    }
+    let runners = Runners::new(cfg.runner_settings().map_err(anyhow::Error::msg)?)
+        .map_err(anyhow::Error::msg)?;
+    Ok((secret, runners))
+}
+
+impl Engine {
+    /// Opens the database and starts everything that runs on it: crash recovery, the
+    /// dispatcher, webhook delivery, the local socket and, when given, HTTP.
+    pub async fn open(cfg: &Config, opts: EngineOptions) -> Result<Engine, OpenError> {
+        let (secret, runners) = check_config(cfg).map_err(OpenError::Failed)?;
+        let db_path = cfg.db_path();
+        let store = match Store::open(&db_path) {
+            Ok(s) => Arc::new(s),
+            Err(e) if e.is_locked() => return Err(OpenError::Locked(e.to_string())),
+            Err(e) => {
+                return Err(OpenError::Failed(
+                    anyhow::Error::new(e)
+                        .context(format!("opening database {}", db_path.display())),
+                ))
+            }
+        };
+        let listener = match &opts.http {
+            Some(settings) => match rest::bind(settings).await {
+                Ok(l) => Some((l, settings)),
+                Err(e) if opts.http_required => {
+                    store.close();
+                    return Err(OpenError::Failed(e));
+                }
+                Err(e) => {
+                    tracing::warn!("serving no HTTP: {e:#}");
+                    None
+                }
+            },
+            None => None,
+        };
+        // We hold the database: any socket left next to it is a dead engine's. Without the
+        // socket the engine still works; only other local clients lose their door.
+        let mut socket = rest::socket::bind(&rest::socket::socket_path(&db_path))
+            .map_err(|e| tracing::warn!("no local API socket: {e:#}"))
+            .ok();
+        let deliverer = if opts.active {
+            Some(
+                Deliverer::start(
+                    store.clone(),
+                    WebhookSettings {
+                        max_attempts: cfg.webhook_max_attempts,
+                        backoff_base_ms: cfg.webhook_backoff_base_ms,
+                        backoff_max_ms: cfg.webhook_backoff_max_ms,
+                        timeout_ms: cfg.webhook_timeout_ms,
+                        secret,
+                    },
+                )
+                .map_err(|e| OpenError::Failed(anyhow::anyhow!(e)))?,
+            )
+        } else {
+            None
+        };
+        let agents = AgentRegistry::new(cfg.agent_dirs(), cfg.default_runner.clone());
+        let sched = Scheduler::start(
+            SchedConfig {
+                workers: cfg.workers as usize,
+                retry_backoff_base_ms: cfg.retry_backoff_base_ms,
+                instance: std::fs::canonicalize(&db_path)
+                    .unwrap_or_else(|_| db_path.clone())
+                    .display()
+                    .to_string(),
+                dispatch: opts.active,
+            },
+            store.clone(),
+            agents,
+            runners,
+            Arc::new(WebhookNotifier::new(deliverer.clone())),
+        )
+        .await
+        .context("starting the scheduler")
+        .map_err(OpenError::Failed)?;
+        let service = Service::new(sched.clone());
+        let http_stop = CancellationToken::new();
+        let frontends = Frontends::default();
+        let local = socket.as_mut().and_then(|l| {
+            rest::socket::serve(l, service.clone(), frontends.clone(), http_stop.clone())
+        });
+        let http = match listener {
+            Some((listener, settings)) => Some(
+                rest::serve(listener, service.clone(), settings, http_stop.clone())
+                    .map_err(OpenError::Failed)?,
+            ),
+            None => None,
+        };
+        tracing::info!(
+            db = %db_path.display(),
+            workers = cfg.workers,
+            agents = %sched.agents().search_path(),
+            active = opts.active,
+            "orchestr8-async engine ready"
+        );
+        Ok(Engine {
+            store,
+            sched,
+            deliverer,
+            service,
+            frontends,
+            socket,
+            local,
+            http,
+            http_stop,
+            grace: Duration::from_secs(cfg.shutdown_grace_seconds),
+            db_path,
+        })
+    }
+
+    pub fn service(&self) -> Service {
+        self.service.clone()
+    }
+
+    pub fn db_path(&self) -> &std::path::Path {
+        &self.db_path
+    }
+
+    /// What keeps this engine needed, if anything: attached frontends, work in flight, owed
+    /// webhooks. `None` means idle.
+    pub async fn busy(&self) -> Option<String> {
+        let n = self.frontends.count();
+        if n > 0 {
+            return Some(format!("{n} frontend(s) attached"));
+        }
+        if self.sched.in_flight() {
+            return Some("tasks in flight".into());
+        }
+        match &self.deliverer {
+            Some(d) if d.owed().await => Some("webhooks owed".into()),
+            _ => None,
+        }
+    }
+
+    /// Resolves if the HTTP server stops by itself (`api` mode treats that as fatal).
+    pub async fn http_stopped(&mut self) {
+        match self.http.as_mut() {
+            Some(h) => {
+                let _ = h.await;
+                self.http = None;
+            }
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Stops in order: requests in flight finish (bounded), running tasks get the grace
+    /// period and are then stopped and requeued, webhooks in flight finish, the store is
+    /// flushed and closed (which lets a frontend take over).
+    pub async fn shutdown(mut self) {
+        self.http_stop.cancel();
+        let bound = self.grace.max(Duration::from_secs(1));
+        let deadline = tokio::time::Instant::now() + bound;
+        for mut h in self.http.take().into_iter().chain(self.local.take()) {
+            if tokio::time::timeout_at(deadline, &mut h).await.is_err() {
+                tracing::warn!("requests still in flight after {bound:?}; dropping them");
+                h.abort();
+            }
+        }
+        drop(self.socket.take());
+        self.sched.shutdown(self.grace).await;
+        // Webhooks of tasks that ended during the grace period may be in flight; whatever is
+        // still owed after this stays in the store and goes out at the next start.
+        if let Some(d) = &self.deliverer {
+            d.shutdown(Duration::from_secs(2)).await;
+        }
+        self.store.close();
+        tracing::info!("engine stopped");
+    }
+}

@@ -1,0 +1,45 @@
+//! The engine at a glance, for the CLI's `status`.
+
+use super::{Result, Service, ServiceError};
+use crate::api::{EngineOverview, ListTasksArgs};
+use crate::model::TaskStatus;
+
+impl Service {
+    pub async fn overview(&self) -> Result<EngineOverview> {
+        let store = self.sched.store();
+        let internal = |e: crate::store::StoreError| ServiceError::Internal(e.to_string());
+        let mut counts: std::collections::BTreeMap<String, u64> = [
+            TaskStatus::Pending,
+            TaskStatus::Running,
+            TaskStatus::Completed,
+            TaskStatus::Failed,
+            TaskStatus::Cancelled,
+        ]
+        .iter()
+        .map(|s| (s.as_str().to_string(), 0))
+        .collect();
+        counts.extend(store.count_by_status().await.map_err(internal)?);
+        let mut running = self
+            .list_tasks(ListTasksArgs {
+                status: Some("running".into()),
+                agent_name: None,
+                workflow_id: None,
+                limit: Some(1000),
+                offset: None,
+            })
+            .await?
+            .tasks;
+        running.sort_by(|a, b| a.started_at.cmp(&b.started_at));
+        let (_, busy) = self.sched.hot_counts();
+        Ok(EngineOverview {
+            pid: std::process::id(),
+            db_path: self.sched.instance().to_string(),
+            dispatching: self.sched.dispatching(),
+            counts,
+            workers: self.sched.workers(),
+            workers_busy: busy,
+            webhooks_owed: store.webhooks_owed().await.map_err(internal)?,
+            running,
+        })
+    }
+}

@@ -1,0 +1,130 @@
+//! Issue 8: one engine, many clients. Several MCP sessions on one database file, take-over
+//! after the engine is killed, an engine outliving its own client.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::harness::*;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_sessions_share_one_database() {
+    let env = Env::new();
+    env.shell_agent("echo", "cat", "");
+    let a = env.start().await;
+    let b = env.start().await;
+    assert!(
+        b.log().contains("serving this session through it"),
+        "the second session should be a frontend: {}",
+        b.log()
+    );
+    let ta = a.submit("from-a", "echo", "hello from a", json!({})).await;
+    let tb = b.submit("from-b", "echo", "hello from b", json!({})).await;
+    // Each reads the other's task.
+    assert_eq!(b.wait_one(&ta, 30).await["result"], "hello from a");
+    assert_eq!(a.wait_one(&tb, 30).await["result"], "hello from b");
+    assert_eq!(b.call("list_tasks", json!({})).await["total"], 2);
+    assert_eq!(a.call("list_tasks", json!({})).await["total"], 2);
+    // Same tools, same answers, same errors.
+    let names = |tools: Vec<rmcp::model::Tool>| {
+        tools.iter().map(|t| t.name.to_string()).collect::<Vec<_>>()
+    };
+    assert_eq!(names(a.tools().await), names(b.tools().await));
+    assert_eq!(
+        a.call("task_status", json!({"task_id": ta})).await,
+        b.call("task_status", json!({"task_id": ta})).await
+    );
+    for (tool, args) in [
+        ("task_status", json!({"task_id": "nope"})),
+        (
+            "task_async",
+            json!({"name": "x", "agent_name": "ghost", "agent_instructions": "x"}),
+        ),
+        ("task_async", json!({"name": 5})),
+        ("no_such_tool", json!({})),
+    ] {
+        assert_eq!(
+            a.call_err(tool, args.clone()).await,
+            b.call_err(tool, args).await,
+            "{tool}"
+        );
+    }
+    b.stop().await;
+    a.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_frontend_takes_over_when_the_engine_is_killed() {
+    let env = Env::new();
+    let runs = env.path("work/runs");
+    env.shell_agent(
+        "slow",
+        &format!(
+            "echo \"start $ORCHESTR8_ATTEMPT\" >> {0}; sleep 2; echo \"end $ORCHESTR8_ATTEMPT\" >> {0}; echo done",
+            runs.display()
+        ),
+        "",
+    );
+    let a = env.start().await;
+    let b = env.start().await;
+    let c = env.start().await; // a third session: attaches to whoever takes over
+    let id = b.submit("slow", "slow", "x", json!({})).await;
+    b.until(&id, "running", |t| t["status"] == "running").await;
+    let engine_pid = a.pid;
+    a.kill9().await;
+    // The frontends' sessions keep working: the task is recovered and completes.
+    let t = b.wait_one(&id, 60).await;
+    assert_eq!(t["status"], "completed", "{t}");
+    assert_eq!(t["result"], "done\n");
+    let c_task = c.submit("after", "slow", "y", json!({})).await;
+    assert_eq!(c.wait_one(&c_task, 60).await["status"], "completed");
+    let took_over = [&b, &c]
+        .iter()
+        .filter(|s| {
+            s.log()
+                .contains("took over: this process is now the engine")
+        })
+        .count();
+    assert_eq!(took_over, 1, "exactly one frontend becomes the engine");
+    // The killed attempt never overlapped the one that finished.
+    let lines = read_lines(&runs);
+    assert!(
+        lines.contains(&"end 2".to_string()) || lines.contains(&"end 1".to_string()),
+        "{lines:?}"
+    );
+    let status = env.cli_json(&["status"]).await;
+    assert_eq!(status["engine_running"], true);
+    assert_ne!(status["pid"], engine_pid);
+    assert!([b.pid, c.pid].contains(&(status["pid"].as_u64().unwrap() as u32)));
+    c.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_engine_outlives_its_client_while_another_session_is_attached() {
+    let env = Env::new();
+    env.shell_agent("echo", "cat", "");
+    let mut a = env.start_raw("engine.log").await;
+    let b = env.start().await;
+    a.close_stdin();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        alive(a.pid()),
+        "the engine left while a frontend was attached"
+    );
+    let id = b.submit("t", "echo", "still here", json!({})).await;
+    assert_eq!(b.wait_one(&id, 30).await["result"], "still here");
+    assert!(!b.log().contains("took over"), "{}", b.log());
+    b.stop().await;
+    // With nobody attached and nothing to do, the engine goes.
+    let status = tokio::time::timeout(Duration::from_secs(20), a.child.wait())
+        .await
+        .expect("the engine exits once idle")
+        .unwrap();
+    assert!(status.success());
+    assert!(
+        a.log().contains("staying up: 1 frontend(s) attached"),
+        "{}",
+        a.log()
+    );
+}
