@@ -71,9 +71,20 @@ async fn a_frontend_takes_over_when_the_engine_is_killed() {
     let id = b.submit("slow", "slow", "x", json!({})).await;
     b.until(&id, "running", |t| t["status"] == "running").await;
     let engine_pid = a.pid;
-    a.kill9().await;
+    // A task_wait in flight when the engine dies is sent again to the next engine.
+    let (waited, ()) = tokio::join!(
+        b.call(
+            "task_wait",
+            json!({"task_ids": [id], "timeout_seconds": 60})
+        ),
+        async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            a.kill9().await;
+        }
+    );
+    assert_eq!(waited["timed_out"], false, "{waited}");
     // The frontends' sessions keep working: the task is recovered and completes.
-    let t = b.wait_one(&id, 60).await;
+    let t = &waited["tasks"][0];
     assert_eq!(t["status"], "completed", "{t}");
     assert_eq!(t["result"], "done\n");
     let c_task = c.submit("after", "slow", "y", json!({})).await;
@@ -127,4 +138,31 @@ async fn the_engine_outlives_its_client_while_another_session_is_attached() {
         "{}",
         a.log()
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_frontend_takes_over_after_the_engine_is_stopped_with_sigterm() {
+    // What an MCP client does when it closes a session: stdin closed, then SIGTERM.
+    let mut env = Env::new();
+    env.set("ORCHESTR8_SHUTDOWN_GRACE_SECONDS", "1");
+    env.shell_agent("slow", "sleep 3; echo done", "");
+    let a = env.start().await;
+    let b = env.start().await;
+    let id = b.submit("slow", "slow", "x", json!({})).await;
+    b.until(&id, "running", |t| t["status"] == "running").await;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(a.pid as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    wait_gone(a.pid).await;
+    drop(a);
+    let t = b.wait_one(&id, 60).await;
+    assert_eq!(t["status"], "completed", "{t}");
+    assert_eq!(
+        t["attempt"], 1,
+        "a graceful stop does not use up an attempt"
+    );
+    assert!(b.log().contains("took over"), "{}", b.log());
+    b.stop().await;
 }
