@@ -46,7 +46,8 @@ impl Backend {
     /// that is safe to repeat is sent again to the next engine; any other call is answered
     /// with an error that says it may or may not have taken effect.
     pub async fn call(&self, name: &str, args: Value) -> ToolAnswer {
-        let deadline = Instant::now() + ENGINE_WAIT;
+        // Counted from the first failure: a long task_wait cut off late still gets its retry.
+        let mut deadline: Option<Instant> = None;
         let mut rx = self.rx.clone();
         loop {
             let target = rx.borrow_and_update().clone();
@@ -65,7 +66,7 @@ impl Backend {
                 },
                 None => "another process is taking over the database".to_string(),
             };
-            if Instant::now() >= deadline {
+            if Instant::now() >= *deadline.get_or_insert_with(|| Instant::now() + ENGINE_WAIT) {
                 return Err(format!(
                     "no orchestr8-async engine answered within {}s ({failure}); try again",
                     ENGINE_WAIT.as_secs()
@@ -122,8 +123,10 @@ impl EngineRecipe {
             match client.attach(ATTACH_WITHIN).await {
                 Ok(a) => return Ok(Role::Frontend(client, a)),
                 Err(e) if Instant::now() >= deadline => anyhow::bail!(
-                    "the database is held by another process ({locked}) that does not answer on its socket ({e}); \
-                     stop that process or use another ORCHESTR8_DB_PATH"
+                    "the database is held by another process ({locked}) that does not answer on its socket ({e}). \
+                     If that is an orchestr8-async server, its log says why it serves no socket (e.g. a database \
+                     folder others may write to: `chmod go-w` it); otherwise stop that process or use another \
+                     ORCHESTR8_DB_PATH"
                 ),
                 Err(_) => {}
             }
@@ -241,6 +244,10 @@ async fn supervise(
                         return;
                     }
                     tracing::error!("no engine yet: {e:#}");
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        _ = stop.cancelled() => return,
+                    }
                 }
             }
         }

@@ -18,8 +18,8 @@ use crate::service::tools::safe_to_repeat;
 const REACH_WITHIN: Duration = Duration::from_secs(15);
 
 pub enum Conn {
-    Remote(EngineClient),
-    Local(Box<Engine>),
+    Remote(EngineClient, bool),
+    Local(Box<Engine>, bool),
 }
 
 impl Conn {
@@ -29,10 +29,9 @@ impl Conn {
         let client = EngineClient::new(&crate::rest::socket::socket_path(&cfg.db_path()));
         let deadline = tokio::time::Instant::now() + REACH_WITHIN;
         loop {
-            match client.request(Method::GET, "/health", None).await {
-                Ok(_) => return Ok(Conn::Remote(client)),
-                Err(CallError::Lost(m)) => bail!("the engine did not answer: {m}"),
-                Err(CallError::NotSent(_)) => {}
+            // No answer (none runs, or it went away mid-answer): look at the file.
+            if client.request(Method::GET, "/health", None).await.is_ok() {
+                return Ok(Conn::Remote(client, active));
             }
             let opts = EngineOptions {
                 active,
@@ -40,7 +39,7 @@ impl Conn {
                 http_required: false,
             };
             match Engine::open(cfg, opts).await {
-                Ok(e) => return Ok(Conn::Local(Box::new(e))),
+                Ok(e) => return Ok(Conn::Local(Box::new(e), active)),
                 Err(OpenError::Failed(e)) => return Err(e),
                 Err(OpenError::Locked(m)) if tokio::time::Instant::now() >= deadline => bail!(
                     "the database is held by a process that does not answer on {}: {m}",
@@ -53,7 +52,7 @@ impl Conn {
 
     /// Whether this command opened the file itself.
     pub fn is_local(&self) -> bool {
-        matches!(self, Conn::Local(_))
+        matches!(self, Conn::Local(..))
     }
 
     /// Calls an MCP tool; its domain error becomes this error. A read cut off by the
@@ -62,14 +61,14 @@ impl Conn {
         let deadline = tokio::time::Instant::now() + REACH_WITHIN;
         loop {
             let failure = match self {
-                Conn::Local(e) => {
+                Conn::Local(e, _) => {
                     return e
                         .service()
                         .call_tool(name, args)
                         .await
                         .map_err(|m| anyhow!(m))
                 }
-                Conn::Remote(c) => match c.call_tool(name, &args).await {
+                Conn::Remote(c, _) => match c.call_tool(name, &args).await {
                     Ok(answer) => return answer.map_err(|m| anyhow!(m)),
                     Err(e @ CallError::Lost(_)) if !safe_to_repeat(name, &args) => {
                         bail!("{e}; it may or may not have taken effect: check before repeating")
@@ -81,14 +80,15 @@ impl Conn {
                 bail!("{failure}");
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
-            *self = Conn::open(cfg, true).await?;
+            let active = matches!(self, Conn::Remote(_, true) | Conn::Local(_, true));
+            *self = Conn::open(cfg, active).await?;
         }
     }
 
     pub async fn overview(&self) -> anyhow::Result<EngineOverview> {
         match self {
-            Conn::Local(e) => Ok(e.service().overview().await?),
-            Conn::Remote(c) => {
+            Conn::Local(e, _) => Ok(e.service().overview().await?),
+            Conn::Remote(c, _) => {
                 let (_, v) = c.request(Method::GET, "/rpc/overview", None).await?;
                 match (v.get("ok"), v.get("error").and_then(Value::as_str)) {
                     (Some(ok), _) => Ok(serde_json::from_value(ok.clone())?),
@@ -102,7 +102,7 @@ impl Conn {
     /// Ends the command: a file opened here is flushed and closed (tasks still running are
     /// stopped after the grace period and run again by the next engine).
     pub async fn close(self) {
-        if let Conn::Local(e) = self {
+        if let Conn::Local(e, _) = self {
             e.shutdown().await;
         }
     }

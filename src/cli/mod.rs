@@ -3,8 +3,9 @@
 //! Every command speaks through the MCP tools' own dispatch, so it accepts and refuses
 //! exactly what an agent's call would. Tables by default, `--json` for scripts.
 //!
-//! Exit status: 0 done (for `wait`, `submit --wait`, `logs --follow`: every task completed);
-//! 1 an error, or a task failed or was cancelled; 2 a usage error; 124 `--timeout` passed.
+//! Exit status: 0 done (for `wait`, `submit --wait`, `logs --follow`: every task completed;
+//! `wait --any`: one did); 1 an error (refusals included), or a task failed or was cancelled;
+//! 2 a command line clap cannot parse; 124 `--timeout` passed; 130 Ctrl-C.
 
 mod conn;
 mod render;
@@ -144,12 +145,22 @@ pub async fn run(cfg: Config) -> i32 {
             return 1;
         }
     };
-    let code = match execute(&cfg, cmd, &mut conn).await {
+    // Ctrl-C ends the command but still closes a file opened here properly (its tasks go
+    // back to pending without using up an attempt).
+    let result = tokio::select! {
+        r = execute(&cfg, cmd, &mut conn) => r,
+        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+    };
+    let code = match result {
         Ok(code) => code,
         Err(e) => {
             Progress::clear();
             eprintln!("error: {e:#}");
-            1
+            if e.to_string() == "interrupted" {
+                130
+            } else {
+                1
+            }
         }
     };
     conn.close().await;
@@ -477,9 +488,14 @@ async fn wait_cmd(
                     .collect();
                 println!("{}", table(&["TASK_ID", "STATUS", "ERROR", "NAME"], &rows));
             }
+            let finished_ok = if any {
+                tasks.iter().any(|t| t["status"] == "completed")
+            } else {
+                all_completed(&tasks)
+            };
             return Ok(if timed_out {
                 TIMED_OUT
-            } else if any || all_completed(&tasks) {
+            } else if finished_ok {
                 0
             } else {
                 1

@@ -119,14 +119,20 @@ impl EngineClient {
         let (status, v) = self
             .request(Method::POST, &format!("/rpc/tools/{name}"), Some(args))
             .await?;
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            // Refused before it ran (the engine is stopping): the next engine will answer.
+            return Err(CallError::NotSent(format!(
+                "{} is stopping",
+                self.path.display()
+            )));
+        }
         if let Some(ok) = v.get("ok") {
             return Ok(Ok(ok.clone()));
         }
+        // Any other answer is definite: the call was refused (e.g. 413 for a body over 4 MiB).
         match v.get("error").and_then(Value::as_str) {
             Some(m) => Ok(Err(m.to_string())),
-            None => Err(CallError::Lost(format!(
-                "unexpected answer from the engine ({status}): {v}"
-            ))),
+            None => Ok(Err(format!("the engine refused the call ({status}): {v}"))),
         }
     }
 

@@ -11,7 +11,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -151,14 +150,31 @@ impl Engine {
             runners,
             Arc::new(WebhookNotifier::new(deliverer.clone())),
         )
-        .await
-        .context("starting the scheduler")
-        .map_err(OpenError::Failed)?;
+        .await;
+        let sched = match sched {
+            Ok(s) => s,
+            Err(e) => {
+                // Let go of the file, so that another process can be the engine.
+                if let Some(d) = &deliverer {
+                    d.shutdown(Duration::ZERO).await;
+                }
+                store.close();
+                return Err(OpenError::Failed(
+                    anyhow::Error::new(e).context("starting the scheduler"),
+                ));
+            }
+        };
         let service = Service::new(sched.clone());
         let http_stop = CancellationToken::new();
         let frontends = Frontends::default();
         let local = socket.as_mut().and_then(|l| {
-            rest::socket::serve(l, service.clone(), frontends.clone(), http_stop.clone())
+            rest::socket::serve(
+                l,
+                service.clone(),
+                frontends.clone(),
+                opts.active,
+                http_stop.clone(),
+            )
         });
         let http = match listener {
             Some((listener, settings)) => Some(

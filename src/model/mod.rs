@@ -187,13 +187,6 @@ impl Task {
         self.attempt.saturating_sub(self.retry_floor) <= self.max_retries
     }
 
-    /// An attempt cut short by the death of the server (a crash, a kill -9, the engine's
-    /// Claude Code window closed hard) is not the task's fault: it runs once more even with
-    /// its retries spent. Only once, so that a task that keeps killing the server ends.
-    pub fn crash_rerun_left(&self) -> bool {
-        self.attempt.saturating_sub(self.retry_floor) <= self.max_retries.saturating_add(1)
-    }
-
     pub fn view(&self) -> TaskView {
         TaskView {
             task_id: self.id.to_string(),

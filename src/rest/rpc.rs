@@ -11,12 +11,15 @@ use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
 use super::MAX_BODY_BYTES;
+use crate::service::tools::safe_to_repeat;
 use crate::service::Service;
 
 /// How often an attach stream sends a byte: a frontend that has gone is noticed at the next
@@ -48,11 +51,19 @@ impl Drop for Attachment {
 struct RpcState {
     service: Service,
     frontends: Frontends,
+    /// False in a CLI command that opened the file only to read or store: it runs no tasks
+    /// and is gone in a moment, so sessions wait for the file instead of attaching.
+    takes_frontends: bool,
     stop: CancellationToken,
 }
 
 /// The internal routes; `stop` ends every attach stream (the engine is shutting down).
-pub fn router(service: Service, frontends: Frontends, stop: CancellationToken) -> Router {
+pub fn router(
+    service: Service,
+    frontends: Frontends,
+    takes_frontends: bool,
+    stop: CancellationToken,
+) -> Router {
     Router::new()
         .route("/rpc/tools/{name}", post(call_tool))
         .route("/rpc/attach", get(attach))
@@ -61,30 +72,43 @@ pub fn router(service: Service, frontends: Frontends, stop: CancellationToken) -
         .with_state(RpcState {
             service,
             frontends,
+            takes_frontends,
             stop,
         })
 }
 
-/// Always 200: `{"ok": answer}` or `{"error": message}`, exactly what the tool answers in the
-/// engine's own MCP session. No request time-out: `task_wait` may block for 10 minutes.
-async fn call_tool(
-    State(s): State<RpcState>,
-    Path(name): Path<String>,
-    body: Bytes,
-) -> Json<Value> {
+/// 200 with `{"ok": answer}` or `{"error": message}`, exactly what the tool answers in the
+/// engine's own MCP session; 503 when a repeatable call was cut off by the engine stopping.
+/// No request time-out: `task_wait` may block for 10 minutes.
+async fn call_tool(State(s): State<RpcState>, Path(name): Path<String>, body: Bytes) -> Response {
     let args: Value = match serde_json::from_slice(&body) {
         Ok(v @ Value::Object(_)) => v,
-        Ok(_) => {
-            return Json(
-                json!({"error": format!("invalid arguments for {name}: expected an object")}),
-            )
-        }
-        Err(e) => return Json(json!({"error": format!("invalid arguments for {name}: {e}")})),
+        Ok(_) => return refused(format!("invalid arguments for {name}: expected an object")),
+        Err(e) => return refused(format!("invalid arguments for {name}: {e}")),
     };
-    match s.service.call_tool(&name, args).await {
-        Ok(v) => Json(json!({ "ok": v })),
-        Err(m) => Json(json!({ "error": m })),
+    // A call that is safe to repeat (task_wait above all) does not hold up a stopping engine:
+    // it is answered 503 and the frontend asks the next engine.
+    let repeatable = safe_to_repeat(&name, &args);
+    let answer = tokio::select! {
+        a = s.service.call_tool(&name, args) => a,
+        _ = s.stop.cancelled(), if repeatable => return stopping(),
+    };
+    match answer {
+        Ok(v) => Json(json!({ "ok": v })).into_response(),
+        Err(m) => Json(json!({ "error": m })).into_response(),
     }
+}
+
+fn refused(message: String) -> Response {
+    Json(json!({ "error": message })).into_response()
+}
+
+fn stopping() -> Response {
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        Json(json!({ "retry": "the engine is stopping; ask the next one" })),
+    )
+        .into_response()
 }
 
 async fn overview(State(s): State<RpcState>) -> Json<Value> {
@@ -94,7 +118,10 @@ async fn overview(State(s): State<RpcState>) -> Json<Value> {
     }
 }
 
-async fn attach(State(s): State<RpcState>) -> Body {
+async fn attach(State(s): State<RpcState>) -> Response {
+    if !s.takes_frontends || s.stop.is_cancelled() {
+        return stopping();
+    }
     s.frontends.0.fetch_add(1, Ordering::SeqCst);
     tracing::debug!(frontends = s.frontends.count(), "a frontend attached");
     let held = Attachment(s.frontends.clone());
@@ -107,5 +134,5 @@ async fn attach(State(s): State<RpcState>) -> Body {
             }
         }
     });
-    Body::from_stream(beats)
+    Body::from_stream(beats).into_response()
 }

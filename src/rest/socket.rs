@@ -110,10 +110,16 @@ pub fn serve(
     socket: &mut LocalSocket,
     service: Service,
     frontends: super::rpc::Frontends,
+    takes_frontends: bool,
     shutdown: CancellationToken,
 ) -> Option<tokio::task::JoinHandle<()>> {
     let listener = socket.listener.take()?;
-    let rpc = super::rpc::router(service.clone(), frontends, shutdown.clone());
+    let rpc = super::rpc::router(
+        service.clone(),
+        frontends,
+        takes_frontends,
+        shutdown.clone(),
+    );
     let state = AppState {
         service,
         token_digest: None,

@@ -170,7 +170,7 @@ pub(super) async fn recover(inner: &Arc<Inner>) -> Result<(), SchedError> {
                 t.pid_start = None;
                 if matches!(gate, Gate::Ended) {
                     // Handled below with the pending ones.
-                } else if t.has_retries_left() || t.crash_rerun_left() {
+                } else if t.has_retries_left() {
                     t.status = TaskStatus::Pending;
                     t.scheduled_us = now;
                     if survivors.contains(&id) {

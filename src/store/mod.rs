@@ -115,7 +115,13 @@ impl Store {
     /// starts the writer thread.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent)?;
+            // Private folders: the engine's socket is only served from a folder others cannot
+            // write to.
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(parent)?;
         }
         let conn = Connection::open(path)?;
         schema::apply(&conn)?;
