@@ -9,7 +9,7 @@ use rmcp::ServiceExt;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, Mode};
-use crate::engine::{check_config, Engine, EngineOptions, OpenError};
+use crate::engine::{check_config, Checked, Engine, EngineOptions, OpenError};
 use crate::mcp::McpServer;
 use crate::rest::{self, RestSettings};
 use crate::roles::{EngineRecipe, Roles};
@@ -23,7 +23,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         terminate_signal().await;
         fire.cancel();
     });
-    check_config(&cfg)?;
+    let checked = check_config(&cfg)?;
     let http = match cfg.mode {
         Mode::Mcp => None,
         Mode::Api | Mode::Both => {
@@ -33,10 +33,11 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         }
     };
     if cfg.mode == Mode::Api {
-        return serve_api(&cfg, http, &signal).await;
+        return serve_api(&cfg, checked, http, &signal).await;
     }
     let mut roles = Roles::establish(EngineRecipe {
         cfg: cfg.clone(),
+        checked,
         http,
     })
     .await?;
@@ -71,10 +72,12 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
 /// `api` mode: this process must be the engine.
 async fn serve_api(
     cfg: &Config,
+    checked: Checked,
     http: Option<RestSettings>,
     signal: &CancellationToken,
 ) -> anyhow::Result<()> {
     let opts = EngineOptions {
+        checked,
         active: true,
         http,
         http_required: true,

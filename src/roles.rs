@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::engine::client::{Attached, CallError, EngineClient};
-use crate::engine::{Engine, EngineOptions, OpenError};
+use crate::engine::{Checked, Engine, EngineOptions, OpenError};
 use crate::rest::RestSettings;
 use crate::service::tools::{safe_to_repeat, ToolAnswer};
 use crate::service::Service;
@@ -88,6 +88,7 @@ enum Role {
 #[derive(Clone)]
 pub struct EngineRecipe {
     pub cfg: Config,
+    pub checked: Checked,
     /// Serve HTTP too (`both` mode).
     pub http: Option<RestSettings>,
 }
@@ -97,6 +98,7 @@ impl EngineRecipe {
         Engine::open(
             &self.cfg,
             EngineOptions {
+                checked: self.checked.clone(),
                 active: true,
                 http: self.http.clone(),
                 http_required,

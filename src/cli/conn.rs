@@ -11,7 +11,7 @@ use serde_json::Value;
 use crate::api::EngineOverview;
 use crate::config::Config;
 use crate::engine::client::{CallError, EngineClient};
-use crate::engine::{Engine, EngineOptions, OpenError};
+use crate::engine::{check_config, Engine, EngineOptions, OpenError};
 use crate::service::tools::safe_to_repeat;
 
 /// How long a command keeps trying to reach an engine that is starting or being replaced.
@@ -27,6 +27,7 @@ impl Conn {
     /// deliver webhooks while the command lasts (it waits for tasks).
     pub async fn open(cfg: &Config, active: bool) -> anyhow::Result<Conn> {
         let client = EngineClient::new(&crate::rest::socket::socket_path(&cfg.db_path()));
+        let checked = check_config(cfg)?;
         let deadline = tokio::time::Instant::now() + REACH_WITHIN;
         loop {
             // No answer (none runs, or it went away mid-answer): look at the file.
@@ -34,6 +35,7 @@ impl Conn {
                 return Ok(Conn::Remote(client, active));
             }
             let opts = EngineOptions {
+                checked: checked.clone(),
                 active,
                 http: None,
                 http_required: false,

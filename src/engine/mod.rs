@@ -36,8 +36,17 @@ pub enum OpenError {
     Failed(anyhow::Error),
 }
 
+/// Settings already checked by [`check_config`], so that a process checks (and builds the
+/// runners' HTTP client) once, however often it opens the file.
+#[derive(Clone)]
+pub struct Checked {
+    secret: Option<WebhookSecret>,
+    runners: Runners,
+}
+
 /// What kind of engine to be.
 pub struct EngineOptions {
+    pub checked: Checked,
     /// Run tasks and deliver webhooks. Off for CLI commands that only read or store.
     pub active: bool,
     /// Serve the REST API too.
@@ -63,7 +72,7 @@ pub struct Engine {
 
 /// Checks the settings every role needs before anything starts, so that a frontend refuses a
 /// bad configuration at once rather than when it takes over.
-pub fn check_config(cfg: &Config) -> anyhow::Result<(Option<WebhookSecret>, Runners)> {
+pub fn check_config(cfg: &Config) -> anyhow::Result<Checked> {
     // A bad secret is a configuration error: refuse to start rather than send unsigned hooks.
     let secret = cfg
         .webhook_secret
@@ -79,14 +88,14 @@ pub fn check_config(cfg: &Config) -> anyhow::Result<(Option<WebhookSecret>, Runn
     }
     let runners = Runners::new(cfg.runner_settings().map_err(anyhow::Error::msg)?)
         .map_err(anyhow::Error::msg)?;
-    Ok((secret, runners))
+    Ok(Checked { secret, runners })
 }
 
 impl Engine {
     /// Opens the database and starts everything that runs on it: crash recovery, the
     /// dispatcher, webhook delivery, the local socket and, when given, HTTP.
     pub async fn open(cfg: &Config, opts: EngineOptions) -> Result<Engine, OpenError> {
-        let (secret, runners) = check_config(cfg).map_err(OpenError::Failed)?;
+        let Checked { secret, runners } = opts.checked;
         let db_path = cfg.db_path();
         let store = match Store::open(&db_path) {
             Ok(s) => Arc::new(s),

@@ -83,25 +83,8 @@ impl Env {
             .count();
         let log_path = self.path(&format!("server-{n}.log"));
         let log = std::fs::File::create(&log_path).unwrap();
-        let mut cmd = tokio::process::Command::new(BIN);
-        // The server must see only what the test sets, not the developer's own keys or settings.
-        for (k, _) in std::env::vars() {
-            if ["ORCHESTR8_", "ANTHROPIC_", "OPENAI_"]
-                .iter()
-                .any(|p| k.starts_with(p))
-            {
-                cmd.env_remove(k);
-            }
-        }
-        cmd.current_dir(self.dir.path())
-            .env("ORCHESTR8_DB_PATH", self.path("db/o8.duckdb"))
-            .env("ORCHESTR8_AGENTS_DIR", self.path("agents"))
-            .env("ORCHESTR8_LOG", "info,orchestr8_async=debug")
-            .env("ORCHESTR8_SHUTDOWN_GRACE_SECONDS", "2")
-            .env("ORCHESTR8_IDLE_EXIT_SECONDS", "0");
-        for (k, v) in &self.env {
-            cmd.env(k, v);
-        }
+        let mut cmd = self.command();
+        cmd.env("ORCHESTR8_LOG", "info,orchestr8_async=debug");
         let (transport, _) = TokioChildProcess::builder(cmd)
             .stderr(Stdio::from(log))
             .spawn()
@@ -363,7 +346,8 @@ pub struct RawServer {
 }
 
 impl Env {
-    /// The command that runs the binary in this environment (server or CLI).
+    /// The command that runs the binary in this environment (server or CLI). It sees only
+    /// what the test sets, not the developer's own keys or settings.
     pub fn command(&self) -> tokio::process::Command {
         let mut cmd = tokio::process::Command::new(BIN);
         for (k, _) in std::env::vars() {
