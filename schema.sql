@@ -142,3 +142,11 @@ CREATE TABLE IF NOT EXISTS webhook_deliveries (
     duration_ms   BIGINT NOT NULL,
     delivered_at  TIMESTAMP NOT NULL
 );
+
+-- How far the store's journal (`<db>.journal`, see src/store/journal.rs) has been applied to the
+-- tables above: the folder moves `folded_seq` in the same transaction as the rows it writes, so
+-- replay after a crash applies exactly the records after it. One row.
+CREATE TABLE IF NOT EXISTS journal_state (
+    folded_seq  BIGINT NOT NULL
+);
+INSERT INTO journal_state SELECT 0 WHERE NOT EXISTS (SELECT 1 FROM journal_state);

@@ -145,8 +145,9 @@ impl Usage {
 }
 
 /// The full task record, minus its instructions (which can be large and are only needed when an
-/// attempt starts, so they stay in the store instead of in the scheduler's memory).
-#[derive(Debug, Clone, PartialEq)]
+/// attempt starts, so they stay in the store instead of in the scheduler's memory). Serde is for
+/// the store's journal only; clients see [`TaskView`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Task {
     pub id: Uuid,
     pub name: String,
@@ -250,13 +251,42 @@ pub struct LogLine {
 }
 
 /// A log line on its way to the store.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize)]
 pub struct NewLogLine {
     pub task_id: Uuid,
     pub seq: i64,
     pub ts_us: i64,
     pub level: &'static str,
     pub message: String,
+}
+
+/// [`NewLogLine`] as the store's journal reads it back: log levels are static strings in memory,
+/// so a level read back maps onto the same constants (an unknown one, which this build never
+/// writes, reads as `info`).
+#[derive(Deserialize)]
+struct StoredLogLine {
+    task_id: Uuid,
+    seq: i64,
+    ts_us: i64,
+    level: String,
+    message: String,
+}
+
+impl<'de> Deserialize<'de> for NewLogLine {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<NewLogLine, D::Error> {
+        let l = StoredLogLine::deserialize(d)?;
+        let level = ["error", "warn", "info", "debug", "trace"]
+            .into_iter()
+            .find(|known| *known == l.level)
+            .unwrap_or("info");
+        Ok(NewLogLine {
+            task_id: l.task_id,
+            seq: l.seq,
+            ts_us: l.ts_us,
+            level,
+            message: l.message,
+        })
+    }
 }
 
 #[cfg(test)]

@@ -1,8 +1,9 @@
 //! Webhook outbox events and delivery attempts (contract section 7).
 
+use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum DeliveryStatus {
     /// Owed: an attempt is due at `next_attempt_us`.
     Pending,
@@ -31,7 +32,7 @@ impl DeliveryStatus {
 
 /// One event owed to one URL. The payload is fixed when the event is created, so every retry
 /// sends the same bytes under the same `webhook-id`.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct WebhookEvent {
     /// The `webhook-id` header: `msg_` and a UUIDv7.
     pub id: String,
@@ -50,7 +51,7 @@ pub struct WebhookEvent {
 }
 
 /// One delivery attempt, as `webhook_history` lists it.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct WebhookAttempt {
     pub event_id: String,
     pub event_type: String,

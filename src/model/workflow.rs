@@ -93,7 +93,7 @@ impl PhaseStatus {
     }
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Workflow {
     pub id: Uuid,
     pub name: String,
@@ -109,7 +109,7 @@ pub struct Workflow {
     pub completed_us: Option<i64>,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Phase {
     pub workflow_id: Uuid,
     pub phase_id: String,

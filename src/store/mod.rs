@@ -1,37 +1,41 @@
 //! The store: the only module that talks to DuckDB.
 //!
-//! One writer thread owns the write connection. Callers send [`WriteOp`] batches over a channel;
-//! the writer drains whatever has queued up and commits it all in **one transaction** (group
-//! commit), then answers each caller. A batch sent together always lands in one transaction, so a
-//! state change and what must accompany it (its log lines, later its webhook outbox row) are
-//! atomic. If a group fails, its batches are retried one by one so that one bad batch cannot fail
-//! its neighbours.
+//! Writes are journaled, then folded. Callers send [`WriteOp`] batches over a channel; the
+//! journal thread (`writer.rs`) drains whatever has queued up, appends one record per batch to
+//! `<db>.journal` (`journal.rs`) and waits for a single `fdatasync`, then answers: a batch is
+//! durable and atomic once answered. The folder thread (`fold.rs`) applies journaled batches to
+//! DuckDB in bulk a few milliseconds later, in one transaction that also records how far it got;
+//! opening the store replays whatever the journal holds beyond that (after a crash).
 //!
-//! Reads go through a small pool of cloned connections on the blocking thread pool, so they never
-//! wait behind a commit. DuckDB's MVCC gives each read a consistent snapshot.
+//! Reads go through a small pool of cloned connections on the blocking thread pool, never behind
+//! a commit; DuckDB's MVCC gives each a consistent snapshot. Reads by task id consult what is not
+//! folded yet, other reads first wait for the folder to catch up (`unfolded.rs`), so every read
+//! sees every answered write.
 
+mod fold;
+mod journal;
 mod reads;
 mod rows;
 mod schema;
 pub mod synthetic;
+mod unfolded;
 mod webhooks;
 mod workflows;
+mod writer;
 
 pub use workflows::WorkflowSummary;
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use duckdb::Connection;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use uuid::Uuid;
 
-use crate::model::{
-    now_us, NewLogLine, Phase, Task, TaskStatus, WebhookAttempt, WebhookEvent, Workflow,
-};
+use crate::model::{NewLogLine, Phase, Task, TaskStatus, WebhookAttempt, WebhookEvent, Workflow};
 pub use schema::SCHEMA_VERSION;
+use unfolded::Unfolded;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -54,8 +58,9 @@ impl StoreError {
     }
 }
 
-/// A durable change. Ops of one [`Store::write`] call commit together or not at all.
-#[derive(Debug, Clone)]
+/// A durable change. Ops of one [`Store::write`] call commit together or not at all. Serde is
+/// the journal's record format.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub enum WriteOp {
     InsertTask {
         task: Box<Task>,
@@ -89,10 +94,6 @@ struct WriteRequest {
     reply: Option<Reply>,
 }
 
-/// Most requests committed in one transaction; bounds the latency a group adds to its first
-/// member.
-const MAX_GROUP: usize = 1024;
-
 /// Filters of `list_tasks`.
 #[derive(Debug, Clone, Default)]
 pub struct TaskFilter {
@@ -104,15 +105,17 @@ pub struct TaskFilter {
 }
 
 pub struct Store {
-    tx: Mutex<Option<mpsc::UnboundedSender<WriteRequest>>>,
-    writer: Mutex<Option<JoinHandle<()>>>,
+    tx: Mutex<Option<std::sync::mpsc::Sender<WriteRequest>>>,
+    /// The journal thread, then the folder: joined in that order.
+    threads: Mutex<Vec<JoinHandle<()>>>,
     readers: Arc<Mutex<Vec<Connection>>>,
     base: Mutex<Connection>,
+    unfolded: Arc<Unfolded>,
 }
 
 impl Store {
-    /// Opens (creating parent folders and the file as needed) and migrates the database, and
-    /// starts the writer thread.
+    /// Opens (creating parent folders and the file as needed) and migrates the database, replays
+    /// the journal, and starts the journal and folder threads.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             // Private folders: the engine's socket is only served from a folder others cannot
@@ -125,21 +128,66 @@ impl Store {
         }
         let conn = Connection::open(path)?;
         schema::apply(&conn)?;
-        let writer_conn = conn.try_clone()?;
-        writer_conn.set_prepared_statement_cache_capacity(64);
-        let (tx, rx) = mpsc::unbounded_channel();
+        let folded: i64 = conn.query_row("SELECT max(folded_seq) FROM journal_state", [], |r| {
+            r.get(0)
+        })?;
+        let folded = folded.max(0) as u64;
+        let journal_path = journal::path_for(path);
+        let replay = journal::read(&journal_path, folded)?;
+        let folder_conn = conn.try_clone()?;
+        folder_conn.set_prepared_statement_cache_capacity(64);
+        if replay.torn_bytes > 0 {
+            tracing::warn!(
+                "the journal ended in {} bytes of a write that never completed; ignored",
+                replay.torn_bytes
+            );
+        }
+        if !replay.records.is_empty() {
+            tracing::info!(records = replay.records.len(), "replaying the journal");
+            fold::commit(&folder_conn, &replay.records).map_err(|e| {
+                StoreError::Schema(format!(
+                    "cannot apply the journal {} to the database: {e}. Its writes are kept; fix \
+                     the cause (disk space, permissions) and start again",
+                    journal_path.display()
+                ))
+            })?;
+        }
+        let last = replay.last_seq.max(folded);
+        let journal = Arc::new(Mutex::new(journal::Journal::open_empty(
+            &journal_path,
+            last,
+        )?));
+        let (fold_tx, fold_rx) = std::sync::mpsc::channel();
+        let unfolded = Arc::new(Unfolded::new(last, fold_tx.clone()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let journal_thread = writer::JournalThread {
+            conn: conn.try_clone()?,
+            rx,
+            journal: journal.clone(),
+            unfolded: unfolded.clone(),
+            fold_tx,
+            next_seq: last + 1,
+        };
+        let folder = {
+            let unfolded = unfolded.clone();
+            std::thread::Builder::new()
+                .name("o8-store-fold".into())
+                .spawn(move || fold::folder_loop(folder_conn, fold_rx, unfolded, journal))?
+        };
         let writer = std::thread::Builder::new()
-            .name("o8-store-writer".into())
-            .spawn(move || writer_loop(writer_conn, rx))?;
+            .name("o8-store-journal".into())
+            .spawn(move || journal_thread.run())?;
         Ok(Store {
             tx: Mutex::new(Some(tx)),
-            writer: Mutex::new(Some(writer)),
+            threads: Mutex::new(vec![writer, folder]),
             readers: Arc::new(Mutex::new(Vec::new())),
             base: Mutex::new(conn),
+            unfolded,
         })
     }
 
-    /// Commits `ops` (together with whatever else is queued) and returns once they are durable.
+    /// Journals `ops` (together with whatever else is queued) and returns once they are durable
+    /// and visible to reads.
     pub async fn write(&self, ops: Vec<WriteOp>) -> Result<Vec<OpOutcome>, StoreError> {
         let (reply, rx) = oneshot::channel();
         self.send(WriteRequest {
@@ -149,8 +197,8 @@ impl Store {
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
-    /// Queues `ops` for the next group commit without waiting (log lines). Order with later
-    /// writes is kept: anything written after this call commits in the same or a later group.
+    /// Queues `ops` for the next group without waiting (log lines). Order with later writes is
+    /// kept: anything written after this call is journaled in the same or a later group.
     pub fn write_later(&self, ops: Vec<WriteOp>) {
         if self.send(WriteRequest { ops, reply: None }).is_err() {
             tracing::warn!("store closed; dropping a deferred write");
@@ -166,19 +214,39 @@ impl Store {
             .map_err(|_| StoreError::Closed)
     }
 
-    /// Stops the writer after it has committed everything queued so far.
+    /// Stops the threads after everything queued so far is journaled and folded (the journal is
+    /// then empty).
     pub fn close(&self) {
         if let Ok(mut tx) = self.tx.lock() {
             tx.take();
         }
-        let handle = self.writer.lock().ok().and_then(|mut w| w.take());
-        if let Some(h) = handle {
+        let handles = self
+            .threads
+            .lock()
+            .map(|mut t| std::mem::take(&mut *t))
+            .unwrap_or_default();
+        for h in handles {
             let _ = h.join();
         }
     }
 
-    /// Runs a read on a pooled connection off the async threads.
+    /// Runs a read that sees every answered write: it waits for the folder first.
     async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let unfolded = self.unfolded.clone();
+        self.read_folded(move |c| {
+            unfolded.wait_folded();
+            f(c)
+        })
+        .await
+    }
+
+    /// Runs a read on a pooled connection off the async threads, without waiting for the folder:
+    /// only for rows that [`Unfolded`] has been consulted about.
+    async fn read_folded<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
@@ -211,7 +279,7 @@ impl Store {
 
     /// A trivial read, for health checks.
     pub async fn ping(&self) -> Result<(), StoreError> {
-        self.read(|c| {
+        self.read_folded(|c| {
             c.query_row("SELECT 1", [], |r| r.get::<_, i32>(0))?;
             Ok(())
         })
@@ -222,180 +290,5 @@ impl Store {
 impl Drop for Store {
     fn drop(&mut self) {
         self.close();
-    }
-}
-
-fn writer_loop(conn: Connection, mut rx: mpsc::UnboundedReceiver<WriteRequest>) {
-    while let Some(first) = rx.blocking_recv() {
-        let mut group = vec![first];
-        while group.len() < MAX_GROUP {
-            match rx.try_recv() {
-                Ok(r) => group.push(r),
-                Err(_) => break,
-            }
-        }
-        let started = std::time::Instant::now();
-        let committed = commit(&conn, group.iter().map(|r| r.ops.as_slice()));
-        tracing::trace!(
-            requests = group.len(),
-            ops = group.iter().map(|r| r.ops.len()).sum::<usize>(),
-            took_us = started.elapsed().as_micros() as u64,
-            "group commit"
-        );
-        match committed {
-            Ok(mut outcomes) => {
-                for (req, out) in group.into_iter().zip(outcomes.drain(..)) {
-                    if let Some(reply) = req.reply {
-                        let _ = reply.send(Ok(out));
-                    }
-                }
-            }
-            Err(e) if group.len() == 1 => reply_err(group, e),
-            Err(e) => {
-                tracing::warn!(
-                    "group commit of {} batches failed ({e}); retrying one by one",
-                    group.len()
-                );
-                for req in group {
-                    let res = commit(&conn, std::iter::once(req.ops.as_slice()))
-                        .map(|mut o| o.pop().unwrap_or_default());
-                    if let Err(e) = &res {
-                        tracing::error!("write failed: {e}");
-                    }
-                    if let Some(reply) = req.reply {
-                        let _ = reply.send(res);
-                    }
-                }
-            }
-        }
-    }
-    tracing::debug!("store writer stopped");
-}
-
-fn reply_err(group: Vec<WriteRequest>, e: StoreError) {
-    tracing::error!("write failed: {e}");
-    for req in group {
-        if let Some(reply) = req.reply {
-            let _ = reply.send(Err(StoreError::Conflict(e.to_string())));
-        }
-    }
-}
-
-/// One transaction over several batches; returns each batch's outcomes.
-///
-/// DuckDB's cost is per statement far more than per row, so the group is written with a fixed
-/// number of statements whatever its size: all inserts through one appender, all updates
-/// through one staged UPDATE, all log lines through one appender. Inserts go first, then
-/// updates (an update in the group always follows its task's insert), each task's last update
-/// in the group winning (an update carries the task's whole mutable state).
-fn commit<'a>(
-    conn: &Connection,
-    batches: impl Iterator<Item = &'a [WriteOp]>,
-) -> Result<Vec<Vec<OpOutcome>>, StoreError> {
-    conn.execute_batch("BEGIN TRANSACTION")?;
-    let res = (|| {
-        let now = now_us();
-        let mut all = Vec::new();
-        let mut inserts: Vec<(&Task, &str)> = Vec::new();
-        let mut keys_in_group: HashMap<&str, Uuid> = HashMap::new();
-        let mut updates: Vec<&Task> = Vec::new();
-        let mut update_index: HashMap<Uuid, usize> = HashMap::new();
-        let mut logs: Vec<&NewLogLine> = Vec::new();
-        for ops in batches {
-            let mut outs = Vec::with_capacity(ops.len());
-            for op in ops {
-                outs.push(match op {
-                    WriteOp::InsertTask { task, instructions } => {
-                        let owner = match task.idempotency_key.as_deref() {
-                            Some(key) => match keys_in_group.get(key) {
-                                Some(id) => Some(*id),
-                                None => rows::idempotency_owner(conn, key)?,
-                            },
-                            None => None,
-                        };
-                        match owner {
-                            Some(existing) => OpOutcome::Existing(existing),
-                            None => {
-                                if let Some(key) = task.idempotency_key.as_deref() {
-                                    keys_in_group.insert(key, task.id);
-                                }
-                                inserts.push((task, instructions));
-                                OpOutcome::Done
-                            }
-                        }
-                    }
-                    WriteOp::UpdateTask(task) => {
-                        match update_index.get(&task.id) {
-                            Some(&i) => updates[i] = task,
-                            None => {
-                                update_index.insert(task.id, updates.len());
-                                updates.push(task);
-                            }
-                        }
-                        OpOutcome::Done
-                    }
-                    WriteOp::AppendLogs(lines) => {
-                        logs.extend(lines.iter());
-                        OpOutcome::Done
-                    }
-                    // Workflow rows are few and written one statement each, in order.
-                    WriteOp::InsertWorkflow(w) => {
-                        workflows::insert_workflow(conn, w, now)?;
-                        OpOutcome::Done
-                    }
-                    WriteOp::UpdateWorkflow(w) => {
-                        workflows::update_workflow(conn, w, now)?;
-                        OpOutcome::Done
-                    }
-                    WriteOp::UpsertPhase(p) => {
-                        workflows::upsert_phase(conn, p)?;
-                        OpOutcome::Done
-                    }
-                    WriteOp::InsertWebhookEvent(e) => {
-                        webhooks::insert_event(conn, e, now)?;
-                        OpOutcome::Done
-                    }
-                    WriteOp::RecordWebhookAttempt(r) => {
-                        webhooks::record_attempt(conn, &r.0, &r.1, now)?;
-                        OpOutcome::Done
-                    }
-                });
-            }
-            all.push(outs);
-        }
-        let t0 = std::time::Instant::now();
-        if !inserts.is_empty() {
-            rows::insert_tasks(conn, &inserts, now)?;
-        }
-        let t1 = std::time::Instant::now();
-        if !updates.is_empty() {
-            rows::update_tasks(conn, &updates, now)?;
-        }
-        let t2 = std::time::Instant::now();
-        if !logs.is_empty() {
-            rows::append_logs(conn, &logs)?;
-        }
-        tracing::trace!(
-            inserts = inserts.len(),
-            insert_us = (t1 - t0).as_micros() as u64,
-            updates = updates.len(),
-            update_us = (t2 - t1).as_micros() as u64,
-            logs = logs.len(),
-            log_us = t2.elapsed().as_micros() as u64,
-            "group parts"
-        );
-        Ok(all)
-    })();
-    match res {
-        Ok(all) => {
-            let t = std::time::Instant::now();
-            conn.execute_batch("COMMIT")?;
-            tracing::trace!(commit_us = t.elapsed().as_micros() as u64, "group COMMIT");
-            Ok(all)
-        }
-        Err(e) => {
-            let _ = conn.execute_batch("ROLLBACK");
-            Err(e)
-        }
     }
 }

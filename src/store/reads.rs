@@ -10,7 +10,10 @@ use crate::model::{LogLine, Task};
 
 impl Store {
     pub async fn task(&self, id: Uuid) -> Result<Option<Task>, StoreError> {
-        self.read(move |c| {
+        if let Some(t) = self.unfolded.task(id) {
+            return Ok(Some(t));
+        }
+        self.read_folded(move |c| {
             let sql = format!("SELECT {} FROM tasks WHERE task_id = ?", rows::TASK_COLUMNS);
             let mut st = c.prepare_cached(&sql)?;
             let mut r = st.query([id.to_string()])?;
@@ -24,8 +27,19 @@ impl Store {
 
     /// Tasks by id, in no particular order; unknown ids are simply absent.
     pub async fn tasks(&self, ids: Vec<Uuid>) -> Result<Vec<Task>, StoreError> {
-        self.read(move |c| {
-            let mut out = Vec::with_capacity(ids.len());
+        let mut out = Vec::with_capacity(ids.len());
+        let mut ids = ids;
+        ids.retain(|id| match self.unfolded.task(*id) {
+            Some(t) => {
+                out.push(t);
+                false
+            }
+            None => true,
+        });
+        if ids.is_empty() {
+            return Ok(out);
+        }
+        self.read_folded(move |c| {
             for chunk in ids.chunks(500) {
                 // Ids are parsed Uuids, so formatting them into SQL cannot inject anything.
                 let list = chunk

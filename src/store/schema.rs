@@ -5,13 +5,19 @@ use duckdb::Connection;
 use super::StoreError;
 
 /// The version of `schema.sql` this build writes.
-pub const SCHEMA_VERSION: i32 = 1;
+pub const SCHEMA_VERSION: i32 = 2;
 
 const SCHEMA_SQL: &str = include_str!("../../schema.sql");
 
-/// Steps from version `n - 1` to `n`, for files created by older releases. Empty while the schema
-/// has one version; a release that changes `schema.sql` adds `(2, "ALTER TABLE ...")` here.
-const MIGRATIONS: &[(i32, &str)] = &[];
+/// Steps from version `n - 1` to `n`, for files created by older releases (`schema.sql` has
+/// already created any missing table by then, idempotently).
+///
+/// 2: the journal. Its table is created by `schema.sql`; the version moves so that an older
+/// build, which would ignore `<db>.journal` and so miss writes, refuses the file instead.
+const MIGRATIONS: &[(i32, &str)] = &[(
+    2,
+    "CREATE TABLE IF NOT EXISTS journal_state (folded_seq BIGINT NOT NULL)",
+)];
 
 /// Creates missing tables, runs pending migrations, and refuses a file written by a newer release
 /// (rather than corrupting it).

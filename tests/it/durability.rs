@@ -188,3 +188,65 @@ async fn stdin_eof_lets_running_tasks_finish_before_the_engine_exits() {
     assert_eq!(t["result"], "finished\n");
     s.stop().await;
 }
+
+/// An answer means durable before the database has the row: writes are journaled
+/// (`<db>.journal`) and folded into DuckDB a little later. A kill -9 in between must lose nothing:
+/// the next start replays the journal. The kill comes right after the answers, while the journal
+/// still holds them (checked, so the test proves the replay path rather than a lucky fold).
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_9_before_the_fold_replays_the_journal() {
+    let env = Env::new();
+    env.shell_agent("ok", "echo done", "");
+    let journal = env.path("db/o8.duckdb.journal");
+    let later = (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339();
+    let mut replayed = Vec::new();
+    for round in 0..5 {
+        let s = env.start().await;
+        let parked = s
+            .submit(
+                &format!("parked-{round}"),
+                "ok",
+                "wait for me",
+                json!({"run_at": later, "idempotency_key": format!("key-{round}"),
+                       "metadata": {"round": round}}),
+            )
+            .await;
+        let len = std::fs::metadata(&journal).map(|m| m.len()).unwrap_or(0);
+        s.kill9().await;
+        if len > 0 {
+            replayed.push(parked);
+        }
+        if !replayed.is_empty() {
+            break;
+        }
+    }
+    assert!(
+        !replayed.is_empty(),
+        "the journal was already folded at every kill; the replay path was not exercised"
+    );
+
+    let s = env.start().await;
+    for id in &replayed {
+        let t = s.status(id).await;
+        assert_eq!(t["status"], "pending", "{t}");
+        assert!(t["metadata"]["round"].as_i64().is_some(), "{t}");
+        // Its idempotency key came back with it: the same key answers the same task.
+        let key = format!("key-{}", t["metadata"]["round"]);
+        let again = s
+            .call(
+                "task_async",
+                json!({"name": "dup", "agent_name": "ok", "agent_instructions": "x",
+                       "idempotency_key": key}),
+            )
+            .await;
+        assert_eq!(again["task_id"].as_str(), Some(id.as_str()), "{again}");
+    }
+    // Replay emptied the journal, and a listing (which reads the tables) has the tasks.
+    assert_eq!(std::fs::metadata(&journal).map(|m| m.len()).unwrap_or(0), 0);
+    let listed = s.call("list_tasks", json!({"status": "pending"})).await;
+    let listed = listed["tasks"].as_array().unwrap();
+    for id in &replayed {
+        assert!(listed.iter().any(|t| t["task_id"] == id.as_str()), "{id}");
+    }
+    s.stop().await;
+}

@@ -1,0 +1,124 @@
+//! What is journaled but not yet folded into DuckDB, and the barrier that lets reads see it.
+//!
+//! A write is answered once it is in the journal; the folder applies it to the tables a little
+//! later. Reads stay exact in two ways:
+//! - a read by task id looks here first (the task's latest journaled state), and a task found
+//!   nowhere here has every change folded, so DuckDB alone answers it;
+//! - every other read first waits until the folder has caught up with everything answered so far
+//!   (`wait_folded`), asking it to fold at once rather than at its next tick.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::Sender;
+use std::sync::{Condvar, Mutex, MutexGuard};
+
+use uuid::Uuid;
+
+use crate::model::Task;
+
+/// A message to the folder.
+pub enum FoldMsg {
+    /// Journaled ops, in journal order.
+    Batch(u64, Vec<super::WriteOp>),
+    /// A reader is waiting: fold what you have now.
+    Now,
+    /// The journal thread has stopped: fold the rest and stop.
+    Stop,
+}
+
+#[derive(Default)]
+struct Overlay {
+    /// Latest journaled state of each task with unfolded changes, and the seq of that change.
+    tasks: HashMap<Uuid, (Task, u64)>,
+    /// Idempotency keys of unfolded inserts.
+    keys: HashMap<String, (Uuid, u64)>,
+}
+
+pub struct Unfolded {
+    /// Highest sequence number answered to a writer.
+    journaled: AtomicU64,
+    /// Highest sequence number folded (`u64::MAX` once the folder has gone, so no reader waits
+    /// forever).
+    folded: Mutex<u64>,
+    folded_cv: Condvar,
+    overlay: Mutex<Overlay>,
+    wake: Mutex<Option<Sender<FoldMsg>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panicking holder cannot leave these maps half-updated in a way later readers would
+    // misread (each update is one insert or remove), so poisoning is ignored.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Unfolded {
+    pub fn new(folded: u64, wake: Sender<FoldMsg>) -> Unfolded {
+        Unfolded {
+            journaled: AtomicU64::new(folded),
+            folded: Mutex::new(folded),
+            folded_cv: Condvar::new(),
+            overlay: Mutex::new(Overlay::default()),
+            wake: Mutex::new(Some(wake)),
+        }
+    }
+
+    /// Records a journaled task state (before its writer is answered).
+    pub fn put_task(&self, task: &Task, seq: u64) {
+        lock(&self.overlay)
+            .tasks
+            .insert(task.id, (task.clone(), seq));
+    }
+
+    pub fn put_key(&self, key: &str, id: Uuid, seq: u64) {
+        lock(&self.overlay).keys.insert(key.to_string(), (id, seq));
+    }
+
+    pub fn key_owner(&self, key: &str) -> Option<Uuid> {
+        lock(&self.overlay).keys.get(key).map(|(id, _)| *id)
+    }
+
+    pub fn task(&self, id: Uuid) -> Option<Task> {
+        lock(&self.overlay).tasks.get(&id).map(|(t, _)| t.clone())
+    }
+
+    /// Marks everything up to `seq` as answered to writers.
+    pub fn journaled(&self, seq: u64) {
+        self.journaled.store(seq, Ordering::Release);
+    }
+
+    /// Called by the folder after a commit that folded everything up to `seq`.
+    pub fn folded(&self, seq: u64) {
+        {
+            let mut o = lock(&self.overlay);
+            o.tasks.retain(|_, (_, s)| *s > seq);
+            o.keys.retain(|_, (_, s)| *s > seq);
+        }
+        *lock(&self.folded) = seq;
+        self.folded_cv.notify_all();
+    }
+
+    /// The folder has stopped: release every waiter.
+    pub fn folder_gone(&self) {
+        lock(&self.wake).take();
+        *lock(&self.folded) = u64::MAX;
+        self.folded_cv.notify_all();
+    }
+
+    /// Blocks until every write answered before this call is folded.
+    pub fn wait_folded(&self) {
+        let target = self.journaled.load(Ordering::Acquire);
+        let mut folded = lock(&self.folded);
+        if *folded >= target {
+            return;
+        }
+        if let Some(wake) = lock(&self.wake).as_ref() {
+            let _ = wake.send(FoldMsg::Now);
+        }
+        while *folded < target {
+            folded = self
+                .folded_cv
+                .wait(folded)
+                .unwrap_or_else(|p| p.into_inner());
+        }
+    }
+}

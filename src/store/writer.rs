@@ -1,0 +1,218 @@
+//! The journal thread: the one place writes are accepted.
+//!
+//! It drains whatever requests have queued up (group commit), decides what only it can decide
+//! (whether an idempotency key is taken), appends one journal record per request, waits for one
+//! `fdatasync` for the whole group, publishes the new states to [`Unfolded`], hands the records
+//! to the folder, and only then answers. So an answer means durable, and visible to every read.
+
+use std::collections::HashMap;
+use std::sync::mpsc::{Receiver, Sender};
+use std::sync::{Arc, Mutex};
+
+use duckdb::Connection;
+use uuid::Uuid;
+
+use super::journal::{self, Journal};
+use super::unfolded::{FoldMsg, Unfolded};
+use super::{rows, OpOutcome, StoreError, WriteOp, WriteRequest};
+
+/// Most requests journaled in one group.
+const MAX_GROUP: usize = 1024;
+
+/// Past this size the journal thread waits for the folder to catch up, which lets it empty the
+/// file; bounds both the file and the replay after a crash.
+const MAX_JOURNAL_BYTES: u64 = 16 << 20;
+
+pub struct JournalThread {
+    /// A reader connection, for idempotency keys already folded.
+    pub conn: Connection,
+    pub rx: Receiver<WriteRequest>,
+    pub journal: Arc<Mutex<Journal>>,
+    pub unfolded: Arc<Unfolded>,
+    pub fold_tx: Sender<FoldMsg>,
+    pub next_seq: u64,
+}
+
+struct StopFolder(Sender<FoldMsg>);
+
+impl Drop for StopFolder {
+    fn drop(&mut self) {
+        let _ = self.0.send(FoldMsg::Stop);
+    }
+}
+
+/// One request's record, once its outcomes are decided.
+struct Decided {
+    seq: Option<u64>,
+    ops: Vec<WriteOp>,
+    /// An error means nothing of the request is written.
+    outcomes: Result<Vec<OpOutcome>, String>,
+}
+
+impl JournalThread {
+    pub fn run(mut self) {
+        // However this thread ends (a panic included), the folder is told to finish.
+        let _stop = StopFolder(self.fold_tx.clone());
+        let mut buf = Vec::new();
+        while let Ok(first) = self.rx.recv() {
+            let mut group = vec![first];
+            while group.len() < MAX_GROUP {
+                match self.rx.try_recv() {
+                    Ok(r) => group.push(r),
+                    Err(_) => break,
+                }
+            }
+            let too_long = self.lock_journal().bytes() > MAX_JOURNAL_BYTES;
+            if too_long {
+                self.unfolded.wait_folded();
+            }
+            self.journal_group(group, &mut buf);
+        }
+        tracing::debug!("store journal stopped");
+    }
+
+    fn lock_journal(&self) -> std::sync::MutexGuard<'_, Journal> {
+        self.journal.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn journal_group(&mut self, group: Vec<WriteRequest>, buf: &mut Vec<u8>) {
+        buf.clear();
+        let first_seq = self.next_seq;
+        let mut keys: HashMap<String, Uuid> = HashMap::new();
+        let mut decided = Vec::with_capacity(group.len());
+        let mut replies = Vec::with_capacity(group.len());
+        for req in group {
+            replies.push(req.reply);
+            let d = self.decide(req.ops, &mut keys, buf);
+            decided.push(d);
+        }
+        let Some(last) = decided.iter().rev().find_map(|d| d.seq) else {
+            // Nothing to write (every insert was an existing key, or encoding failed).
+            return answer(replies, decided);
+        };
+        // A group of deferred writes only (log lines, which nobody waits for) is not synced on
+        // its own: the next answered write's sync covers it, as the old group commit did.
+        let sync = replies.iter().any(Option::is_some);
+        let written = self.lock_journal().append(buf, last, sync);
+        if let Err(e) = written {
+            self.next_seq = first_seq;
+            tracing::error!("journal write failed: {e}");
+            for reply in replies.into_iter().flatten() {
+                let _ = reply.send(Err(StoreError::Conflict(format!(
+                    "the write could not be made durable ({e}); nothing was changed"
+                ))));
+            }
+            return;
+        }
+        for d in &mut decided {
+            let Some(seq) = d.seq else { continue };
+            for op in &d.ops {
+                match op {
+                    WriteOp::InsertTask { task, .. } => {
+                        if let Some(k) = &task.idempotency_key {
+                            self.unfolded.put_key(k, task.id, seq);
+                        }
+                        self.unfolded.put_task(task, seq);
+                    }
+                    WriteOp::UpdateTask(task) => self.unfolded.put_task(task, seq),
+                    _ => {}
+                }
+            }
+            let _ = self
+                .fold_tx
+                .send(FoldMsg::Batch(seq, std::mem::take(&mut d.ops)));
+        }
+        self.unfolded.journaled(last);
+        answer(replies, decided);
+    }
+
+    /// Decides each op's outcome, drops inserts whose key is taken, and encodes the rest.
+    fn decide(
+        &mut self,
+        ops: Vec<WriteOp>,
+        keys: &mut HashMap<String, Uuid>,
+        buf: &mut Vec<u8>,
+    ) -> Decided {
+        let mut kept = Vec::with_capacity(ops.len());
+        let mut outcomes = Vec::with_capacity(ops.len());
+        let mut new_keys = Vec::new();
+        for op in ops {
+            let owner = match &op {
+                WriteOp::InsertTask { task, .. } => match task.idempotency_key.as_deref() {
+                    Some(key) => match self.key_owner(key, keys, &new_keys) {
+                        Ok(owner) => {
+                            if owner.is_none() {
+                                new_keys.push((key.to_string(), task.id));
+                            }
+                            owner
+                        }
+                        Err(e) => return failed(e),
+                    },
+                    None => None,
+                },
+                _ => None,
+            };
+            match owner {
+                Some(existing) => outcomes.push(OpOutcome::Existing(existing)),
+                None => {
+                    outcomes.push(OpOutcome::Done);
+                    kept.push(op);
+                }
+            }
+        }
+        if kept.is_empty() {
+            return Decided {
+                seq: None,
+                ops: kept,
+                outcomes: Ok(outcomes),
+            };
+        }
+        let seq = self.next_seq;
+        if let Err(e) = journal::encode(seq, &kept, buf) {
+            return failed(StoreError::Conflict(format!("cannot encode: {e}")));
+        }
+        self.next_seq += 1;
+        keys.extend(new_keys);
+        Decided {
+            seq: Some(seq),
+            ops: kept,
+            outcomes: Ok(outcomes),
+        }
+    }
+
+    fn key_owner(
+        &self,
+        key: &str,
+        group: &HashMap<String, Uuid>,
+        request: &[(String, Uuid)],
+    ) -> Result<Option<Uuid>, StoreError> {
+        if let Some(id) = group
+            .get(key)
+            .or_else(|| request.iter().find(|(k, _)| k == key).map(|(_, id)| id))
+        {
+            return Ok(Some(*id));
+        }
+        if let Some(id) = self.unfolded.key_owner(key) {
+            return Ok(Some(id));
+        }
+        // Not journaled since the last fold, so either folded or free. The lookup comes after
+        // the overlay check: a key leaves the overlay only once its fold has committed.
+        rows::idempotency_owner(&self.conn, key)
+    }
+}
+
+/// A request that cannot be journaled: its outcome is the error, and nothing of it is written.
+fn failed(e: StoreError) -> Decided {
+    Decided {
+        seq: None,
+        ops: Vec::new(),
+        outcomes: Err(e.to_string()),
+    }
+}
+
+fn answer(replies: Vec<Option<super::Reply>>, decided: Vec<Decided>) {
+    for (reply, d) in replies.into_iter().zip(decided) {
+        let Some(reply) = reply else { continue };
+        let _ = reply.send(d.outcomes.map_err(StoreError::Conflict));
+    }
+}
