@@ -1,10 +1,13 @@
 //! Agent definitions: Markdown files with YAML frontmatter, the format of Claude Code subagents.
 //!
-//! Files are read on demand (at submit, and again when an attempt starts) rather than cached, so
-//! an edited agent takes effect without a restart and a broken one is reported at once.
+//! Files are looked up on demand (at submit, and again when an attempt starts), so an edited
+//! agent takes effect without a restart and a broken one is reported at once. A parsed file is
+//! reused while its `stat` is unchanged.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
 
 use serde::Deserialize;
 use serde_json::Value;
@@ -32,7 +35,7 @@ pub struct AgentDef {
     pub path: PathBuf,
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum AgentError {
     #[error("{0}")]
     InvalidName(String),
@@ -228,6 +231,43 @@ pub fn parse_agent(path: &Path, text: &str, default_runner: &str) -> Result<Agen
 pub struct AgentRegistry {
     dirs: Vec<PathBuf>,
     default_runner: String,
+    /// Parsed files by path, with the identity of the file they were parsed from. Agents are
+    /// looked up at every submit and every attempt (so edits apply without a restart); a `stat`
+    /// tells whether the file changed, which costs far less than reading and parsing it again.
+    parsed: Arc<Mutex<ParsedFiles>>,
+}
+
+type ParsedFiles = HashMap<PathBuf, (FileStamp, Result<AgentDef, AgentError>)>;
+
+/// What identifies one version of a file: an edit or a replacement changes at least one of these,
+/// provided the file was not modified within the last [`SETTLED`] when it was parsed (mtimes
+/// are only as fine as the kernel's clock tick, so two quick writes of the same length could
+/// share one; the same "racy" rule as git's index).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileStamp {
+    modified: SystemTime,
+    len: u64,
+    ino: u64,
+}
+
+const SETTLED: Duration = Duration::from_secs(2);
+
+impl FileStamp {
+    fn of(path: &Path) -> Option<FileStamp> {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(path).ok()?;
+        Some(FileStamp {
+            modified: m.modified().ok()?,
+            len: m.len(),
+            ino: m.ino(),
+        })
+    }
+
+    fn settled(&self) -> bool {
+        SystemTime::now()
+            .duration_since(self.modified)
+            .is_ok_and(|age| age >= SETTLED)
+    }
 }
 
 impl AgentRegistry {
@@ -235,15 +275,32 @@ impl AgentRegistry {
         AgentRegistry {
             dirs,
             default_runner,
+            parsed: Arc::default(),
         }
     }
 
     fn read(&self, path: &Path) -> Result<AgentDef, AgentError> {
-        let text = std::fs::read_to_string(path).map_err(|e| AgentError::Invalid {
-            path: path.display().to_string(),
-            message: format!("cannot be read: {e}"),
-        })?;
-        parse_agent(path, &text, &self.default_runner)
+        let stamp = FileStamp::of(path);
+        if let Some(stamp) = stamp {
+            let cache = self.parsed.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some((s, def)) = cache.get(path) {
+                if *s == stamp {
+                    return def.clone();
+                }
+            }
+        }
+        let parsed = std::fs::read_to_string(path)
+            .map_err(|e| AgentError::Invalid {
+                path: path.display().to_string(),
+                message: format!("cannot be read: {e}"),
+            })
+            .and_then(|text| parse_agent(path, &text, &self.default_runner));
+        // Only a settled file that did not change while it was read is remembered.
+        if let Some(stamp) = stamp.filter(|s| s.settled() && Some(*s) == FileStamp::of(path)) {
+            let mut cache = self.parsed.lock().unwrap_or_else(|p| p.into_inner());
+            cache.insert(path.to_path_buf(), (stamp, parsed.clone()));
+        }
+        parsed
     }
 
     fn md_files(dir: &Path) -> Vec<PathBuf> {

@@ -1,18 +1,19 @@
 //! The `command` runner (contract section 6): any program, instructions on stdin, stdout as the
 //! result, stderr lines as log lines while they arrive.
 
-use std::io::Write;
-
 use tokio::process::Command;
 
 use super::process::{self, signal_group};
+use super::prompt_files::PromptFiles;
 use super::{BoxFuture, RunContext, RunJob, RunOutcome, Runner};
 use crate::agents::AgentDef;
 use crate::limits;
 use crate::model::Usage;
 
-#[derive(Debug, Default)]
-pub struct CommandRunner;
+#[derive(Default)]
+pub struct CommandRunner {
+    prompts: PromptFiles,
+}
 
 impl Runner for CommandRunner {
     fn check(&self, agent: &AgentDef) -> Result<(), String> {
@@ -27,17 +28,17 @@ impl Runner for CommandRunner {
     }
 
     fn run(&self, job: RunJob, ctx: RunContext) -> BoxFuture<'_, RunOutcome> {
-        Box::pin(run(job, ctx))
+        Box::pin(run(job, ctx, &self.prompts))
     }
 }
 
-async fn run(job: RunJob, ctx: RunContext) -> RunOutcome {
+async fn run(job: RunJob, ctx: RunContext, prompts: &PromptFiles) -> RunOutcome {
     let Some(argv) = job.agent.command.clone().filter(|a| !a.is_empty()) else {
         return RunOutcome::fatal("agent has no `command:`");
     };
     // The agent body goes to a file rather than an argument: it can be long, and it should not
-    // show in `ps`. The file lives as long as this attempt.
-    let prompt_file = match write_prompt_file(&job.agent.body) {
+    // show in `ps`.
+    let prompt_file = match prompts.path_for(&job.agent.body) {
         Ok(f) => f,
         Err(e) => {
             return RunOutcome::retryable(format!("could not write the agent prompt file: {e}"))
@@ -46,7 +47,7 @@ async fn run(job: RunJob, ctx: RunContext) -> RunOutcome {
 
     let mut cmd = Command::new(&argv[0]);
     cmd.args(&argv[1..]);
-    process::prepare(&mut cmd, &job, Some(prompt_file.path()));
+    process::prepare(&mut cmd, &job, Some(&prompt_file));
     let (mut child, pgid) = match process::spawn(&mut cmd, &ctx, &argv[0]) {
         Ok(c) => c,
         Err(e) => return RunOutcome::fatal(e),
@@ -102,14 +103,4 @@ async fn run(job: RunJob, ctx: RunContext) -> RunOutcome {
         }
         Err(e) => RunOutcome::retryable(format!("could not wait for the process: {e}")),
     }
-}
-
-fn write_prompt_file(body: &str) -> std::io::Result<tempfile::NamedTempFile> {
-    let mut f = tempfile::Builder::new()
-        .prefix("orchestr8-agent-")
-        .suffix(".md")
-        .tempfile()?;
-    f.write_all(body.as_bytes())?;
-    f.flush()?;
-    Ok(f)
 }

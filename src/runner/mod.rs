@@ -13,6 +13,7 @@ pub mod http;
 pub mod openai;
 pub mod orphans;
 pub mod process;
+mod prompt_files;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -122,7 +123,7 @@ impl Runners {
     pub fn new(settings: RunnerSettings) -> Result<Self, String> {
         let client = http::client()?;
         let mut r = Runners::default();
-        r.insert("command", Arc::new(command::CommandRunner));
+        r.insert("command", Arc::new(command::CommandRunner::default()));
         r.insert(
             "claude",
             Arc::new(claude::ClaudeRunner::new(settings.claude)),
