@@ -190,13 +190,13 @@ impl Scheduler {
             .then(|| Arc::<str>::from(instructions.as_str()));
         inner.lock().hot.insert(
             id,
-            Hot {
+            Box::new(Hot {
                 task: task.clone(),
                 wait: Wait::Reserved,
                 next_seq: 0,
                 max_concurrency,
                 instructions: cached,
-            },
+            }),
         );
         let written = inner
             .store
@@ -345,13 +345,13 @@ impl Scheduler {
             }
             st.hot.insert(
                 id,
-                Hot {
+                Box::new(Hot {
                     task: t.clone(),
                     wait: Wait::Reserved,
                     next_seq: last_seq + 1,
                     max_concurrency,
                     instructions: None,
-                },
+                }),
             );
         }
         let now = now_us();

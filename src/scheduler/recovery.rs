@@ -206,13 +206,13 @@ pub(super) async fn recover(inner: &Arc<Inner>) -> Result<(), SchedError> {
             }
             st.hot.insert(
                 id,
-                Hot {
+                Box::new(Hot {
                     task: t.clone(),
                     wait: Wait::Finishing,
                     next_seq: seqs.get(&id).copied().unwrap_or(0),
                     max_concurrency,
                     instructions: None,
-                },
+                }),
             );
             if t.status == TaskStatus::Pending {
                 pending.push((id, matches!(gate, Gate::Open)));

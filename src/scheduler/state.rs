@@ -99,7 +99,9 @@ pub struct WfHot {
 pub struct State {
     /// Running workflows (draft and finished ones live in the store only).
     pub workflows: HashMap<Uuid, WfHot>,
-    pub hot: HashMap<Uuid, Hot>,
+    /// Boxed: the map's table then holds pointers, so its growth (doubling, both tables alive
+    /// while rehashing) copies and over-allocates pointers rather than whole tasks.
+    pub hot: HashMap<Uuid, Box<Hot>>,
     pub ready: BTreeSet<ReadyKey>,
     pub timers: BinaryHeap<Reverse<(i64, Uuid)>>,
     /// dependency -> tasks waiting on it
@@ -285,13 +287,13 @@ mod tests {
         let id = t.id;
         st.hot.insert(
             id,
-            Hot {
+            Box::new(Hot {
                 task: t,
                 wait: Wait::Reserved,
                 next_seq: 0,
                 max_concurrency: limit,
                 instructions: None,
-            },
+            }),
         );
         st.enqueue(id, 1_000);
         id

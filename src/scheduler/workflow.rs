@@ -206,13 +206,13 @@ impl Scheduler {
                 });
                 st.hot.insert(
                     t.id,
-                    Hot {
+                    Box::new(Hot {
                         task: t,
                         wait: Wait::Gated,
                         next_seq: 0,
                         max_concurrency: limit,
                         instructions: None,
-                    },
+                    }),
                 );
             }
             st.workflows.insert(id, hot);
