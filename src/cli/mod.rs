@@ -7,6 +7,15 @@
 //! `wait --any`: one did); 1 an error (refusals included), or a task failed or was cancelled;
 //! 2 a command line clap cannot parse; 124 `--timeout` passed; 130 Ctrl-C.
 
+/// `println!` without the panic: when the reader goes away (`orchestr8-async-server tasks | head`)
+/// the output just ends, and the command still closes what it opened.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 mod conn;
 mod render;
 
@@ -168,7 +177,7 @@ pub async fn run(cfg: Config) -> i32 {
 }
 
 fn print_json(v: &Value) {
-    println!(
+    outln!(
         "{}",
         serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string())
     );
@@ -186,19 +195,19 @@ async fn execute(cfg: &Config, cmd: Command, conn: &mut Conn) -> anyhow::Result<
                 return Ok(0);
             }
             if conn.is_local() {
-                println!("engine    none running (read {} directly)", o.db_path);
+                outln!("engine    none running (read {} directly)", o.db_path);
             } else {
-                println!("engine    pid {} on {}", o.pid, o.db_path);
+                outln!("engine    pid {} on {}", o.pid, o.db_path);
             }
             let counts: Vec<String> = ["pending", "running", "completed", "failed", "cancelled"]
                 .iter()
                 .map(|k| format!("{k} {}", o.counts.get(*k).copied().unwrap_or(0)))
                 .collect();
-            println!("tasks     {}", counts.join(" · "));
+            outln!("tasks     {}", counts.join(" · "));
             if o.dispatching {
-                println!("workers   {} of {} busy", o.workers_busy, o.workers);
+                outln!("workers   {} of {} busy", o.workers_busy, o.workers);
             }
-            println!("webhooks  {} owed", o.webhooks_owed);
+            outln!("webhooks  {} owed", o.webhooks_owed);
             if !o.running.is_empty() {
                 let rows: Vec<Vec<String>> = o
                     .running
@@ -213,7 +222,7 @@ async fn execute(cfg: &Config, cmd: Command, conn: &mut Conn) -> anyhow::Result<
                         ]
                     })
                     .collect();
-                println!("\n{}", table(&["RUNNING", "AGENT", "AGE", "NAME"], &rows));
+                outln!("\n{}", table(&["RUNNING", "AGENT", "AGE", "NAME"], &rows));
             }
             Ok(0)
         }
@@ -250,11 +259,11 @@ async fn execute(cfg: &Config, cmd: Command, conn: &mut Conn) -> anyhow::Result<
                     ]
                 })
                 .collect();
-            println!(
+            outln!(
                 "{}",
                 table(&["TASK_ID", "STATUS", "AGENT", "AGE", "NAME"], &rows)
             );
-            println!("({} of {} tasks)", tasks.len(), v["total"]);
+            outln!("({} of {} tasks)", tasks.len(), v["total"]);
             Ok(0)
         }
         Command::Show { task_id, out } => {
@@ -267,7 +276,7 @@ async fn execute(cfg: &Config, cmd: Command, conn: &mut Conn) -> anyhow::Result<
             }
             print_task(&v);
             if let Some(logs) = v["logs"].as_array().filter(|l| !l.is_empty()) {
-                println!("\nlast log lines:");
+                outln!("\nlast log lines:");
                 for l in logs {
                     print_log(l);
                 }
@@ -309,7 +318,7 @@ async fn execute(cfg: &Config, cmd: Command, conn: &mut Conn) -> anyhow::Result<
                 if out.json {
                     print_json(&v);
                 } else {
-                    println!("{id}");
+                    outln!("{id}");
                     if conn.is_local() {
                         eprintln!("stored; no engine runs: it starts with the next orchestr8-async-server (or `submit --wait`)");
                     }
@@ -326,7 +335,7 @@ async fn execute(cfg: &Config, cmd: Command, conn: &mut Conn) -> anyhow::Result<
             if out.json {
                 print_json(&v);
             } else {
-                println!("{} {}", s(&v, "status"), s(&v, "task_id"));
+                outln!("{} {}", s(&v, "status"), s(&v, "task_id"));
             }
             Ok(0)
         }
@@ -362,14 +371,14 @@ async fn execute(cfg: &Config, cmd: Command, conn: &mut Conn) -> anyhow::Result<
                     ]
                 })
                 .collect();
-            println!(
+            outln!(
                 "{}",
                 table(
                     &["WORKFLOW_ID", "STATUS", "PROGRESS", "TASKS", "AGE", "NAME"],
                     &rows
                 )
             );
-            println!("({} of {} workflows)", wfs.len(), v["total"]);
+            outln!("({} of {} workflows)", wfs.len(), v["total"]);
             Ok(0)
         }
         Command::Agents(out) => {
@@ -392,7 +401,7 @@ async fn execute(cfg: &Config, cmd: Command, conn: &mut Conn) -> anyhow::Result<
                     ]
                 })
                 .collect();
-            println!(
+            outln!(
                 "{}",
                 table(&["NAME", "RUNNER", "MODEL", "DESCRIPTION"], &rows)
             );
@@ -416,22 +425,22 @@ fn print_task(v: &Value) {
         "phase_id",
     ] {
         if !v[f].is_null() {
-            println!("{f:<13} {}", s(v, f));
+            outln!("{f:<13} {}", s(v, f));
         }
     }
     if let Some(u) = v.get("usage").filter(|u| !u.is_null()) {
-        println!("{:<13} {u}", "usage");
+        outln!("{:<13} {u}", "usage");
     }
     if !v["error"].is_null() {
-        println!("{:<13} {}", "error", s(v, "error"));
+        outln!("{:<13} {}", "error", s(v, "error"));
     }
     if !v["result"].is_null() {
-        println!("\n{}", s(v, "result").trim_end());
+        outln!("\n{}", s(v, "result").trim_end());
     }
 }
 
 fn print_log(l: &Value) {
-    println!(
+    outln!(
         "{:>5} {} {:<5} {}",
         l["seq"],
         s(l, "ts"),
@@ -486,7 +495,7 @@ async fn wait_cmd(
                         ]
                     })
                     .collect();
-                println!("{}", table(&["TASK_ID", "STATUS", "ERROR", "NAME"], &rows));
+                outln!("{}", table(&["TASK_ID", "STATUS", "ERROR", "NAME"], &rows));
             }
             let finished_ok = if any {
                 tasks.iter().any(|t| t["status"] == "completed")
@@ -549,7 +558,7 @@ async fn logs(
             for l in &lines {
                 after = after.max(l["seq"].as_i64().unwrap_or(after));
                 if as_json {
-                    println!("{l}");
+                    outln!("{l}");
                 } else {
                     print_log(l);
                 }
