@@ -46,7 +46,9 @@ async fn dependencies_order_tasks_and_failures_cancel_dependents() {
     let env = Env::new();
     env.shell_agent("slow", "sleep 0.5; echo first", "");
     env.shell_agent("ok", "echo second", "");
-    env.shell_agent("bad", "echo broken >&2; exit 3", "");
+    // The pause lets the test submit the dependents below before `f` fails (a dependency that
+    // has already failed is refused at submit, which is checked last).
+    env.shell_agent("bad", "sleep 0.3; echo broken >&2; exit 3", "");
     let s = env.start().await;
 
     let a = s.submit("a", "slow", "x", json!({})).await;
