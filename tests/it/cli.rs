@@ -142,6 +142,20 @@ async fn every_command_without_an_engine() {
     assert_eq!(wfs["total"], 0);
     let agents = env.cli_json(&["agents"]).await;
     assert_eq!(agents["agents"].as_array().unwrap().len(), 3);
+    // A reader that goes away (`| head -0`) ends the output, not the command: no panic.
+    let mut child = env
+        .command()
+        .args(["tasks"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().await.unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
     // The file is free again: a server starts on it and sees everything.
     let s = env.start().await;
     assert_eq!(s.call("list_tasks", json!({})).await["total"], 3);
