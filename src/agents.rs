@@ -289,13 +289,13 @@ impl AgentRegistry {
                 }
             }
         }
-        let parsed = std::fs::read_to_string(path)
-            .map_err(|e| AgentError::Invalid {
-                path: path.display().to_string(),
-                message: format!("cannot be read: {e}"),
-            })
-            .and_then(|text| parse_agent(path, &text, &self.default_runner));
-        // Only a settled file that did not change while it was read is remembered.
+        let text = std::fs::read_to_string(path).map_err(|e| AgentError::Invalid {
+            path: path.display().to_string(),
+            message: format!("cannot be read: {e}"),
+        })?;
+        let parsed = parse_agent(path, &text, &self.default_runner);
+        // Only the parse of a settled file that did not change while it was read is remembered
+        // (a read error is not: it may pass without the file changing).
         if let Some(stamp) = stamp.filter(|s| s.settled() && Some(*s) == FileStamp::of(path)) {
             let mut cache = self.parsed.lock().unwrap_or_else(|p| p.into_inner());
             cache.insert(path.to_path_buf(), (stamp, parsed.clone()));

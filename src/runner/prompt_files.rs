@@ -3,13 +3,16 @@
 //! One read-only file per distinct agent body, in a private folder that lives as long as the
 //! engine, shared by every attempt with that body. Writing a fresh temporary file per attempt
 //! (create, write, unlink) cost about 7 % of the engine's CPU on trivial tasks (measured with
-//! perf on o8-bench); a body edited between attempts simply gets a new file.
+//! perf on o8-bench); a body edited between attempts simply gets a new file. A file found
+//! changed or gone (an agent runs as the same user and could rewrite it) is written again before
+//! the next attempt uses it, and so is a folder a temp cleaner removed.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::sync::Mutex;
+use std::time::SystemTime;
 
 use sha2::{Digest, Sha256};
 
@@ -22,7 +25,8 @@ pub struct PromptFiles {
 struct Inner {
     /// Created on first use (mode 0700), removed with the engine.
     dir: Option<tempfile::TempDir>,
-    written: HashSet<String>,
+    /// File name -> (size, mtime) as written.
+    written: HashMap<String, (u64, SystemTime)>,
 }
 
 impl PromptFiles {
@@ -36,6 +40,10 @@ impl PromptFiles {
             .collect::<String>()
             + ".md";
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if inner.dir.as_ref().is_some_and(|d| !d.path().is_dir()) {
+            inner.dir = None;
+            inner.written.clear();
+        }
         if inner.dir.is_none() {
             inner.dir = Some(
                 tempfile::Builder::new()
@@ -49,7 +57,17 @@ impl PromptFiles {
             .map(|d| d.path().to_path_buf())
             .unwrap_or_default();
         let path = dir.join(&name);
-        if inner.written.contains(&name) && path.is_file() {
+        let stamp = |p: &std::path::Path| {
+            std::fs::symlink_metadata(p)
+                .ok()
+                .filter(|m| m.is_file())
+                .and_then(|m| Some((m.len(), m.modified().ok()?)))
+        };
+        if inner
+            .written
+            .get(&name)
+            .is_some_and(|w| Some(*w) == stamp(&path))
+        {
             return Ok(path);
         }
         // Written under another name and renamed, so no attempt ever sees a partial file.
@@ -58,7 +76,9 @@ impl PromptFiles {
         tmp.as_file()
             .set_permissions(std::fs::Permissions::from_mode(0o400))?;
         tmp.persist(&path).map_err(|e| e.error)?;
-        inner.written.insert(name);
+        if let Some(w) = stamp(&path) {
+            inner.written.insert(name, w);
+        }
         Ok(path)
     }
 }

@@ -76,7 +76,12 @@ pub fn commit(conn: &Connection, records: &[(u64, Vec<WriteOp>)]) -> Result<(), 
         }
         let t1 = Instant::now();
         if !updates.is_empty() {
-            rows::update_tasks(conn, &updates, now)?;
+            // The writer was answered long ago; a change to a task with no row (none is known
+            // to happen) must not hold back every later write, so it is reported, not failed.
+            let missing = rows::update_tasks(conn, &updates, now)?;
+            if missing > 0 {
+                tracing::warn!("{missing} journaled task updates had no task row; ignored");
+            }
         }
         let t2 = Instant::now();
         if !logs.is_empty() {
@@ -104,56 +109,20 @@ pub fn commit(conn: &Connection, records: &[(u64, Vec<WriteOp>)]) -> Result<(), 
     }
 }
 
-/// Folds `records`; if the whole fold fails, folds them one by one so that one bad record cannot
-/// hold back the others. A record that fails on its own is logged and skipped: it was answered as
-/// written, so this is loud (error level, with the ops) rather than silent.
-pub fn commit_or_skip(conn: &Connection, records: &[(u64, Vec<WriteOp>)]) {
-    let started = Instant::now();
-    match commit(conn, records) {
-        Ok(()) => {}
-        Err(e) if records.len() == 1 => skip(conn, &records[0], &e),
-        Err(e) => {
-            tracing::warn!(
-                "folding {} journal records failed ({e}); folding them one by one",
-                records.len()
-            );
-            for r in records {
-                if let Err(e) = commit(conn, std::slice::from_ref(r)) {
-                    skip(conn, r, &e);
-                }
-            }
-        }
-    }
-    tracing::trace!(
-        records = records.len(),
-        took_us = started.elapsed().as_micros() as u64,
-        "fold"
-    );
-}
-
-fn skip(conn: &Connection, record: &(u64, Vec<WriteOp>), e: &StoreError) {
-    tracing::error!(
-        "journal record {} cannot be written to the database ({e}); skipped: {:?}",
-        record.0,
-        record.1
-    );
-    let moved = conn
-        .prepare_cached("UPDATE journal_state SET folded_seq = ?")
-        .and_then(|mut st| st.execute([record.0 as i64]));
-    if let Err(e) = moved {
-        tracing::error!("cannot record the skipped journal record: {e}");
-    }
-}
-
-/// The folder thread's loop: gather, fold, publish, and empty the journal whenever everything
-/// appended is folded.
+/// The folder thread's loop: gather, fold, empty the journal whenever everything appended is
+/// folded, publish.
+///
+/// A fold that fails is never skipped: its writes were answered. Everything stays in the journal
+/// and in memory, readers are told why they cannot be served (rather than waiting), and the fold
+/// is tried again with a growing pause; once it succeeds, all is as if nothing happened. The
+/// causes are outside (disk full, permissions); a replay at the next start would meet them too.
 pub fn folder_loop(
     conn: Connection,
     rx: Receiver<FoldMsg>,
     unfolded: Arc<Unfolded>,
     journal: Arc<Mutex<Journal>>,
 ) {
-    // However this thread ends (a panic included), no reader waits for it forever.
+    // However this thread ends (a panic included), nobody waits for it forever.
     struct Gone(Arc<Unfolded>);
     impl Drop for Gone {
         fn drop(&mut self) {
@@ -163,11 +132,16 @@ pub fn folder_loop(
     let _gone = Gone(unfolded.clone());
     let mut pending: Vec<(u64, Vec<WriteOp>)> = Vec::new();
     let mut oldest = Instant::now();
+    let mut retry: Option<(Instant, Duration)> = None;
     loop {
+        let wait = match retry {
+            Some((at, _)) => at.saturating_duration_since(Instant::now()),
+            None => FOLD_DELAY.saturating_sub(oldest.elapsed()),
+        };
         let msg = if pending.is_empty() {
             rx.recv().map_err(|_| RecvTimeoutError::Disconnected)
         } else {
-            rx.recv_timeout(FOLD_DELAY.saturating_sub(oldest.elapsed()))
+            rx.recv_timeout(wait)
         };
         let mut now = false;
         let mut stop = matches!(msg, Err(RecvTimeoutError::Disconnected));
@@ -186,19 +160,56 @@ pub fn folder_loop(
                 FoldMsg::Stop => stop = true,
             }
         }
-        let due = now
-            || stop
-            || pending.len() >= FOLD_RECORDS
-            || (!pending.is_empty() && oldest.elapsed() >= FOLD_DELAY);
+        let due = match retry {
+            Some((at, _)) => Instant::now() >= at || stop,
+            None => now || stop || pending.len() >= FOLD_RECORDS || oldest.elapsed() >= FOLD_DELAY,
+        };
         if due && !pending.is_empty() {
-            commit_or_skip(&conn, &pending);
-            let upto = pending.last().map_or(0, |r| r.0);
-            pending.clear();
-            unfolded.folded(upto);
-            let mut j = journal.lock().unwrap_or_else(|p| p.into_inner());
-            if j.last_seq <= upto {
-                if let Err(e) = j.truncate() {
-                    tracing::warn!("cannot empty the journal: {e}");
+            let started = Instant::now();
+            match commit(&conn, &pending) {
+                Ok(()) => {
+                    tracing::trace!(
+                        records = pending.len(),
+                        took_us = started.elapsed().as_micros() as u64,
+                        "fold"
+                    );
+                    if retry.take().is_some() {
+                        tracing::info!("the database accepts writes again; journal folded");
+                    }
+                    let upto = pending.last().map_or(0, |r| r.0);
+                    pending.clear();
+                    // Emptied before anyone is released, so that a writer waiting for the fold
+                    // (the journal was too long) finds it empty.
+                    {
+                        let mut j = journal.lock().unwrap_or_else(|p| p.into_inner());
+                        if j.last_seq <= upto {
+                            if let Err(e) = j.truncate() {
+                                tracing::error!("cannot empty the journal: {e}");
+                            }
+                        }
+                    }
+                    unfolded.folded(upto);
+                }
+                Err(e) if stop => {
+                    // Closing: the journal keeps the writes; the next start replays them.
+                    tracing::error!(
+                        "cannot apply {} journal records to the database ({e}); they stay in the journal for the next start",
+                        pending.len()
+                    );
+                    break;
+                }
+                Err(e) => {
+                    let pause = retry.map_or(Duration::from_millis(250), |(_, p)| {
+                        (p * 2).min(Duration::from_secs(10))
+                    });
+                    tracing::error!(
+                        "cannot apply {} journal records to the database ({e}); they are kept in the journal, retrying in {pause:?}",
+                        pending.len()
+                    );
+                    unfolded.failing(format!(
+                        "the database cannot be updated ({e}); every answered write is kept in its journal and applied once it can be, reads wait until then"
+                    ));
+                    retry = Some((Instant::now() + pause, pause));
                 }
             }
         }

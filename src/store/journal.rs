@@ -50,10 +50,18 @@ pub struct Replay {
     pub last_seq: u64,
     /// Bytes after the last whole record (a torn tail), ignored.
     pub torn_bytes: usize,
+    /// A whole record (good CRC) that this build cannot read, and why: written by another
+    /// version. Nothing may be applied past it, and the journal must not be emptied.
+    pub unreadable: Option<String>,
 }
 
 /// Decodes the records of `bytes` whose sequence number is above `folded`. Payloads of folded
 /// records are skipped unparsed, so a long journal of folded records costs little at start.
+///
+/// Replay stops at the first record that is short or fails its CRC. Everything after the last
+/// completed `fdatasync` is unanswered and may be damaged in any order (pages of one write reach
+/// the disk in no particular order), while everything before it is intact, so the first bad
+/// record is where answered writes end.
 pub fn decode(bytes: &[u8], folded: u64) -> Replay {
     let mut out = Replay::default();
     let mut at = 0;
@@ -82,9 +90,7 @@ pub fn decode(bytes: &[u8], folded: u64) -> Replay {
             match serde_json::from_slice::<Vec<WriteOp>>(payload) {
                 Ok(ops) => out.records.push((seq, ops)),
                 Err(e) => {
-                    // A whole record with a good CRC that this build cannot read: written by
-                    // another version. Stop rather than apply what follows out of order.
-                    tracing::error!("journal record {seq} cannot be read ({e}); replay stops here");
+                    out.unreadable = Some(format!("record {seq} cannot be read: {e}"));
                     break;
                 }
             }
@@ -114,6 +120,8 @@ pub fn read(path: &Path, folded: u64) -> io::Result<Replay> {
 pub struct Journal {
     file: File,
     len: u64,
+    /// A failure left the file in a state this process no longer knows: no more appends.
+    broken: bool,
     /// Sequence number of the last record appended.
     pub last_seq: u64,
 }
@@ -129,9 +137,14 @@ impl Journal {
             .open(path)?;
         file.set_len(0)?;
         file.sync_all()?;
+        // The file's name must survive a crash too.
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            File::open(dir)?.sync_all()?;
+        }
         Ok(Journal {
             file,
             len: 0,
+            broken: false,
             last_seq,
         })
     }
@@ -144,6 +157,11 @@ impl Journal {
     /// disk. On failure the file is cut back, so a half-written group can never precede a later
     /// record.
     pub fn append(&mut self, records: &[u8], last_seq: u64, sync: bool) -> io::Result<()> {
+        if self.broken {
+            return Err(io::Error::other(
+                "an earlier journal failure could not be undone; restart the server",
+            ));
+        }
         let res = self.file.write_all(records).and_then(|()| {
             if sync {
                 self.file.sync_data()
@@ -160,6 +178,7 @@ impl Journal {
             Err(e) => {
                 if let Err(e2) = self.file.set_len(self.len) {
                     tracing::error!("cannot cut the journal back after a failed append: {e2}");
+                    self.broken = true;
                 }
                 Err(e)
             }
@@ -168,9 +187,12 @@ impl Journal {
 
     /// Empties the file (its records are all folded).
     pub fn truncate(&mut self) -> io::Result<()> {
-        if self.len > 0 {
-            self.file.set_len(0)?;
-            self.file.sync_all()?;
+        if self.len > 0 && !self.broken {
+            let res = self.file.set_len(0).and_then(|()| self.file.sync_all());
+            if res.is_err() {
+                self.broken = true;
+            }
+            res?;
             self.len = 0;
         }
         Ok(())
@@ -232,6 +254,27 @@ mod tests {
         let r = decode(&bad, 0);
         assert_eq!(r.records.len(), 1);
         assert_eq!(r.last_seq, 1);
+        assert!(r.unreadable.is_none());
+    }
+
+    #[test]
+    fn a_whole_record_this_build_cannot_read_is_reported() {
+        let mut buf = Vec::new();
+        encode(1, &ops(1), &mut buf).unwrap();
+        let payload = br#"[{"FutureOp":{}}]"#;
+        let mut h = crc32fast::Hasher::new();
+        h.update(&2u64.to_le_bytes());
+        h.update(payload);
+        buf.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        buf.extend_from_slice(&h.finalize().to_le_bytes());
+        buf.extend_from_slice(&2u64.to_le_bytes());
+        buf.extend_from_slice(payload);
+        let r = decode(&buf, 0);
+        assert_eq!(r.records.len(), 1);
+        assert!(
+            r.unreadable.as_deref().unwrap_or("").contains("record 2"),
+            "{r:?}"
+        );
     }
 
     #[test]

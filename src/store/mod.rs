@@ -136,6 +136,13 @@ impl Store {
         let replay = journal::read(&journal_path, folded)?;
         let folder_conn = conn.try_clone()?;
         folder_conn.set_prepared_statement_cache_capacity(64);
+        if let Some(why) = &replay.unreadable {
+            return Err(StoreError::Schema(format!(
+                "the journal {} holds writes this build cannot read ({why}); start the \
+                 orchestr8-async that wrote them, or move the journal aside to give them up",
+                journal_path.display()
+            )));
+        }
         if replay.torn_bytes > 0 {
             tracing::warn!(
                 "the journal ended in {} bytes of a write that never completed; ignored",
@@ -238,7 +245,7 @@ impl Store {
     {
         let unfolded = self.unfolded.clone();
         self.read_folded(move |c| {
-            unfolded.wait_folded();
+            unfolded.wait_folded().map_err(StoreError::Conflict)?;
             f(c)
         })
         .await

@@ -204,9 +204,11 @@ const UPDATE_SET: &str = "status = u.status, scheduled_at = u.scheduled_at, \
 const STAGE_FROM: usize = 3;
 
 /// Writes every mutable column of the given tasks (each id at most once). Immutable columns
-/// (name, agent, instructions, ...) are fixed at insert.
-pub fn update_tasks(conn: &Connection, tasks: &[&Task], now_us: i64) -> Result<(), StoreError> {
+/// (name, agent, instructions, ...) are fixed at insert. Returns how many of them have no row
+/// (the caller decides whether that is an error).
+pub fn update_tasks(conn: &Connection, tasks: &[&Task], now_us: i64) -> Result<usize, StoreError> {
     if tasks.len() < STAGE_FROM {
+        let mut missing = 0;
         for t in tasks {
             let mut v = update_values(t, now_us).to_vec();
             let id = v.remove(0);
@@ -220,13 +222,10 @@ pub fn update_tasks(conn: &Connection, tasks: &[&Task], now_us: i64) -> Result<(
                 )?
                 .execute(duckdb::params_from_iter(v))?;
             if n != 1 {
-                return Err(StoreError::Conflict(format!(
-                    "task {} does not exist",
-                    t.id
-                )));
+                missing += 1;
             }
         }
-        return Ok(());
+        return Ok(missing);
     }
     {
         let mut app = conn.appender("task_updates")?;
@@ -242,14 +241,7 @@ pub fn update_tasks(conn: &Connection, tasks: &[&Task], now_us: i64) -> Result<(
         .execute([])?;
     conn.prepare_cached("DELETE FROM task_updates")?
         .execute([])?;
-    if n != tasks.len() {
-        return Err(StoreError::Conflict(format!(
-            "{} of {} updated tasks do not exist",
-            tasks.len() - n,
-            tasks.len()
-        )));
-    }
-    Ok(())
+    Ok(tasks.len().saturating_sub(n))
 }
 
 pub fn append_logs(conn: &Connection, lines: &[&NewLogLine]) -> Result<(), StoreError> {

@@ -8,7 +8,7 @@
 //!   (`wait_folded`), asking it to fold at once rather than at its next tick.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::{Condvar, Mutex, MutexGuard};
 
@@ -43,6 +43,9 @@ pub struct Unfolded {
     folded_cv: Condvar,
     overlay: Mutex<Overlay>,
     wake: Mutex<Option<Sender<FoldMsg>>>,
+    /// Why the last fold failed, until one succeeds.
+    failing: Mutex<Option<String>>,
+    gone: AtomicBool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -59,6 +62,8 @@ impl Unfolded {
             folded_cv: Condvar::new(),
             overlay: Mutex::new(Overlay::default()),
             wake: Mutex::new(Some(wake)),
+            failing: Mutex::new(None),
+            gone: AtomicBool::new(false),
         }
     }
 
@@ -93,32 +98,57 @@ impl Unfolded {
             o.tasks.retain(|_, (_, s)| *s > seq);
             o.keys.retain(|_, (_, s)| *s > seq);
         }
+        lock(&self.failing).take();
         *lock(&self.folded) = seq;
         self.folded_cv.notify_all();
     }
 
+    /// Called by the folder when a fold failed (it will try again): readers get `why` instead of
+    /// waiting.
+    pub fn failing(&self, why: String) {
+        *lock(&self.failing) = Some(why);
+        let _guard = lock(&self.folded);
+        self.folded_cv.notify_all();
+    }
+
+    /// Whether writes can still be accepted: the folder runs (a write it would never fold could
+    /// not be read back).
+    pub fn accepting(&self) -> Result<(), String> {
+        if self.gone.load(Ordering::Acquire) {
+            return Err(
+                "the store is closing or its folder has stopped; restart the server".into(),
+            );
+        }
+        Ok(())
+    }
+
     /// The folder has stopped: release every waiter.
     pub fn folder_gone(&self) {
+        self.gone.store(true, Ordering::Release);
         lock(&self.wake).take();
         *lock(&self.folded) = u64::MAX;
         self.folded_cv.notify_all();
     }
 
-    /// Blocks until every write answered before this call is folded.
-    pub fn wait_folded(&self) {
+    /// Blocks until every write answered before this call is folded, or says why it cannot be.
+    pub fn wait_folded(&self) -> Result<(), String> {
         let target = self.journaled.load(Ordering::Acquire);
         let mut folded = lock(&self.folded);
         if *folded >= target {
-            return;
+            return Ok(());
         }
         if let Some(wake) = lock(&self.wake).as_ref() {
             let _ = wake.send(FoldMsg::Now);
         }
         while *folded < target {
+            if let Some(why) = lock(&self.failing).clone() {
+                return Err(why);
+            }
             folded = self
                 .folded_cv
                 .wait(folded)
                 .unwrap_or_else(|p| p.into_inner());
         }
+        Ok(())
     }
 }

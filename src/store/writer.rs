@@ -33,6 +33,16 @@ pub struct JournalThread {
     pub next_seq: u64,
 }
 
+/// Answers a whole group with an error; nothing of it is written.
+fn refuse(group: Vec<WriteRequest>, why: &str) {
+    tracing::error!("write refused: {why}");
+    for reply in group.into_iter().filter_map(|r| r.reply) {
+        let _ = reply.send(Err(StoreError::Conflict(format!(
+            "nothing was written: {why}"
+        ))));
+    }
+}
+
 struct StopFolder(Sender<FoldMsg>);
 
 impl Drop for StopFolder {
@@ -63,10 +73,17 @@ impl JournalThread {
                 }
             }
             let too_long = self.lock_journal().bytes() > MAX_JOURNAL_BYTES;
-            if too_long {
-                self.unfolded.wait_folded();
+            let accepting = self.unfolded.accepting().and_then(|()| {
+                if too_long {
+                    self.unfolded.wait_folded()
+                } else {
+                    Ok(())
+                }
+            });
+            match accepting {
+                Ok(()) => self.journal_group(group, &mut buf),
+                Err(why) => refuse(group, &why),
             }
-            self.journal_group(group, &mut buf);
         }
         tracing::debug!("store journal stopped");
     }

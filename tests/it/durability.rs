@@ -250,3 +250,52 @@ async fn kill_9_before_the_fold_replays_the_journal() {
     }
     s.stop().await;
 }
+
+/// A journal record that is whole (its CRC holds) but that this build cannot read was written by
+/// another version: the server refuses to start and leaves the journal as it is, rather than
+/// dropping that write and the ones after it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_journal_from_another_version_stops_the_start_and_is_kept() {
+    let env = Env::new();
+    env.shell_agent("ok", "echo done", "");
+    let s = env.start().await;
+    s.submit("before", "ok", "x", json!({})).await;
+    s.stop().await;
+
+    let journal = env.path("db/o8.duckdb.journal");
+    let payload = br#"[{"OpOfAFutureRelease":{"x":1}}]"#;
+    let seq = u64::MAX / 2;
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&seq.to_le_bytes());
+    crc.update(payload);
+    let mut record = Vec::new();
+    record.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    record.extend_from_slice(&crc.finalize().to_le_bytes());
+    record.extend_from_slice(&seq.to_le_bytes());
+    record.extend_from_slice(payload);
+    std::fs::write(&journal, &record).unwrap();
+
+    let out = env
+        .command()
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cannot read") && err.contains("move the journal aside"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read(&journal).unwrap(),
+        record,
+        "the journal is kept"
+    );
+
+    // Moved aside, the database starts with everything it had.
+    std::fs::rename(&journal, env.path("journal.saved")).unwrap();
+    let s = env.start().await;
+    assert_eq!(s.call("list_tasks", json!({})).await["total"], 1);
+    s.stop().await;
+}
