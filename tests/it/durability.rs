@@ -275,14 +275,9 @@ async fn a_journal_from_another_version_stops_the_start_and_is_kept() {
     record.extend_from_slice(payload);
     std::fs::write(&journal, &record).unwrap();
 
-    let out = env
-        .command()
-        .stdin(std::process::Stdio::null())
-        .output()
-        .await
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    // The server itself, not a subcommand: it stops before serving.
+    let (code, _, err) = env.cli(&[]).await;
+    assert_ne!(code, 0);
     assert!(
         err.contains("cannot read") && err.contains("move the journal aside"),
         "{err}"
