@@ -35,12 +35,24 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     if cfg.mode == Mode::Api {
         return serve_api(&cfg, checked, http, &signal).await;
     }
-    let mut roles = Roles::establish(EngineRecipe {
-        cfg: cfg.clone(),
-        checked,
-        http,
-    })
-    .await?;
+    let established = Roles::establish(
+        EngineRecipe {
+            cfg: cfg.clone(),
+            checked,
+            http,
+        },
+        &signal,
+    )
+    .await;
+    let mut roles = match established {
+        Ok(r) => r,
+        // SIGTERM while waiting for the file or its engine: nothing was started, nothing to say.
+        Err(_) if signal.is_cancelled() => {
+            tracing::info!("signal received while looking for the engine; exiting");
+            return Ok(());
+        }
+        Err(e) => return Err(e),
+    };
     let server = McpServer::new(roles.backend())
         .serve(rmcp::transport::stdio())
         .await

@@ -150,8 +150,12 @@ pub struct Roles {
 
 impl Roles {
     /// Becomes the engine or a frontend (waiting up to 30 s for a starting engine to answer).
-    pub async fn establish(recipe: EngineRecipe) -> anyhow::Result<Roles> {
-        let stop = CancellationToken::new();
+    /// `signal` ends the wait at once (and later, the supervisor's).
+    pub async fn establish(
+        recipe: EngineRecipe,
+        signal: &CancellationToken,
+    ) -> anyhow::Result<Roles> {
+        let stop = signal.child_token();
         let role = recipe
             .establish(Instant::now() + ENGINE_WAIT, true, &stop)
             .await?;

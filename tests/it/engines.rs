@@ -170,3 +170,48 @@ async fn a_frontend_takes_over_after_the_engine_is_stopped_with_sigterm() {
     assert!(b.log().contains("took over"), "{}", b.log());
     b.stop().await;
 }
+
+/// A server looking for an engine that does not answer (stopped with SIGSTOP: it holds the file
+/// and its socket accepts, but nothing replies) ends that wait at once on SIGTERM instead of
+/// searching for 30 s.
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_ends_the_wait_for_an_engine() {
+    let env = Env::new();
+    let a = env.start().await;
+    let a_pid = nix::unistd::Pid::from_raw(a.pid as i32);
+    nix::sys::signal::kill(a_pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    let log = env.path("waiting.log");
+    let mut waiting = env
+        .command()
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    // Kept open: a closed stdin would end the server for another reason.
+    let _stdin = waiting.stdin.take();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let still = waiting.try_wait().unwrap().is_none();
+    let sent = std::time::Instant::now();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(waiting.id().unwrap_or(0) as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(10), waiting.wait())
+        .await
+        .map(|s| s.unwrap());
+    let took = sent.elapsed();
+    nix::sys::signal::kill(a_pid, nix::sys::signal::Signal::SIGCONT).unwrap();
+    a.stop().await;
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(still, "it should have been waiting: {text}");
+    let status = status.expect("exited after SIGTERM");
+    assert!(took < Duration::from_secs(3), "took {took:?}: {text}");
+    assert!(status.success(), "{text}");
+    assert!(
+        text.contains("signal received while looking for the engine"),
+        "{text}"
+    );
+}
