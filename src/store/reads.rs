@@ -41,15 +41,10 @@ impl Store {
         }
         self.read_folded(move |c| {
             for chunk in ids.chunks(500) {
-                // Ids are parsed Uuids, so formatting them into SQL cannot inject anything.
-                let list = chunk
-                    .iter()
-                    .map(|id| format!("'{id}'"))
-                    .collect::<Vec<_>>()
-                    .join(",");
                 let sql = format!(
-                    "SELECT {} FROM tasks WHERE task_id IN ({list})",
-                    rows::TASK_COLUMNS
+                    "SELECT {} FROM tasks WHERE task_id IN ({})",
+                    rows::TASK_COLUMNS,
+                    id_list(chunk)
                 );
                 let mut st = c.prepare(&sql)?;
                 let mut r = st.query([])?;
@@ -192,13 +187,9 @@ impl Store {
         self.read(move |c| {
             let mut out = HashMap::new();
             for chunk in ids.chunks(500) {
-                let list = chunk
-                    .iter()
-                    .map(|id| format!("'{id}'"))
-                    .collect::<Vec<_>>()
-                    .join(",");
                 let sql = format!(
-                    "SELECT task_id::VARCHAR, max(seq) FROM task_logs WHERE task_id IN ({list}) GROUP BY 1"
+                    "SELECT task_id::VARCHAR, max(seq) FROM task_logs WHERE task_id IN ({}) GROUP BY 1",
+                    id_list(chunk)
                 );
                 let mut st = c.prepare(&sql)?;
                 let mut r = st.query([])?;
@@ -213,4 +204,13 @@ impl Store {
         })
         .await
     }
+}
+
+/// `'id','id',...` for an `IN (...)` list. Ids are parsed Uuids, so formatting them into SQL
+/// cannot inject anything.
+fn id_list(ids: &[Uuid]) -> String {
+    ids.iter()
+        .map(|id| format!("'{id}'"))
+        .collect::<Vec<_>>()
+        .join(",")
 }

@@ -141,6 +141,38 @@ async fn idempotency_key_returns_the_first_task() {
     s.stop().await;
 }
 
+/// Parsed agent files are reused while the file is unchanged (only once it has been still for a
+/// while): an edit of a settled file, even one of the same length, still takes effect, and so
+/// does a new body in `ORCHESTR8_AGENT_PROMPT_FILE`.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_edit_of_a_settled_agent_file_takes_effect() {
+    let env = Env::new();
+    let write = |word: &str| {
+        env.agent(
+            "settled",
+            "runner: command\ncommand: [\"sh\", \"-c\", \"cat \\\"$ORCHESTR8_AGENT_PROMPT_FILE\\\"\"]",
+            word,
+        );
+        // An hour old: settled, so the server keeps what it parsed.
+        let f = std::fs::File::options()
+            .write(true)
+            .open(env.path("agents/settled.md"))
+            .unwrap();
+        f.set_modified(std::time::SystemTime::now() - std::time::Duration::from_secs(3600))
+            .unwrap();
+    };
+    write("first");
+    let s = env.start().await;
+    for _ in 0..2 {
+        let id = s.submit("read", "settled", "x", json!({})).await;
+        assert_eq!(s.wait_all(&[id], 30).await[0]["result"], "first");
+    }
+    write("again");
+    let id = s.submit("read", "settled", "x", json!({})).await;
+    assert_eq!(s.wait_all(&[id], 30).await[0]["result"], "again");
+    s.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn an_edited_agent_takes_effect_without_restart() {
     let env = Env::new();
