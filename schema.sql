@@ -40,7 +40,10 @@ CREATE TABLE IF NOT EXISTS tasks (
     cost_usd         DOUBLE,
     pid              BIGINT,                -- process group of the running attempt
     pid_start        BIGINT,                -- its start time (clock ticks since boot)
-    updated_at       TIMESTAMP NOT NULL
+    updated_at       TIMESTAMP NOT NULL,
+    -- After updated_at: columns added by migrations come last, so old and new files agree.
+    project          VARCHAR,               -- directory of the session that submitted it
+    agents_dir       VARCHAR                -- that session's agent search path
 );
 
 -- A separate table, not a UNIQUE column of tasks, so that updating a task never touches an index

@@ -279,6 +279,19 @@ impl AgentRegistry {
         }
     }
 
+    /// The same registry (and parse cache) on another search path: a session's, or the one a
+    /// task recorded when it was submitted. `None` keeps this one's.
+    pub fn with_search_path(&self, path: Option<&str>) -> AgentRegistry {
+        match path {
+            None => self.clone(),
+            Some(p) => AgentRegistry {
+                dirs: split_search_path(p),
+                default_runner: self.default_runner.clone(),
+                parsed: self.parsed.clone(),
+            },
+        }
+    }
+
     fn read(&self, path: &Path) -> Result<AgentDef, AgentError> {
         let stamp = FileStamp::of(path);
         if let Some(stamp) = stamp {
@@ -366,6 +379,7 @@ impl AgentRegistry {
         seen.into_values().collect()
     }
 
+    /// The search path as one colon-separated string (how a task records it).
     pub fn search_path(&self) -> String {
         self.dirs
             .iter()
@@ -373,6 +387,14 @@ impl AgentRegistry {
             .collect::<Vec<_>>()
             .join(":")
     }
+}
+
+/// Splits a colon-separated search path, dropping empty entries.
+pub fn split_search_path(p: &str) -> Vec<PathBuf> {
+    p.split(':')
+        .filter(|s| !s.trim().is_empty())
+        .map(|s| PathBuf::from(s.trim()))
+        .collect()
 }
 
 #[cfg(test)]

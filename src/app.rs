@@ -1,6 +1,12 @@
-//! The server's life: check the settings, become the engine or a frontend ([`crate::roles`]),
-//! serve the stdio MCP session (or HTTP only in `api` mode), and stop in order. An engine
-//! whose own client has gone stays up while it is still needed ([`linger`]).
+//! What each kind of process does.
+//!
+//! - A **session** (`mcp` and `both` modes, the process an MCP client starts) is a frontend: it
+//!   attaches to the engine of its database file, starting one if none runs, and serves stdio
+//!   MCP by forwarding every call ([`crate::frontend`]). It holds no state; a signal or stdin EOF
+//!   ends it at once, and the engine runs on.
+//! - An **engine** ([`run_engine`]: the `engine` subcommand, `api` mode) opens the file and does
+//!   the work. A detached one (started by a session) exits once idle; one run in the foreground
+//!   stays up until told to stop ([`crate::engine::lifetime`]).
 
 use std::time::Duration;
 
@@ -9,20 +15,54 @@ use rmcp::ServiceExt;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, Mode};
-use crate::engine::{check_config, Checked, Engine, EngineOptions, OpenError};
+use crate::engine::lifetime::{self, Policy};
+use crate::engine::{check_config, Engine, EngineOptions, OpenError};
+use crate::frontend::Frontend;
 use crate::mcp::McpServer;
 use crate::rest::{self, RestSettings};
-use crate::roles::{EngineRecipe, Roles};
 
+/// Runs a session (`mcp`/`both`) or, in `api` mode, an engine in the foreground.
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
+    if cfg.mode == Mode::Api {
+        return run_engine(cfg, false).await;
+    }
+    let signal = signal_token();
+    // Refuse bad settings here, where the client sees the error, not only in the engine's log.
+    check_config(&cfg)?;
+    if cfg.mode == Mode::Both {
+        rest::check(&rest_settings(&cfg))?;
+    }
+    let frontend = match Frontend::start(&cfg, &signal).await {
+        Ok(f) => f,
+        // A signal while waiting for the engine: nothing was started here, nothing to say.
+        Err(_) if signal.is_cancelled() => {
+            tracing::info!("signal received while looking for the engine; exiting");
+            return Ok(());
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let server = McpServer::new(frontend.backend())
+        .serve(rmcp::transport::stdio())
+        .await
+        .context("starting the MCP session on stdio")?;
+    let cancel = server.cancellation_token();
+    tokio::select! {
+        r = server.waiting() => tracing::info!("MCP client disconnected ({:?})", r.ok()),
+        _ = signal.cancelled() => {
+            tracing::info!("signal received; the session ends (its engine runs on)");
+            cancel.cancel();
+        }
+    }
+    frontend.close().await;
+    Ok(())
+}
+
+/// Runs an engine until it should stop, then stops it in order. `detached`: started by a
+/// session or CLI command (exits once idle; a file already held by another engine is not an
+/// error, that engine serves).
+pub async fn run_engine(cfg: Config, detached: bool) -> anyhow::Result<()> {
     crate::metrics::install();
-    // One listener for the whole life, so that no signal falls between two waits.
-    let signal = CancellationToken::new();
-    let fire = signal.clone();
-    tokio::spawn(async move {
-        terminate_signal().await;
-        fire.cancel();
-    });
+    let signal = signal_token();
     let checked = check_config(&cfg)?;
     let http = match cfg.mode {
         Mode::Mcp => None,
@@ -32,115 +72,34 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             Some(s)
         }
     };
-    if cfg.mode == Mode::Api {
-        return serve_api(&cfg, checked, http, &signal).await;
-    }
-    let established = Roles::establish(
-        EngineRecipe {
-            cfg: cfg.clone(),
-            checked,
-            http,
-        },
-        &signal,
-    )
-    .await;
-    let mut roles = match established {
-        Ok(r) => r,
-        // SIGTERM while waiting for the file or its engine: nothing was started, nothing to say.
-        Err(_) if signal.is_cancelled() => {
-            tracing::info!("signal received while looking for the engine; exiting");
-            return Ok(());
-        }
-        Err(e) => return Err(e),
-    };
-    let server = McpServer::new(roles.backend())
-        .serve(rmcp::transport::stdio())
-        .await
-        .context("starting the MCP session on stdio")?;
-    let cancel = server.cancellation_token();
-    let signalled = tokio::select! {
-        r = server.waiting() => {
-            tracing::info!("MCP client disconnected ({:?})", r.ok());
-            false
-        }
-        _ = signal.cancelled() => {
-            tracing::info!("signal received; shutting down");
-            cancel.cancel();
-            true
-        }
-    };
-    roles.settle().await;
-    let Some(engine) = roles.take_engine().await else {
-        tracing::info!("frontend stopped");
-        return Ok(());
-    };
-    if !signalled {
-        linger(&engine, Duration::from_secs(cfg.idle_exit_seconds), &signal).await;
-    }
-    engine.shutdown().await;
-    Ok(())
-}
-
-/// `api` mode: this process must be the engine.
-async fn serve_api(
-    cfg: &Config,
-    checked: Checked,
-    http: Option<RestSettings>,
-    signal: &CancellationToken,
-) -> anyhow::Result<()> {
     let opts = EngineOptions {
         checked,
-        active: true,
         http,
-        http_required: true,
+        http_required: !detached,
     };
-    let mut engine = match Engine::open(cfg, opts).await {
+    let mut engine = match Engine::open(&cfg, opts).await {
         Ok(e) => e,
+        Err(OpenError::Locked(m)) if detached => {
+            tracing::info!("another engine has the database ({m}); it serves, this one exits");
+            return Ok(());
+        }
         Err(OpenError::Locked(m)) => anyhow::bail!(
-            "api mode needs the database to itself, but another orchestr8-async process has it open ({m}). \
-             Stop that process, or start the first one with --mode both so that it serves HTTP"
+            "another orchestr8-async engine has the database open ({m}). Stop it (`orchestr8-async-server stop`) \
+             or point ORCHESTR8_DB_PATH at another file"
         ),
         Err(OpenError::Failed(e)) => return Err(e),
     };
-    tokio::select! {
-        _ = signal.cancelled() => tracing::info!("signal received; shutting down"),
-        _ = engine.http_stopped() => tracing::error!("the HTTP server stopped; shutting down"),
-    }
+    let policy = if detached {
+        Policy::Detached {
+            idle: Duration::from_secs(cfg.idle_exit_seconds),
+        }
+    } else {
+        Policy::Foreground
+    };
+    let why = lifetime::watch(&mut engine, policy, &signal).await;
+    tracing::info!("stopping: {why}");
     engine.shutdown().await;
     Ok(())
-}
-
-/// After its own client has gone, an engine keeps serving while frontends are attached, tasks
-/// are in flight or webhooks are owed, and stops once it has been idle for `idle` (or on a
-/// signal). Closing one Claude Code window thus never stops another window's work.
-async fn linger(engine: &Engine, idle: Duration, signal: &CancellationToken) {
-    let mut idle_since: Option<tokio::time::Instant> = None;
-    let mut last_reason = String::new();
-    loop {
-        match engine.busy().await {
-            Some(reason) => {
-                if reason != last_reason {
-                    tracing::info!("client gone; staying up: {reason}");
-                    last_reason = reason;
-                }
-                idle_since = None;
-            }
-            None => {
-                let since = *idle_since.get_or_insert_with(tokio::time::Instant::now);
-                if since.elapsed() >= idle {
-                    tracing::info!("idle for {idle:?}; shutting down");
-                    return;
-                }
-            }
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
-            _ = signal.cancelled() => {
-                tracing::info!("signal received; shutting down");
-                return;
-            }
-        }
-    }
 }
 
 fn rest_settings(cfg: &Config) -> RestSettings {
@@ -158,6 +117,18 @@ fn rest_settings(cfg: &Config) -> RestSettings {
             .map(String::from)
             .collect(),
     }
+}
+
+/// Fired by the first SIGTERM or SIGINT. One listener for the whole life, so that no signal
+/// falls between two waits.
+fn signal_token() -> CancellationToken {
+    let signal = CancellationToken::new();
+    let fire = signal.clone();
+    tokio::spawn(async move {
+        terminate_signal().await;
+        fire.cancel();
+    });
+    signal
 }
 
 async fn terminate_signal() {

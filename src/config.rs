@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use clap::{Parser, ValueEnum};
+use clap::ValueEnum;
 
 use crate::runner::anthropic::AnthropicSettings;
 use crate::runner::claude::ClaudeSettings;
@@ -20,12 +20,9 @@ pub enum Mode {
     Both,
 }
 
-#[derive(Debug, Clone, Parser)]
-#[command(
-    name = "orchestr8-async-server",
-    version,
-    about = "Durable background agents for Claude Code and any MCP client"
-)]
+/// The settings. Parsed as part of the command line (see `cli::Cli`), which adds the
+/// subcommands; the settings themselves know nothing of commands.
+#[derive(Debug, Clone, clap::Args)]
 pub struct Config {
     /// mcp (stdio MCP), api (HTTP only), both (stdio MCP plus HTTP)
     #[arg(long, env = "ORCHESTR8_MODE", value_enum, default_value = "mcp")]
@@ -114,7 +111,8 @@ pub struct Config {
     #[arg(long, env = "ORCHESTR8_RETRY_BACKOFF_BASE_MS", default_value_t = 1000)]
     pub retry_backoff_base_ms: u64,
 
-    /// On stdin EOF or SIGTERM: how long running tasks may finish before they are stopped
+    /// When the engine is asked to stop (SIGTERM, the stop command, the idle exit): how long
+    /// running tasks may finish before they are stopped
     #[arg(long, env = "ORCHESTR8_SHUTDOWN_GRACE_SECONDS", default_value_t = 10)]
     pub shutdown_grace_seconds: u64,
 
@@ -142,20 +140,15 @@ pub struct Config {
     #[arg(long, env = "ORCHESTR8_WEBHOOK_TIMEOUT_MS", default_value_t = 10_000)]
     pub webhook_timeout_ms: u64,
 
-    /// After its own MCP client has gone (stdin EOF), an engine stays up while other sessions
-    /// are attached, tasks are in flight or webhooks are owed, then exits once idle this long
-    #[arg(long, env = "ORCHESTR8_IDLE_EXIT_SECONDS", default_value_t = 5)]
+    /// A detached engine (the one a session or CLI command starts) stays up while sessions are
+    /// attached, tasks are pending or running, or webhooks are owed, then exits once idle this long
+    #[arg(long, env = "ORCHESTR8_IDLE_EXIT_SECONDS", default_value_t = 30)]
     pub idle_exit_seconds: u64,
 
     /// tracing filter; logs go to stderr only (stdout belongs to MCP). Default: info for the
     /// server, warn for CLI commands
     #[arg(long, env = "ORCHESTR8_LOG", global = true)]
     pub log: Option<String>,
-
-    /// Without a command: serve (stdio MCP, or HTTP in api mode). With one: a CLI command
-    /// against the engine that has the database open, or the file itself when none runs.
-    #[command(subcommand)]
-    pub command: Option<crate::cli::Command>,
 }
 
 impl Config {
@@ -194,12 +187,157 @@ impl Config {
         })
     }
 
-    /// The DuckDB file to open, with `~` expanded.
+    /// These settings as command-line flags (secrets excluded: see [`Self::secret_env`]), so
+    /// that the engine a session starts runs with exactly the session's settings, whether they
+    /// came from flags or the environment. The database path is made absolute.
+    pub fn to_args(&self) -> Vec<String> {
+        let mode = match self.mode {
+            Mode::Mcp => "mcp",
+            Mode::Api => "api",
+            Mode::Both => "both",
+        };
+        let mut a: Vec<String> = Vec::new();
+        let mut push = |k: &str, v: String| {
+            a.push(format!("--{k}"));
+            a.push(v);
+        };
+        push("mode", mode.into());
+        push("db-path", self.db_path().display().to_string());
+        push("workers", self.workers.to_string());
+        push("host", self.host.clone());
+        push("port", self.port.to_string());
+        push("agents-dir", self.agents_dir.clone());
+        push("default-runner", self.default_runner.clone());
+        push("claude-bin", self.claude_bin.clone());
+        if let Some(m) = &self.claude_permission_mode {
+            push("claude-permission-mode", m.clone());
+        }
+        push("anthropic-base-url", self.anthropic_base_url.clone());
+        push("anthropic-model", self.anthropic_model.clone());
+        push("openai-base-url", self.openai_base_url.clone());
+        if let Some(m) = &self.openai_model {
+            push("openai-model", m.clone());
+        }
+        if let Some(c) = &self.cors_origins {
+            push("cors-origins", c.clone());
+        }
+        push(
+            "retry-backoff-base-ms",
+            self.retry_backoff_base_ms.to_string(),
+        );
+        push(
+            "shutdown-grace-seconds",
+            self.shutdown_grace_seconds.to_string(),
+        );
+        push(
+            "webhook-max-attempts",
+            self.webhook_max_attempts.to_string(),
+        );
+        push(
+            "webhook-backoff-base-ms",
+            self.webhook_backoff_base_ms.to_string(),
+        );
+        push(
+            "webhook-backoff-max-ms",
+            self.webhook_backoff_max_ms.to_string(),
+        );
+        push("webhook-timeout-ms", self.webhook_timeout_ms.to_string());
+        push("idle-exit-seconds", self.idle_exit_seconds.to_string());
+        if let Some(l) = &self.log {
+            push("log", l.clone());
+        }
+        a
+    }
+
+    /// The secret settings as environment variables for a process this one starts (never as
+    /// flags: a command line is visible to every user in `ps`). Unset ones are removed.
+    pub fn secret_env(&self) -> [(&'static str, Option<String>); 2] {
+        [
+            ("ORCHESTR8_API_TOKEN", self.api_token.clone()),
+            ("ORCHESTR8_WEBHOOK_SECRET", self.webhook_secret.clone()),
+        ]
+    }
+
+    /// The DuckDB file to open, with `~` expanded, made absolute (the engine a session starts
+    /// runs elsewhere, and every process must name the file, and its socket, alike).
     pub fn db_path(&self) -> PathBuf {
-        match &self.db_path {
+        let p = match &self.db_path {
             Some(p) => expand_tilde(&p.to_string_lossy()),
             None => home_dir().join(".claude/plugins/orchestr8/orchestr8-async.duckdb"),
-        }
+        };
+        std::path::absolute(&p).unwrap_or(p)
+    }
+
+    /// The settings that shape an engine (rather than one session), each as a short digest of
+    /// its value: a session compares its own with the running engine's, to say plainly which
+    /// ones the engine does not share. Secrets are only ever compared as digests.
+    pub fn engine_fingerprint(&self) -> std::collections::BTreeMap<String, String> {
+        use sha2::Digest;
+        let digest = |v: &str| {
+            let h = sha2::Sha256::digest(v.as_bytes());
+            h.iter()
+                .take(6)
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
+        };
+        let env = |k: &str| std::env::var(k).unwrap_or_default();
+        let http = matches!(self.mode, Mode::Api | Mode::Both);
+        let values: [(&str, String); 16] = [
+            ("ORCHESTR8_WORKERS", self.workers.to_string()),
+            (
+                "ORCHESTR8_WEBHOOK_SECRET",
+                self.webhook_secret.clone().unwrap_or_default(),
+            ),
+            (
+                "ORCHESTR8_API_TOKEN",
+                self.api_token.clone().unwrap_or_default(),
+            ),
+            ("ORCHESTR8_DEFAULT_RUNNER", self.default_runner.clone()),
+            ("ORCHESTR8_CLAUDE_BIN", self.claude_bin.clone()),
+            (
+                "ORCHESTR8_RETRY_BACKOFF_BASE_MS",
+                self.retry_backoff_base_ms.to_string(),
+            ),
+            (
+                "ORCHESTR8_SHUTDOWN_GRACE_SECONDS",
+                self.shutdown_grace_seconds.to_string(),
+            ),
+            (
+                "ORCHESTR8_WEBHOOK_MAX_ATTEMPTS",
+                self.webhook_max_attempts.to_string(),
+            ),
+            (
+                "ORCHESTR8_WEBHOOK_TIMEOUT_MS",
+                self.webhook_timeout_ms.to_string(),
+            ),
+            ("ANTHROPIC_API_KEY", env("ANTHROPIC_API_KEY")),
+            ("ANTHROPIC_BASE_URL", self.anthropic_base_url.clone()),
+            ("OPENAI_API_KEY", env("OPENAI_API_KEY")),
+            ("OPENAI_BASE_URL", self.openai_base_url.clone()),
+            // HTTP is served by the engine: a `both` session attached to an engine started
+            // without HTTP gets none.
+            ("HTTP (ORCHESTR8_MODE both/api)", http.to_string()),
+            (
+                "ORCHESTR8_HOST",
+                if http {
+                    self.host.clone()
+                } else {
+                    String::new()
+                },
+            ),
+            (
+                "ORCHESTR8_PORT",
+                if http {
+                    self.port.to_string()
+                } else {
+                    String::new()
+                },
+            ),
+        ];
+        values
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), digest(&v)))
+            .collect()
     }
 
     /// The agent search path, in order, with `~` expanded and empty entries dropped.
@@ -230,10 +368,17 @@ pub fn expand_tilde(p: &str) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Only {
+        #[command(flatten)]
+        cfg: Config,
+    }
 
     #[test]
     fn flags_parse_and_search_path_splits() {
-        let c = Config::try_parse_from([
+        let c = Only::try_parse_from([
             "x",
             "--workers",
             "8",
@@ -242,7 +387,8 @@ mod tests {
             "--db-path",
             "/tmp/x.duckdb",
         ])
-        .unwrap();
+        .unwrap()
+        .cfg;
         assert_eq!(c.workers, 8);
         assert_eq!(
             c.agent_dirs(),
@@ -251,8 +397,54 @@ mod tests {
         assert_eq!(c.db_path(), PathBuf::from("/tmp/x.duckdb"));
     }
 
+    /// Every setting survives the trip through [`Config::to_args`] (and the secrets through
+    /// [`Config::secret_env`]): the engine a session starts has the session's settings.
+    #[test]
+    fn settings_survive_the_trip_to_an_engine() {
+        let c = Only::try_parse_from([
+            "x",
+            "--mode=both",
+            "--db-path=/tmp/o8/x.duckdb",
+            "--workers=7",
+            "--host=::1",
+            "--port=4000",
+            "--agents-dir=./a:/b",
+            "--default-runner=command",
+            "--claude-bin=/opt/claude",
+            "--claude-permission-mode=plan",
+            "--anthropic-base-url=http://a.example",
+            "--anthropic-model=m1",
+            "--openai-base-url=http://o.example/v1",
+            "--openai-model=m2",
+            "--api-token=tok",
+            "--cors-origins=http://x.example",
+            "--webhook-secret=whsec_AAAA",
+            "--retry-backoff-base-ms=11",
+            "--shutdown-grace-seconds=12",
+            "--webhook-max-attempts=13",
+            "--webhook-backoff-base-ms=14",
+            "--webhook-backoff-max-ms=15",
+            "--webhook-timeout-ms=16",
+            "--idle-exit-seconds=17",
+            "--log=debug",
+        ])
+        .unwrap()
+        .cfg;
+        let mut args = vec!["x".to_string()];
+        args.extend(c.to_args());
+        for (k, v) in c.secret_env() {
+            let flag = k
+                .trim_start_matches("ORCHESTR8_")
+                .to_lowercase()
+                .replace('_', "-");
+            args.push(format!("--{flag}={}", v.unwrap()));
+        }
+        let back = Only::try_parse_from(args).unwrap().cfg;
+        assert_eq!(format!("{back:?}"), format!("{c:?}"));
+    }
+
     #[test]
     fn zero_workers_is_refused() {
-        assert!(Config::try_parse_from(["x", "--workers", "0"]).is_err());
+        assert!(Only::try_parse_from(["x", "--workers", "0"]).is_err());
     }
 }

@@ -1,7 +1,8 @@
 //! orchestr8-async: durable background agents behind an MCP server.
 //!
-//! Data flows one way: frontends ([`mcp`], [`rest`]) → the service core ([`service`]) → the
-//! [`scheduler`] and the [`store`] → [`runner`]s → the [`notifier`]. See ARCHITECTURE.md.
+//! Data flows one way: frontends ([`mcp`] through [`frontend`] and [`link`], [`rest`]) → the
+//! service core ([`service`]) → the [`scheduler`] and the [`store`] → [`runner`]s → the
+//! [`notifier`]. See ARCHITECTURE.md.
 
 pub mod agents;
 pub mod api;
@@ -10,13 +11,14 @@ pub mod backoff;
 pub mod cli;
 pub mod config;
 pub mod engine;
+pub mod frontend;
 pub mod limits;
+pub mod link;
 pub mod mcp;
 pub mod metrics;
 pub mod model;
 pub mod notifier;
 pub mod rest;
-pub mod roles;
 pub mod runner;
 pub mod scheduler;
 pub mod service;

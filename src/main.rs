@@ -1,21 +1,30 @@
 use clap::Parser;
-use orchestr8_async::config::Config;
+use orchestr8_async::cli::{Cli, Command};
+use orchestr8_async::engine::logfile::LogFile;
 use tracing_subscriber::EnvFilter;
 
 fn main() {
-    let cfg = Config::parse();
-    // stdout carries the MCP protocol (or a CLI command's output): logs go to stderr only.
-    let default = if cfg.command.is_some() {
-        "warn"
-    } else {
-        "info"
-    };
+    let Cli { cfg, command } = Cli::parse();
+    let detached = matches!(command, Some(Command::Engine { detached: true }));
+    let serving = matches!(command, None | Some(Command::Engine { .. }));
+    // stdout carries the MCP protocol (or a CLI command's output): logs go to stderr, or for a
+    // detached engine (which has no stderr anyone reads) to the bounded log next to the database.
+    let default = if serving { "info" } else { "warn" };
     let filter = cfg.log.as_deref().unwrap_or(default);
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
+    let filter = EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
         .with_ansi(false)
-        .with_env_filter(EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new(default)))
-        .init();
+        .with_env_filter(filter);
+    let log_file = detached
+        .then(|| LogFile::open(&orchestr8_async::link::log_path(&cfg.db_path())))
+        .and_then(|r| {
+            r.map_err(|e| eprintln!("orchestr8-async-server: cannot open the log file: {e}"))
+                .ok()
+        });
+    match log_file {
+        Some(f) => builder.with_writer(f).init(),
+        None => builder.with_writer(std::io::stderr).init(),
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -23,11 +32,17 @@ fn main() {
             std::process::exit(1);
         }
     };
-    if cfg.command.is_some() {
-        let code = runtime.block_on(orchestr8_async::cli::run(cfg));
-        std::process::exit(code);
-    }
-    let code = match runtime.block_on(orchestr8_async::app::run(cfg)) {
+    let result = match command {
+        None => runtime.block_on(orchestr8_async::app::run(cfg)),
+        Some(Command::Engine { detached }) => {
+            runtime.block_on(orchestr8_async::app::run_engine(cfg, detached))
+        }
+        Some(cmd) => {
+            let code = runtime.block_on(orchestr8_async::cli::run(cfg, cmd));
+            std::process::exit(code);
+        }
+    };
+    let code = match result {
         Ok(()) => 0,
         Err(e) => {
             tracing::error!("{e:#}");
@@ -35,7 +50,7 @@ fn main() {
             1
         }
     };
-    // Exit without dropping the runtime: after a SIGTERM, tokio's stdin reader may still be
+    // Exit without dropping the runtime: after a signal, tokio's stdin reader may still be
     // blocked in read(2) on a pipe the client keeps open, and dropping the runtime would wait
     // for it forever. Everything durable has been flushed by now.
     std::process::exit(code);

@@ -1,5 +1,5 @@
-//! The stdio MCP frontend: the tool definitions, and every call handed to the session's
-//! [`Backend`] (the engine in this process, or the one over the socket).
+//! The stdio MCP server of a session: the tool definitions, and every call handed to the
+//! session's [`Backend`] (the engine over its socket).
 //!
 //! Arguments are deserialized by [`crate::service::tools`] rather than by rmcp's `Parameters`
 //! wrapper so that a wrong argument is a tool result with `isError: true` and a message naming
@@ -19,7 +19,7 @@ use schemars::JsonSchema;
 use serde_json::Value;
 
 use crate::api::*;
-use crate::roles::Backend;
+use crate::frontend::Backend;
 
 const INSTRUCTIONS: &str = "orchestr8-async runs work in the background on agents defined as Markdown files. \
 Call task_async to hand off a task; it answers at once with a task_id while the task runs. Keep working, \
@@ -158,10 +158,14 @@ impl ServerHandler for McpServer {
         _context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
         let args = Value::Object(request.arguments.unwrap_or_default());
-        let result = match self.backend.call(request.name.as_ref(), args).await {
+        let mut result = match self.backend.call(request.name.as_ref(), args).await {
             Ok(v) => CallToolResult::structured(v),
             Err(m) => error_result(&m),
         };
+        // Said after the answer's own JSON block, which stays first.
+        if let Some(n) = self.backend.notice() {
+            result.content.push(rmcp::model::ContentBlock::text(n));
+        }
         Ok(result.into())
     }
 }

@@ -32,7 +32,7 @@ pub struct TaskAsyncArgs {
     pub dependencies: Option<Vec<String>>,
     /// Submitting again with the same key returns the first task instead of creating another.
     pub idempotency_key: Option<String>,
-    /// Directory the agent runs in (must exist). Default: the server's working directory.
+    /// Directory the agent runs in (must exist; relative paths are taken from the calling session's directory). Default: the calling session's working directory (its project).
     pub working_dir: Option<String>,
     /// Free-form JSON object stored with the task and returned with it.
     #[schema(value_type = Option<Object>)]
@@ -143,6 +143,8 @@ pub struct TaskSummary {
     pub attempt: u32,
     pub workflow_id: Option<String>,
     pub phase_id: Option<String>,
+    /// The directory of the session that submitted it.
+    pub project: Option<String>,
     pub error: Option<String>,
 }
 
@@ -160,6 +162,7 @@ impl From<TaskView> for TaskSummary {
             attempt: v.attempt,
             workflow_id: v.workflow_id,
             phase_id: v.phase_id,
+            project: v.project,
             error: v.error,
         }
     }
@@ -223,7 +226,7 @@ pub struct EngineOverview {
     /// The process that has the database open.
     pub pid: u32,
     pub db_path: String,
-    /// Whether that process runs tasks (a CLI command that opened the file itself does not).
+    /// Whether that process runs tasks.
     pub dispatching: bool,
     /// Tasks per status, every status listed.
     pub counts: std::collections::BTreeMap<String, u64>,
@@ -232,4 +235,17 @@ pub struct EngineOverview {
     pub webhooks_owed: u64,
     /// The running tasks, oldest start first (at most 1000).
     pub running: Vec<TaskSummary>,
+    /// The engine's version.
+    #[serde(default)]
+    pub version: String,
+    /// Sessions attached now.
+    #[serde(default)]
+    pub sessions: usize,
+    /// Settings some attached session was started with that this engine does not share (its
+    /// own apply: they come from the process that started it).
+    #[serde(default)]
+    pub settings_differ: Vec<String>,
+    /// Asked to stop once idle (an older version, replaced by the next session's).
+    #[serde(default)]
+    pub retiring: bool,
 }

@@ -54,7 +54,7 @@ pub struct WorkflowAddTaskArgs {
     pub timeout_seconds: Option<i64>,
     /// Automatic retries after a failure (0..10). Default: the agent's, else 0. The workflow fails when a task has failed for good.
     pub max_retries: Option<i64>,
-    /// Directory the agent runs in (must exist). Default: the server's working directory.
+    /// Directory the agent runs in (must exist; relative paths are taken from the calling session's directory). Default: the calling session's working directory (its project).
     pub working_dir: Option<String>,
     /// Free-form JSON object stored with the task.
     #[schema(value_type = Option<Object>)]

@@ -1,111 +1,158 @@
-//! How a CLI command reaches the queue: the running engine over its socket, or, when none
-//! runs, the database file opened by the command itself for as long as it runs (running
-//! tasks only if the command waits for them).
+//! How a CLI command reaches the queue: the running engine over its socket, started first
+//! (detached, like a session does) when none runs. A command never opens the database itself.
 
 use std::time::Duration;
 
 use anyhow::{anyhow, bail};
 use hyper::Method;
-use serde_json::Value;
+use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
 
 use crate::api::EngineOverview;
 use crate::config::Config;
-use crate::engine::client::{CallError, EngineClient};
-use crate::engine::{check_config, Engine, EngineOptions, OpenError};
+use crate::engine::check_config;
+use crate::engine::launch::Launcher;
+use crate::link::client::{Attached, CallError};
+use crate::link::SessionContext;
 use crate::service::tools::safe_to_repeat;
 
 /// How long a command keeps trying to reach an engine that is starting or being replaced.
-const REACH_WITHIN: Duration = Duration::from_secs(15);
+const REACH_WITHIN: Duration = Duration::from_secs(30);
 
-pub enum Conn {
-    Remote(EngineClient, bool),
-    Local(Box<Engine>, bool),
+pub struct Conn {
+    launcher: Launcher,
+    session: SessionContext,
+    /// Held while the command runs: the engine counts the command as a session.
+    _attached: Attached,
+    started: bool,
 }
 
 impl Conn {
-    /// The running engine if one answers; otherwise the file itself. `active`: run tasks and
-    /// deliver webhooks while the command lasts (it waits for tasks).
-    pub async fn open(cfg: &Config, active: bool) -> anyhow::Result<Conn> {
-        let client = EngineClient::new(&crate::rest::socket::socket_path(&cfg.db_path()));
-        let checked = check_config(cfg)?;
-        let deadline = tokio::time::Instant::now() + REACH_WITHIN;
-        loop {
-            // No answer (none runs, or it went away mid-answer): look at the file.
-            if client.request(Method::GET, "/health", None).await.is_ok() {
-                return Ok(Conn::Remote(client, active));
-            }
-            let opts = EngineOptions {
-                checked: checked.clone(),
-                active,
-                http: None,
-                http_required: false,
-            };
-            match Engine::open(cfg, opts).await {
-                Ok(e) => return Ok(Conn::Local(Box::new(e), active)),
-                Err(OpenError::Failed(e)) => return Err(e),
-                Err(OpenError::Locked(m)) if tokio::time::Instant::now() >= deadline => bail!(
-                    "the database is held by a process that does not answer on {}: {m}",
-                    client.socket().display()
-                ),
-                Err(OpenError::Locked(_)) => tokio::time::sleep(Duration::from_millis(100)).await,
-            }
-        }
+    /// Attaches to the running engine, starting one if none answers.
+    pub async fn open(cfg: &Config) -> anyhow::Result<Conn> {
+        check_config(cfg)?;
+        let launcher = Launcher::new(cfg);
+        let running = launcher
+            .client()
+            .request(Method::GET, "/health", None)
+            .await
+            .is_ok();
+        let attached = launcher
+            .attach(REACH_WITHIN, &CancellationToken::new())
+            .await?;
+        Ok(Conn {
+            launcher,
+            session: SessionContext::of_this_process(&cfg.agent_dirs()),
+            _attached: attached,
+            started: !running,
+        })
     }
 
-    /// Whether this command opened the file itself.
-    pub fn is_local(&self) -> bool {
-        matches!(self, Conn::Local(..))
+    /// Whether no engine was running, so this command started one.
+    pub fn started_engine(&self) -> bool {
+        self.started
     }
 
     /// Calls an MCP tool; its domain error becomes this error. A read cut off by the
-    /// engine's death is tried again on whatever serves the file next.
-    pub async fn tool(&mut self, cfg: &Config, name: &str, args: Value) -> anyhow::Result<Value> {
+    /// engine's death is tried again on the next engine.
+    pub async fn tool(&mut self, _cfg: &Config, name: &str, args: Value) -> anyhow::Result<Value> {
         let deadline = tokio::time::Instant::now() + REACH_WITHIN;
         loop {
-            let failure = match self {
-                Conn::Local(e, _) => {
-                    return e
-                        .service()
-                        .call_tool(name, args)
-                        .await
-                        .map_err(|m| anyhow!(m))
+            let client = self.launcher.client().clone();
+            let failure = match client.call_tool(name, &args, &self.session).await {
+                Ok(answer) => return answer.map_err(|m| anyhow!(m)),
+                Err(e @ CallError::Lost(_)) if !safe_to_repeat(name, &args) => {
+                    bail!("{e}; it may or may not have taken effect: check before repeating")
                 }
-                Conn::Remote(c, _) => match c.call_tool(name, &args).await {
-                    Ok(answer) => return answer.map_err(|m| anyhow!(m)),
-                    Err(e @ CallError::Lost(_)) if !safe_to_repeat(name, &args) => {
-                        bail!("{e}; it may or may not have taken effect: check before repeating")
-                    }
-                    Err(e) => e,
-                },
+                Err(e) => e,
             };
             if tokio::time::Instant::now() >= deadline {
                 bail!("{failure}");
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
-            let active = matches!(self, Conn::Remote(_, true) | Conn::Local(_, true));
-            *self = Conn::open(cfg, active).await?;
+            self._attached = self
+                .launcher
+                .attach(REACH_WITHIN, &CancellationToken::new())
+                .await?;
         }
     }
 
     pub async fn overview(&self) -> anyhow::Result<EngineOverview> {
-        match self {
-            Conn::Local(e, _) => Ok(e.service().overview().await?),
-            Conn::Remote(c, _) => {
-                let (_, v) = c.request(Method::GET, "/rpc/overview", None).await?;
-                match (v.get("ok"), v.get("error").and_then(Value::as_str)) {
-                    (Some(ok), _) => Ok(serde_json::from_value(ok.clone())?),
-                    (None, Some(m)) => bail!("{m}"),
-                    _ => bail!("unexpected answer from the engine: {v}"),
-                }
-            }
-        }
+        overview(&self.launcher).await
     }
 
-    /// Ends the command: a file opened here is flushed and closed (tasks still running are
-    /// stopped after the grace period and run again by the next engine).
-    pub async fn close(self) {
-        if let Conn::Local(e, _) = self {
-            e.shutdown().await;
+    /// Ends the command (the engine runs on).
+    pub async fn close(self) {}
+}
+
+async fn overview(launcher: &Launcher) -> anyhow::Result<EngineOverview> {
+    let (_, v) = launcher
+        .client()
+        .request(Method::GET, "/rpc/overview", None)
+        .await?;
+    match (v.get("ok"), v.get("error").and_then(Value::as_str)) {
+        (Some(ok), _) => Ok(serde_json::from_value(ok.clone())?),
+        (None, Some(m)) => bail!("{m}"),
+        _ => bail!("unexpected answer from the engine: {v}"),
+    }
+}
+
+/// The `stop` command: asks the running engine to stop (`now`, with the grace period) or to
+/// stop once idle, and for `now` waits until its process is gone. No engine running is not an
+/// error.
+pub async fn stop(cfg: &Config, now: bool, as_json: bool) -> anyhow::Result<i32> {
+    let launcher = Launcher::new(cfg);
+    let say = |v: Value, text: String| {
+        if as_json {
+            outln!("{v}");
+        } else {
+            outln!("{text}");
         }
+    };
+    let Ok(o) = overview(&launcher).await else {
+        say(
+            json!({"stopped": false, "engine_running": false}),
+            format!("no engine runs on {}", cfg.db_path().display()),
+        );
+        return Ok(0);
+    };
+    launcher.client().stop(now).await?;
+    if !now {
+        say(
+            json!({"stopped": false, "engine_running": true, "pid": o.pid, "retiring": true}),
+            format!(
+                "engine pid {} stops once no task is pending or running and no webhook is owed",
+                o.pid
+            ),
+        );
+        return Ok(0);
+    }
+    // The grace period, plus time to requeue and close the database.
+    let limit = Duration::from_secs(cfg.shutdown_grace_seconds + 30);
+    let started = std::time::Instant::now();
+    while alive(o.pid) {
+        if started.elapsed() >= limit {
+            bail!("engine pid {} did not stop within {limit:?}", o.pid);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    say(
+        json!({"stopped": true, "pid": o.pid}),
+        format!("engine pid {} stopped", o.pid),
+    );
+    Ok(0)
+}
+
+/// Whether a process exists and is not a zombie (an exited engine nobody has reaped yet is
+/// gone for our purpose).
+fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rsplit(')')
+            .next()
+            .and_then(|rest| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X"),
+        Err(_) if std::path::Path::new("/proc/self").exists() => false,
+        Err(_) => nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), None).is_ok(),
     }
 }

@@ -1,7 +1,10 @@
-//! The CLI for people: subcommands of the server binary that talk to the running engine over
-//! its socket, or open the database file themselves when no engine runs ([`conn::Conn`]).
-//! Every command speaks through the MCP tools' own dispatch, so it accepts and refuses
-//! exactly what an agent's call would. Tables by default, `--json` for scripts.
+//! The command line: the settings ([`Config`]) plus the subcommands. Without a subcommand the
+//! binary serves (a stdio session, or an engine in `api` mode; see [`crate::app`]); `engine`
+//! runs an engine in the foreground. The other subcommands are for people: they talk to the
+//! running engine over its socket, starting one like a session does when none runs
+//! ([`conn::Conn`]), and never open the database themselves. Every command speaks through the
+//! MCP tools' own dispatch, so it accepts and refuses exactly what an agent's call would.
+//! Tables by default, `--json` for scripts.
 //!
 //! Exit status: 0 done (for `wait`, `submit --wait`, `logs --follow`: every task completed;
 //! `wait --any`: one did); 1 an error (refusals included), or a task failed or was cancelled;
@@ -22,7 +25,7 @@ mod render;
 use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 
-use clap::{Args, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use serde_json::{json, Value};
 
 use crate::config::Config;
@@ -39,8 +42,40 @@ pub struct Output {
     pub json: bool,
 }
 
+/// The whole command line.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "orchestr8-async-server",
+    version,
+    about = "Durable background agents for Claude Code and any MCP client"
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub cfg: Config,
+    /// Without a command: serve (a stdio MCP session, or HTTP in api mode).
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
 #[derive(Debug, Clone, Subcommand)]
 pub enum Command {
+    /// Run the engine in the foreground (for systemd, launchd, a container): it opens the
+    /// database, runs the tasks and serves sessions until SIGTERM or `stop`; HTTP too with
+    /// --mode api or both
+    Engine {
+        /// Started by a session: log to <db>.log, exit once idle
+        #[arg(long, hide = true)]
+        detached: bool,
+    },
+    /// Ask the running engine to stop: running tasks get the grace period, then go back to
+    /// pending (without using an attempt) for the next engine
+    Stop {
+        /// Instead: stop once no task is pending or running and no webhook is owed
+        #[arg(long)]
+        when_idle: bool,
+        #[command(flatten)]
+        out: Output,
+    },
     /// Counts by status, running tasks with agent and age, workers busy, owed webhooks
     Status(Output),
     /// List tasks, newest first
@@ -130,32 +165,24 @@ pub enum Command {
     Agents(Output),
 }
 
-impl Command {
-    /// Commands that wait for tasks run them when they have to open the file themselves.
-    fn runs_tasks(&self) -> bool {
-        matches!(
-            self,
-            Command::Submit { wait: true, .. }
-                | Command::Wait { .. }
-                | Command::Logs { follow: true, .. }
-        )
+/// Runs a command for people and returns the exit status.
+pub async fn run(cfg: Config, cmd: Command) -> i32 {
+    if let Command::Stop { when_idle, out } = &cmd {
+        return match conn::stop(&cfg, !*when_idle, out.json).await {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                1
+            }
+        };
     }
-}
-
-/// Runs the command in `cfg` and returns the exit status.
-pub async fn run(cfg: Config) -> i32 {
-    let Some(cmd) = cfg.command.clone() else {
-        return 2;
-    };
-    let mut conn = match Conn::open(&cfg, cmd.runs_tasks()).await {
+    let mut conn = match Conn::open(&cfg).await {
         Ok(c) => c,
         Err(e) => {
             eprintln!("error: {e:#}");
             return 1;
         }
     };
-    // Ctrl-C ends the command but still closes a file opened here properly (its tasks go
-    // back to pending without using up an attempt).
     let result = tokio::select! {
         r = execute(&cfg, cmd, &mut conn) => r,
         _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
@@ -186,18 +213,39 @@ fn print_json(v: &Value) {
 async fn execute(cfg: &Config, cmd: Command, conn: &mut Conn) -> anyhow::Result<i32> {
     let now = chrono::Utc::now();
     match cmd {
+        // Run before a connection is opened (`main`, `run`).
+        Command::Engine { .. } | Command::Stop { .. } => {
+            anyhow::bail!("this command does not talk to an engine")
+        }
         Command::Status(out) => {
             let o = conn.overview().await?;
             if out.json {
                 let mut v = serde_json::to_value(&o)?;
-                v["engine_running"] = json!(!conn.is_local());
+                v["engine_running"] = json!(true);
+                v["engine_started"] = json!(conn.started_engine());
                 print_json(&v);
                 return Ok(0);
             }
-            if conn.is_local() {
-                outln!("engine    none running (read {} directly)", o.db_path);
+            let started = if conn.started_engine() {
+                " (started now: none was running)"
             } else {
-                outln!("engine    pid {} on {}", o.pid, o.db_path);
+                ""
+            };
+            outln!(
+                "engine    pid {} on {}, version {}{started}",
+                o.pid,
+                o.db_path,
+                o.version
+            );
+            outln!("sessions  {} attached", o.sessions);
+            if !o.settings_differ.is_empty() {
+                outln!(
+                    "settings  sessions were started with other values of: {} (the engine keeps its own; `stop` it to restart with new ones)",
+                    o.settings_differ.join(", ")
+                );
+            }
+            if o.retiring {
+                outln!("retiring  stops once no task is pending or running (a newer version takes over)");
             }
             let counts: Vec<String> = ["pending", "running", "completed", "failed", "cancelled"]
                 .iter()
@@ -319,9 +367,6 @@ async fn execute(cfg: &Config, cmd: Command, conn: &mut Conn) -> anyhow::Result<
                     print_json(&v);
                 } else {
                     outln!("{id}");
-                    if conn.is_local() {
-                        eprintln!("stored; no engine runs: it starts with the next orchestr8-async-server (or `submit --wait`)");
-                    }
                 }
                 return Ok(0);
             }

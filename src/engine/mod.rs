@@ -1,11 +1,14 @@
 //! The engine: the one process that has the database file open. It owns the store, the
 //! scheduler, the workers and the webhook deliverer, and serves the local socket (and HTTP in
-//! `api`/`both` mode). Every other process on the same file is a frontend that reaches the
-//! engine through [`client::EngineClient`]. DuckDB lets one process open a file for writing,
-//! so "the engine" is simply whoever opened it: [`Engine::open`] says [`OpenError::Locked`]
-//! to everybody else.
+//! `api`/`both` mode). Sessions and CLI commands are other processes that reach it through
+//! [`crate::link`]; [`launch`] finds the engine of a file or starts one, detached, and
+//! [`lifetime`] decides when a detached engine is no longer needed. DuckDB lets one process
+//! open a file for writing, so "the engine" is simply whoever opened it: [`Engine::open`] says
+//! [`OpenError::Locked`] to everybody else.
 
-pub mod client;
+pub mod launch;
+pub mod lifetime;
+pub mod logfile;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -16,10 +19,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::agents::AgentRegistry;
 use crate::config::Config;
+use crate::link::rpc::{Frontends, StopRequests};
+use crate::link::server::LocalSocket;
 use crate::notifier::delivery::{Deliverer, WebhookSettings};
 use crate::notifier::signature::WebhookSecret;
 use crate::notifier::WebhookNotifier;
-use crate::rest::rpc::Frontends;
 use crate::rest::{self, RestSettings};
 use crate::runner::Runners;
 use crate::scheduler::{SchedConfig, Scheduler};
@@ -47,12 +51,10 @@ pub struct Checked {
 /// What kind of engine to be.
 pub struct EngineOptions {
     pub checked: Checked,
-    /// Run tasks and deliver webhooks. Off for CLI commands that only read or store.
-    pub active: bool,
     /// Serve the REST API too.
     pub http: Option<RestSettings>,
-    /// A failure to listen on HTTP stops the start (at first start); otherwise (a take-over in
-    /// `both` mode, whose port may still be busy) it is only logged.
+    /// A failure to listen on HTTP stops the start (`api` mode); otherwise (an engine a `both`
+    /// session started, whose port may still be held by a stopping engine) it is only logged.
     pub http_required: bool,
 }
 
@@ -62,7 +64,8 @@ pub struct Engine {
     deliverer: Option<Deliverer>,
     service: Service,
     frontends: Frontends,
-    socket: Option<rest::socket::LocalSocket>,
+    requests: StopRequests,
+    socket: Option<LocalSocket>,
     local: Option<JoinHandle<()>>,
     http: Option<JoinHandle<()>>,
     http_stop: CancellationToken,
@@ -121,28 +124,28 @@ impl Engine {
             },
             None => None,
         };
-        // We hold the database: any socket left next to it is a dead engine's. Without the
-        // socket the engine still works; only other local clients lose their door.
-        let mut socket = rest::socket::bind(&rest::socket::socket_path(&db_path))
-            .map_err(|e| tracing::warn!("no local API socket: {e:#}"))
-            .ok();
-        let deliverer = if opts.active {
-            Some(
-                Deliverer::start(
-                    store.clone(),
-                    WebhookSettings {
-                        max_attempts: cfg.webhook_max_attempts,
-                        backoff_base_ms: cfg.webhook_backoff_base_ms,
-                        backoff_max_ms: cfg.webhook_backoff_max_ms,
-                        timeout_ms: cfg.webhook_timeout_ms,
-                        secret,
-                    },
-                )
-                .map_err(|e| OpenError::Failed(anyhow::anyhow!(e)))?,
-            )
-        } else {
-            None
+        // We hold the database: any socket left next to it is a dead engine's. Without its
+        // socket no session could reach the engine, so a failure to bind stops the start.
+        let mut socket = match crate::link::server::bind(&crate::link::socket_path(&db_path)) {
+            Ok(s) => s,
+            Err(e) => {
+                store.close();
+                return Err(OpenError::Failed(e.context("serving the engine's socket")));
+            }
         };
+        let deliverer = Some(
+            Deliverer::start(
+                store.clone(),
+                WebhookSettings {
+                    max_attempts: cfg.webhook_max_attempts,
+                    backoff_base_ms: cfg.webhook_backoff_base_ms,
+                    backoff_max_ms: cfg.webhook_backoff_max_ms,
+                    timeout_ms: cfg.webhook_timeout_ms,
+                    secret,
+                },
+            )
+            .map_err(|e| OpenError::Failed(anyhow::anyhow!(e)))?,
+        );
         let agents = AgentRegistry::new(cfg.agent_dirs(), cfg.default_runner.clone());
         let sched = Scheduler::start(
             SchedConfig {
@@ -152,7 +155,7 @@ impl Engine {
                     .unwrap_or_else(|_| db_path.clone())
                     .display()
                     .to_string(),
-                dispatch: opts.active,
+                dispatch: true,
             },
             store.clone(),
             agents,
@@ -176,15 +179,16 @@ impl Engine {
         let service = Service::new(sched.clone());
         let http_stop = CancellationToken::new();
         let frontends = Frontends::default();
-        let local = socket.as_mut().and_then(|l| {
-            rest::socket::serve(
-                l,
-                service.clone(),
-                frontends.clone(),
-                opts.active,
-                http_stop.clone(),
-            )
-        });
+        let requests = StopRequests::default();
+        let rpc = crate::link::rpc::router(
+            service.clone(),
+            frontends.clone(),
+            cfg.engine_fingerprint(),
+            requests.clone(),
+            http_stop.clone(),
+        );
+        let local =
+            crate::link::server::serve(&mut socket, service.clone(), rpc, http_stop.clone());
         let http = match listener {
             Some((listener, settings)) => Some(
                 rest::serve(listener, service.clone(), settings, http_stop.clone())
@@ -196,7 +200,8 @@ impl Engine {
             db = %db_path.display(),
             workers = cfg.workers,
             agents = %sched.agents().search_path(),
-            active = opts.active,
+            version = crate::link::version(),
+            pid = std::process::id(),
             "orchestr8-async engine ready"
         );
         Ok(Engine {
@@ -205,7 +210,8 @@ impl Engine {
             deliverer,
             service,
             frontends,
-            socket,
+            requests,
+            socket: Some(socket),
             local,
             http,
             http_stop,
@@ -222,20 +228,21 @@ impl Engine {
         &self.db_path
     }
 
-    /// What keeps this engine needed, if anything: attached frontends, work in flight, owed
-    /// webhooks. `None` means idle.
-    pub async fn busy(&self) -> Option<String> {
-        let n = self.frontends.count();
-        if n > 0 {
-            return Some(format!("{n} frontend(s) attached"));
+    /// What keeps this engine needed right now.
+    pub async fn needs(&self) -> lifetime::Needs {
+        lifetime::Needs {
+            sessions: self.frontends.count(),
+            tasks: self.sched.in_flight(),
+            webhooks: match &self.deliverer {
+                Some(d) => d.owed().await,
+                None => false,
+            },
         }
-        if self.sched.in_flight() {
-            return Some("tasks in flight".into());
-        }
-        match &self.deliverer {
-            Some(d) if d.owed().await => Some("webhooks owed".into()),
-            _ => None,
-        }
+    }
+
+    /// What the stop command asked for.
+    pub fn stop_requests(&self) -> &StopRequests {
+        &self.requests
     }
 
     /// Resolves if the HTTP server stops by itself (`api` mode treats that as fatal).

@@ -15,6 +15,26 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use std::sync::Arc;
+
+/// Serde for `Option<Arc<str>>` (as an optional string), without serde's `rc` feature.
+mod shared_str {
+    use std::sync::Arc;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &Option<Arc<str>>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(x) => s.serialize_some(&**x),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Arc<str>>, D::Error> {
+        Ok(Option::<String>::deserialize(d)?.map(Arc::from))
+    }
+}
+
 /// Microseconds since the Unix epoch, now.
 pub fn now_us() -> i64 {
     Utc::now().timestamp_micros()
@@ -169,7 +189,16 @@ pub struct Task {
     pub dependencies: Vec<Uuid>,
     pub workflow_id: Option<Uuid>,
     pub phase_id: Option<String>,
+    /// Where the task runs when it names a directory of its own (absolute).
     pub working_dir: Option<String>,
+    /// The directory of the session that submitted it: the task runs there unless it names a
+    /// `working_dir`. Shared, because every task of a session carries the same one.
+    #[serde(default, with = "shared_str")]
+    pub project: Option<Arc<str>>,
+    /// The agent search path of the session that submitted it (colon-separated, absolute), so
+    /// that its agent is found again at start exactly as at submit. `None`: the engine's own.
+    #[serde(default, with = "shared_str")]
+    pub agents_dir: Option<Arc<str>>,
     pub metadata: Option<serde_json::Value>,
     pub webhook_url: Option<String>,
     pub idempotency_key: Option<String>,
@@ -205,6 +234,7 @@ impl Task {
             dependencies: self.dependencies.iter().map(Uuid::to_string).collect(),
             workflow_id: self.workflow_id.map(|w| w.to_string()),
             phase_id: self.phase_id.clone(),
+            project: self.project.as_deref().map(String::from),
             result: self.result.clone(),
             error: self.error.clone(),
             usage: (!self.usage.is_empty()).then(|| self.usage.clone()),
@@ -232,6 +262,9 @@ pub struct TaskView {
     pub dependencies: Vec<String>,
     pub workflow_id: Option<String>,
     pub phase_id: Option<String>,
+    /// The directory of the session that submitted the task (its project); absent for tasks
+    /// submitted over HTTP or before projects were recorded.
+    pub project: Option<String>,
     pub result: Option<String>,
     pub error: Option<String>,
     pub usage: Option<Usage>,

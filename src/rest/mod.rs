@@ -6,8 +6,6 @@ mod error;
 mod middleware;
 mod openapi;
 mod routes;
-pub mod rpc;
-pub mod socket;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -124,6 +122,24 @@ pub fn serve(
     let addr: SocketAddr = listener.local_addr()?;
     tracing::info!("REST API listening on http://{addr}");
     Ok(spawn_server(listener, app, shutdown, "HTTP server"))
+}
+
+/// Serves the REST routes, and `extra` (the engine's internal routes), on the engine's Unix
+/// socket: loopback by nature and guarded by the socket file's mode, so without a token.
+pub fn serve_local(
+    listener: tokio::net::UnixListener,
+    service: Service,
+    extra: Router,
+    shutdown: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    let state = AppState {
+        service,
+        token_digest: None,
+        loopback: true,
+        origins: Vec::new().into(),
+        started: Instant::now(),
+    };
+    spawn_server(listener, router(state).merge(extra), shutdown, "local API")
 }
 
 /// Serves `app` on `listener` on its own task until `shutdown`, letting requests in flight

@@ -62,6 +62,12 @@ pub(super) async fn dispatcher(inner: Arc<Inner>) {
 }
 
 impl Inner {
+    /// The agents a task can use: the search path it was submitted with (its session's), or
+    /// the engine's own for a task that recorded none.
+    pub(crate) fn agents_for(&self, t: &Task) -> crate::agents::AgentRegistry {
+        self.agents.with_search_path(t.agents_dir.as_deref())
+    }
+
     /// Queues a log line for a hot task (written with the next group commit).
     pub(super) fn log(&self, id: Uuid, level: &'static str, message: String) {
         let seq = self.lock().next_seq(id);
@@ -82,7 +88,7 @@ impl Inner {
 async fn run_attempt(inner: Arc<Inner>, task: Task, handle: RunHandle) {
     let id = task.id;
     // The agent file is read again at start, so an edited agent takes effect without a restart.
-    let agents = inner.agents.clone();
+    let agents = inner.agents_for(&task);
     let agent_name = task.agent_name.clone();
     let loaded = tokio::task::spawn_blocking(move || agents.load(&agent_name))
         .await
@@ -219,7 +225,12 @@ async fn run_attempt(inner: Arc<Inner>, task: Task, handle: RunHandle) {
         attempt: running.attempt,
         workflow_id: running.workflow_id,
         phase_id: running.phase_id.clone(),
-        working_dir: running.working_dir.clone().map(Into::into),
+        // Its own directory, else its session's; a task from neither runs in the engine's.
+        working_dir: running
+            .working_dir
+            .clone()
+            .map(Into::into)
+            .or_else(|| running.project.as_deref().map(Into::into)),
         instance: Arc::from(inner.cfg.instance.as_str()),
     };
     let timeout = Duration::from_secs(u64::from(running.timeout_seconds));

@@ -325,7 +325,7 @@ impl Scheduler {
             )));
         }
         let max_concurrency = inner
-            .agents
+            .agents_for(&t)
             .load(&t.agent_name)
             .ok()
             .and_then(|a| a.max_concurrency);
@@ -427,17 +427,11 @@ impl Scheduler {
         )
     }
 
-    /// Whether work is under way that an engine should stay up for: an attempt running or
-    /// finishing, a task ready to start, or a retry waiting out its back-off. Tasks waiting for
-    /// a `run_at` or for dependencies do not count: they are stored and run at the next start.
+    /// Whether an engine should stay up for the tasks: any task is pending (ready, waiting
+    /// for its dependencies, its `run_at` or a retry back-off, or held at its workflow phase's
+    /// gate) or running. A task due in an hour thus runs in an hour with no session open.
     pub fn in_flight(&self) -> bool {
-        let st = self.inner.lock();
-        st.busy()
-            || st.hot.values().any(|h| match h.wait {
-                Wait::Ready | Wait::Reserved => true,
-                Wait::Delayed => h.task.attempt > 0,
-                _ => false,
-            })
+        !self.inner.lock().hot.is_empty()
     }
 
     /// Graceful shutdown: stop starting attempts, let running ones finish for `grace`, then stop

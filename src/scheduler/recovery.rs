@@ -141,7 +141,7 @@ pub(super) async fn recover(inner: &Arc<Inner>) -> Result<(), SchedError> {
         let mut st = inner.lock();
         for mut t in active {
             let max_concurrency = inner
-                .agents
+                .agents_for(&t)
                 .load(&t.agent_name)
                 .ok()
                 .and_then(|a| a.max_concurrency);

@@ -272,6 +272,8 @@ mod tests {
             workflow_id: None,
             phase_id: None,
             working_dir: None,
+            project: None,
+            agents_dir: None,
             metadata: None,
             webhook_url: None,
             idempotency_key: None,

@@ -199,7 +199,7 @@ impl Scheduler {
                 hot.tasks.insert(t.id, (idx, t.status));
                 let limit = *concurrency.entry(t.agent_name.clone()).or_insert_with(|| {
                     inner
-                        .agents
+                        .agents_for(&t)
                         .load(&t.agent_name)
                         .ok()
                         .and_then(|a| a.max_concurrency)

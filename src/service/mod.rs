@@ -3,14 +3,16 @@
 //! It validates arguments into domain values (every refusal says what to change), then asks the
 //! scheduler to act and shapes the answer. It holds no state of its own and writes no SQL.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use uuid::Uuid;
 
-use crate::agents::{validate_name, AgentError};
+use crate::agents::{validate_name, AgentError, AgentRegistry};
 use crate::api::*;
 use crate::limits;
+use crate::link::SessionContext;
 use crate::model::{now_us, Priority, Task, TaskStatus, TaskView, Usage};
 use crate::scheduler::{not_found, SchedError, Scheduler, Submitted};
 use crate::store::TaskFilter;
@@ -111,14 +113,55 @@ pub fn validate_webhook_url(url: &str) -> Result<String> {
     Ok(url.to_string())
 }
 
+/// The session a call comes from, as the service needs it: where "here" is and which agents
+/// it can use.
+struct Session {
+    cwd: Arc<str>,
+    /// The session's search path, colon-separated (what its tasks record).
+    agents_dir: Arc<str>,
+    agents: AgentRegistry,
+}
+
+/// The service for one caller. Built on the engine's defaults (REST, MCP over HTTP: the
+/// engine's own directory and search path); [`Service::for_session`] gives the same service
+/// in a session's context.
 #[derive(Clone)]
 pub struct Service {
     sched: Scheduler,
+    session: Option<Arc<Session>>,
 }
 
 impl Service {
     pub fn new(sched: Scheduler) -> Self {
-        Service { sched }
+        Service {
+            sched,
+            session: None,
+        }
+    }
+
+    /// This service in the context of a session of another process: relative paths and the
+    /// default working directory are the session's, and so are the agents it sees.
+    pub fn for_session(&self, ctx: &SessionContext) -> Service {
+        let agents_dir = ctx.agents_dir.join(":");
+        Service {
+            sched: self.sched.clone(),
+            session: Some(Arc::new(Session {
+                cwd: Arc::from(ctx.cwd.as_str()),
+                agents: self
+                    .sched
+                    .agents()
+                    .with_search_path(Some(agents_dir.as_str())),
+                agents_dir: Arc::from(agents_dir),
+            })),
+        }
+    }
+
+    /// The agents this caller can use.
+    fn agents(&self) -> AgentRegistry {
+        match &self.session {
+            Some(s) => s.agents.clone(),
+            None => self.sched.agents().clone(),
+        }
     }
 
     /// Whether the database answers (for health checks); the error says why not.
@@ -212,14 +255,22 @@ impl Service {
             }
             k => k,
         };
+        let session = self.session.as_deref();
         let working_dir = match a.working_dir {
             Some(d) => {
-                if !Path::new(&d).is_dir() {
+                // Relative to the session's directory (the engine's own for callers without one).
+                let path = match session {
+                    Some(s) => Path::new(&*s.cwd).join(&d),
+                    None => std::path::absolute(&d).unwrap_or_else(|_| PathBuf::from(&d)),
+                };
+                if !path.is_dir() {
                     return invalid(format!(
-                        "working_dir {d:?} is not an existing directory (relative paths are taken from the server's working directory)"
+                        "working_dir {d:?} is not an existing directory ({} here; relative paths are taken from {})",
+                        path.display(),
+                        session.map_or("the engine's working directory", |_| "the session's working directory")
                     ));
                 }
-                Some(d)
+                Some(path.display().to_string())
             }
             None => None,
         };
@@ -249,7 +300,7 @@ impl Service {
         };
 
         // The agent must exist and be runnable now, not only when a worker picks the task up.
-        let agents = self.sched.agents().clone();
+        let agents = self.agents();
         let agent_name = a.agent_name.clone();
         let agent = tokio::task::spawn_blocking(move || agents.load(&agent_name))
             .await
@@ -291,6 +342,8 @@ impl Service {
             workflow_id: None,
             phase_id: None,
             working_dir,
+            project: session.map(|s| s.cwd.clone()),
+            agents_dir: session.map(|s| s.agents_dir.clone()),
             metadata,
             webhook_url,
             idempotency_key,
@@ -420,7 +473,7 @@ impl Service {
     }
 
     pub async fn list_agents(&self) -> Result<AgentList> {
-        let agents = self.sched.agents().clone();
+        let agents = self.agents();
         let list = tokio::task::spawn_blocking(move || agents.list())
             .await
             .map_err(|e| ServiceError::Internal(e.to_string()))?;

@@ -40,6 +40,10 @@ impl Service {
             workers_busy: busy,
             webhooks_owed: store.webhooks_owed().await.map_err(internal)?,
             running,
+            version: crate::link::version().to_string(),
+            sessions: 0,
+            settings_differ: Vec::new(),
+            retiring: false,
         })
     }
 }

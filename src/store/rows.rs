@@ -14,7 +14,7 @@ pub const TASK_COLUMNS: &str = "task_id::VARCHAR, name, agent_name, status, prio
     epoch_us(created_at), epoch_us(scheduled_at), epoch_us(started_at), epoch_us(completed_at), \
     attempt, max_retries, retry_floor, timeout_seconds, dependencies, workflow_id::VARCHAR, \
     phase_id, working_dir, metadata, webhook_url, idempotency_key, result, error, \
-    input_tokens, output_tokens, cost_usd, pid, pid_start";
+    input_tokens, output_tokens, cost_usd, pid, pid_start, project, agents_dir";
 
 pub(super) fn ts(us: i64) -> Value {
     Value::Timestamp(TimeUnit::Microsecond, us)
@@ -66,6 +66,8 @@ pub fn task_from_row(r: &Row<'_>) -> duckdb::Result<Task> {
         },
         pid: r.get(25)?,
         pid_start: r.get(26)?,
+        project: r.get::<_, Option<String>>(27)?.map(Into::into),
+        agents_dir: r.get::<_, Option<String>>(28)?.map(Into::into),
     })
 }
 
@@ -78,7 +80,7 @@ fn metadata_json(t: &Task) -> Option<String> {
 }
 
 /// The task's columns in table order, for the appender.
-fn task_values(t: &Task, instructions: &str, now_us: i64) -> [Value; 29] {
+fn task_values(t: &Task, instructions: &str, now_us: i64) -> [Value; 31] {
     fn text(s: &Option<String>) -> Value {
         s.clone().map(Value::Text).unwrap_or(Value::Null)
     }
@@ -117,6 +119,8 @@ fn task_values(t: &Task, instructions: &str, now_us: i64) -> [Value; 29] {
         int(t.pid),
         int(t.pid_start),
         ts(now_us),
+        text(&t.project.as_deref().map(String::from)),
+        text(&t.agents_dir.as_deref().map(String::from)),
     ]
 }
 

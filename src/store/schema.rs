@@ -5,7 +5,7 @@ use duckdb::Connection;
 use super::StoreError;
 
 /// The version of `schema.sql` this build writes.
-pub const SCHEMA_VERSION: i32 = 2;
+pub const SCHEMA_VERSION: i32 = 3;
 
 const SCHEMA_SQL: &str = include_str!("../../schema.sql");
 
@@ -14,10 +14,19 @@ const SCHEMA_SQL: &str = include_str!("../../schema.sql");
 ///
 /// 2: the journal. Its table is created by `schema.sql`; the version moves so that an older
 /// build, which would ignore `<db>.journal` and so miss writes, refuses the file instead.
-const MIGRATIONS: &[(i32, &str)] = &[(
-    2,
-    "CREATE TABLE IF NOT EXISTS journal_state (folded_seq BIGINT NOT NULL)",
-)];
+///
+/// 3: each task records the session it came from (its directory and agent search path).
+const MIGRATIONS: &[(i32, &str)] = &[
+    (
+        2,
+        "CREATE TABLE IF NOT EXISTS journal_state (folded_seq BIGINT NOT NULL)",
+    ),
+    (
+        3,
+        "ALTER TABLE tasks ADD COLUMN IF NOT EXISTS project VARCHAR; \
+         ALTER TABLE tasks ADD COLUMN IF NOT EXISTS agents_dir VARCHAR;",
+    ),
+];
 
 /// Creates missing tables, runs pending migrations, and refuses a file written by a newer release
 /// (rather than corrupting it).

@@ -107,6 +107,8 @@ fn synthetic_task(i: usize, created_us: i64, agents: &[&str]) -> Task {
         workflow_id: None,
         phase_id: None,
         working_dir: None,
+        project: None,
+        agents_dir: None,
         metadata: None,
         webhook_url: None,
         idempotency_key: None,

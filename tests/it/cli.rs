@@ -61,13 +61,18 @@ async fn every_command_against_a_running_engine() {
         .await;
     let status = env.cli_json(&["status"]).await;
     assert_eq!(status["engine_running"], true);
-    assert_eq!(status["pid"], s.pid);
+    assert_eq!(status["engine_started"], false);
+    let engine = env.engine_pid().await;
+    assert_eq!(status["pid"], engine);
+    assert_ne!(engine, s.pid, "the session is not the engine");
+    // The window and this command (a command that just ended may still be counted).
+    assert!(status["sessions"].as_u64().unwrap() >= 2, "{status}");
     assert_eq!(status["counts"]["running"], 1);
     assert_eq!(status["workers_busy"], 1);
     assert_eq!(status["running"][0]["task_id"], long);
     let (code, out, _) = env.cli(&["status"]).await;
     assert_eq!(code, 0);
-    assert!(out.contains(&format!("engine    pid {}", s.pid)), "{out}");
+    assert!(out.contains(&format!("engine    pid {engine}")), "{out}");
     assert!(out.contains("forever"), "running tasks are listed: {out}");
     let (code, out, _) = env.cli(&["cancel", &long]).await;
     assert_eq!(code, 0);
@@ -98,28 +103,30 @@ async fn every_command_against_a_running_engine() {
     s.stop().await;
 }
 
+/// With no engine running, a command starts one, as a session does; `stop` stops it.
 #[tokio::test(flavor = "multi_thread")]
 async fn every_command_without_an_engine() {
-    let env = Env::new();
+    let mut env = Env::new();
+    // Long enough that the engine a command starts is still there for the next command.
+    env.set("ORCHESTR8_IDLE_EXIT_SECONDS", "30");
     agents(&env);
+    let (code, out, _) = env.cli(&["stop"]).await;
+    assert_eq!(code, 0);
+    assert!(out.contains("no engine runs"), "{out}");
     let status = env.cli_json(&["status"]).await;
-    assert_eq!(status["engine_running"], false);
+    assert_eq!(status["engine_running"], true);
+    assert_eq!(status["engine_started"], true);
+    let engine = env.engine_pid().await;
 
-    // Stored for later: nothing runs it while no engine runs.
     let (code, out, err) = env.cli(&["submit", "echo", "later"]).await;
     assert_eq!(code, 0, "{err}");
-    assert!(err.contains("no engine runs"), "{err}");
     let later = out.trim().to_string();
     let (code, out, err) = env.cli(&["submit", "forever", "never"]).await;
     assert_eq!(code, 0, "{err}");
     let never = out.trim().to_string();
-    let pending = env.cli_json(&["tasks", "--status", "pending"]).await;
-    assert_eq!(pending["total"], 2);
     let (code, out, _) = env.cli(&["cancel", &never]).await;
     assert_eq!(code, 0);
     assert_eq!(out.trim(), format!("cancelled {never}"));
-
-    // A command that waits runs the tasks itself.
     let (code, out, err) = env.cli(&["submit", "echo", "now", "--wait"]).await;
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("now"), "{out}");
@@ -135,8 +142,8 @@ async fn every_command_without_an_engine() {
     let (code, out, _) = env.cli(&["status"]).await;
     assert_eq!(code, 0);
     assert!(
-        out.contains("none running") && out.contains("completed 2"),
-        "{out}"
+        out.contains(&format!("engine    pid {engine}")) && out.contains("completed 2"),
+        "one engine served every command: {out}"
     );
     let wfs = env.cli_json(&["workflows"]).await;
     assert_eq!(wfs["total"], 0);
@@ -156,8 +163,14 @@ async fn every_command_without_an_engine() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{err}");
     assert!(!err.contains("panicked"), "{err}");
-    // The file is free again: a server starts on it and sees everything.
+    let stopped = env.cli_json(&["stop"]).await;
+    assert_eq!(stopped["stopped"], true);
+    assert_eq!(stopped["pid"], engine);
+    assert!(!alive(engine));
+    assert!(env.engine_pids().is_empty());
+    // The next session starts an engine again and sees everything.
     let s = env.start().await;
     assert_eq!(s.call("list_tasks", json!({})).await["total"], 3);
     s.stop().await;
+    env.stop_engines().await;
 }

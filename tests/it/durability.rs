@@ -16,6 +16,7 @@ async fn results_and_logs_survive_a_restart() {
     let before = s.wait_one(&id, 30).await;
     let logs_before = s.call("task_logs", json!({"task_id": id})).await;
     s.stop().await;
+    env.stop_engines().await;
 
     let s = env.start().await;
     let after = s.status(&id).await;
@@ -63,7 +64,7 @@ async fn kill_9_with_tasks_running_loses_nothing() {
         s.until(id, "running", |t| t["status"] == "running").await;
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
-    s.kill9().await;
+    s.kill9(&env).await;
 
     let s = env.start().await;
     let done = s.wait_all(&ids, 60).await;
@@ -122,13 +123,14 @@ async fn graceful_shutdown_requeues_without_using_an_attempt() {
         .await;
     s.until(&quick, "running", |t| t["status"] == "running")
         .await;
+    let engine = env.engine_pid().await;
     nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(s.pid as i32),
+        nix::unistd::Pid::from_raw(engine as i32),
         nix::sys::signal::Signal::SIGTERM,
     )
     .unwrap();
-    wait_gone(s.pid).await;
-    drop(s);
+    wait_gone(engine).await;
+    s.stop().await;
     assert!(
         processes_with("sleep 999").is_empty(),
         "shutdown left the agent running"
@@ -151,7 +153,7 @@ async fn graceful_shutdown_requeues_without_using_an_attempt() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn stdin_eof_lets_running_tasks_finish_before_the_engine_exits() {
+async fn the_engine_finishes_running_tasks_after_its_session_has_gone_then_exits() {
     let mut env = Env::new();
     env.set("ORCHESTR8_SHUTDOWN_GRACE_SECONDS", "1");
     env.shell_agent("slow", "sleep 3; echo finished", "");
@@ -165,21 +167,25 @@ async fn stdin_eof_lets_running_tasks_finish_before_the_engine_exits() {
         .as_str()
         .unwrap()
         .to_string();
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let pid = raw.pid();
+    let engine = env.engine_pid().await;
     raw.close_stdin(); // the client has gone
-                       // Well past the grace period the engine is still there, running the task.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert!(alive(pid), "the engine exited while its task was running");
-    let status = tokio::time::timeout(Duration::from_secs(20), raw.child.wait())
+    let status = tokio::time::timeout(Duration::from_secs(5), raw.child.wait())
         .await
-        .expect("the engine exits once idle")
+        .expect("a session ends with its client")
         .unwrap();
     assert!(status.success());
+    // Well past the grace period the engine is still there, running the task.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     assert!(
-        raw.log().contains("staying up: tasks in flight"),
+        alive(engine),
+        "the engine exited while its task was running"
+    );
+    env.wait_engines_gone().await;
+    assert!(
+        env.engine_log()
+            .contains("staying up: tasks pending or running"),
         "{}",
-        raw.log()
+        env.engine_log()
     );
     let s = env.start().await;
     let t = s.status(&id).await;
@@ -212,7 +218,7 @@ async fn kill_9_before_the_fold_replays_the_journal() {
             )
             .await;
         let len = std::fs::metadata(&journal).map(|m| m.len()).unwrap_or(0);
-        s.kill9().await;
+        s.kill9(&env).await;
         if len > 0 {
             replayed.push(parked);
         }
@@ -261,6 +267,7 @@ async fn a_journal_from_another_version_stops_the_start_and_is_kept() {
     let s = env.start().await;
     s.submit("before", "ok", "x", json!({})).await;
     s.stop().await;
+    env.stop_engines().await;
 
     let journal = env.path("db/o8.duckdb.journal");
     let payload = br#"[{"OpOfAFutureRelease":{"x":1}}]"#;
@@ -275,7 +282,7 @@ async fn a_journal_from_another_version_stops_the_start_and_is_kept() {
     record.extend_from_slice(payload);
     std::fs::write(&journal, &record).unwrap();
 
-    // The server itself, not a subcommand: it stops before serving.
+    // A session: the engine it starts stops before serving, and the session says why.
     let (code, _, err) = env.cli(&[]).await;
     assert_ne!(code, 0);
     assert!(
@@ -293,4 +300,5 @@ async fn a_journal_from_another_version_stops_the_start_and_is_kept() {
     let s = env.start().await;
     assert_eq!(s.call("list_tasks", json!({})).await["total"], 1);
     s.stop().await;
+    env.stop_engines().await;
 }

@@ -1,46 +1,176 @@
-//! Issue 8: one engine, many clients. Several MCP sessions on one database file, take-over
-//! after the engine is killed, an engine outliving its own client.
+//! The engine is a process of its own, detached from every session: sessions (the processes
+//! an MCP client starts) are frontends that hold no state. Closing, killing or crashing a
+//! window never changes a task's outcome; each session works in its own project.
 
 use std::time::Duration;
 
+use nix::sys::signal::{kill, killpg, Signal};
+use nix::unistd::Pid;
 use serde_json::json;
 
 use crate::harness::*;
+use crate::stub_http::{Reply, Stub};
 
+fn signal(pid: u32, sig: Signal) {
+    let _ = kill(Pid::from_raw(pid as i32), sig);
+}
+
+/// What Claude Code does when a session ends (measured): SIGINT, SIGTERM 100 ms later, SIGKILL
+/// 400 ms after that, stdin never closed.
+async fn claude_code_shutdown(pid: u32) {
+    signal(pid, Signal::SIGINT);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    signal(pid, Signal::SIGTERM);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    signal(pid, Signal::SIGKILL);
+    wait_gone(pid).await;
+}
+
+/// A task running when its window closes completes in attempt 1, its webhook arrives, and a
+/// later session reads it completed.
 #[tokio::test(flavor = "multi_thread")]
-async fn two_sessions_share_one_database() {
+async fn closing_a_claude_code_window_never_changes_a_running_tasks_outcome() {
+    let env = Env::new();
+    let hook = Stub::start(vec![Reply::json(200, json!({}))]).await;
+    env.shell_agent("slow", "sleep 2; echo finished", "max_retries: 2");
+    let mut raw = env.start_raw("window.log").await;
+    let id = raw
+        .call(
+            "task_async",
+            json!({"name": "slow", "agent_name": "slow", "agent_instructions": "x",
+                   "webhook_url": format!("{}/hook", hook.url)}),
+        )
+        .await["task_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let engine = env.engine_pid().await;
+    assert_ne!(engine, raw.pid(), "the session is not the engine");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    claude_code_shutdown(raw.pid()).await;
+    assert!(
+        alive(engine),
+        "the engine went with the window: {}",
+        raw.log()
+    );
+    let s = env.start().await;
+    let t = s.wait_one(&id, 30).await;
+    assert_eq!(t["status"], "completed", "{t}");
+    assert_eq!(t["attempt"], 1, "{t}");
+    assert_eq!(t["result"], "finished\n");
+    for _ in 0..200 {
+        if !hook.requests().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let hooks = hook.requests();
+    assert_eq!(hooks.len(), 1, "{hooks:?}");
+    assert_eq!(hooks[0].body["type"], "task.completed");
+    assert_eq!(env.engine_pid().await, engine, "the same engine throughout");
+    s.stop().await;
+    env.stop_engines().await;
+}
+
+/// A closed terminal: SIGKILL to the client's whole process group, the session in it.
+#[tokio::test(flavor = "multi_thread")]
+async fn killing_the_clients_process_group_loses_nothing() {
+    let env = Env::new();
+    env.shell_agent("slow", "sleep 2; echo finished", "");
+    let mut raw = env.start_raw_in_own_group("window.log").await;
+    let id = raw
+        .call(
+            "task_async",
+            json!({"name": "slow", "agent_name": "slow", "agent_instructions": "x"}),
+        )
+        .await["task_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let engine = env.engine_pid().await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    killpg(Pid::from_raw(raw.pid() as i32), Signal::SIGKILL).unwrap();
+    wait_gone(raw.pid()).await;
+    assert!(alive(engine));
+    let s = env.start().await;
+    let t = s.wait_one(&id, 30).await;
+    assert_eq!(t["status"], "completed", "{t}");
+    assert_eq!(t["attempt"], 1);
+    s.stop().await;
+    env.stop_engines().await;
+}
+
+/// Two windows in two projects on one database file: each sees and runs its own agents, and a
+/// task without working_dir runs in its own project.
+#[tokio::test(flavor = "multi_thread")]
+async fn each_session_works_in_its_own_project() {
+    let mut env = Env::new();
+    // The default search path, relative: resolved in each session's directory.
+    env.set("ORCHESTR8_AGENTS_DIR", "./agents");
+    let mut projects = Vec::new();
+    for name in ["alpha", "beta"] {
+        let dir = env.path(name);
+        std::fs::create_dir_all(dir.join("agents")).unwrap();
+        std::fs::write(
+            dir.join(format!("agents/{name}-agent.md")),
+            format!("---\nname: {name}-agent\nrunner: command\ncommand: [\"pwd\"]\n---\nbody\n"),
+        )
+        .unwrap();
+        projects.push(dir);
+    }
+    let a = env.start_in(&projects[0]).await;
+    let b = env.start_in(&projects[1]).await;
+    for (s, mine, other, dir) in [
+        (&a, "alpha-agent", "beta-agent", &projects[0]),
+        (&b, "beta-agent", "alpha-agent", &projects[1]),
+    ] {
+        let agents = s.call("list_agents", json!({})).await;
+        let names: Vec<_> = agents["agents"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a["name"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(names, [mine], "{agents}");
+        let err = s
+            .call_err(
+                "task_async",
+                json!({"name": "x", "agent_name": other, "agent_instructions": "x"}),
+            )
+            .await;
+        assert!(err.contains("unknown agent"), "{err}");
+        let id = s.submit("where", mine, "x", json!({})).await;
+        let t = s.wait_one(&id, 30).await;
+        let dir = std::fs::canonicalize(dir).unwrap();
+        assert_eq!(t["result"], format!("{}\n", dir.display()), "{t}");
+        assert_eq!(t["project"], dir.display().to_string(), "{t}");
+    }
+    assert_eq!(env.engine_pids().len(), 1, "one engine for both");
+    a.stop().await;
+    b.stop().await;
+    env.stop_engines().await;
+}
+
+/// Two sessions started in the same instant on a fresh file: one engine, and both work.
+#[tokio::test(flavor = "multi_thread")]
+async fn two_sessions_started_at_once_end_up_with_one_engine() {
     let env = Env::new();
     env.shell_agent("echo", "cat", "");
-    let a = env.start().await;
-    let b = env.start().await;
-    assert!(
-        b.log().contains("serving this session through it"),
-        "the second session should be a frontend: {}",
-        b.log()
+    let (a, b) = tokio::join!(env.start(), env.start());
+    let (ta, tb) = tokio::join!(
+        a.submit("a", "echo", "from a", json!({})),
+        b.submit("b", "echo", "from b", json!({}))
     );
-    let ta = a.submit("from-a", "echo", "hello from a", json!({})).await;
-    let tb = b.submit("from-b", "echo", "hello from b", json!({})).await;
-    // Each reads the other's task.
-    assert_eq!(b.wait_one(&ta, 30).await["result"], "hello from a");
-    assert_eq!(a.wait_one(&tb, 30).await["result"], "hello from b");
-    assert_eq!(b.call("list_tasks", json!({})).await["total"], 2);
-    assert_eq!(a.call("list_tasks", json!({})).await["total"], 2);
+    assert_eq!(b.wait_one(&ta, 30).await["result"], "from a");
+    assert_eq!(a.wait_one(&tb, 30).await["result"], "from b");
+    assert_eq!(env.engine_pids().len(), 1, "{:?}", env.engine_pids());
     // Same tools, same answers, same errors.
-    let names = |tools: Vec<rmcp::model::Tool>| {
-        tools.iter().map(|t| t.name.to_string()).collect::<Vec<_>>()
-    };
-    assert_eq!(names(a.tools().await), names(b.tools().await));
-    assert_eq!(
-        a.call("task_status", json!({"task_id": ta})).await,
-        b.call("task_status", json!({"task_id": ta})).await
-    );
     for (tool, args) in [
         ("task_status", json!({"task_id": "nope"})),
         (
             "task_async",
             json!({"name": "x", "agent_name": "ghost", "agent_instructions": "x"}),
         ),
-        ("task_async", json!({"name": 5})),
         ("no_such_tool", json!({})),
     ] {
         assert_eq!(
@@ -49,12 +179,15 @@ async fn two_sessions_share_one_database() {
             "{tool}"
         );
     }
-    b.stop().await;
     a.stop().await;
+    b.stop().await;
+    env.stop_engines().await;
 }
 
+/// kill -9 of the engine with a task_wait in flight: the session starts the next engine
+/// (recovery first) and the wait is answered by it.
 #[tokio::test(flavor = "multi_thread")]
-async fn a_frontend_takes_over_when_the_engine_is_killed() {
+async fn a_task_wait_in_flight_is_answered_by_the_next_engine_after_kill_9() {
     let env = Env::new();
     let runs = env.path("work/runs");
     env.shell_agent(
@@ -63,123 +196,76 @@ async fn a_frontend_takes_over_when_the_engine_is_killed() {
             "echo \"start $ORCHESTR8_ATTEMPT\" >> {0}; sleep 2; echo \"end $ORCHESTR8_ATTEMPT\" >> {0}; echo done",
             runs.display()
         ),
-        // A kill -9 counts the interrupted attempt (contract section 9): one retry covers it.
+        // A kill -9 counts the interrupted attempt: one retry covers it.
         "max_retries: 1",
     );
-    let a = env.start().await;
-    let b = env.start().await;
-    let c = env.start().await; // a third session: attaches to whoever takes over
-    let id = b.submit("slow", "slow", "x", json!({})).await;
-    b.until(&id, "running", |t| t["status"] == "running").await;
-    let engine_pid = a.pid;
-    // A task_wait in flight when the engine dies is sent again to the next engine.
+    let s = env.start().await;
+    let id = s.submit("slow", "slow", "x", json!({})).await;
+    s.until(&id, "running", |t| t["status"] == "running").await;
+    let first = env.engine_pid().await;
     let (waited, ()) = tokio::join!(
-        b.call(
+        s.call(
             "task_wait",
             json!({"task_ids": [id], "timeout_seconds": 60})
         ),
-        async move {
+        async {
             tokio::time::sleep(Duration::from_millis(300)).await;
-            a.kill9().await;
+            env.kill9_engines().await;
         }
     );
     assert_eq!(waited["timed_out"], false, "{waited}");
-    // The frontends' sessions keep working: the task is recovered and completes.
     let t = &waited["tasks"][0];
     assert_eq!(t["status"], "completed", "{t}");
-    assert_eq!(t["result"], "done\n");
-    let c_task = c.submit("after", "slow", "y", json!({})).await;
-    assert_eq!(c.wait_one(&c_task, 60).await["status"], "completed");
-    let took_over = [&b, &c]
-        .iter()
-        .filter(|s| {
-            s.log()
-                .contains("took over: this process is now the engine")
-        })
-        .count();
-    assert_eq!(took_over, 1, "exactly one frontend becomes the engine");
-    // The killed attempt was stopped by recovery before the next one started, then the
-    // second session's task ran once.
-    let lines = read_lines(&runs);
-    assert_eq!(
-        lines,
-        ["start 1", "start 2", "end 2", "start 1", "end 1"],
-        "{lines:?}"
-    );
     assert_eq!(t["attempt"], 2);
-    let status = env.cli_json(&["status"]).await;
-    assert_eq!(status["engine_running"], true);
-    assert_ne!(status["pid"], engine_pid);
-    assert!([b.pid, c.pid].contains(&(status["pid"].as_u64().unwrap() as u32)));
-    c.stop().await;
-    b.stop().await;
+    let second = env.engine_pid().await;
+    assert_ne!(first, second);
+    // The killed attempt was stopped by recovery before the next one started.
+    assert_eq!(read_lines(&runs), ["start 1", "start 2", "end 2"]);
+    s.stop().await;
+    env.stop_engines().await;
 }
 
+/// A task due 5 s after its client has gone runs at its time, and the idle engine then exits;
+/// the next session starts a new one.
 #[tokio::test(flavor = "multi_thread")]
-async fn the_engine_outlives_its_client_while_another_session_is_attached() {
+async fn a_scheduled_task_runs_with_no_window_open_and_the_idle_engine_exits() {
     let env = Env::new();
-    env.shell_agent("echo", "cat", "");
-    let mut a = env.start_raw("engine.log").await;
-    let b = env.start().await;
-    a.close_stdin();
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert!(
-        alive(a.pid()),
-        "the engine left while a frontend was attached"
+    let ran = env.path("work/ran");
+    env.shell_agent(
+        "mark",
+        &format!("date +%s > {}; echo ok", ran.display()),
+        "",
     );
-    let id = b.submit("t", "echo", "still here", json!({})).await;
-    assert_eq!(b.wait_one(&id, 30).await["result"], "still here");
-    assert!(!b.log().contains("took over"), "{}", b.log());
-    b.stop().await;
-    // With nobody attached and nothing to do, the engine goes.
-    let status = tokio::time::timeout(Duration::from_secs(20), a.child.wait())
-        .await
-        .expect("the engine exits once idle")
-        .unwrap();
-    assert!(status.success());
-    assert!(
-        a.log().contains("staying up: 1 frontend(s) attached"),
-        "{}",
-        a.log()
-    );
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn a_frontend_takes_over_after_the_engine_is_stopped_with_sigterm() {
-    // What an MCP client does when it closes a session: stdin closed, then SIGTERM.
-    let mut env = Env::new();
-    env.set("ORCHESTR8_SHUTDOWN_GRACE_SECONDS", "1");
-    env.shell_agent("slow", "sleep 3; echo done", "");
-    let a = env.start().await;
-    let b = env.start().await;
-    let id = b.submit("slow", "slow", "x", json!({})).await;
-    b.until(&id, "running", |t| t["status"] == "running").await;
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(a.pid as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    wait_gone(a.pid).await;
-    drop(a);
-    let t = b.wait_one(&id, 60).await;
+    let s = env.start().await;
+    let due = chrono::Utc::now() + chrono::Duration::seconds(5);
+    let id = s
+        .submit("later", "mark", "x", json!({"run_at": due.to_rfc3339()}))
+        .await;
+    let engine = env.engine_pid().await;
+    s.kill9_session_only().await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(alive(engine), "the engine left with a task due");
+    assert!(!ran.exists());
+    // Once it has run, nothing keeps the engine (idle period 0 here): it exits by itself.
+    env.wait_engines_gone().await;
+    assert!(ran.exists(), "{}", env.engine_log());
+    let s = env.start().await;
+    let t = s.status(&id).await;
     assert_eq!(t["status"], "completed", "{t}");
-    assert_eq!(
-        t["attempt"], 1,
-        "a graceful stop does not use up an attempt"
-    );
-    assert!(b.log().contains("took over"), "{}", b.log());
-    b.stop().await;
+    assert!(time(&t, "started_at") >= due, "{t}");
+    assert_ne!(env.engine_pid().await, engine, "a new engine");
+    s.stop().await;
+    env.wait_engines_gone().await;
 }
 
-/// A server looking for an engine that does not answer (stopped with SIGSTOP: it holds the file
-/// and its socket accepts, but nothing replies) ends that wait at once on SIGTERM instead of
-/// searching for 30 s.
+/// A server looking for an engine that does not answer (stopped with SIGSTOP: it holds the
+/// file and its socket accepts, but nothing replies) ends that wait at once on SIGTERM.
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_ends_the_wait_for_an_engine() {
     let env = Env::new();
     let a = env.start().await;
-    let a_pid = nix::unistd::Pid::from_raw(a.pid as i32);
-    nix::sys::signal::kill(a_pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    let engine = env.engine_pid().await;
+    signal(engine, Signal::SIGSTOP);
     let log = env.path("waiting.log");
     let mut waiting = env
         .command()
@@ -189,22 +275,19 @@ async fn sigterm_ends_the_wait_for_an_engine() {
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    // Kept open: a closed stdin would end the server for another reason.
+    // Kept open: a closed stdin would end the session for another reason.
     let _stdin = waiting.stdin.take();
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let still = waiting.try_wait().unwrap().is_none();
     let sent = std::time::Instant::now();
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(waiting.id().unwrap_or(0) as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
+    signal(waiting.id().unwrap_or(0), Signal::SIGTERM);
     let status = tokio::time::timeout(Duration::from_secs(10), waiting.wait())
         .await
         .map(|s| s.unwrap());
     let took = sent.elapsed();
-    nix::sys::signal::kill(a_pid, nix::sys::signal::Signal::SIGCONT).unwrap();
+    signal(engine, Signal::SIGCONT);
     a.stop().await;
+    env.stop_engines().await;
     let text = std::fs::read_to_string(&log).unwrap_or_default();
     assert!(still, "it should have been waiting: {text}");
     let status = status.expect("exited after SIGTERM");

@@ -14,10 +14,23 @@ use tempfile::TempDir;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_orchestr8-async-server");
 
-/// A temp dir with an agents folder and a DB path; survives server restarts.
+/// A temp dir with an agents folder and a DB path; survives server restarts. Dropping it
+/// kills whatever engine is still running on its database, so no test leaves one behind
+/// (tests that care stop it themselves and check).
 pub struct Env {
     pub dir: TempDir,
     pub env: Vec<(String, String)>,
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        for pid in self.engine_pids() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
 }
 
 impl Env {
@@ -36,6 +49,84 @@ impl Env {
 
     pub fn path(&self, rel: &str) -> PathBuf {
         self.dir.path().join(rel)
+    }
+
+    /// The database file every process of this environment uses.
+    pub fn db(&self) -> PathBuf {
+        self.path("db/o8.duckdb")
+    }
+
+    /// The log of the detached engines of this environment.
+    pub fn engine_log(&self) -> String {
+        std::fs::read_to_string(self.path("db/o8.duckdb.log")).unwrap_or_default()
+    }
+
+    /// The engine processes running on this environment's database.
+    pub fn engine_pids(&self) -> Vec<u32> {
+        let db = self.db().display().to_string();
+        processes_with(&db)
+            .into_iter()
+            .filter(|pid| {
+                std::fs::read(format!("/proc/{pid}/cmdline"))
+                    .map(|c| {
+                        let args: Vec<&[u8]> = c.split(|b| *b == 0).collect();
+                        args.contains(&&b"engine"[..])
+                    })
+                    .unwrap_or(false)
+            })
+            .collect()
+    }
+
+    /// The one engine running on this environment's database (waiting a little for it).
+    pub async fn engine_pid(&self) -> u32 {
+        for _ in 0..200 {
+            let pids = self.engine_pids();
+            if pids.len() == 1 {
+                return pids[0];
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!(
+            "expected one engine, found {:?}\n{}",
+            self.engine_pids(),
+            self.engine_log()
+        );
+    }
+
+    /// kill -9 of every engine on this environment's database, waiting until they are gone.
+    pub async fn kill9_engines(&self) {
+        for pid in self.engine_pids() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            wait_gone(pid).await;
+        }
+    }
+
+    /// Stops the engine with the CLI's `stop` and checks that no engine is left.
+    pub async fn stop_engines(&self) {
+        let (code, out, err) = self.cli(&["stop"]).await;
+        assert_eq!(code, 0, "stop failed: {out}{err}");
+        for pid in self.engine_pids() {
+            wait_gone(pid).await;
+        }
+        assert!(self.engine_pids().is_empty(), "an engine is left");
+    }
+
+    /// Waits until no engine runs on the database (a detached engine exits once idle).
+    pub async fn wait_engines_gone(&self) {
+        for _ in 0..800 {
+            if self.engine_pids().is_empty() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!(
+            "the engine did not exit: {:?}\n{}",
+            self.engine_pids(),
+            self.engine_log()
+        );
     }
 
     pub fn set(&mut self, k: &str, v: &str) -> &mut Self {
@@ -71,8 +162,19 @@ impl Env {
         p
     }
 
-    /// Starts the server; its stderr goes to `server-<n>.log` in the temp dir.
+    /// Starts a session; its stderr goes to `server-<n>.log` in the temp dir.
     pub async fn start(&self) -> Server {
+        self.start_with(self.command()).await
+    }
+
+    /// Starts a session whose working directory is `dir` (a window opened in that project).
+    pub async fn start_in(&self, dir: &Path) -> Server {
+        let mut cmd = self.command();
+        cmd.current_dir(dir);
+        self.start_with(cmd).await
+    }
+
+    async fn start_with(&self, mut cmd: tokio::process::Command) -> Server {
         let n = std::fs::read_dir(self.dir.path())
             .unwrap()
             .filter(|e| {
@@ -83,7 +185,6 @@ impl Env {
             .count();
         let log_path = self.path(&format!("server-{n}.log"));
         let log = std::fs::File::create(&log_path).unwrap();
-        let mut cmd = self.command();
         cmd.env("ORCHESTR8_LOG", "info,orchestr8_async=debug");
         let (transport, _) = TokioChildProcess::builder(cmd)
             .stderr(Stdio::from(log))
@@ -100,6 +201,7 @@ impl Env {
             client: Some(client),
             pid,
             log_path,
+            engine_log: self.path("db/o8.duckdb.log"),
         }
     }
 }
@@ -108,9 +210,15 @@ pub struct Server {
     client: Option<RunningService<RoleClient, ()>>,
     pub pid: u32,
     pub log_path: PathBuf,
+    engine_log: PathBuf,
 }
 
 impl Server {
+    /// The log of the engine this session uses.
+    pub fn engine_log_path(&self) -> &Path {
+        &self.engine_log
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }
@@ -258,7 +366,8 @@ impl Server {
         panic!("task {id} never became {what}: {}", self.status(id).await);
     }
 
-    /// Closes stdin (the way Claude Code ends a session) and waits for the server to exit.
+    /// Ends the session (closes its stdin) and waits for its process to exit; the engine
+    /// behind it runs on until idle.
     pub async fn stop(mut self) {
         if let Some(c) = self.client.take() {
             let _ = c.cancel().await;
@@ -266,12 +375,25 @@ impl Server {
         wait_gone(self.pid).await;
     }
 
-    /// kill -9, no warning.
-    pub async fn kill9(mut self) {
+    /// kill -9 of the session only (a window killed); its engine runs on.
+    pub async fn kill9_session_only(mut self) {
         let _ = nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(self.pid as i32),
             nix::sys::signal::Signal::SIGKILL,
         );
+        wait_gone(self.pid).await;
+        if let Some(c) = self.client.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(2), c.cancel()).await;
+        }
+    }
+
+    /// kill -9 of the session and of the engine behind it, no warning: the machine crashed.
+    pub async fn kill9(mut self, env: &Env) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+        env.kill9_engines().await;
         wait_gone(self.pid).await;
         if let Some(c) = self.client.take() {
             let _ = tokio::time::timeout(Duration::from_secs(2), c.cancel()).await;
@@ -359,7 +481,7 @@ impl Env {
             }
         }
         cmd.current_dir(self.dir.path())
-            .env("ORCHESTR8_DB_PATH", self.path("db/o8.duckdb"))
+            .env("ORCHESTR8_DB_PATH", self.db())
             .env("ORCHESTR8_AGENTS_DIR", self.path("agents"))
             .env("ORCHESTR8_SHUTDOWN_GRACE_SECONDS", "2")
             .env("ORCHESTR8_IDLE_EXIT_SECONDS", "0");
@@ -370,10 +492,21 @@ impl Env {
     }
 
     pub async fn start_raw(&self, log_name: &str) -> RawServer {
+        self.start_raw_with(log_name, self.command()).await
+    }
+
+    /// A raw session that leads a process group of its own (as a terminal's shell does), so
+    /// that the whole group can be killed.
+    pub async fn start_raw_in_own_group(&self, log_name: &str) -> RawServer {
+        let mut cmd = self.command();
+        cmd.process_group(0);
+        self.start_raw_with(log_name, cmd).await
+    }
+
+    async fn start_raw_with(&self, log_name: &str, mut cmd: tokio::process::Command) -> RawServer {
         use tokio::io::AsyncBufReadExt;
         let log_path = self.path(log_name);
-        let mut child = self
-            .command()
+        let mut child = cmd
             .env("ORCHESTR8_LOG", "info,orchestr8_async=debug")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())

@@ -229,7 +229,9 @@ async fn assert_no_secret(s: &Server, id: &str, secret: &str) {
     assert!(!status.contains(secret), "key in task_status: {status}");
     let logs = s.log_messages(id).await.join("\n");
     assert!(!logs.contains(secret), "key in task logs: {logs}");
-    assert!(!s.log().contains(secret), "key in server log");
+    assert!(!s.log().contains(secret), "key in the session's log");
+    let engine_log = std::fs::read_to_string(s.engine_log_path()).unwrap_or_default();
+    assert!(!engine_log.contains(secret), "key in the engine's log");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -131,6 +131,7 @@ async fn idempotency_key_returns_the_first_task() {
     s.wait_all(&[first["task_id"].as_str().unwrap().to_string()], 30)
         .await;
     s.stop().await;
+    env.stop_engines().await;
     // Still the same task after a restart.
     let s = env.start().await;
     let third = s.call("task_async", args).await;

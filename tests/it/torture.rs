@@ -80,6 +80,7 @@ echo "ran $ORCHESTR8_TASK_ID $ORCHESTR8_ATTEMPT""#,
     for round in 0..KILLS {
         let s = env.start().await;
         let pid = s.pid;
+        let engine = env.engine_pid().await;
         let id = s
             .submit(
                 &format!("long-{round}"),
@@ -121,10 +122,14 @@ echo "ran $ORCHESTR8_TASK_ID $ORCHESTR8_ATTEMPT""#,
         };
         let kill = async {
             tokio::time::sleep(kill_after).await;
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid as i32),
-                nix::sys::signal::Signal::SIGKILL,
-            );
+            // The machine crashes: the session first (so that no call of it is answered after
+            // the engine is gone), then the engine.
+            for p in [pid, engine] {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(p as i32),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
         };
         let (ok, ()) = tokio::join!(submit, kill);
         eprintln!(
@@ -132,7 +137,7 @@ echo "ran $ORCHESTR8_TASK_ID $ORCHESTR8_ATTEMPT""#,
             ok.len()
         );
         accepted.extend(ok);
-        s.kill9().await;
+        s.kill9(&env).await;
     }
 
     let s = env.start().await;

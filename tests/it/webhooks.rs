@@ -268,7 +268,7 @@ async fn an_owed_event_is_delivered_after_kill_9_and_restart() {
     let h = history_len(&s, "task_id", &id, 1).await;
     assert!(h[0]["status_code"].is_null(), "receiver is down: {h:?}");
     let first_id = h[0]["event_id"].clone();
-    s.kill9().await;
+    s.kill9(&env).await;
 
     let stub = Stub::start_on(port, vec![ok()]).await;
     let s = env.start().await;

@@ -467,7 +467,7 @@ async fn a_workflow_survives_kill_9_and_completes_in_order() {
     let b = task(&s, &w, "b", "build", "recorder", json!({})).await;
     s.call("workflow_start", json!({"workflow_id": w})).await;
     s.until(&a, "running", |t| t["status"] == "running").await;
-    s.kill9().await;
+    s.kill9(&env).await;
 
     let s = env.start().await;
     let st = wait_workflow(&s, &w, "completed").await;

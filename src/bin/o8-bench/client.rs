@@ -68,10 +68,6 @@ impl Client {
         Ok(c)
     }
 
-    pub fn pid(&self) -> Option<u32> {
-        self.child.id()
-    }
-
     async fn notify(&mut self, method: &str) -> Result<()> {
         let line = format!("{}\n", json!({"jsonrpc": "2.0", "method": method}));
         self.stdin.write_all(line.as_bytes()).await?;

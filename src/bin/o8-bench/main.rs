@@ -91,13 +91,49 @@ fn server_cmd(bin: &Path, dir: &Path, workers: usize) -> Command {
         .env("ORCHESTR8_DB_PATH", dir.join("bench.duckdb"))
         .env("ORCHESTR8_AGENTS_DIR", dir.join("agents"))
         .env("ORCHESTR8_WORKERS", workers.to_string())
-        // Each run stops its server by closing stdin; nothing to linger for.
+        // Each run stops its engine with the `stop` command; nothing to linger for.
         .env("ORCHESTR8_IDLE_EXIT_SECONDS", "0")
         .env(
             "ORCHESTR8_LOG",
             std::env::var("ORCHESTR8_LOG").unwrap_or_else(|_| "warn".into()),
         );
     cmd
+}
+
+/// Every call is measured through a session (the process an MCP client starts), which forwards
+/// it to the detached engine: the pid that holds the tasks is the engine's, read from `status`.
+async fn engine_pid(bin: &Path, dir: &Path) -> Result<u32> {
+    let out = server_cmd(bin, dir, 1)
+        .args(["status", "--json"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await?;
+    let v: Value = serde_json::from_slice(&out.stdout).context("status --json")?;
+    v["pid"]
+        .as_u64()
+        .map(|p| p as u32)
+        .context("no engine pid in status")
+}
+
+/// Stops the engine of `dir` and waits until it is gone (so the next start measures a cold
+/// engine).
+async fn stop_engine(bin: &Path, dir: &Path) -> Result<()> {
+    let status = server_cmd(bin, dir, 1)
+        .arg("stop")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .status()
+        .await?;
+    if !status.success() {
+        bail!("stop failed: {status}");
+    }
+    Ok(())
+}
+
+/// Ends a measured session and its engine.
+async fn finish(c: Client, bin: &Path, dir: &Path) -> Result<()> {
+    c.stop().await?;
+    stop_engine(bin, dir).await
 }
 
 fn server_bin() -> Result<PathBuf> {
@@ -242,7 +278,7 @@ async fn main() -> Result<()> {
     write_agents(dir.path())?;
     let mut c = Client::start(server_cmd(&bin, dir.path(), a.workers)).await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let (idle_rss, _) = rss_mib(c.pid());
+    let (idle_rss, _) = rss_mib(Some(engine_pid(&bin, dir.path()).await?));
 
     let run_at = parked_at();
     let lat = time_calls(&mut c, a.calls, |i| {
@@ -260,15 +296,15 @@ async fn main() -> Result<()> {
     let submitted = began.elapsed().as_secs_f64();
     wait_all(&mut c, &ids).await?;
     let rate = a.tasks as f64 / began.elapsed().as_secs_f64();
-    c.stop().await?;
+    finish(c, &bin, dir.path()).await?;
 
     // --- Memory with many pending tasks, on a fresh database. ---
     let dir_p = tempfile::tempdir()?;
     write_agents(dir_p.path())?;
     let mut c = Client::start(server_cmd(&bin, dir_p.path(), a.workers)).await?;
     submit_many(&mut c, a.pending, "parked", Some(&parked_at())).await?;
-    let (pending_rss, pending_peak) = rss_mib(c.pid());
-    c.stop().await?;
+    let (pending_rss, pending_peak) = rss_mib(Some(engine_pid(&bin, dir_p.path()).await?));
+    finish(c, &bin, dir_p.path()).await?;
 
     // --- Many stored tasks: start-up, task_status, list_tasks. ---
     let dir_s = tempfile::tempdir()?;
@@ -287,7 +323,7 @@ async fn main() -> Result<()> {
         let t = Instant::now();
         let c = Client::start(server_cmd(&bin, dir_s.path(), a.workers)).await?;
         startups.push(t.elapsed().as_secs_f64() * 1000.0);
-        c.stop().await?;
+        finish(c, &bin, dir_s.path()).await?;
     }
     let startup = Stat::of(startups);
     let mut c = Client::start(server_cmd(&bin, dir_s.path(), a.workers)).await?;
@@ -306,8 +342,8 @@ async fn main() -> Result<()> {
         )
     })
     .await?;
-    let (stored_rss, _) = rss_mib(c.pid());
-    c.stop().await?;
+    let (stored_rss, _) = rss_mib(Some(engine_pid(&bin, dir_s.path()).await?));
+    finish(c, &bin, dir_s.path()).await?;
 
     // --- Reference points. ---
     let spawn_rate = reference::spawn_rate(2000, a.workers).await?;

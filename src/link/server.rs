@@ -1,28 +1,19 @@
-//! The engine's local endpoint: the same REST API on a Unix domain socket next to the database
-//! file (`<db>.sock`, mode 0600), in every mode. It is the door later processes on the same
-//! file (a second Claude Code window, the CLI) will come through; the file's permissions are
-//! its authentication, so no token is asked for (not even with `ORCHESTR8_API_TOKEN` set).
-//! Besides the REST routes it serves the internal [`super::rpc`] routes of frontends.
+//! The engine's end of the link: the REST API on a Unix domain socket next to the database
+//! file (`<db>.sock`, mode 0600), in every mode. It is the door every session and CLI command
+//! comes through; the file's permissions are its authentication, so no token is asked for
+//! (not even with `ORCHESTR8_API_TOKEN` set). Besides the REST routes it serves the internal
+//! [`super::rpc`] routes of sessions.
 
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 use tokio::net::UnixListener;
 use tokio_util::sync::CancellationToken;
 
-use super::{router, spawn_server, AppState};
 use crate::service::Service;
 
 /// Longest socket path the kernel accepts (`sun_path` is 108 bytes with its terminating NUL).
 const MAX_SOCKET_PATH: usize = 107;
-
-/// `<db>.sock`, next to the database file.
-pub fn socket_path(db: &Path) -> PathBuf {
-    let mut p = db.as_os_str().to_owned();
-    p.push(".sock");
-    PathBuf::from(p)
-}
 
 /// The bound socket; its file is removed when this is dropped (a clean stop, or a start that
 /// fails after binding), unless another socket has replaced it meanwhile.
@@ -109,25 +100,10 @@ pub fn bind(path: &Path) -> anyhow::Result<LocalSocket> {
 pub fn serve(
     socket: &mut LocalSocket,
     service: Service,
-    frontends: super::rpc::Frontends,
-    takes_frontends: bool,
+    rpc: axum::Router,
     shutdown: CancellationToken,
 ) -> Option<tokio::task::JoinHandle<()>> {
     let listener = socket.listener.take()?;
-    let rpc = super::rpc::router(
-        service.clone(),
-        frontends,
-        takes_frontends,
-        shutdown.clone(),
-    );
-    let state = AppState {
-        service,
-        token_digest: None,
-        loopback: true,
-        origins: Vec::new().into(),
-        started: Instant::now(),
-    };
-    let app = router(state).merge(rpc);
     tracing::info!("local API on unix socket {}", socket.path.display());
-    Some(spawn_server(listener, app, shutdown, "local API"))
+    Some(crate::rest::serve_local(listener, service, rpc, shutdown))
 }

@@ -1,0 +1,92 @@
+//! The link between an engine and the processes that use it: a Unix domain socket next to the
+//! database file (`<db>.sock`, 0600). The engine serves it ([`server`], with its internal
+//! [`rpc`] routes); sessions and CLI commands reach the engine through [`client`]. Both ends
+//! live here so that the wire format — paths, headers, the session context a call carries —
+//! is defined in one place.
+
+pub mod client;
+pub mod rpc;
+pub mod server;
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Header in which both ends name their version; a session never works with an engine of
+/// another version in silence.
+pub const VERSION_HEADER: &str = "x-orchestr8-version";
+/// Header of the attach request: the session's engine-shaping settings (JSON of
+/// [`crate::config::Config::engine_fingerprint`]).
+pub const SETTINGS_HEADER: &str = "x-orchestr8-settings";
+/// Header of the attach answer: the settings of the session's fingerprint the engine differs in
+/// (comma-separated names; absent when none).
+pub const DIFFERS_HEADER: &str = "x-orchestr8-settings-differ";
+
+/// This build's version, as sent in [`VERSION_HEADER`].
+pub fn version() -> &'static str {
+    env!("CARGO_PKG_VERSION")
+}
+
+/// `<db>.sock`, next to the database file.
+pub fn socket_path(db: &Path) -> PathBuf {
+    with_suffix(db, ".sock")
+}
+
+/// `<db>.log`: a detached engine's log.
+pub fn log_path(db: &Path) -> PathBuf {
+    with_suffix(db, ".log")
+}
+
+fn with_suffix(db: &Path, suffix: &str) -> PathBuf {
+    let mut p = db.as_os_str().to_owned();
+    p.push(suffix);
+    PathBuf::from(p)
+}
+
+/// What a call needs from the session it comes from: the engine is a process of its own, so
+/// "here" is the session's directory, never the engine's. Sent with every forwarded call.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Hash)]
+pub struct SessionContext {
+    /// The session's working directory: a task without `working_dir` runs here, a relative
+    /// `working_dir` is taken from here, and the task records it as its project.
+    pub cwd: String,
+    /// The session's agent search path, every entry absolute (relative ones were resolved
+    /// against `cwd` by the session).
+    pub agents_dir: Vec<String>,
+}
+
+impl SessionContext {
+    /// The context of this process: its directory and its configured search path.
+    pub fn of_this_process(agent_dirs: &[PathBuf]) -> SessionContext {
+        let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
+        SessionContext {
+            agents_dir: agent_dirs
+                .iter()
+                .map(|d| cwd.join(d).display().to_string())
+                .collect(),
+            cwd: cwd.display().to_string(),
+        }
+    }
+}
+
+/// The body of a forwarded tool call.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ToolCall {
+    pub args: serde_json::Value,
+    pub session: SessionContext,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relative_search_path_entries_resolve_against_the_session() {
+        let here = std::env::current_dir().unwrap();
+        let c =
+            SessionContext::of_this_process(&[PathBuf::from("./agents"), PathBuf::from("/abs")]);
+        assert_eq!(c.cwd, here.display().to_string());
+        assert_eq!(c.agents_dir[0], here.join("./agents").display().to_string());
+        assert_eq!(c.agents_dir[1], "/abs");
+    }
+}

@@ -1,0 +1,279 @@
+//! The engine's internal routes, served on its socket only: sessions in other processes
+//! forward their MCP tool calls here with their context (`POST /rpc/tools/{name}`), and hold
+//! `GET /rpc/attach` open for as long as they live. The attach stream is how an engine counts
+//! its sessions (it stays up while any is attached) and how a session learns within a second
+//! that its engine is gone (the stream ends, or the connection breaks when the engine dies).
+//! `POST /rpc/stop` and `POST /rpc/retire` are the stop command's doors.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
+
+use super::{ToolCall, DIFFERS_HEADER, SETTINGS_HEADER, VERSION_HEADER};
+use crate::rest::MAX_BODY_BYTES;
+use crate::service::tools::safe_to_repeat;
+use crate::service::Service;
+
+/// How often an attach stream sends a byte: a session that has gone is noticed at the next
+/// write, so the engine's count of sessions is at most this much behind.
+const HEARTBEAT: Duration = Duration::from_millis(500);
+
+/// The sessions attached right now, and what the engine was told about them. Cheap to clone.
+#[derive(Clone, Default)]
+pub struct Frontends {
+    count: Arc<AtomicUsize>,
+    /// Settings (by name) in which a session that attached differs from the engine, with how
+    /// many sessions did; kept for `status` for the engine's life.
+    differ: Arc<Mutex<BTreeMap<String, u64>>>,
+}
+
+impl Frontends {
+    pub fn count(&self) -> usize {
+        self.count.load(Ordering::SeqCst)
+    }
+
+    /// Settings some session was started with but this engine was not.
+    pub fn settings_differ(&self) -> Vec<String> {
+        let d = self.differ.lock().unwrap_or_else(|p| p.into_inner());
+        d.keys().cloned().collect()
+    }
+}
+
+/// What the stop routes do: set by the engine's owner, which watches the tokens.
+#[derive(Clone, Default)]
+pub struct StopRequests {
+    /// Stop now, with the grace period.
+    pub now: CancellationToken,
+    /// Stop once no task is pending or running and no webhook is owed.
+    pub retire: CancellationToken,
+}
+
+/// Counts one attached session while it lives (it lives inside the attach stream, which the
+/// server drops when the connection ends).
+struct Attachment(Frontends);
+
+impl Drop for Attachment {
+    fn drop(&mut self) {
+        self.0.count.fetch_sub(1, Ordering::SeqCst);
+        tracing::debug!(frontends = self.0.count(), "a session detached");
+    }
+}
+
+/// Services in the context of the sessions seen lately, so that a session's calls share one
+/// context (its tasks then share one copy of their directory and search path in memory).
+#[derive(Clone, Default)]
+struct SessionServices(Arc<Mutex<std::collections::HashMap<super::SessionContext, Service>>>);
+
+/// More distinct sessions than this and the cache starts again.
+const MAX_CACHED_SESSIONS: usize = 256;
+
+impl SessionServices {
+    fn get(&self, base: &Service, ctx: &super::SessionContext) -> Service {
+        let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(s) = m.get(ctx) {
+            return s.clone();
+        }
+        if m.len() >= MAX_CACHED_SESSIONS {
+            m.clear();
+        }
+        let s = base.for_session(ctx);
+        m.insert(ctx.clone(), s.clone());
+        s
+    }
+}
+
+#[derive(Clone)]
+struct RpcState {
+    service: Service,
+    sessions: SessionServices,
+    frontends: Frontends,
+    /// This engine's fingerprint, to compare a session's with.
+    fingerprint: Arc<BTreeMap<String, String>>,
+    requests: StopRequests,
+    stop: CancellationToken,
+}
+
+/// The internal routes; `stop` ends every attach stream (the engine is shutting down).
+pub fn router(
+    service: Service,
+    frontends: Frontends,
+    fingerprint: BTreeMap<String, String>,
+    requests: StopRequests,
+    stop: CancellationToken,
+) -> Router {
+    Router::new()
+        .route("/rpc/tools/{name}", post(call_tool))
+        .route("/rpc/attach", get(attach))
+        .route("/rpc/overview", get(overview))
+        .route("/rpc/stop", post(stop_now))
+        .route("/rpc/retire", post(retire))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(RpcState {
+            service,
+            frontends,
+            sessions: SessionServices::default(),
+            fingerprint: Arc::new(fingerprint),
+            requests,
+            stop,
+        })
+}
+
+/// 200 with `{"ok": answer}` or `{"error": message}`, exactly what the tool answers in an MCP
+/// session; 503 when a repeatable call was cut off by the engine stopping.
+/// No request time-out: `task_wait` may block for 10 minutes.
+async fn call_tool(State(s): State<RpcState>, Path(name): Path<String>, body: Bytes) -> Response {
+    let call: ToolCall = match serde_json::from_slice(&body) {
+        Ok(c) => c,
+        Err(e) => return refused(format!("invalid call of {name}: {e}")),
+    };
+    if !call.args.is_object() {
+        return refused(format!("invalid arguments for {name}: expected an object"));
+    }
+    let service = s.sessions.get(&s.service, &call.session);
+    // A call that is safe to repeat (task_wait above all) does not hold up a stopping engine:
+    // it is answered 503 and the session asks the next engine.
+    let repeatable = safe_to_repeat(&name, &call.args);
+    let answer = tokio::select! {
+        a = service.call_tool(&name, call.args) => a,
+        _ = s.stop.cancelled(), if repeatable => return stopping(),
+    };
+    match answer {
+        Ok(v) => Json(json!({ "ok": v })).into_response(),
+        Err(m) => Json(json!({ "error": m })).into_response(),
+    }
+}
+
+fn refused(message: String) -> Response {
+    Json(json!({ "error": message })).into_response()
+}
+
+fn stopping() -> Response {
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        Json(json!({ "retry": "the engine is stopping; ask the next one" })),
+    )
+        .into_response()
+}
+
+async fn overview(State(s): State<RpcState>) -> Json<Value> {
+    match s.service.overview().await {
+        Ok(mut o) => {
+            o.sessions = s.frontends.count();
+            o.settings_differ = s.frontends.settings_differ();
+            o.retiring = s.requests.retire.is_cancelled();
+            Json(json!({ "ok": o }))
+        }
+        Err(e) => Json(json!({ "error": e.to_string() })),
+    }
+}
+
+async fn stop_now(State(s): State<RpcState>) -> Json<Value> {
+    tracing::info!("asked to stop");
+    s.requests.now.cancel();
+    Json(json!({ "ok": { "pid": std::process::id(), "stopping": true } }))
+}
+
+async fn retire(State(s): State<RpcState>) -> Json<Value> {
+    if !s.requests.retire.is_cancelled() {
+        tracing::info!(
+            "asked to retire: stopping once no task is pending or running and no webhook is owed"
+        );
+    }
+    s.requests.retire.cancel();
+    Json(json!({ "ok": { "pid": std::process::id(), "retiring": true } }))
+}
+
+/// The settings (by name) in which a session's fingerprint differs from the engine's.
+pub fn differing(
+    engine: &BTreeMap<String, String>,
+    session: &BTreeMap<String, String>,
+) -> Vec<String> {
+    session
+        .iter()
+        .filter(|(k, v)| engine.get(*k).is_some_and(|mine| mine != *v))
+        .map(|(k, _)| k.clone())
+        .collect()
+}
+
+async fn attach(State(s): State<RpcState>, headers: HeaderMap) -> Response {
+    if s.stop.is_cancelled() {
+        return stopping();
+    }
+    let theirs: BTreeMap<String, String> = headers
+        .get(SETTINGS_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| serde_json::from_str(v).ok())
+        .unwrap_or_default();
+    let differ = differing(&s.fingerprint, &theirs);
+    if !differ.is_empty() {
+        tracing::warn!(
+            "a session was started with other engine settings than this engine ({}); the engine keeps its own: stop it (`orchestr8-async-server stop`) to start one with the session's",
+            differ.join(", ")
+        );
+        let mut d = s.frontends.differ.lock().unwrap_or_else(|p| p.into_inner());
+        for k in &differ {
+            *d.entry(k.clone()).or_default() += 1;
+        }
+    }
+    let theirs_version = headers
+        .get(VERSION_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("unknown");
+    if theirs_version != super::version() {
+        tracing::warn!(
+            "a session of version {theirs_version} attached to this engine of version {}",
+            super::version()
+        );
+    }
+    s.frontends.count.fetch_add(1, Ordering::SeqCst);
+    tracing::debug!(frontends = s.frontends.count(), "a session attached");
+    let held = Attachment(s.frontends.clone());
+    let stop = s.stop.clone();
+    let beats = futures_util::stream::unfold((held, stop), |(held, stop)| async move {
+        tokio::select! {
+            _ = stop.cancelled() => None,
+            _ = tokio::time::sleep(HEARTBEAT) => {
+                Some((Ok::<_, Infallible>(Bytes::from_static(b"\n")), (held, stop)))
+            }
+        }
+    });
+    let mut resp = Body::from_stream(beats).into_response();
+    let h = resp.headers_mut();
+    h.insert(VERSION_HEADER, HeaderValue::from_static(super::version()));
+    if let Ok(v) = HeaderValue::from_str(&differ.join(",")) {
+        if !differ.is_empty() {
+            h.insert(DIFFERS_HEADER, v);
+        }
+    }
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_settings_both_sides_know_and_that_differ_are_named() {
+        let m = |pairs: &[(&str, &str)]| {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect::<BTreeMap<_, _>>()
+        };
+        let engine = m(&[("A", "1"), ("B", "2")]);
+        let session = m(&[("A", "1"), ("B", "3"), ("C", "9")]);
+        assert_eq!(differing(&engine, &session), vec!["B".to_string()]);
+        assert!(differing(&engine, &engine).is_empty());
+    }
+}
