@@ -19,8 +19,13 @@ use tokio::net::UnixStream;
 use super::{SessionContext, ToolCall, DIFFERS_HEADER, SETTINGS_HEADER, VERSION_HEADER};
 use crate::service::tools::ToolAnswer;
 
+/// Most calls one client has in flight at once, and so most connections it opens (calls that
+/// block, `task_wait`, are not counted). A session that fires a thousand calls at once queues
+/// them here instead of opening a thousand connections, whose buffers would stay in the
+/// engine's memory; the engine still commits those in flight together.
+const MAX_IN_FLIGHT: usize = 64;
 /// Most idle connections kept per client.
-const MAX_IDLE: usize = 8;
+const MAX_IDLE: usize = 16;
 
 /// Why a request got no answer.
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +46,7 @@ type Sender = SendRequest<Full<Bytes>>;
 pub struct EngineClient {
     path: PathBuf,
     idle: Arc<Mutex<Vec<Sender>>>,
+    in_flight: Arc<tokio::sync::Semaphore>,
 }
 
 impl std::fmt::Debug for EngineClient {
@@ -76,6 +82,7 @@ impl EngineClient {
         EngineClient {
             path: socket.to_path_buf(),
             idle: Arc::new(Mutex::new(Vec::new())),
+            in_flight: Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT)),
         }
     }
 
@@ -207,6 +214,12 @@ impl EngineClient {
             session: session.clone(),
         })
         .map_err(|e| self.not_sent(&e))?;
+        let _permit = if name == "task_wait" {
+            None
+        } else {
+            // Never closed, so acquiring cannot fail.
+            self.in_flight.acquire().await.ok()
+        };
         let (status, v) = self
             .request(Method::POST, &format!("/rpc/tools/{name}"), Some(&body))
             .await?;

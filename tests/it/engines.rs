@@ -298,3 +298,42 @@ async fn sigterm_ends_the_wait_for_an_engine() {
         "{text}"
     );
 }
+
+/// Settings that shape the engine come from the process that started it; a session started
+/// with other values is told so (its log), and so is `status` — by name, never by value.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_session_with_other_engine_settings_is_told_plainly() {
+    let mut env = Env::new();
+    env.set("ORCHESTR8_WORKERS", "2");
+    let a = env.start().await;
+    env.set("ORCHESTR8_WORKERS", "3").set(
+        "ORCHESTR8_WEBHOOK_SECRET",
+        "whsec_c2VjcmV0LXZhbHVlLTEyMzQ1Njc4",
+    );
+    let b = env.start().await;
+    let status = env.cli_json(&["status"]).await;
+    assert_eq!(status["workers"], 2, "the engine keeps its own: {status}");
+    let differ: Vec<&str> = status["settings_differ"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert!(differ.contains(&"ORCHESTR8_WORKERS"), "{status}");
+    assert!(differ.contains(&"ORCHESTR8_WEBHOOK_SECRET"), "{status}");
+    assert!(
+        !status.to_string().contains("c2VjcmV0"),
+        "no values: {status}"
+    );
+    assert!(
+        b.log().contains("other settings than this session's")
+            && b.log().contains("ORCHESTR8_WORKERS"),
+        "{}",
+        b.log()
+    );
+    let (_, text, _) = env.cli(&["status"]).await;
+    assert!(text.contains("ORCHESTR8_WORKERS"), "{text}");
+    a.stop().await;
+    b.stop().await;
+    env.stop_engines().await;
+}
