@@ -158,15 +158,7 @@ async fn the_engine_finishes_running_tasks_after_its_session_has_gone_then_exits
     env.set("ORCHESTR8_SHUTDOWN_GRACE_SECONDS", "1");
     env.shell_agent("slow", "sleep 3; echo finished", "");
     let mut raw = env.start_raw("raw.log").await;
-    let id = raw
-        .call(
-            "task_async",
-            json!({"name": "slow", "agent_name": "slow", "agent_instructions": "x"}),
-        )
-        .await["task_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = raw.submit("slow", json!({})).await;
     let engine = env.engine_pid().await;
     raw.close_stdin(); // the client has gone
     let status = tokio::time::timeout(Duration::from_secs(5), raw.child.wait())

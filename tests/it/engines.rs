@@ -35,15 +35,8 @@ async fn closing_a_claude_code_window_never_changes_a_running_tasks_outcome() {
     env.shell_agent("slow", "sleep 2; echo finished", "max_retries: 2");
     let mut raw = env.start_raw("window.log").await;
     let id = raw
-        .call(
-            "task_async",
-            json!({"name": "slow", "agent_name": "slow", "agent_instructions": "x",
-                   "webhook_url": format!("{}/hook", hook.url)}),
-        )
-        .await["task_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+        .submit("slow", json!({"webhook_url": format!("{}/hook", hook.url)}))
+        .await;
     let engine = env.engine_pid().await;
     assert_ne!(engine, raw.pid(), "the session is not the engine");
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -78,15 +71,7 @@ async fn killing_the_clients_process_group_loses_nothing() {
     let env = Env::new();
     env.shell_agent("slow", "sleep 2; echo finished", "");
     let mut raw = env.start_raw_in_own_group("window.log").await;
-    let id = raw
-        .call(
-            "task_async",
-            json!({"name": "slow", "agent_name": "slow", "agent_instructions": "x"}),
-        )
-        .await["task_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = raw.submit("slow", json!({})).await;
     let engine = env.engine_pid().await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     killpg(Pid::from_raw(raw.pid() as i32), Signal::SIGKILL).unwrap();

@@ -602,6 +602,18 @@ impl RawServer {
         r["structuredContent"].clone()
     }
 
+    /// Submits a task of `agent` named after it; returns its id.
+    pub async fn submit(&mut self, agent: &str, extra: Value) -> String {
+        let mut args = json!({"name": agent, "agent_name": agent, "agent_instructions": "x"});
+        if let Value::Object(m) = extra {
+            args.as_object_mut().unwrap().extend(m);
+        }
+        self.call("task_async", args).await["task_id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
     /// Closes stdin only (the client has gone).
     pub fn close_stdin(&mut self) {
         self.stdin.take();
