@@ -1,4 +1,4 @@
-//! Configuration: every setting of contract section 2, as an environment variable and as a flag of
+//! Configuration: every setting, as an environment variable and as a flag of
 //! the same meaning (flags win, which is clap's order of precedence).
 
 use std::path::PathBuf;
@@ -282,7 +282,7 @@ impl Config {
         };
         let env = |k: &str| std::env::var(k).unwrap_or_default();
         let http = matches!(self.mode, Mode::Api | Mode::Both);
-        let values: [(&str, String); 16] = [
+        let values: [(&str, String); 22] = [
             ("ORCHESTR8_WORKERS", self.workers.to_string()),
             (
                 "ORCHESTR8_WEBHOOK_SECRET",
@@ -294,6 +294,27 @@ impl Config {
             ),
             ("ORCHESTR8_DEFAULT_RUNNER", self.default_runner.clone()),
             ("ORCHESTR8_CLAUDE_BIN", self.claude_bin.clone()),
+            (
+                "ORCHESTR8_CLAUDE_PERMISSION_MODE",
+                self.claude_permission_mode.clone().unwrap_or_default(),
+            ),
+            ("ORCHESTR8_ANTHROPIC_MODEL", self.anthropic_model.clone()),
+            (
+                "ORCHESTR8_OPENAI_MODEL",
+                self.openai_model.clone().unwrap_or_default(),
+            ),
+            (
+                "ORCHESTR8_CORS_ORIGINS",
+                self.cors_origins.clone().unwrap_or_default(),
+            ),
+            (
+                "ORCHESTR8_WEBHOOK_BACKOFF_BASE_MS",
+                self.webhook_backoff_base_ms.to_string(),
+            ),
+            (
+                "ORCHESTR8_WEBHOOK_BACKOFF_MAX_MS",
+                self.webhook_backoff_max_ms.to_string(),
+            ),
             (
                 "ORCHESTR8_RETRY_BACKOFF_BASE_MS",
                 self.retry_backoff_base_ms.to_string(),
@@ -432,6 +453,10 @@ mod tests {
         .cfg;
         let mut args = vec!["x".to_string()];
         args.extend(c.to_args());
+        // A command line is visible to every user: secrets never travel on it.
+        assert!(!args
+            .iter()
+            .any(|a| a.contains("tok") || a.contains("whsec")));
         for (k, v) in c.secret_env() {
             let flag = k
                 .trim_start_matches("ORCHESTR8_")

@@ -6,6 +6,7 @@
 //! SIGTERM/SIGINT or the stop command, and retires (stops once no work remains, whoever is
 //! attached) when a session of another version asks it to.
 
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -52,6 +53,10 @@ pub enum Policy {
 /// However short the idle period, a detached engine waits this long after its start before it
 /// may exit: the session that started it attaches a moment after the engine is ready.
 pub const STARTUP_GRACE: Duration = Duration::from_secs(3);
+
+/// How long a stopping engine, its doors closed, waits for calls already under way before it
+/// looks at its needs a last time.
+const CLOSING_LOOK: Duration = Duration::from_millis(100);
 
 /// What to do now.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -125,7 +130,18 @@ pub async fn watch(engine: &mut Engine, policy: Policy, signal: &CancellationTok
                 }
                 idle_since = Some(since);
             }
-            Decision::Stop(why) => return why,
+            Decision::Stop(why) => {
+                // Close the doors, then look once more: a session or a call that came in
+                // while the decision was taken keeps the engine up after all.
+                requests.closing.store(true, Ordering::SeqCst);
+                tokio::time::sleep(CLOSING_LOOK).await;
+                let again = engine.needs().await;
+                if again.reason(requests.retire.is_cancelled()).is_none() {
+                    return why;
+                }
+                requests.closing.store(false, Ordering::SeqCst);
+                idle_since = None;
+            }
         }
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_millis(200)) => {}

@@ -244,7 +244,20 @@ impl EngineClient {
     /// (stop once no task is pending or running and no webhook is owed, whoever is attached).
     pub async fn stop(&self, now: bool) -> Result<Value, CallError> {
         let uri = if now { "/rpc/stop" } else { "/rpc/retire" };
-        Ok(self.request(Method::POST, uri, None).await?.1)
+        // An engine that does not answer (stopped, wedged) must not hang the command meant to
+        // recover from it.
+        match tokio::time::timeout(
+            Duration::from_secs(5),
+            self.request(Method::POST, uri, None),
+        )
+        .await
+        {
+            Ok(r) => Ok(r?.1),
+            Err(_) => Err(CallError::NotSent(format!(
+                "{} (no answer within 5 s)",
+                self.path.display()
+            ))),
+        }
     }
 
     /// Attaches as a session: the engine counts it while the stream is open. `settings` is the

@@ -57,6 +57,15 @@ pub struct StopRequests {
     pub now: CancellationToken,
     /// Stop once no task is pending or running and no webhook is owed.
     pub retire: CancellationToken,
+    /// Set while the engine makes sure, before an idle exit, that nothing arrived meanwhile:
+    /// attaches and calls are then answered 503 (not sent: the caller goes to the next engine).
+    pub closing: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl StopRequests {
+    fn is_closing(&self) -> bool {
+        self.closing.load(Ordering::SeqCst)
+    }
 }
 
 /// Counts one attached session while it lives (it lives inside the attach stream, which the
@@ -133,6 +142,9 @@ pub fn router(
 /// session; 503 when a repeatable call was cut off by the engine stopping.
 /// No request time-out: `task_wait` may block for 10 minutes.
 async fn call_tool(State(s): State<RpcState>, Path(name): Path<String>, body: Bytes) -> Response {
+    if s.requests.is_closing() {
+        return stopping();
+    }
     let call: ToolCall = match serde_json::from_slice(&body) {
         Ok(c) => c,
         Err(e) => return refused(format!("invalid call of {name}: {e}")),
@@ -207,7 +219,7 @@ pub fn differing(
 }
 
 async fn attach(State(s): State<RpcState>, headers: HeaderMap) -> Response {
-    if s.stop.is_cancelled() {
+    if s.stop.is_cancelled() || s.requests.is_closing() {
         return stopping();
     }
     let theirs: BTreeMap<String, String> = headers

@@ -122,7 +122,7 @@ struct Session {
     agents: AgentRegistry,
 }
 
-/// The service for one caller. Built on the engine's defaults (REST, MCP over HTTP: the
+/// The service for one caller. Built on the engine's defaults (REST: the
 /// engine's own directory and search path); [`Service::for_session`] gives the same service
 /// in a session's context.
 #[derive(Clone)]
