@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime};
 use serde::Deserialize;
 use serde_json::Value;
 
-/// The runners an agent may name (contract section 6).
+/// The runners an agent may name in its frontmatter.
 pub const RUNNERS: [&str; 4] = ["claude", "command", "anthropic", "openai"];
 
 #[derive(Debug, Clone, PartialEq)]
@@ -45,7 +45,7 @@ pub enum AgentError {
     Invalid { path: String, message: String },
 }
 
-/// Checks the contract's name rule `^[a-z0-9][a-z0-9._-]{0,63}$` (also used for phase ids).
+/// Checks the name rule `^[a-z0-9][a-z0-9._-]{0,63}$` (also used for phase ids).
 pub fn validate_name(kind: &str, name: &str) -> Result<(), String> {
     let ok = !name.is_empty()
         && name.len() <= 64

@@ -2,7 +2,7 @@
 
 use rand::Rng;
 
-/// Cap on one task-retry delay (contract section 2).
+/// Cap on one task-retry delay: five minutes, whatever the attempt.
 pub const TASK_RETRY_CAP_MS: u64 = 5 * 60 * 1000;
 
 /// Delay before retry number `retry` (1 for the first retry): `base * 2^(retry-1)`, capped, with

@@ -3,7 +3,7 @@
 //!
 //! Arguments are deserialized by [`crate::service::tools`] rather than by rmcp's `Parameters`
 //! wrapper so that a wrong argument is a tool result with `isError: true` and a message naming
-//! the field (the contract's "domain error"), not a JSON-RPC protocol error the calling agent
+//! the field (a domain error), not a JSON-RPC protocol error the calling agent
 //! may never see.
 
 use std::sync::Arc;

@@ -226,7 +226,8 @@ pub struct EngineOverview {
     /// The process that has the database open.
     pub pid: u32,
     pub db_path: String,
-    /// Whether that process runs tasks.
+    /// Whether that process runs tasks: always, since only an engine answers (kept for the
+    /// scripts that read it).
     pub dispatching: bool,
     /// Tasks per status, every status listed.
     pub counts: std::collections::BTreeMap<String, u64>,

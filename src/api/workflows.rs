@@ -1,4 +1,4 @@
-//! Request and response shapes of the workflow tools (contract section 4).
+//! Request and response shapes of the workflow tools.
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};

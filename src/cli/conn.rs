@@ -130,7 +130,7 @@ pub async fn stop(cfg: &Config, now: bool, as_json: bool) -> anyhow::Result<i32>
     // The grace period, plus time to requeue and close the database.
     let limit = Duration::from_secs(cfg.shutdown_grace_seconds + 30);
     let started = std::time::Instant::now();
-    while alive(o.pid) {
+    while crate::runner::process::alive(o.pid) {
         if started.elapsed() >= limit {
             bail!("engine pid {} did not stop within {limit:?}", o.pid);
         }
@@ -141,18 +141,4 @@ pub async fn stop(cfg: &Config, now: bool, as_json: bool) -> anyhow::Result<i32>
         format!("engine pid {} stopped", o.pid),
     );
     Ok(0)
-}
-
-/// Whether a process exists and is not a zombie (an exited engine nobody has reaped yet is
-/// gone for our purpose).
-fn alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => stat
-            .rsplit(')')
-            .next()
-            .and_then(|rest| rest.split_whitespace().next())
-            .is_some_and(|state| state != "Z" && state != "X"),
-        Err(_) if std::path::Path::new("/proc/self").exists() => false,
-        Err(_) => nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), None).is_ok(),
-    }
 }

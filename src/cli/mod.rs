@@ -252,9 +252,7 @@ async fn execute(cfg: &Config, cmd: Command, conn: &mut Conn) -> anyhow::Result<
                 .map(|k| format!("{k} {}", o.counts.get(*k).copied().unwrap_or(0)))
                 .collect();
             outln!("tasks     {}", counts.join(" · "));
-            if o.dispatching {
-                outln!("workers   {} of {} busy", o.workers_busy, o.workers);
-            }
+            outln!("workers   {} of {} busy", o.workers_busy, o.workers);
             outln!("webhooks  {} owed", o.webhooks_owed);
             if !o.running.is_empty() {
                 let rows: Vec<Vec<String>> = o

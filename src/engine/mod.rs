@@ -61,7 +61,7 @@ pub struct EngineOptions {
 pub struct Engine {
     store: Arc<Store>,
     sched: Scheduler,
-    deliverer: Option<Deliverer>,
+    deliverer: Deliverer,
     service: Service,
     frontends: Frontends,
     requests: StopRequests,
@@ -133,19 +133,17 @@ impl Engine {
                 return Err(OpenError::Failed(e.context("serving the engine's socket")));
             }
         };
-        let deliverer = Some(
-            Deliverer::start(
-                store.clone(),
-                WebhookSettings {
-                    max_attempts: cfg.webhook_max_attempts,
-                    backoff_base_ms: cfg.webhook_backoff_base_ms,
-                    backoff_max_ms: cfg.webhook_backoff_max_ms,
-                    timeout_ms: cfg.webhook_timeout_ms,
-                    secret,
-                },
-            )
-            .map_err(|e| OpenError::Failed(anyhow::anyhow!(e)))?,
-        );
+        let deliverer = Deliverer::start(
+            store.clone(),
+            WebhookSettings {
+                max_attempts: cfg.webhook_max_attempts,
+                backoff_base_ms: cfg.webhook_backoff_base_ms,
+                backoff_max_ms: cfg.webhook_backoff_max_ms,
+                timeout_ms: cfg.webhook_timeout_ms,
+                secret,
+            },
+        )
+        .map_err(|e| OpenError::Failed(anyhow::anyhow!(e)))?;
         let agents = AgentRegistry::new(cfg.agent_dirs(), cfg.default_runner.clone());
         let sched = Scheduler::start(
             SchedConfig {
@@ -155,21 +153,18 @@ impl Engine {
                     .unwrap_or_else(|_| db_path.clone())
                     .display()
                     .to_string(),
-                dispatch: true,
             },
             store.clone(),
             agents,
             runners,
-            Arc::new(WebhookNotifier::new(deliverer.clone())),
+            Arc::new(WebhookNotifier::new(Some(deliverer.clone()))),
         )
         .await;
         let sched = match sched {
             Ok(s) => s,
             Err(e) => {
                 // Let go of the file, so that another process can be the engine.
-                if let Some(d) = &deliverer {
-                    d.shutdown(Duration::ZERO).await;
-                }
+                deliverer.shutdown(Duration::ZERO).await;
                 store.close();
                 return Err(OpenError::Failed(
                     anyhow::Error::new(e).context("starting the scheduler"),
@@ -233,10 +228,7 @@ impl Engine {
         lifetime::Needs {
             sessions: self.frontends.count(),
             tasks: self.sched.in_flight(),
-            webhooks: match &self.deliverer {
-                Some(d) => d.owed().await,
-                None => false,
-            },
+            webhooks: self.deliverer.owed().await,
         }
     }
 
@@ -273,9 +265,7 @@ impl Engine {
         self.sched.shutdown(self.grace).await;
         // Webhooks of tasks that ended during the grace period may be in flight; whatever is
         // still owed after this stays in the store and goes out at the next start.
-        if let Some(d) = &self.deliverer {
-            d.shutdown(Duration::from_secs(2)).await;
-        }
+        self.deliverer.shutdown(Duration::from_secs(2)).await;
         self.store.close();
         tracing::info!("engine stopped");
     }

@@ -123,7 +123,7 @@ impl Priority {
         }
     }
 
-    /// Accepts the four contract words plus `medium` as an alias of `normal`.
+    /// Accepts the four priority words plus `medium` as an alias of `normal`.
     pub fn parse(s: &str) -> Option<Priority> {
         match s {
             "low" => Some(Priority::Low),
@@ -244,7 +244,7 @@ impl Task {
     }
 }
 
-/// The task object of the public contract (section 4).
+/// The task object every tool and route answers with.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, utoipa::ToSchema)]
 pub struct TaskView {
     pub task_id: String,

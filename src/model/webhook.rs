@@ -1,4 +1,5 @@
-//! Webhook outbox events and delivery attempts (contract section 7).
+//! Webhook outbox events and delivery attempts: one event per terminal state owed to a URL, one
+//! attempt record per POST.
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;

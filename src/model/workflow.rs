@@ -1,4 +1,4 @@
-//! Workflow and phase records (contract sections 3 and 4).
+//! Workflow and phase records: their statuses and the shapes the workflow tools answer with.
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};

@@ -25,7 +25,7 @@ const PER_HOST: usize = 4;
 /// Owed events read per pass of the loop.
 const BATCH: u32 = 256;
 
-/// Delivery settings (contract section 2).
+/// Delivery settings (the `ORCHESTR8_WEBHOOK_*` variables).
 #[derive(Clone)]
 pub struct WebhookSettings {
     pub max_attempts: u32,

@@ -1,5 +1,5 @@
 //! The notifier: told of every terminal task and workflow state after it is committed, and the
-//! webhook machinery behind it (contract section 7).
+//! webhook machinery behind it.
 //!
 //! The outbox row of a webhook event is written by the scheduler in the same transaction as the
 //! terminal state ([`events`]), so a crash between "done" and "sent" cannot lose it. The hook

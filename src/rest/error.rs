@@ -1,4 +1,4 @@
-//! Errors as `{"error": "..."}` with the contract's status codes, and a JSON body extractor whose
+//! Errors as `{"error": "..."}` with the documented status codes (400, 401, 404, 409), and a JSON body extractor whose
 //! refusals name the field (never a 500 for bad input).
 
 use axum::body::Bytes;

@@ -1,4 +1,4 @@
-//! The HTTP frontend (contract section 8): the same [`Service`] as the MCP tools, over axum, with
+//! The HTTP frontend: the same [`Service`] as the MCP tools, over axum, with
 //! bearer-token auth, Prometheus metrics, an OpenAPI document, CORS on request, a body limit, a
 //! request time-out and graceful shutdown.
 

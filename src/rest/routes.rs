@@ -1,4 +1,4 @@
-//! The routes of contract section 8. Each handler only adapts HTTP to a [`Service`] call: path
+//! The REST routes (tasks, workflows, webhook history). Each handler only adapts HTTP to a [`Service`] call: path
 //! and body in, status code and JSON out.
 
 use axum::extract::rejection::QueryRejection;

@@ -40,7 +40,7 @@ impl ClaudeRunner {
         ClaudeRunner { settings }
     }
 
-    /// The command-line arguments for `agent` (contract section 6 and issue text: print mode,
+    /// The command-line arguments for `agent` (print mode,
     /// stream-json, the body as an appended system prompt, then the optional settings).
     pub fn args(&self, agent: &AgentDef) -> Result<Vec<String>, String> {
         let mut args: Vec<String> = [

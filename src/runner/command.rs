@@ -1,4 +1,4 @@
-//! The `command` runner (contract section 6): any program, instructions on stdin, stdout as the
+//! The `command` runner: any program, instructions on stdin, stdout as the
 //! result, stderr lines as log lines while they arrive.
 
 use tokio::process::Command;

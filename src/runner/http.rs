@@ -1,5 +1,5 @@
 //! HTTP plumbing shared by the API runners: one client, one POST that stops when the task is
-//! cancelled, and one classification of failures (contract section 6: a rate limit or server
+//! cancelled, and one classification of failures (a rate limit or server
 //! error is retryable, a refused request is not).
 //!
 //! Secrets only travel in request headers. Every message built here goes through [`redact`], so

@@ -119,7 +119,7 @@ pub struct Runners {
 }
 
 impl Runners {
-    /// Every runner of contract section 6. Fails only if no HTTP client can be built (TLS setup).
+    /// Every runner (claude, command, anthropic, openai). Fails only if no HTTP client can be built (TLS setup).
     pub fn new(settings: RunnerSettings) -> Result<Self, String> {
         let client = http::client()?;
         let mut r = Runners::default();

@@ -18,7 +18,7 @@ use super::{RunContext, RunJob};
 use crate::limits;
 
 /// Sets `cmd` up the way every agent process runs: its own process group, the task's environment
-/// (contract section 6) on top of the agent's `env`, piped stdio, cwd = the task's working_dir.
+/// (`ORCHESTR8_TASK_ID`, `ORCHESTR8_ATTEMPT`, ...) on top of the agent's `env`, piped stdio, cwd = the task's working_dir.
 pub fn prepare(cmd: &mut Command, job: &RunJob, prompt_file: Option<&Path>) {
     cmd.envs(&job.agent.env)
         .env("ORCHESTR8_TASK_ID", job.task_id.to_string())
@@ -116,6 +116,18 @@ pub fn start_time(pid: i64) -> Option<i64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let after_comm = &stat[stat.rfind(')')? + 1..];
     after_comm.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Whether a process exists and is not a zombie (state field of `/proc/<pid>/stat`): an exited
+/// process nobody has reaped yet is gone for every purpose here.
+pub fn alive(pid: u32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    stat.rsplit(')')
+        .next()
+        .and_then(|rest| rest.split_whitespace().next())
+        .is_some_and(|state| state != "Z" && state != "X")
 }
 
 /// Reads a stream to its end, keeping at most `cap` bytes; returns the kept text (lossy UTF-8,

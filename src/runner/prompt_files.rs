@@ -1,4 +1,4 @@
-//! The files behind `ORCHESTR8_AGENT_PROMPT_FILE` (contract section 6).
+//! The files behind `ORCHESTR8_AGENT_PROMPT_FILE`, which hands a command agent its body.
 //!
 //! One read-only file per distinct agent body, in a private folder that lives as long as the
 //! engine, shared by every attempt with that body. Writing a fresh temporary file per attempt

@@ -69,9 +69,6 @@ pub struct SchedConfig {
     /// Names this database to the processes it starts (`ORCHESTR8_TASK_DB`), so that crash
     /// recovery only ever stops processes of its own tasks, not those of a copy of the file.
     pub instance: String,
-    /// Start attempts. Off for a CLI command that opens the file only to read or store: its
-    /// tasks wait for an engine that runs them.
-    pub dispatch: bool,
 }
 
 /// A state change on its way to the store, with the log lines that explain it.
@@ -114,7 +111,7 @@ pub enum Submitted {
 }
 
 impl Scheduler {
-    /// Recovers the state a previous server left (section 9) and starts dispatching.
+    /// Recovers the state a previous engine left and starts dispatching.
     pub async fn start(
         cfg: SchedConfig,
         store: Arc<Store>,
@@ -136,9 +133,7 @@ impl Scheduler {
             wf_lock: tokio::sync::Mutex::new(()),
         });
         recovery::recover(&inner).await?;
-        if inner.cfg.dispatch {
-            tokio::spawn(dispatch::dispatcher(inner.clone()));
-        }
+        tokio::spawn(dispatch::dispatcher(inner.clone()));
         Ok(Scheduler { inner })
     }
 
@@ -411,11 +406,6 @@ impl Scheduler {
     /// The configured number of workers.
     pub fn workers(&self) -> usize {
         self.inner.cfg.workers
-    }
-
-    /// Whether this scheduler starts attempts (see [`SchedConfig::dispatch`]).
-    pub fn dispatching(&self) -> bool {
-        self.inner.cfg.dispatch
     }
 
     /// Counts of hot tasks: (pending, running).

@@ -1,4 +1,4 @@
-//! Crash recovery (contract section 9), run once at start before anything is dispatched.
+//! Crash recovery (tasks a dead engine left running go back to pending, attempt counted), run once at start before anything is dispatched.
 //!
 //! A task a dead server left `running` goes back to `pending` with its attempt counted, or to
 //! `failed` when no retries are left; either way a log line says what happened. The orphaned

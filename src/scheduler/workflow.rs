@@ -1,5 +1,5 @@
 //! Workflows in the scheduler: building a draft, starting it, and moving it along as its tasks
-//! finish (contract section 4, workflow rules).
+//! finish, by the phase rules of `phases.rs`.
 //!
 //! A draft's tasks are stored rows only; at `workflow_start` they become hot tasks held at the
 //! gate of their phase ([`Wait::Gated`]). Whenever a task of a running workflow reaches a

@@ -34,7 +34,7 @@ impl Service {
         Ok(EngineOverview {
             pid: std::process::id(),
             db_path: self.sched.instance().to_string(),
-            dispatching: self.sched.dispatching(),
+            dispatching: true,
             counts,
             workers: self.sched.workers(),
             workers_busy: busy,

@@ -1,4 +1,4 @@
-//! Issue 8: the CLI for people, against a running engine (over its socket) and against a
+//! The CLI for people, against a running engine (over its socket) and against a
 //! stopped one (the command opens the file itself).
 
 use serde_json::json;

@@ -1,4 +1,4 @@
-//! Contract section 9: nothing accepted is lost — across restarts, kill -9, and graceful
+//! Nothing accepted is lost — across restarts, kill -9, and graceful
 //! shutdown.
 
 use std::time::Duration;

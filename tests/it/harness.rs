@@ -413,14 +413,7 @@ pub async fn wait_gone(pid: u32) {
 
 /// Whether a process exists and is not a zombie.
 pub fn alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => stat
-            .rsplit(')')
-            .next()
-            .and_then(|rest| rest.split_whitespace().next())
-            .is_some_and(|state| state != "Z" && state != "X"),
-        Err(_) => false,
-    }
+    orchestr8_async::runner::process::alive(pid)
 }
 
 /// Processes whose command line contains `needle` (excluding zombies).

@@ -19,7 +19,9 @@ use tokio::process::Command;
 use client::{structured, Client};
 
 #[derive(Parser, Debug)]
-#[command(about = "Benchmarks orchestr8-async-server against the targets of the benchmark issue")]
+#[command(
+    about = "Benchmarks orchestr8-async-server against its speed and memory targets, with reference points measured in the same run"
+)]
 struct Args {
     /// Sequential task_async calls for the round-trip latency.
     #[arg(long, default_value_t = 2000)]
