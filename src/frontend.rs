@@ -4,6 +4,8 @@
 //! session's context (its directory and agent search path). It watches the engine through the
 //! attach stream; when the engine dies, the next one is started (recovery runs first) and calls
 //! that are safe to repeat are sent again. Killing this process at any moment loses nothing.
+//!
+//! The engine's own MCP endpoint over HTTP uses the same [`Backend`], answered in-process.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -19,6 +21,7 @@ use crate::engine::launch::{LaunchError, Launcher};
 use crate::link::client::{Attached, CallError, EngineClient};
 use crate::link::SessionContext;
 use crate::service::tools::{safe_to_repeat, ToolAnswer};
+use crate::service::Service;
 
 /// How long a call waits for an engine (while one starts or replaces a dead one) before it is
 /// answered with an error.
@@ -67,13 +70,23 @@ enum Kind {
         session: Arc<SessionContext>,
         notice: Arc<Mutex<Option<String>>>,
     },
+    /// Inside the engine (MCP over HTTP): the service itself, in the engine's own context.
+    Local(Service),
 }
 
 impl Backend {
+    /// Calls answered by the engine's own service, for clients served by the engine itself.
+    pub fn local(service: Service) -> Backend {
+        Backend {
+            kind: Kind::Local(service),
+        }
+    }
+
     /// Something the session should be told with every answer (an engine of another version).
     pub fn notice(&self) -> Option<String> {
         match &self.kind {
             Kind::Remote { notice, .. } => notice.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+            Kind::Local(_) => None,
         }
     }
 
@@ -81,7 +94,10 @@ impl Backend {
     /// again to the next engine; any other call is answered with an error that says it may
     /// or may not have taken effect.
     pub async fn call(&self, name: &str, args: Value) -> ToolAnswer {
-        let Kind::Remote { rx, session, .. } = &self.kind;
+        let (rx, session) = match &self.kind {
+            Kind::Remote { rx, session, .. } => (rx, session),
+            Kind::Local(service) => return service.call_tool(name, args).await,
+        };
         // Counted from the first failure: a long task_wait cut off late still gets its retry.
         let mut deadline: Option<Instant> = None;
         let mut rx = rx.clone();

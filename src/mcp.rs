@@ -1,5 +1,6 @@
-//! The stdio MCP server of a session: the tool definitions, and every call handed to the
-//! session's [`Backend`] (the engine over its socket).
+//! The MCP server: the tool definitions, and every call handed to a [`Backend`]. A session
+//! serves it on stdio (its backend is the engine over the socket); the engine serves it over
+//! Streamable HTTP at `/mcp` (its backend is the engine's own service).
 //!
 //! Arguments are deserialized by [`crate::service::tools`] rather than by rmcp's `Parameters`
 //! wrapper so that a wrong argument is a tool result with `isError: true` and a message naming

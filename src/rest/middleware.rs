@@ -17,7 +17,7 @@ pub fn digest(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
 }
 
-/// Guards `/api/*` and `/metrics`.
+/// Guards `/api/*`, `/mcp` and `/metrics`.
 ///
 /// Browsers first: a page from an origin not listed in `ORCHESTR8_CORS_ORIGINS` is refused
 /// (its `Origin` header says where it comes from), and without a token the `Host` must name

@@ -3,6 +3,7 @@
 //! request time-out and graceful shutdown.
 
 mod error;
+mod mcp_http;
 mod middleware;
 mod openapi;
 mod routes;
@@ -105,6 +106,7 @@ pub fn serve(
     settings: &RestSettings,
     shutdown: CancellationToken,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let mcp = mcp_http::service(service.clone(), shutdown.clone(), MAX_BODY_BYTES);
     let state = AppState {
         service,
         token_digest: settings
@@ -115,12 +117,12 @@ pub fn serve(
         origins: settings.cors_origins.clone().into(),
         started: Instant::now(),
     };
-    let mut app = router(state);
+    let mut app = router(state, Some(mcp));
     if let Some(c) = cors(&settings.cors_origins)? {
         app = app.layer(c);
     }
     let addr: SocketAddr = listener.local_addr()?;
-    tracing::info!("REST API listening on http://{addr}");
+    tracing::info!("REST API listening on http://{addr}, MCP on http://{addr}/mcp");
     Ok(spawn_server(listener, app, shutdown, "HTTP server"))
 }
 
@@ -139,7 +141,12 @@ pub fn serve_local(
         origins: Vec::new().into(),
         started: Instant::now(),
     };
-    spawn_server(listener, router(state).merge(extra), shutdown, "local API")
+    spawn_server(
+        listener,
+        router(state, None).merge(extra),
+        shutdown,
+        "local API",
+    )
 }
 
 /// Serves `app` on `listener` on its own task until `shutdown`, letting requests in flight
@@ -204,8 +211,10 @@ fn check_origin(o: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn router(state: AppState) -> Router {
-    let api = Router::new()
+/// The routes; `mcp` is the MCP endpoint, served on HTTP (sessions on the socket have their own
+/// way in).
+fn router(state: AppState, mcp: Option<mcp_http::McpHttp>) -> Router {
+    let mut api = Router::new()
         .route(
             "/api/tasks",
             post(routes::create_task).get(routes::list_tasks),
@@ -232,11 +241,14 @@ fn router(state: AppState) -> Router {
         .route("/api/workflows/{id}/cancel", post(routes::cancel_workflow))
         .route("/api/webhooks/{id}/history", get(routes::webhook_history))
         .route("/api/openapi.json", get(openapi_json))
-        .route("/metrics", get(metrics))
-        .route_layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            middleware::guard,
-        ));
+        .route("/metrics", get(metrics));
+    if let Some(m) = mcp {
+        api = api.route_service("/mcp", m);
+    }
+    let api = api.route_layer(axum::middleware::from_fn_with_state(
+        state.clone(),
+        middleware::guard,
+    ));
     api.route("/health", get(health))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

@@ -6,6 +6,7 @@ mod cli;
 mod durability;
 mod engines;
 mod harness;
+mod mcp_http;
 mod protocol;
 mod refusals;
 mod rest;

@@ -70,6 +70,20 @@ impl Env {
 }
 
 impl Api {
+    /// SIGTERM, and the exit status (failing the test if it takes longer than `within`).
+    pub async fn terminate(&mut self, within: Duration) -> std::process::ExitStatus {
+        let pid = self.child.id().expect("the server is running");
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+        tokio::time::timeout(within, self.child.wait())
+            .await
+            .expect("exits after SIGTERM")
+            .unwrap()
+    }
+
     pub async fn req(
         &self,
         method: Method,
@@ -471,16 +485,7 @@ async fn off_loopback_metrics_need_the_token_and_sigterm_stops_cleanly() {
         )
         .await;
     assert_eq!(code, 201);
-    let pid = api.child.id().unwrap();
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    let status = tokio::time::timeout(Duration::from_secs(20), api.child.wait())
-        .await
-        .expect("exits after SIGTERM")
-        .unwrap();
+    let status = api.terminate(Duration::from_secs(20)).await;
     assert!(status.success(), "{status:?}");
     // Nothing accepted was lost: over MCP on the same file, the task is there.
     let s = env.start().await;
