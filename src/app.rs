@@ -15,6 +15,7 @@ use rmcp::ServiceExt;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, Mode};
+use crate::engine::launch::{EXIT_FILE_HELD, HELD_MARK};
 use crate::engine::lifetime::{self, Policy};
 use crate::engine::{check_config, Engine, EngineOptions, OpenError};
 use crate::frontend::Frontend;
@@ -24,7 +25,7 @@ use crate::rest::{self, RestSettings};
 /// Runs a session (`mcp`/`both`) or, in `api` mode, an engine in the foreground.
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
     if cfg.mode == Mode::Api {
-        return run_engine(cfg, false).await;
+        return run_engine(cfg, false).await.map(|_| ());
     }
     let signal = signal_token();
     // Refuse bad settings here, where the client sees the error, not only in the engine's log.
@@ -57,10 +58,29 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// How an engine process ended, when it did not fail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EngineEnd {
+    /// It ran and stopped.
+    Stopped,
+    /// A detached engine found the database held by another process (the engine that won a
+    /// start race, one still stopping, or something else entirely) and did not start.
+    FileHeld,
+}
+
+impl EngineEnd {
+    pub fn exit_code(self) -> i32 {
+        match self {
+            EngineEnd::Stopped => 0,
+            EngineEnd::FileHeld => EXIT_FILE_HELD,
+        }
+    }
+}
+
 /// Runs an engine until it should stop, then stops it in order. `detached`: started by a
-/// session or CLI command (exits once idle; a file already held by another engine is not an
-/// error, that engine serves).
-pub async fn run_engine(cfg: Config, detached: bool) -> anyhow::Result<()> {
+/// session or CLI command (exits once idle; a file already held by another process is not an
+/// error: that is most often the engine that serves).
+pub async fn run_engine(cfg: Config, detached: bool) -> anyhow::Result<EngineEnd> {
     crate::metrics::install();
     let signal = signal_token();
     let checked = check_config(&cfg)?;
@@ -80,8 +100,10 @@ pub async fn run_engine(cfg: Config, detached: bool) -> anyhow::Result<()> {
     let mut engine = match Engine::open(&cfg, opts).await {
         Ok(e) => e,
         Err(OpenError::Locked(m)) if detached => {
-            tracing::info!("another engine has the database ({m}); it serves, this one exits");
-            return Ok(());
+            // Most often the engine that serves; this one exits (and the message is quoted
+            // from this line should nothing answer).
+            tracing::info!("{HELD_MARK}: {m}");
+            return Ok(EngineEnd::FileHeld);
         }
         Err(OpenError::Locked(m)) => anyhow::bail!(
             "another orchestr8-async engine has the database open ({m}). Stop it (`orchestr8-async-server stop`) \
@@ -99,7 +121,7 @@ pub async fn run_engine(cfg: Config, detached: bool) -> anyhow::Result<()> {
     let why = lifetime::watch(&mut engine, policy, &signal).await;
     tracing::info!("stopping: {why}");
     engine.shutdown().await;
-    Ok(())
+    Ok(EngineEnd::Stopped)
 }
 
 fn rest_settings(cfg: &Config) -> RestSettings {

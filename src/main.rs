@@ -33,17 +33,17 @@ fn main() {
         }
     };
     let result = match command {
-        None => runtime.block_on(orchestr8_async::app::run(cfg)),
-        Some(Command::Engine { detached }) => {
-            runtime.block_on(orchestr8_async::app::run_engine(cfg, detached))
-        }
+        None => runtime.block_on(orchestr8_async::app::run(cfg)).map(|()| 0),
+        Some(Command::Engine { detached }) => runtime
+            .block_on(orchestr8_async::app::run_engine(cfg, detached))
+            .map(|end| end.exit_code()),
         Some(cmd) => {
             let code = runtime.block_on(orchestr8_async::cli::run(cfg, cmd));
             std::process::exit(code);
         }
     };
     let code = match result {
-        Ok(()) => 0,
+        Ok(code) => code,
         Err(e) => {
             tracing::error!("{e:#}");
             eprintln!("orchestr8-async-server: {e:#}");

@@ -4,7 +4,10 @@
 //! process group (setsid), no terminal, stdin and stdout closed, its log in `<db>.log` — and
 //! waits for it to answer. The database file's lock makes starting race-free: when two
 //! sessions start an engine at the same instant, one of the two opens the file, the other
-//! finds it locked and exits quietly, and both sessions attach to the winner.
+//! finds it locked and exits with [`EXIT_FILE_HELD`], and both sessions attach to the winner.
+//! When the file stays held and nothing answers on the socket (an engine still stopping, or a
+//! process that is no engine at all, such as the `duckdb` shell), engines are started ever
+//! less often, and the error at the end names the file and what holds it.
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -20,9 +23,20 @@ use crate::link::client::{Attached, EngineClient};
 const ATTACH_WITHIN: Duration = Duration::from_secs(1);
 /// Pause between looks while an engine starts.
 const POLL: Duration = Duration::from_millis(25);
-/// Shortest time between two engines started by one process (while an old engine still holds
-/// the file, each new one exits at once).
-const RESTART_PAUSE: Duration = Duration::from_millis(300);
+/// How a detached engine that found its database held by another process exits (EX_TEMPFAIL:
+/// most often the other process is the engine that serves, or one that is stopping).
+pub const EXIT_FILE_HELD: i32 = 75;
+/// What such an engine writes in its log, to be quoted from there.
+pub const HELD_MARK: &str = "the database is held by another process";
+
+/// Time before starting another engine when the last `held` ones each found the file held:
+/// 300 ms, doubling, at most 3 s. An engine stopping with tasks to finish holds the file for
+/// its whole grace period; something else may hold it for good.
+pub fn restart_pause(held: u32) -> Duration {
+    let base = Duration::from_millis(300);
+    base.saturating_mul(1 << held.saturating_sub(1).min(4))
+        .min(Duration::from_secs(3))
+}
 
 /// Why no engine could be reached.
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +47,13 @@ pub enum LaunchError {
     /// The engine this process started failed (its log says why).
     #[error("the engine could not start: {0}")]
     Failed(String),
+    /// The file stayed held by a process that does not answer as its engine.
+    #[error(
+        "the database {db} is held by another process that does not answer as an orchestr8-async engine ({detail}). \
+         If an engine is stopping, try again in a moment; otherwise end the process that holds the file \
+         or set ORCHESTR8_DB_PATH to another file"
+    )]
+    Held { db: String, detail: String },
     /// Nothing answered in time.
     #[error("no engine answered on {socket} within {secs}s ({last}); the engine's log is {log}")]
     Timeout {
@@ -76,6 +97,7 @@ impl Launcher {
         let deadline = Instant::now() + within;
         let mut child: Option<tokio::process::Child> = None;
         let mut started_at: Option<Instant> = None;
+        let mut held = 0u32;
         loop {
             let last = match self.client.attach(ATTACH_WITHIN, &self.fingerprint).await {
                 Ok(a) => {
@@ -85,10 +107,17 @@ impl Launcher {
                 Err(e) => e.to_string(),
             };
             // Nobody answers. An engine we started that is still alive is still opening the
-            // file; one that exited 0 found the file held by another (which may be stopping):
-            // start another a little later. One that failed has said why in its log.
-            let ours_alive = match child.as_mut().map(|c| c.try_wait()) {
+            // file; one that found the file held by another process (which may be the winner
+            // of a race, or stopping) is followed by another, ever later. One that failed has
+            // said why in its log.
+            let exited = child.as_mut().map(|c| c.try_wait());
+            let ours_alive = match exited {
                 Some(Ok(None)) => true,
+                Some(Ok(Some(status))) if status.code() == Some(EXIT_FILE_HELD) => {
+                    held += 1;
+                    child = None;
+                    false
+                }
                 Some(Ok(Some(status))) if !status.success() => {
                     return Err(LaunchError::Failed(format!(
                         "{status}; {}",
@@ -97,7 +126,7 @@ impl Launcher {
                 }
                 _ => false,
             };
-            if !ours_alive && started_at.is_none_or(|t| t.elapsed() >= RESTART_PAUSE) {
+            if !ours_alive && started_at.is_none_or(|t| t.elapsed() >= restart_pause(held)) {
                 child = Some(self.spawn().map_err(|e| {
                     LaunchError::Failed(format!("cannot start the engine process: {e}"))
                 })?);
@@ -105,6 +134,12 @@ impl Launcher {
             }
             if Instant::now() >= deadline {
                 reap(child);
+                if held > 0 {
+                    return Err(LaunchError::Held {
+                        db: self.db.display().to_string(),
+                        detail: held_detail(&crate::link::log_path(&self.db)),
+                    });
+                }
                 return Err(LaunchError::Timeout {
                     socket: self.client.socket().display().to_string(),
                     secs: within.as_secs(),
@@ -175,6 +210,21 @@ fn reap(child: Option<tokio::process::Child>) {
     }
 }
 
+/// What the last engine that found the file held quoted from DuckDB (which names the process
+/// holding the lock), from the log.
+fn held_detail(path: &std::path::Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    match text.lines().rev().find(|l| l.contains(HELD_MARK)) {
+        Some(line) => line
+            .split_once(HELD_MARK)
+            .map_or(line, |(_, rest)| rest)
+            .trim_start_matches(':')
+            .trim()
+            .to_string(),
+        None => format!("see {}", path.display()),
+    }
+}
+
 /// The last lines of an engine's log, for an error message.
 fn log_tail(path: &std::path::Path) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
@@ -184,4 +234,21 @@ fn log_tail(path: &std::path::Path) -> String {
     }
     let tail: Vec<&str> = lines.into_iter().rev().collect();
     format!("its log ({}) ends: {}", path.display(), tail.join(" | "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn engines_are_started_ever_less_often_while_the_file_stays_held() {
+        let ms = |n| restart_pause(n).as_millis();
+        assert_eq!(ms(0), 300);
+        assert_eq!(ms(1), 300);
+        assert_eq!(ms(2), 600);
+        assert_eq!(ms(3), 1200);
+        assert_eq!(ms(4), 2400);
+        assert_eq!(ms(5), 3000);
+        assert_eq!(ms(u32::MAX), 3000);
+    }
 }

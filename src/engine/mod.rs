@@ -69,9 +69,15 @@ pub struct Engine {
     local: Option<JoinHandle<()>>,
     http: Option<JoinHandle<()>>,
     http_stop: CancellationToken,
+    /// Ends the sessions' attach streams (before the servers stop: see `shutdown`).
+    doors: CancellationToken,
     grace: Duration,
     db_path: PathBuf,
 }
+
+/// How long a stopping engine answers calls 503 ("not run, go to the next engine") after its
+/// sessions were told it is going, before it closes its connections.
+const DOORS_CLOSING: Duration = Duration::from_millis(100);
 
 /// Checks the settings every role needs before anything starts, so that a frontend refuses a
 /// bad configuration at once rather than when it takes over.
@@ -173,6 +179,7 @@ impl Engine {
         };
         let service = Service::new(sched.clone());
         let http_stop = CancellationToken::new();
+        let doors = CancellationToken::new();
         let frontends = Frontends::default();
         let requests = StopRequests::default();
         let rpc = crate::link::rpc::router(
@@ -180,7 +187,7 @@ impl Engine {
             frontends.clone(),
             cfg.engine_fingerprint(),
             requests.clone(),
-            http_stop.clone(),
+            doors.clone(),
         );
         let local =
             crate::link::server::serve(&mut socket, service.clone(), rpc, http_stop.clone());
@@ -210,6 +217,7 @@ impl Engine {
             local,
             http,
             http_stop,
+            doors,
             grace: Duration::from_secs(cfg.shutdown_grace_seconds),
             db_path,
         })
@@ -252,6 +260,16 @@ impl Engine {
     /// period and are then stopped and requeued, webhooks in flight finish, the store is
     /// flushed and closed (which lets a frontend take over).
     pub async fn shutdown(mut self) {
+        // Doors first. New calls and attaches are answered 503 (known not run: the session
+        // sends them to the next engine) and the attach streams end, so sessions stop sending
+        // here. A call already written onto a kept connection is read and answered meanwhile,
+        // instead of being cut off with its connection, which would leave its session unsure
+        // whether it ran.
+        self.requests
+            .closing
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.doors.cancel();
+        tokio::time::sleep(DOORS_CLOSING).await;
         self.http_stop.cancel();
         let bound = self.grace.max(Duration::from_secs(1));
         let deadline = tokio::time::Instant::now() + bound;

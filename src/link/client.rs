@@ -16,7 +16,7 @@ use hyper_util::rt::TokioIo;
 use serde_json::Value;
 use tokio::net::UnixStream;
 
-use super::{SessionContext, ToolCall, DIFFERS_HEADER, SETTINGS_HEADER, VERSION_HEADER};
+use super::{SessionContext, ToolCall, DIFFERS_HEADER, SETTINGS_HEADER, SILENCE, VERSION_HEADER};
 use crate::service::tools::ToolAnswer;
 
 /// Most calls one client has in flight at once, and so most connections it opens (calls that
@@ -67,11 +67,24 @@ pub struct Attached {
 }
 
 impl Attached {
-    /// Waits until the engine is gone: the stream ended or the connection broke.
+    /// Waits until the engine is gone: the stream ended, the connection broke, or the
+    /// heartbeats stopped for [`SILENCE`].
     pub async fn gone(&mut self) {
-        while let Some(frame) = self.body.frame().await {
-            if frame.is_err() {
-                break;
+        loop {
+            match tokio::time::timeout(SILENCE, self.body.frame()).await {
+                Ok(Some(Ok(_))) => {}
+                Ok(Some(Err(e))) => {
+                    tracing::debug!("the attach stream broke: {e}");
+                    return;
+                }
+                Ok(None) => return,
+                Err(_) => {
+                    tracing::warn!(
+                        "the engine sent no heartbeat for {}s; treating it as gone",
+                        SILENCE.as_secs()
+                    );
+                    return;
+                }
             }
         }
     }

@@ -22,6 +22,14 @@ pub const SETTINGS_HEADER: &str = "x-orchestr8-settings";
 /// (comma-separated names; absent when none).
 pub const DIFFERS_HEADER: &str = "x-orchestr8-settings-differ";
 
+/// How often an attach stream sends a byte: a session that has gone is noticed at the next
+/// write, so the engine's count of sessions is at most this much behind.
+pub const HEARTBEAT: std::time::Duration = std::time::Duration::from_millis(500);
+/// An attach stream silent this long means a wedged engine (stopped, or stuck): the session
+/// treats it as gone and reaches for the next one, rather than waiting on it for ever. A busy
+/// engine that was only slow is simply attached to again.
+pub const SILENCE: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// This build's version, as sent in [`VERSION_HEADER`].
 pub fn version() -> &'static str {
     env!("CARGO_PKG_VERSION")

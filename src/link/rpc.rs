@@ -9,7 +9,6 @@ use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, Path, State};
@@ -20,14 +19,10 @@ use axum::{Json, Router};
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
-use super::{ToolCall, DIFFERS_HEADER, SETTINGS_HEADER, VERSION_HEADER};
+use super::{ToolCall, DIFFERS_HEADER, HEARTBEAT, SETTINGS_HEADER, VERSION_HEADER};
 use crate::rest::MAX_BODY_BYTES;
 use crate::service::tools::safe_to_repeat;
 use crate::service::Service;
-
-/// How often an attach stream sends a byte: a session that has gone is noticed at the next
-/// write, so the engine's count of sessions is at most this much behind.
-const HEARTBEAT: Duration = Duration::from_millis(500);
 
 /// The sessions attached right now, and what the engine was told about them. Cheap to clone.
 #[derive(Clone, Default)]

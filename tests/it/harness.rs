@@ -79,7 +79,7 @@ impl Env {
 
     /// The one engine running on this environment's database (waiting a little for it).
     pub async fn engine_pid(&self) -> u32 {
-        for _ in 0..200 {
+        for _ in 0..400 {
             let pids = self.engine_pids();
             if pids.len() == 1 {
                 return pids[0];
