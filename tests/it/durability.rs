@@ -294,3 +294,68 @@ async fn a_journal_from_another_version_stops_the_start_and_is_kept() {
     s.stop().await;
     env.stop_engines().await;
 }
+
+/// A file written by the release before tasks recorded their session (schema version 2): the
+/// engine adds the columns, a finished task reads as before, a pending one runs, new ones record
+/// their project.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_version_2_database_is_migrated_and_keeps_its_tasks() {
+    let env = Env::new();
+    env.shell_agent("echo", "cat", "");
+    let schema = include_str!("../../schema.sql");
+    let cut = schema
+        .find("    -- After updated_at")
+        .expect("the marker in schema.sql");
+    let end = schema[cut..].find(");").unwrap() + cut;
+    let v2 = format!(
+        "{}\n{}",
+        schema[..cut].trim_end().trim_end_matches(','),
+        &schema[end..]
+    );
+    assert!(!v2.contains("agents_dir"), "{v2}");
+    let (done, waiting) = (
+        "0190b8a0-0000-7000-8000-000000000001",
+        "0190b8a0-0000-7000-8000-000000000002",
+    );
+    std::fs::create_dir_all(env.path("db")).unwrap();
+    {
+        let conn = duckdb::Connection::open(env.db()).unwrap();
+        conn.execute_batch(&v2).unwrap();
+        conn.execute_batch(&format!(
+            "INSERT INTO schema_version VALUES (1, now()::TIMESTAMP), (2, now()::TIMESTAMP);
+             INSERT INTO tasks (task_id, name, agent_name, instructions, status, priority, created_at,
+                 scheduled_at, started_at, completed_at, attempt, max_retries, retry_floor,
+                 timeout_seconds, dependencies, result, updated_at)
+             VALUES ('{done}', 'old', 'echo', 'x', 'completed', 1, now()::TIMESTAMP, now()::TIMESTAMP,
+                 now()::TIMESTAMP, now()::TIMESTAMP, 1, 0, 0, 60, '[]', 'from v2', now()::TIMESTAMP),
+                    ('{waiting}', 'queued', 'echo', 'queued in v2', 'pending', 1, now()::TIMESTAMP,
+                 now()::TIMESTAMP, NULL, NULL, 0, 0, 0, 60, '[]', NULL, now()::TIMESTAMP);"
+        ))
+        .unwrap();
+    }
+    let s = env.start().await;
+    let old = s.status(done).await;
+    assert_eq!(old["status"], "completed", "{old}");
+    assert_eq!(old["result"], "from v2");
+    assert!(old["project"].is_null(), "{old}");
+    let ran = s.wait_one(waiting, 30).await;
+    assert_eq!(ran["result"], "queued in v2", "{ran}");
+    let id = s.submit("new", "echo", "after", json!({})).await;
+    let new = s.wait_one(&id, 30).await;
+    assert_eq!(
+        new["project"],
+        std::fs::canonicalize(env.path(""))
+            .unwrap()
+            .display()
+            .to_string(),
+        "{new}"
+    );
+    s.stop().await;
+    env.stop_engines().await;
+    // The file is version 3 now.
+    let conn = duckdb::Connection::open(env.db()).unwrap();
+    let v: i32 = conn
+        .query_row("SELECT max(version) FROM schema_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(v, 3);
+}
