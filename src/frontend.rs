@@ -16,6 +16,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::api::WaitProgress;
 use crate::config::Config;
 use crate::engine::launch::{LaunchError, Launcher};
 use crate::link::client::{Attached, CallError, EngineClient};
@@ -125,6 +126,37 @@ impl Backend {
             }
             // Wait for the supervisor to name the next engine, but look again soon anyway.
             let _ = tokio::time::timeout(Duration::from_millis(250), rx.changed()).await;
+        }
+    }
+
+    /// Where the given tasks stand (for progress notifications), or `None` if the engine
+    /// cannot say right now.
+    pub async fn progress(&self, task_ids: &[String]) -> Option<WaitProgress> {
+        match &self.kind {
+            Kind::Local(service) => service.task_progress(task_ids).await.ok(),
+            Kind::Remote { rx, .. } => {
+                let client = rx.borrow().clone()?;
+                client.progress(task_ids).await
+            }
+        }
+    }
+
+    /// Waits until the task has ended (in turns of the longest `task_wait`); its task object.
+    pub async fn wait_for_end(&self, task_id: &str) -> ToolAnswer {
+        loop {
+            let waited = self
+                .call(
+                    "task_wait",
+                    serde_json::json!({"task_ids": [task_id], "timeout_seconds": 600}),
+                )
+                .await?;
+            if waited.get("timed_out") == Some(&Value::Bool(false)) {
+                return waited
+                    .get("tasks")
+                    .and_then(|t| t.get(0))
+                    .cloned()
+                    .ok_or_else(|| format!("task_wait answered without the task: {waited}"));
+            }
         }
     }
 }

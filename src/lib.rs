@@ -18,6 +18,7 @@ pub mod mcp;
 pub mod metrics;
 pub mod model;
 pub mod notifier;
+pub mod progress;
 pub mod rest;
 pub mod runner;
 pub mod scheduler;

@@ -7,25 +7,30 @@
 //! the field (a domain error), not a JSON-RPC protocol error the calling agent
 //! may never see.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use rmcp::handler::server::common::schema_for_type;
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, Implementation, ListToolsResult,
-    PaginatedRequestParams, ServerCapabilities, ServerConfig, Tool,
+    PaginatedRequestParams, ProgressNotificationParam, ProgressToken, ServerCapabilities,
+    ServerConfig, Tool,
 };
-use rmcp::service::RequestContext;
+use rmcp::service::{Peer, RequestContext};
 use rmcp::{ErrorData, RoleServer, ServerHandler};
 use schemars::JsonSchema;
 use serde_json::Value;
 
 use crate::api::*;
 use crate::frontend::Backend;
+use crate::progress;
+use crate::service::tools::ToolAnswer;
 
 const INSTRUCTIONS: &str = "orchestr8-async runs work in the background on agents defined as Markdown files. \
 Call task_async to hand off a task; it answers at once with a task_id while the task runs. Keep working, \
 then use task_wait to block until tasks finish (better than calling task_status in a loop), or task_status \
-to look once. Task statuses: pending (queued, waiting for a worker, its dependencies, its run_at time or a \
+to look once. task_run hands off and waits in one call, when the next step needs the result. Task statuses: pending (queued, waiting for a worker, its dependencies, its run_at time or a \
 retry back-off), running, completed (result holds the output), failed (error says why, after retries), \
 cancelled. For multi-step work, build a workflow: workflow_create, then workflow_add_phase for each phase (depends_on \
 orders them, e.g. design -> implementation -> testing), workflow_add_task for each task, then workflow_start; each \
@@ -43,6 +48,12 @@ fn tools() -> Vec<Tool> {
             "Hand a task to a background agent and return at once with {task_id, status, created_at}; the task is stored durably before this answers. \
              Use it for any work that takes a while or can run in parallel. Then keep working and later call task_wait (to block until it is done) or task_status (to look once). \
              dependencies orders tasks (a task starts only after those complete); idempotency_key makes a resubmission safe.",
+        ),
+        tool::<TaskAsyncArgs>(
+            "task_run",
+            "Run a task and wait for its end: the arguments of task_async; answers the task object (status, result or error) once it has completed, failed or been cancelled. \
+             With a progressToken the call reports progress while it runs. Use it when the next step needs the result; clients may move a long call to the background. \
+             If the call is cancelled or cut off, the task keeps running (it is durable work): read it later with task_status or task_wait, stop it with task_cancel.",
         ),
         tool::<TaskIdArgs>(
             "task_status",
@@ -65,7 +76,7 @@ fn tools() -> Vec<Tool> {
         tool::<TaskWaitArgs>(
             "task_wait",
             "Block until all (mode \"all\", default) or any (mode \"any\") of the given tasks have finished (completed, failed or cancelled), or until timeout_seconds (default 60, max 600) pass. \
-             Returns {tasks: [task objects], timed_out}. Prefer this to polling task_status; on timed_out: true simply call it again.",
+             Returns {tasks: [task objects], timed_out}. Prefer this to polling task_status; on timed_out: true simply call it again. With a progressToken the call reports progress (tasks finished of tasks waited on, what runs) while it blocks.",
         ),
         tool::<ListTasksArgs>(
             "list_tasks",
@@ -126,6 +137,69 @@ impl McpServer {
     }
 }
 
+impl McpServer {
+    /// `task_run`: `task_async`, then `task_wait` until the task has ended; answers the task
+    /// object. Composed here from two calls, so that only the submission cannot be repeated:
+    /// if the engine dies during the wait, the next engine is asked and the task is not
+    /// submitted twice. A cancelled call leaves the task running: it is durable work, which
+    /// `task_cancel` stops.
+    async fn task_run(&self, args: Value, notes: Option<Notes>) -> ToolAnswer {
+        let submitted = self.backend.call("task_async", args).await?;
+        let id = submitted
+            .get("task_id")
+            .and_then(Value::as_str)
+            .ok_or_else(|| format!("task_async answered without a task_id: {submitted}"))?
+            .to_string();
+        let wait = self.backend.wait_for_end(&id);
+        match notes {
+            Some(n) => {
+                progress::while_waiting(&self.backend, std::slice::from_ref(&id), n.sender(), wait)
+                    .await
+            }
+            None => wait.await,
+        }
+    }
+}
+
+/// The `task_ids` of a `task_wait`'s arguments, if they are a list of strings.
+fn waited_ids(args: &Value) -> Vec<String> {
+    args.get("task_ids")
+        .and_then(Value::as_array)
+        .map(|ids| {
+            ids.iter()
+                .filter_map(|v| v.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Where a call's progress notifications go: its client, under the request's token.
+struct Notes {
+    peer: Peer<RoleServer>,
+    token: ProgressToken,
+}
+
+impl Notes {
+    fn new(peer: Peer<RoleServer>, token: ProgressToken) -> Notes {
+        Notes { peer, token }
+    }
+
+    fn sender(self) -> impl FnMut(progress::Note) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+        move |note| {
+            let (peer, token) = (self.peer.clone(), self.token.clone());
+            Box::pin(async move {
+                let param = ProgressNotificationParam::new(token, note.progress)
+                    .with_total(note.total)
+                    .with_message(note.message);
+                // A client that has gone or cannot take it is no reason to stop waiting.
+                if let Err(e) = peer.notify_progress(param).await {
+                    tracing::debug!("a progress notification was not sent: {e}");
+                }
+            })
+        }
+    }
+}
+
 /// A domain error: `isError: true` with `{"error": message}` as structured and text content.
 fn error_result(message: &str) -> CallToolResult {
     CallToolResult::structured_error(serde_json::json!({ "error": message }))
@@ -156,10 +230,28 @@ impl ServerHandler for McpServer {
     async fn call_tool(
         &self,
         request: CallToolRequestParams,
-        _context: RequestContext<RoleServer>,
+        context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
         let args = Value::Object(request.arguments.unwrap_or_default());
-        let mut result = match self.backend.call(request.name.as_ref(), args).await {
+        let notes = context
+            .meta
+            .get_progress_token()
+            .map(|token| Notes::new(context.peer.clone(), token));
+        let answer = match (request.name.as_ref(), notes) {
+            ("task_run", notes) => self.task_run(args, notes).await,
+            ("task_wait", Some(notes)) => {
+                // Progress on the ids asked; a malformed list is the wait's own error to give.
+                let ids = waited_ids(&args);
+                let wait = self.backend.call("task_wait", args);
+                if ids.is_empty() {
+                    wait.await
+                } else {
+                    progress::while_waiting(&self.backend, &ids, notes.sender(), wait).await
+                }
+            }
+            (name, _) => self.backend.call(name, args).await,
+        };
+        let mut result = match answer {
             Ok(v) => CallToolResult::structured(v),
             Err(m) => error_result(&m),
         };

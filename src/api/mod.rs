@@ -219,6 +219,39 @@ pub struct WebhookHistory {
     pub deliveries: Vec<DeliveryView>,
 }
 
+/// Where a set of awaited tasks stands: what a session says in the progress notifications of
+/// a blocking call (socket route `POST /rpc/progress`, not an MCP tool).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct WaitProgress {
+    /// Distinct tasks waited on.
+    pub total: usize,
+    /// Of those, finished (completed, failed or cancelled).
+    pub finished: usize,
+    /// Finished tasks, in the order asked (at most [`WaitProgress::LISTED`]).
+    pub ended: Vec<ProgressTask>,
+    /// Running tasks, in the order asked (at most [`WaitProgress::LISTED`]).
+    pub running: Vec<ProgressTask>,
+    /// Tasks not started yet.
+    pub pending: usize,
+}
+
+impl WaitProgress {
+    /// Most tasks listed in `ended` and in `running`.
+    pub const LISTED: usize = 20;
+}
+
+/// One task in a [`WaitProgress`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProgressTask {
+    pub task_id: String,
+    pub name: String,
+    pub status: TaskStatus,
+    /// Seconds since it started (running tasks).
+    pub running_seconds: Option<u64>,
+    /// Its latest log line (the first few running tasks).
+    pub last_log: Option<String>,
+}
+
 /// What the CLI's `status` shows: the engine and the queue at a glance (socket route
 /// `GET /rpc/overview`, not an MCP tool).
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -17,6 +17,7 @@ use serde_json::Value;
 use tokio::net::UnixStream;
 
 use super::{SessionContext, ToolCall, DIFFERS_HEADER, SETTINGS_HEADER, SILENCE, VERSION_HEADER};
+use crate::api::WaitProgress;
 use crate::service::tools::ToolAnswer;
 
 /// Most calls one client has in flight at once, and so most connections it opens (calls that
@@ -251,6 +252,17 @@ impl EngineClient {
             Some(m) => Ok(Err(m.to_string())),
             None => Ok(Err(format!("the engine refused the call ({status}): {v}"))),
         }
+    }
+
+    /// Where the given tasks stand, or `None` if the engine could not say (progress is
+    /// best effort: the blocking call it accompanies carries on regardless).
+    pub async fn progress(&self, task_ids: &[String]) -> Option<WaitProgress> {
+        let body = serde_json::json!({ "task_ids": task_ids });
+        let (_, v) = self
+            .request(Method::POST, "/rpc/progress", Some(&body))
+            .await
+            .ok()?;
+        serde_json::from_value(v.get("ok")?.clone()).ok()
     }
 
     /// Asks the engine to stop (`now`: with the grace period, as SIGTERM does) or to retire

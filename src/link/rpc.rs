@@ -118,6 +118,7 @@ pub fn router(
 ) -> Router {
     Router::new()
         .route("/rpc/tools/{name}", post(call_tool))
+        .route("/rpc/progress", post(progress))
         .route("/rpc/attach", get(attach))
         .route("/rpc/overview", get(overview))
         .route("/rpc/stop", post(stop_now))
@@ -158,6 +159,26 @@ async fn call_tool(State(s): State<RpcState>, Path(name): Path<String>, body: By
     match answer {
         Ok(v) => Json(json!({ "ok": v })).into_response(),
         Err(m) => Json(json!({ "error": m })).into_response(),
+    }
+}
+
+/// Where awaited tasks stand, for a session's progress notifications: `{"ok": WaitProgress}`
+/// or `{"error": message}`.
+async fn progress(State(s): State<RpcState>, body: Bytes) -> Response {
+    #[derive(serde::Deserialize)]
+    struct Asked {
+        task_ids: Vec<String>,
+    }
+    if s.requests.is_closing() {
+        return stopping();
+    }
+    let asked: Asked = match serde_json::from_slice(&body) {
+        Ok(a) => a,
+        Err(e) => return refused(format!("invalid progress request: {e}")),
+    };
+    match s.service.task_progress(&asked.task_ids).await {
+        Ok(p) => Json(json!({ "ok": p })).into_response(),
+        Err(e) => refused(e.to_string()),
     }
 }
 

@@ -157,6 +157,27 @@ impl Scheduler {
         Ok(self.inner.store.task(id).await?)
     }
 
+    /// Several tasks, in the order asked (unknown ids left out): hot ones from memory, the
+    /// others in one store read.
+    pub async fn tasks(&self, ids: &[Uuid]) -> Result<Vec<Task>, SchedError> {
+        let mut found: std::collections::HashMap<Uuid, Task> = std::collections::HashMap::new();
+        let mut cold = Vec::new();
+        for id in ids {
+            match self.inner.hot_task(*id) {
+                Some(t) => {
+                    found.insert(*id, t);
+                }
+                None => cold.push(*id),
+            }
+        }
+        if !cold.is_empty() {
+            for t in self.inner.store.tasks(cold).await? {
+                found.insert(t.id, t);
+            }
+        }
+        Ok(ids.iter().filter_map(|id| found.remove(id)).collect())
+    }
+
     /// Accepts a new task: durable before this returns. `max_concurrency` is its agent's limit.
     pub async fn submit(
         &self,

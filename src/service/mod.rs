@@ -18,6 +18,7 @@ use crate::scheduler::{not_found, SchedError, Scheduler, Submitted};
 use crate::store::TaskFilter;
 
 mod overview;
+mod progress;
 pub mod tools;
 mod webhooks;
 mod workflows;

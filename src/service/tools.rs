@@ -14,7 +14,8 @@ use crate::api::NoArgs;
 /// The answer of one tool call: its JSON, or the message of a domain error.
 pub type ToolAnswer = Result<Value, String>;
 
-/// Every tool name, in the order the tools are listed.
+/// Every tool the engine answers by name, in the order the tools are listed. (`task_run` is
+/// not one: the MCP server composes it from `task_async` and `task_wait`.)
 pub const TOOL_NAMES: [&str; 16] = [
     "task_async",
     "task_status",

@@ -5,10 +5,12 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use rmcp::model::{CallToolRequestParams, CallToolResult};
-use rmcp::service::RunningService;
+use std::sync::{Arc, Mutex};
+
+use rmcp::model::{CallToolRequestParams, CallToolResult, ProgressNotificationParam};
+use rmcp::service::{NotificationContext, RunningService};
 use rmcp::transport::TokioChildProcess;
-use rmcp::{RoleClient, ServiceExt};
+use rmcp::{ClientHandler, RoleClient, ServiceExt};
 use serde_json::{json, Value};
 use tempfile::TempDir;
 
@@ -191,7 +193,8 @@ impl Env {
             .spawn()
             .expect("spawn server");
         let pid = transport.id().expect("pid");
-        let client = ().serve(transport).await.unwrap_or_else(|e| {
+        let listener = Listener::default();
+        let client = listener.clone().serve(transport).await.unwrap_or_else(|e| {
             panic!(
                 "MCP initialize failed: {e}; server log:\n{}",
                 std::fs::read_to_string(&log_path).unwrap_or_default()
@@ -199,6 +202,7 @@ impl Env {
         });
         Server {
             client: Some(client),
+            listener,
             pid,
             log_path,
             engine_log: self.path("db/o8.duckdb.log"),
@@ -206,14 +210,45 @@ impl Env {
     }
 }
 
+/// The test client's handler: keeps the notifications the server sends.
+#[derive(Clone, Default)]
+pub struct Listener {
+    progress: Arc<Mutex<Vec<ProgressNotificationParam>>>,
+}
+
+impl ClientHandler for Listener {
+    async fn on_progress(
+        &self,
+        params: ProgressNotificationParam,
+        _context: NotificationContext<RoleClient>,
+    ) {
+        self.progress.lock().unwrap().push(params);
+    }
+}
+
 pub struct Server {
-    client: Option<RunningService<RoleClient, ()>>,
+    client: Option<RunningService<RoleClient, Listener>>,
+    listener: Listener,
     pub pid: u32,
     pub log_path: PathBuf,
     engine_log: PathBuf,
 }
 
 impl Server {
+    /// Calls a tool and returns, with its answer, the progress notifications that arrived
+    /// meanwhile. (rmcp's client puts a progress token of its own on every request, as a
+    /// client that shows progress does.)
+    pub async fn call_with_progress(
+        &self,
+        tool: &str,
+        args: Value,
+    ) -> (CallToolResult, Vec<ProgressNotificationParam>) {
+        let before = self.listener.progress.lock().unwrap().len();
+        let r = self.raw(tool, args).await;
+        let notes = self.listener.progress.lock().unwrap()[before..].to_vec();
+        (r, notes)
+    }
+
     /// The log of the engine this session uses.
     pub fn engine_log_path(&self) -> &Path {
         &self.engine_log
@@ -569,10 +604,16 @@ impl RawServer {
     }
 
     async fn request(&mut self, method: &str, params: Value) -> Value {
+        self.request_seeing(method, params).await.0
+    }
+
+    /// Sends a request; its result, and every other message the server sent before it.
+    pub async fn request_seeing(&mut self, method: &str, params: Value) -> (Value, Vec<Value>) {
         let id = self.next_id;
         self.next_id += 1;
         self.send(json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}))
             .await;
+        let mut others = Vec::new();
         loop {
             let line = tokio::time::timeout(Duration::from_secs(30), self.stdout.next_line())
                 .await
@@ -581,8 +622,9 @@ impl RawServer {
                 .expect("stdout open");
             let v: Value = serde_json::from_str(&line).unwrap();
             if v["id"] == id {
-                return v["result"].clone();
+                return (v["result"].clone(), others);
             }
+            others.push(v);
         }
     }
 

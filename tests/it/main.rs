@@ -7,6 +7,7 @@ mod durability;
 mod engines;
 mod harness;
 mod mcp_http;
+mod progress;
 mod protocol;
 mod refusals;
 mod rest;

@@ -59,6 +59,11 @@ impl McpHttp {
 
     /// Sends a request and reads the event stream up to the answer with its id.
     async fn request(&mut self, method: &str, params: Value) -> Value {
+        self.request_seeing(method, params).await.0
+    }
+
+    /// Like `request`, also giving the messages that came on the stream before the answer.
+    async fn request_seeing(&mut self, method: &str, params: Value) -> (Value, Vec<Value>) {
         let id = self.next_id;
         self.next_id += 1;
         let resp = self
@@ -104,16 +109,17 @@ impl McpHttp {
 
 /// The JSON-RPC message with `id` from an answer, whether sent as JSON or as an event stream
 /// (`data:` lines, possibly after a priming event), reading no further than it.
-async fn answer_with_id(mut resp: reqwest::Response, id: u64) -> Value {
+async fn answer_with_id(mut resp: reqwest::Response, id: u64) -> (Value, Vec<Value>) {
     let event_stream = resp
         .headers()
         .get("content-type")
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("text/event-stream"));
     if !event_stream {
-        return resp.json().await.unwrap();
+        return (resp.json().await.unwrap(), Vec::new());
     }
     let mut buf = String::new();
+    let mut others = Vec::new();
     let read = async {
         loop {
             while let Some(end) = buf.find('\n') {
@@ -122,8 +128,9 @@ async fn answer_with_id(mut resp: reqwest::Response, id: u64) -> Value {
                 if let Some(data) = line.strip_prefix("data:") {
                     if let Ok(v) = serde_json::from_str::<Value>(data.trim()) {
                         if v["id"] == id {
-                            return v;
+                            return (v, others);
                         }
+                        others.push(v);
                     }
                 }
             }
@@ -150,6 +157,7 @@ async fn mcp_over_http_serves_the_tools_behind_the_api_token() {
     let env = Env::new();
     env.shell_agent("echo", "cat", "");
     env.shell_agent("long", "sleep 944", "");
+    env.shell_agent("slow", "sleep 2; echo late", "");
     let token = "mcp-http-token";
     let api = env.start_api(Some(token)).await;
 
@@ -189,7 +197,7 @@ async fn mcp_over_http_serves_the_tools_behind_the_api_token() {
 
     let list = c.request("tools/list", json!({})).await;
     let tools = list["result"]["tools"].as_array().unwrap();
-    assert_eq!(tools.len(), 16, "{list}");
+    assert_eq!(tools.len(), 17, "{list}");
     let submit = tools.iter().find(|t| t["name"] == "task_async").unwrap();
     assert_eq!(submit["inputSchema"]["type"], "object");
     assert!(submit["inputSchema"]["properties"]["agent_name"].is_object());
@@ -255,6 +263,25 @@ async fn mcp_over_http_serves_the_tools_behind_the_api_token() {
     let mut again = McpHttp::new(&api.base, Some(token));
     again.initialize().await;
     assert_eq!(again.request("ping", json!({})).await["result"], json!({}));
+
+    // task_run, with progress notes on the call's own stream.
+    let (ran, before) = again
+        .request_seeing(
+            "tools/call",
+            json!({"name": "task_run", "_meta": {"progressToken": 7},
+                   "arguments": {"name": "r", "agent_name": "slow", "agent_instructions": "x"}}),
+        )
+        .await;
+    assert_eq!(
+        ran["result"]["structuredContent"]["result"], "late\n",
+        "{ran}"
+    );
+    let notes: Vec<&Value> = before
+        .iter()
+        .filter(|m| m["method"] == "notifications/progress")
+        .collect();
+    assert!(!notes.is_empty(), "{before:?}");
+    assert!(notes.iter().all(|n| n["params"]["progressToken"] == 7));
 }
 
 #[tokio::test(flavor = "multi_thread")]

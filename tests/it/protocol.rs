@@ -103,6 +103,7 @@ async fn tools_are_listed_with_schemas_and_descriptions() {
             "task_cancel",
             "task_logs",
             "task_retry",
+            "task_run",
             "task_status",
             "task_wait",
             "webhook_history",

@@ -1,0 +1,82 @@
+//! Where a set of awaited tasks stands, for the progress notifications a session sends while
+//! one of its calls blocks (`task_wait`, `task_run`). Hot tasks come from memory and finished
+//! ones from one store read, so asking once a second costs next to nothing.
+
+use std::collections::HashSet;
+
+use uuid::Uuid;
+
+use super::{invalid, parse_task_id, Result, Service, ServiceError, MAX_WAIT_IDS};
+use crate::api::{ProgressTask, WaitProgress};
+use crate::model::{now_us, Task, TaskStatus};
+
+/// Running tasks whose latest log line is looked up (one small store read each).
+const WITH_LOG: usize = 3;
+
+impl Service {
+    pub async fn task_progress(&self, task_ids: &[String]) -> Result<WaitProgress> {
+        if task_ids.is_empty() || task_ids.len() > MAX_WAIT_IDS {
+            return invalid(format!(
+                "task_ids must list 1 to {MAX_WAIT_IDS} task ids (got {})",
+                task_ids.len()
+            ));
+        }
+        let mut seen = HashSet::new();
+        let mut ids = Vec::with_capacity(task_ids.len());
+        for s in task_ids {
+            let id: Uuid = parse_task_id("task_ids", s)?;
+            if seen.insert(id) {
+                ids.push(id);
+            }
+        }
+        let tasks = self.sched.tasks(&ids).await?;
+        let mut p = summarize(ids.len(), &tasks, now_us());
+        for r in p.running.iter_mut().take(WITH_LOG) {
+            let Ok(id) = Uuid::parse_str(&r.task_id) else {
+                continue;
+            };
+            let last = self
+                .sched
+                .store()
+                .last_logs(id, 1)
+                .await
+                .map_err(|e| ServiceError::Internal(e.to_string()))?;
+            r.last_log = last.into_iter().next().map(|l| l.message);
+        }
+        Ok(p)
+    }
+}
+
+/// The counts and lists of a [`WaitProgress`] from the tasks found (`total` counts the ids
+/// asked, found or not).
+fn summarize(total: usize, tasks: &[Task], now_us: i64) -> WaitProgress {
+    let mut p = WaitProgress {
+        total,
+        ..WaitProgress::default()
+    };
+    let item = |t: &Task, running_seconds| ProgressTask {
+        task_id: t.id.to_string(),
+        name: t.name.clone(),
+        status: t.status,
+        running_seconds,
+        last_log: None,
+    };
+    for t in tasks {
+        if t.status.is_terminal() {
+            p.finished += 1;
+            if p.ended.len() < WaitProgress::LISTED {
+                p.ended.push(item(t, None));
+            }
+        } else if t.status == TaskStatus::Running {
+            if p.running.len() < WaitProgress::LISTED {
+                let secs = t
+                    .started_us
+                    .map(|s| (now_us.saturating_sub(s) / 1_000_000).max(0) as u64);
+                p.running.push(item(t, secs));
+            }
+        } else {
+            p.pending += 1;
+        }
+    }
+    p
+}
