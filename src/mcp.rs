@@ -21,6 +21,7 @@ use rmcp::service::{Peer, RequestContext};
 use rmcp::{ErrorData, RoleServer, ServerHandler};
 use schemars::JsonSchema;
 use serde_json::Value;
+use tokio_util::sync::CancellationToken;
 
 use crate::api::*;
 use crate::frontend::Backend;
@@ -143,7 +144,13 @@ impl McpServer {
     /// if the engine dies during the wait, the next engine is asked and the task is not
     /// submitted twice. A cancelled call leaves the task running: it is durable work, which
     /// `task_cancel` stops.
-    async fn task_run(&self, args: Value, notes: Option<Notes>) -> ToolAnswer {
+    async fn task_run(
+        &self,
+        args: Value,
+        notes: Option<Notes>,
+        cancelled: &CancellationToken,
+    ) -> ToolAnswer {
+        // The submission is not cut short: once sent, its outcome must be known.
         let submitted = self.backend.call("task_async", args).await?;
         let id = submitted
             .get("task_id")
@@ -151,13 +158,38 @@ impl McpServer {
             .ok_or_else(|| format!("task_async answered without a task_id: {submitted}"))?
             .to_string();
         let wait = self.backend.wait_for_end(&id);
-        match notes {
-            Some(n) => {
-                progress::while_waiting(&self.backend, std::slice::from_ref(&id), n.sender(), wait)
+        let wait = async {
+            match notes {
+                Some(n) => {
+                    progress::while_waiting(
+                        &self.backend,
+                        std::slice::from_ref(&id),
+                        n.sender(),
+                        wait,
+                    )
                     .await
+                }
+                None => wait.await,
             }
-            None => wait.await,
-        }
+        };
+        let still = format!("task {id} runs on");
+        until_cancelled(cancelled, wait, &still).await
+    }
+}
+
+/// A blocking call, given up when the client cancels its request (the answer would be thrown
+/// away, and the wait and its progress notes would go on for nothing). The tasks are not
+/// touched: they are durable work, which `task_cancel` stops.
+async fn until_cancelled(
+    cancelled: &CancellationToken,
+    call: impl Future<Output = ToolAnswer>,
+    still: &str,
+) -> ToolAnswer {
+    tokio::select! {
+        answer = call => answer,
+        _ = cancelled.cancelled() => Err(format!(
+            "the call was cancelled by the client; {still} (task_status or task_wait reads it later, task_cancel stops it)"
+        )),
     }
 }
 
@@ -238,16 +270,20 @@ impl ServerHandler for McpServer {
             .get_progress_token()
             .map(|token| Notes::new(context.peer.clone(), token));
         let answer = match (request.name.as_ref(), notes) {
-            ("task_run", notes) => self.task_run(args, notes).await,
-            ("task_wait", Some(notes)) => {
+            ("task_run", notes) => self.task_run(args, notes, &context.ct).await,
+            ("task_wait", notes) => {
                 // Progress on the ids asked; a malformed list is the wait's own error to give.
                 let ids = waited_ids(&args);
                 let wait = self.backend.call("task_wait", args);
-                if ids.is_empty() {
-                    wait.await
-                } else {
-                    progress::while_waiting(&self.backend, &ids, notes.sender(), wait).await
-                }
+                let wait = async {
+                    match notes {
+                        Some(n) if !ids.is_empty() => {
+                            progress::while_waiting(&self.backend, &ids, n.sender(), wait).await
+                        }
+                        _ => wait.await,
+                    }
+                };
+                until_cancelled(&context.ct, wait, "the waited tasks run on").await
             }
             (name, _) => self.backend.call(name, args).await,
         };

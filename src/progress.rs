@@ -17,6 +17,8 @@ use crate::service::tools::ToolAnswer;
 
 /// How often the engine is asked where the tasks stand.
 const POLL: Duration = Duration::from_secs(1);
+/// Longest a look at where the tasks stand may take before it is skipped.
+const LOOK_WITHIN: Duration = Duration::from_secs(2);
 /// Longest silence between two notes while nothing finishes.
 pub const HEARTBEAT: Duration = Duration::from_secs(3);
 /// Longest log line quoted in a message, and longest message.
@@ -40,12 +42,15 @@ pub struct Pacer {
     last_sent: Option<Instant>,
     /// Notes sent since the last change in what has finished.
     beats: u32,
+    /// The last `progress` sent: the next is always above it, even when fewer tasks are
+    /// finished than before (one was retried).
+    last_progress: Option<f64>,
 }
 
 impl Pacer {
     /// The note to send now, if one is due.
     pub fn next(&mut self, p: &WaitProgress, now: Instant) -> Option<Note> {
-        let progress = if self.last_finished != Some(p.finished) {
+        let computed = if self.last_finished != Some(p.finished) {
             self.beats = 0;
             p.finished as f64
         } else if self
@@ -57,6 +62,12 @@ impl Pacer {
         } else {
             return None;
         };
+        let progress = match self.last_progress {
+            // Halfway from the last value to the next whole number.
+            Some(last) if computed <= last => last + (1.0 - last.fract()) / 2.0,
+            _ => computed,
+        };
+        self.last_progress = Some(progress);
         self.last_finished = Some(p.finished);
         self.last_sent = Some(now);
         Some(Note {
@@ -83,7 +94,7 @@ pub fn message(p: &WaitProgress) -> String {
         }
         parts[0] = format!("{} ({})", parts[0], ended.join(", "));
     }
-    let running = p.total.saturating_sub(p.finished + p.pending);
+    let running = p.running_count;
     for t in p.running.iter().take(2) {
         let mut r = format!("running: {}", t.name);
         if let Some(s) = t.running_seconds {
@@ -148,7 +159,9 @@ where
         tokio::select! {
             answer = &mut call => return answer,
             _ = tick.tick() => {
-                if let Some(p) = backend.progress(task_ids).await {
+                // Bounded, so that an engine that does not answer cannot hold up the answer.
+                let looked = tokio::time::timeout(LOOK_WITHIN, backend.progress(task_ids)).await;
+                if let Ok(Some(p)) = looked {
                     if let Some(note) = pacer.next(&p, Instant::now()) {
                         send(note).await;
                     }
@@ -183,6 +196,7 @@ mod tests {
             finished: 1,
             ended: vec![task("build", TaskStatus::Completed)],
             running: vec![test],
+            running_count: 1,
             pending: 1,
         }
     }
@@ -220,6 +234,7 @@ mod tests {
             running: (0..4)
                 .map(|i| task(&format!("r{i}"), TaskStatus::Running))
                 .collect(),
+            running_count: 4,
             pending: 1,
         };
         let m = message(&many);
@@ -258,5 +273,24 @@ mod tests {
             .next(&p, t0 + HEARTBEAT * 2 + Duration::from_secs(1))
             .unwrap();
         assert_eq!(all.progress, all.total);
+    }
+
+    #[test]
+    fn progress_never_goes_back_when_a_finished_task_is_retried() {
+        let t0 = Instant::now();
+        let mut pacer = Pacer::default();
+        let mut p = three();
+        p.finished = 2;
+        let a = pacer.next(&p, t0).unwrap();
+        assert_eq!(a.progress, 2.0);
+        p.finished = 1;
+        let b = pacer.next(&p, t0 + Duration::from_secs(1)).unwrap();
+        assert!(b.progress > a.progress && b.progress < 3.0, "{b:?}");
+        p.finished = 2;
+        let c = pacer.next(&p, t0 + Duration::from_secs(2)).unwrap();
+        assert!(c.progress > b.progress && c.progress < 3.0, "{c:?}");
+        p.finished = 3;
+        let d = pacer.next(&p, t0 + Duration::from_secs(3)).unwrap();
+        assert_eq!(d.progress, 3.0);
     }
 }

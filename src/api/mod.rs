@@ -231,6 +231,8 @@ pub struct WaitProgress {
     pub ended: Vec<ProgressTask>,
     /// Running tasks, in the order asked (at most [`WaitProgress::LISTED`]).
     pub running: Vec<ProgressTask>,
+    /// How many are running.
+    pub running_count: usize,
     /// Tasks not started yet.
     pub pending: usize,
 }

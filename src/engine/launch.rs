@@ -11,6 +11,8 @@
 
 use std::path::PathBuf;
 use std::process::Stdio;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -23,6 +25,9 @@ use crate::link::client::{Attached, EngineClient};
 const ATTACH_WITHIN: Duration = Duration::from_secs(1);
 /// Pause between looks while an engine starts.
 const POLL: Duration = Duration::from_millis(25);
+/// An engine started this recently that has not answered yet may still be opening the file.
+const FRESH: Duration = Duration::from_secs(1);
+
 /// How a detached engine that found its database held by another process exits (EX_TEMPFAIL:
 /// most often the other process is the engine that serves, or one that is stopping).
 pub const EXIT_FILE_HELD: i32 = 75;
@@ -71,6 +76,8 @@ pub struct Launcher {
     db: PathBuf,
     client: EngineClient,
     fingerprint: String,
+    /// Engines started in a row that found the file held (see [`restart_pause`]).
+    held: Arc<AtomicU32>,
 }
 
 impl Launcher {
@@ -81,6 +88,7 @@ impl Launcher {
             fingerprint: serde_json::to_string(&cfg.engine_fingerprint()).unwrap_or_default(),
             db,
             cfg: cfg.clone(),
+            held: Arc::new(AtomicU32::new(0)),
         }
     }
 
@@ -97,11 +105,14 @@ impl Launcher {
         let deadline = Instant::now() + within;
         let mut child: Option<tokio::process::Child> = None;
         let mut started_at: Option<Instant> = None;
-        let mut held = 0u32;
+        // Carried over from the last look (a supervisor looks again and again while the file
+        // stays held), so that the pause keeps growing.
+        let mut held = self.held.load(Ordering::Relaxed);
         loop {
             let last = match self.client.attach(ATTACH_WITHIN, &self.fingerprint).await {
                 Ok(a) => {
                     reap(child);
+                    self.held.store(0, Ordering::Relaxed);
                     return Ok(a);
                 }
                 Err(e) => e.to_string(),
@@ -114,7 +125,8 @@ impl Launcher {
             let ours_alive = match exited {
                 Some(Ok(None)) => true,
                 Some(Ok(Some(status))) if status.code() == Some(EXIT_FILE_HELD) => {
-                    held += 1;
+                    held = held.saturating_add(1);
+                    self.held.store(held, Ordering::Relaxed);
                     child = None;
                     false
                 }
@@ -133,8 +145,11 @@ impl Launcher {
                 started_at = Some(Instant::now());
             }
             if Instant::now() >= deadline {
+                // Held only if no engine of ours is past its first second: one that is has the
+                // file, and is slow to answer.
+                let fresh = child.is_none() || started_at.is_some_and(|t| t.elapsed() < FRESH);
                 reap(child);
-                if held > 0 {
+                if held > 0 && fresh {
                     return Err(LaunchError::Held {
                         db: self.db.display().to_string(),
                         detail: held_detail(&crate::link::log_path(&self.db)),

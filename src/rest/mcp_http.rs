@@ -21,9 +21,10 @@ use crate::service::Service;
 pub type McpHttp = StreamableHttpService<McpServer, LocalSessionManager>;
 
 /// A session with no message for this long is forgotten (its client went without ending it).
-/// Far longer than the longest `task_wait` (10 minutes), during which a session sees no
-/// message: the default of 5 minutes would cut such a wait off.
-const SESSION_IDLE: Duration = Duration::from_secs(3600);
+/// A session sees no message while a call blocks — a `task_wait` for up to 10 minutes, a
+/// `task_run` without a progress token for as long as its task takes (up to a day of running,
+/// after its wait in the queue) — and the default of 5 minutes would cut such a call off.
+const SESSION_IDLE: Duration = Duration::from_secs(48 * 3600);
 
 /// The `/mcp` endpoint on `service`. Cancelling `shutdown` ends every open session and
 /// stream, so that a graceful stop is not held up by a client's idle event stream.

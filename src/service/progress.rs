@@ -68,6 +68,7 @@ fn summarize(total: usize, tasks: &[Task], now_us: i64) -> WaitProgress {
                 p.ended.push(item(t, None));
             }
         } else if t.status == TaskStatus::Running {
+            p.running_count += 1;
             if p.running.len() < WaitProgress::LISTED {
                 let secs = t
                     .started_us

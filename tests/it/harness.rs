@@ -593,7 +593,7 @@ impl Env {
 }
 
 impl RawServer {
-    async fn send(&mut self, msg: Value) {
+    pub async fn send(&mut self, msg: Value) {
         use tokio::io::AsyncWriteExt;
         let stdin = self.stdin.as_mut().expect("stdin open");
         stdin

@@ -196,3 +196,47 @@ async fn notes_follow_the_clients_token_and_only_when_asked() {
     raw.close_stdin();
     env.wait_engines_gone().await;
 }
+
+/// A client that cancels a blocking `task_run` (`notifications/cancelled`): the call is given
+/// up — no more notes under its token — and the task runs on until `task_cancel`.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cancelled_task_run_stops_its_notes_and_leaves_the_task_running() {
+    let env = Env::new();
+    env.shell_agent("long", "sleep 60", "");
+    let mut raw = env.start_raw("raw.log").await;
+    raw.send(
+        json!({"jsonrpc": "2.0", "id": 100, "method": "tools/call", "params": {
+        "name": "task_run", "_meta": {"progressToken": "c"},
+        "arguments": {"name": "l", "agent_name": "long", "agent_instructions": "x"}}}),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    raw.send(
+        json!({"jsonrpc": "2.0", "method": "notifications/cancelled",
+        "params": {"requestId": 100, "reason": "the user pressed Esc"}}),
+    )
+    .await;
+    // Two heartbeats' time: a call still waiting would have sent two more notes.
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    let (listed, before) = raw
+        .request_seeing(
+            "tools/call",
+            json!({"name": "list_tasks", "arguments": {"status": "running"}}),
+        )
+        .await;
+    let notes = before
+        .iter()
+        .filter(|m| m["method"] == "notifications/progress" && m["params"]["progressToken"] == "c")
+        .count();
+    assert!(notes <= 1, "{before:?}");
+    assert!(
+        before.iter().all(|m| m["id"] != 100),
+        "a cancelled request is not answered"
+    );
+    let running = &listed["structuredContent"]["tasks"];
+    assert_eq!(running.as_array().unwrap().len(), 1, "{listed}");
+    let id = running[0]["task_id"].as_str().unwrap().to_string();
+    raw.call("task_cancel", json!({"task_id": id})).await;
+    raw.close_stdin();
+    env.wait_engines_gone().await;
+}
