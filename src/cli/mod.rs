@@ -61,7 +61,7 @@ pub struct Cli {
 pub enum Command {
     /// Run the engine in the foreground (for systemd, launchd, a container): it opens the
     /// database, runs the tasks and serves sessions until SIGTERM or `stop`; HTTP too with
-    /// --mode api or both
+    /// `--mode api engine` or `--mode both engine` (settings come before the command)
     Engine {
         /// Started by a session: log to <db>.log, exit once idle
         #[arg(long, hide = true)]
