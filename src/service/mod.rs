@@ -77,6 +77,25 @@ fn invalid<T>(msg: impl Into<String>) -> Result<T> {
     Err(ServiceError::Invalid(msg.into()))
 }
 
+/// The `task_ids` of a wait: 1 to [`MAX_WAIT_IDS`] valid ids, in order, duplicates removed.
+fn parse_waited_ids(task_ids: &[String]) -> Result<Vec<Uuid>> {
+    if task_ids.is_empty() || task_ids.len() > MAX_WAIT_IDS {
+        return invalid(format!(
+            "task_ids must list 1 to {MAX_WAIT_IDS} task ids (got {})",
+            task_ids.len()
+        ));
+    }
+    let mut seen = std::collections::HashSet::new();
+    let mut ids = Vec::with_capacity(task_ids.len());
+    for s in task_ids {
+        let id = parse_task_id("task_ids", s)?;
+        if seen.insert(id) {
+            ids.push(id);
+        }
+    }
+    Ok(ids)
+}
+
 pub fn parse_task_id(field: &str, s: &str) -> Result<Uuid> {
     Uuid::parse_str(s.trim()).map_err(|_| {
         ServiceError::Invalid(format!(
@@ -406,17 +425,7 @@ impl Service {
     }
 
     pub async fn task_wait(&self, a: TaskWaitArgs) -> Result<TaskWaitResult> {
-        if a.task_ids.is_empty() || a.task_ids.len() > MAX_WAIT_IDS {
-            return invalid(format!(
-                "task_ids must list 1 to {MAX_WAIT_IDS} task ids (got {})",
-                a.task_ids.len()
-            ));
-        }
-        let ids = a
-            .task_ids
-            .iter()
-            .map(|s| parse_task_id("task_ids", s))
-            .collect::<Result<Vec<_>>>()?;
+        let ids = parse_waited_ids(&a.task_ids)?;
         let any = match a.mode.as_deref() {
             None | Some("all") => false,
             Some("any") => true,

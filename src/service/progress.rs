@@ -2,11 +2,9 @@
 //! one of its calls blocks (`task_wait`, `task_run`). Hot tasks come from memory and finished
 //! ones from one store read, so asking once a second costs next to nothing.
 
-use std::collections::HashSet;
-
 use uuid::Uuid;
 
-use super::{invalid, parse_task_id, Result, Service, ServiceError, MAX_WAIT_IDS};
+use super::{parse_waited_ids, Result, Service, ServiceError};
 use crate::api::{ProgressTask, WaitProgress};
 use crate::model::{now_us, Task, TaskStatus};
 
@@ -15,20 +13,7 @@ const WITH_LOG: usize = 3;
 
 impl Service {
     pub async fn task_progress(&self, task_ids: &[String]) -> Result<WaitProgress> {
-        if task_ids.is_empty() || task_ids.len() > MAX_WAIT_IDS {
-            return invalid(format!(
-                "task_ids must list 1 to {MAX_WAIT_IDS} task ids (got {})",
-                task_ids.len()
-            ));
-        }
-        let mut seen = HashSet::new();
-        let mut ids = Vec::with_capacity(task_ids.len());
-        for s in task_ids {
-            let id: Uuid = parse_task_id("task_ids", s)?;
-            if seen.insert(id) {
-                ids.push(id);
-            }
-        }
+        let ids = parse_waited_ids(task_ids)?;
         let tasks = self.sched.tasks(&ids).await?;
         let mut p = summarize(ids.len(), &tasks, now_us());
         for r in p.running.iter_mut().take(WITH_LOG) {
