@@ -33,7 +33,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     if cfg.mode == Mode::Both {
         rest::check(&rest_settings(&cfg))?;
     }
-    let frontend = match Frontend::start(&cfg, &signal).await {
+    let mut frontend = match Frontend::start(&cfg, &signal).await {
         Ok(f) => f,
         // A signal while waiting for the engine: nothing was started here, nothing to say.
         Err(_) if signal.is_cancelled() => {
@@ -42,10 +42,21 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         }
         Err(e) => return Err(e.into()),
     };
-    let server = McpServer::new(frontend.backend())
+    let events = frontend.take_events();
+    let mut mcp = McpServer::new(frontend.backend());
+    if events.is_some() {
+        mcp = mcp.with_channel();
+    }
+    let server = mcp
         .serve(rmcp::transport::stdio())
         .await
         .context("starting the MCP session on stdio")?;
+    if let Some(events) = events {
+        tokio::spawn(crate::mcp::push_channel_events(
+            server.peer().clone(),
+            events,
+        ));
+    }
     let cancel = server.cancellation_token();
     tokio::select! {
         r = server.waiting() => tracing::info!("MCP client disconnected ({:?})", r.ok()),

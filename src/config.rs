@@ -145,6 +145,11 @@ pub struct Config {
     #[arg(long, env = "ORCHESTR8_IDLE_EXIT_SECONDS", default_value_t = 30)]
     pub idle_exit_seconds: u64,
 
+    /// A session tells its MCP client when a task or workflow it handed off ends, as a Claude
+    /// Code channel event (`notifications/claude/channel`); `false` turns that off
+    #[arg(long, env = "ORCHESTR8_CHANNEL", default_value_t = true, action = clap::ArgAction::Set)]
+    pub channel: bool,
+
     /// tracing filter; logs go to stderr only (stdout belongs to MCP). Default: info for the
     /// server, warn for CLI commands
     #[arg(long, env = "ORCHESTR8_LOG", global = true)]

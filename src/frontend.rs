@@ -11,12 +11,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::Value;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::api::WaitProgress;
+use crate::api::{ChannelEvent, WaitProgress};
 use crate::config::Config;
 use crate::engine::launch::{LaunchError, Launcher};
 use crate::link::client::{Attached, CallError, EngineClient};
@@ -69,6 +69,9 @@ enum Kind {
     Remote {
         rx: watch::Receiver<Option<EngineClient>>,
         session: Arc<SessionContext>,
+        /// The same context without the session's id: what it submits so is not claimed for
+        /// a channel event.
+        untold: Arc<SessionContext>,
         notice: Arc<Mutex<Option<String>>>,
     },
     /// Inside the engine (MCP over HTTP): the service itself, in the engine's own context.
@@ -95,8 +98,34 @@ impl Backend {
     /// again to the next engine; any other call is answered with an error that says it may
     /// or may not have taken effect.
     pub async fn call(&self, name: &str, args: Value) -> ToolAnswer {
+        self.call_in(name, args, true).await
+    }
+
+    /// A call whose task this session is not told of by a channel event (a blocking
+    /// `task_run` tells the end in its answer).
+    pub async fn call_untold(&self, name: &str, args: Value) -> ToolAnswer {
+        self.call_in(name, args, false).await
+    }
+
+    /// Asks to be told by a channel event when the task ends after all (a `task_run` cut
+    /// short while its task runs on). Best effort.
+    pub async fn tell_me_when_ended(&self, task_id: &str) {
+        if let Kind::Remote { rx, session, .. } = &self.kind {
+            let client = rx.borrow().clone();
+            if let (Some(c), Some(id)) = (client, &session.session_id) {
+                c.claim(task_id, id).await;
+            }
+        }
+    }
+
+    async fn call_in(&self, name: &str, args: Value, told: bool) -> ToolAnswer {
         let (rx, session) = match &self.kind {
-            Kind::Remote { rx, session, .. } => (rx, session),
+            Kind::Remote {
+                rx,
+                session,
+                untold,
+                ..
+            } => (rx, if told { session } else { untold }),
             Kind::Local(service) => return service.call_tool(name, args).await,
         };
         // Counted from the first failure: a long task_wait cut off late still gets its retry.
@@ -166,6 +195,9 @@ pub struct Frontend {
     backend: Backend,
     stop: CancellationToken,
     supervisor: JoinHandle<()>,
+    /// What the engine tells this session of the work it handed off (none when the channel is
+    /// switched off).
+    events: Option<mpsc::UnboundedReceiver<ChannelEvent>>,
 }
 
 impl Frontend {
@@ -173,7 +205,22 @@ impl Frontend {
     /// once, and later the supervisor's.
     pub async fn start(cfg: &Config, signal: &CancellationToken) -> Result<Frontend, LaunchError> {
         let stop = signal.child_token();
-        let launcher = Launcher::new(cfg);
+        // The session's id, under which the engine tells it of the work it handed off.
+        let session_id = cfg.channel.then(|| uuid::Uuid::now_v7().to_string());
+        let mut launcher = Launcher::new(cfg);
+        let untold = Arc::new(SessionContext::of_this_process(&cfg.agent_dirs()));
+        let mut context = (*untold).clone();
+        if let Some(id) = &session_id {
+            launcher = launcher.for_session(id);
+            context = context.with_session_id(id.clone());
+        }
+        let (events_tx, events) = match session_id {
+            Some(_) => {
+                let (tx, rx) = mpsc::unbounded_channel();
+                (Some(tx), Some(rx))
+            }
+            None => (None, None),
+        };
         let attached = launcher.attach(ENGINE_WAIT, &stop).await?;
         let notice = Arc::new(Mutex::new(None));
         check_engine(&launcher, &attached, &notice).await;
@@ -181,20 +228,35 @@ impl Frontend {
         let backend = Backend {
             kind: Kind::Remote {
                 rx,
-                session: Arc::new(SessionContext::of_this_process(&cfg.agent_dirs())),
+                session: Arc::new(context),
+                untold,
                 notice: notice.clone(),
             },
         };
-        let supervisor = tokio::spawn(supervise(launcher, attached, tx, notice, stop.clone()));
+        let supervisor = tokio::spawn(supervise(
+            launcher,
+            attached,
+            tx,
+            notice,
+            events_tx,
+            stop.clone(),
+        ));
         Ok(Frontend {
             backend,
             stop,
             supervisor,
+            events,
         })
     }
 
     pub fn backend(&self) -> Backend {
         self.backend.clone()
+    }
+
+    /// The events the engine tells this session (tasks and workflows it handed off that have
+    /// ended); `None` when the channel is switched off or they were taken already.
+    pub fn take_events(&mut self) -> Option<mpsc::UnboundedReceiver<ChannelEvent>> {
+        self.events.take()
     }
 
     /// Stops watching the engine (the engine itself runs on).
@@ -242,11 +304,12 @@ async fn supervise(
     mut attached: Attached,
     tx: watch::Sender<Option<EngineClient>>,
     notice: Arc<Mutex<Option<String>>>,
+    events: Option<mpsc::UnboundedSender<ChannelEvent>>,
     stop: CancellationToken,
 ) {
     loop {
         tokio::select! {
-            _ = attached.gone() => {}
+            _ = attached.gone(events.as_ref()) => {}
             _ = stop.cancelled() => return,
         }
         tx.send_replace(None);

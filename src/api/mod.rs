@@ -285,3 +285,41 @@ pub struct EngineOverview {
     #[serde(default)]
     pub retiring: bool,
 }
+
+/// A task or workflow that a session handed off has ended: what the session is told, as a
+/// JSON line on its attach stream, and what it passes on to its MCP client as a
+/// `notifications/claude/channel` event.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChannelEvent {
+    /// A short summary a person or a model can read: name, status, the first lines of the
+    /// result or the error, and how to read all of it.
+    pub content: String,
+    /// String attributes: `task_id` or `workflow_id`, `status`, `name`, and `agent` for a task.
+    pub meta: std::collections::BTreeMap<String, String>,
+}
+
+/// What a project has not been told yet: the tasks submitted from it that ended since it was
+/// last told (socket route `POST /rpc/ended`, the `ended` command behind the Claude Code hook).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct EndedReport {
+    pub project: String,
+    /// The tasks told now, in the order they ended (at most [`EndedReport::LISTED`]).
+    pub tasks: Vec<EndedTask>,
+    /// More tasks that ended and are now counted as told, but not listed.
+    pub more: u64,
+}
+
+impl EndedReport {
+    pub const LISTED: usize = 10;
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EndedTask {
+    pub task_id: String,
+    pub name: String,
+    pub agent_name: String,
+    pub status: TaskStatus,
+    pub completed_at: Option<String>,
+    /// The first line of the result (completed) or of the error.
+    pub line: Option<String>,
+}

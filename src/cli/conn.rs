@@ -8,7 +8,7 @@ use hyper::Method;
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
-use crate::api::EngineOverview;
+use crate::api::{EndedReport, EngineOverview};
 use crate::config::Config;
 use crate::engine::check_config;
 use crate::engine::launch::Launcher;
@@ -79,6 +79,39 @@ impl Conn {
 
     pub async fn overview(&self) -> anyhow::Result<EngineOverview> {
         overview(&self.launcher).await
+    }
+
+    /// The tasks of `project` that ended since it was last told, now counted as told. An
+    /// engine that is stopping answers 503 before it looks: the next engine is asked.
+    pub async fn ended(&mut self, project: &str) -> anyhow::Result<EndedReport> {
+        let deadline = tokio::time::Instant::now() + REACH_WITHIN;
+        loop {
+            let failure = match self
+                .launcher
+                .client()
+                .request(
+                    Method::POST,
+                    "/rpc/ended",
+                    Some(&json!({ "project": project })),
+                )
+                .await
+            {
+                Ok((status, v)) => match (v.get("ok"), v.get("error").and_then(Value::as_str)) {
+                    (Some(ok), _) => return Ok(serde_json::from_value(ok.clone())?),
+                    (None, Some(m)) => bail!("{m}"),
+                    _ => format!("the engine answered {status}: {v}"),
+                },
+                Err(e) => e.to_string(),
+            };
+            if tokio::time::Instant::now() >= deadline {
+                bail!("{failure}");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            self._attached = self
+                .launcher
+                .attach(REACH_WITHIN, &CancellationToken::new())
+                .await?;
+        }
     }
 
     /// Ends the command (the engine runs on).

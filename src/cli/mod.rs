@@ -163,6 +163,21 @@ pub enum Command {
     },
     /// The agents tasks can be handed to
     Agents(Output),
+    /// The background tasks submitted from a project that ended since it was last told (each
+    /// is told once); the Claude Code plugin's hooks run it at the start of a session and at
+    /// each prompt
+    Ended {
+        /// The project directory (default: $CLAUDE_PROJECT_DIR, else the current directory);
+        /// tasks submitted from folders inside it count too
+        #[arg(long)]
+        project: Option<std::path::PathBuf>,
+        /// As a hook: print nothing when nothing ended, and exit 0 even on errors (a hook
+        /// must never get in the way of a prompt)
+        #[arg(long)]
+        hook: bool,
+        #[command(flatten)]
+        out: Output,
+    },
 }
 
 /// Runs a command for people and returns the exit status.
@@ -176,11 +191,15 @@ pub async fn run(cfg: Config, cmd: Command) -> i32 {
             }
         };
     }
+    // A hook's failure is said on stderr, which Claude Code shows the user, never as an exit
+    // status that could block their prompt.
+    let as_hook = matches!(cmd, Command::Ended { hook: true, .. });
+    let failed = if as_hook { 0 } else { 1 };
     let mut conn = match Conn::open(&cfg).await {
         Ok(c) => c,
         Err(e) => {
             eprintln!("error: {e:#}");
-            return 1;
+            return failed;
         }
     };
     let result = tokio::select! {
@@ -192,7 +211,9 @@ pub async fn run(cfg: Config, cmd: Command) -> i32 {
         Err(e) => {
             Progress::clear();
             eprintln!("error: {e:#}");
-            if e.to_string() == "interrupted" {
+            if as_hook {
+                0
+            } else if e.to_string() == "interrupted" {
                 130
             } else {
                 1
@@ -422,6 +443,25 @@ async fn execute(cfg: &Config, cmd: Command, conn: &mut Conn) -> anyhow::Result<
                 )
             );
             outln!("({} of {} workflows)", wfs.len(), v["total"]);
+            Ok(0)
+        }
+        Command::Ended { project, hook, out } => {
+            let dir = project
+                .or_else(|| std::env::var_os("CLAUDE_PROJECT_DIR").map(Into::into))
+                .map_or_else(std::env::current_dir, Ok)?;
+            // Sessions record their directory as the system reports it, symlinks resolved.
+            let dir = std::fs::canonicalize(&dir).unwrap_or(dir);
+            let report = conn.ended(&dir.display().to_string()).await?;
+            if out.json {
+                print_json(&serde_json::to_value(&report)?);
+            } else if !report.tasks.is_empty() {
+                outln!("{}", render::ended(&report));
+            } else if !hook {
+                outln!(
+                    "no task submitted from {} has ended since it was last told",
+                    report.project
+                );
+            }
             Ok(0)
         }
         Command::Agents(out) => {

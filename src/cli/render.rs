@@ -70,6 +70,36 @@ pub fn short(text: &str, max: usize) -> String {
     }
 }
 
+/// What the `ended` command says (to a person, or into a model's context through the hook).
+pub fn ended(r: &crate::api::EndedReport) -> String {
+    let n = r.tasks.len() as u64 + r.more;
+    let mut out = format!(
+        "orchestr8-async: {n} background task{} submitted from this project ended since you were last told:",
+        if n == 1 { "" } else { "s" }
+    );
+    for t in &r.tasks {
+        out.push_str(&format!(
+            "\n- \"{}\" (agent {}, task_id {}) {}",
+            t.name,
+            t.agent_name,
+            t.task_id,
+            t.status.as_str()
+        ));
+        if let Some(line) = &t.line {
+            out.push_str(": ");
+            out.push_str(line);
+        }
+    }
+    if r.more > 0 {
+        out.push_str(&format!(
+            "\n- and {} earlier (list_tasks shows them)",
+            r.more
+        ));
+    }
+    out.push_str("\nRead a whole result with the task_status tool (or `orchestr8-async-server show <task_id>`).");
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

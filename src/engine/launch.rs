@@ -78,6 +78,8 @@ pub struct Launcher {
     fingerprint: String,
     /// Engines started in a row that found the file held (see [`restart_pause`]).
     held: Arc<AtomicU32>,
+    /// The session's id, given on every attach (none for a CLI command).
+    session_id: Option<String>,
 }
 
 impl Launcher {
@@ -89,7 +91,14 @@ impl Launcher {
             db,
             cfg: cfg.clone(),
             held: Arc::new(AtomicU32::new(0)),
+            session_id: None,
         }
+    }
+
+    /// Attaches as the session `id`, which the engine tells when what it handed off ends.
+    pub fn for_session(mut self, id: &str) -> Launcher {
+        self.session_id = Some(id.to_string());
+        self
     }
 
     pub fn client(&self) -> &EngineClient {
@@ -109,7 +118,11 @@ impl Launcher {
         // stays held), so that the pause keeps growing.
         let mut held = self.held.load(Ordering::Relaxed);
         loop {
-            let last = match self.client.attach(ATTACH_WITHIN, &self.fingerprint).await {
+            let last = match self
+                .client
+                .attach(ATTACH_WITHIN, &self.fingerprint, self.session_id.as_deref())
+                .await
+            {
                 Ok(a) => {
                     reap(child);
                     self.held.store(0, Ordering::Relaxed);

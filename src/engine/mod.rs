@@ -23,7 +23,7 @@ use crate::link::rpc::{Frontends, StopRequests};
 use crate::link::server::LocalSocket;
 use crate::notifier::delivery::{Deliverer, WebhookSettings};
 use crate::notifier::signature::WebhookSecret;
-use crate::notifier::WebhookNotifier;
+use crate::notifier::EngineNotifier;
 use crate::rest::{self, RestSettings};
 use crate::runner::Runners;
 use crate::scheduler::{SchedConfig, Scheduler};
@@ -151,6 +151,7 @@ impl Engine {
         )
         .map_err(|e| OpenError::Failed(anyhow::anyhow!(e)))?;
         let agents = AgentRegistry::new(cfg.agent_dirs(), cfg.default_runner.clone());
+        let frontends = Frontends::default();
         let sched = Scheduler::start(
             SchedConfig {
                 workers: cfg.workers as usize,
@@ -163,7 +164,10 @@ impl Engine {
             store.clone(),
             agents,
             runners,
-            Arc::new(WebhookNotifier::new(Some(deliverer.clone()))),
+            Arc::new(EngineNotifier::new(
+                Some(deliverer.clone()),
+                frontends.channels().clone(),
+            )),
         )
         .await;
         let sched = match sched {
@@ -180,7 +184,6 @@ impl Engine {
         let service = Service::new(sched.clone());
         let http_stop = CancellationToken::new();
         let doors = CancellationToken::new();
-        let frontends = Frontends::default();
         let requests = StopRequests::default();
         let rpc = crate::link::rpc::router(
             service.clone(),

@@ -16,8 +16,11 @@ use hyper_util::rt::TokioIo;
 use serde_json::Value;
 use tokio::net::UnixStream;
 
-use super::{SessionContext, ToolCall, DIFFERS_HEADER, SETTINGS_HEADER, SILENCE, VERSION_HEADER};
-use crate::api::WaitProgress;
+use super::{
+    SessionContext, ToolCall, DIFFERS_HEADER, SESSION_HEADER, SETTINGS_HEADER, SILENCE,
+    VERSION_HEADER,
+};
+use crate::api::{ChannelEvent, WaitProgress};
 use crate::service::tools::ToolAnswer;
 
 /// Most calls one client has in flight at once, and so most connections it opens (calls that
@@ -58,9 +61,12 @@ impl std::fmt::Debug for EngineClient {
     }
 }
 
-/// An open attach stream: resolves [`Attached::gone`] when the engine stops or dies.
+/// An open attach stream: resolves [`Attached::gone`] when the engine stops or dies, and
+/// meanwhile hands on the events the engine tells this session.
 pub struct Attached {
     body: Incoming,
+    /// A line being received (events may arrive in several frames).
+    partial: Vec<u8>,
     /// The engine's version.
     pub version: String,
     /// Settings of this session the engine does not share (names only).
@@ -69,11 +75,22 @@ pub struct Attached {
 
 impl Attached {
     /// Waits until the engine is gone: the stream ended, the connection broke, or the
-    /// heartbeats stopped for [`SILENCE`].
-    pub async fn gone(&mut self) {
+    /// heartbeats stopped for [`SILENCE`]. Events that arrive meanwhile go to `events`.
+    pub async fn gone(
+        &mut self,
+        events: Option<&tokio::sync::mpsc::UnboundedSender<ChannelEvent>>,
+    ) {
         loop {
             match tokio::time::timeout(SILENCE, self.body.frame()).await {
-                Ok(Some(Ok(_))) => {}
+                Ok(Some(Ok(frame))) => {
+                    if let Some(data) = frame.data_ref() {
+                        for event in self.take_events(data) {
+                            if let Some(tx) = events {
+                                let _ = tx.send(event);
+                            }
+                        }
+                    }
+                }
                 Ok(Some(Err(e))) => {
                     tracing::debug!("the attach stream broke: {e}");
                     return;
@@ -88,6 +105,28 @@ impl Attached {
                 }
             }
         }
+    }
+
+    /// The events among the complete lines received so far (empty lines are heartbeats).
+    fn take_events(&mut self, data: &[u8]) -> Vec<ChannelEvent> {
+        self.partial.extend_from_slice(data);
+        let mut out = Vec::new();
+        while let Some(end) = self.partial.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = self.partial.drain(..=end).collect();
+            let line = &line[..end];
+            if line.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            #[derive(serde::Deserialize)]
+            struct Line {
+                channel: ChannelEvent,
+            }
+            match serde_json::from_slice::<Line>(line) {
+                Ok(l) => out.push(l.channel),
+                Err(e) => tracing::warn!("an attach-stream line was not understood: {e}"),
+            }
+        }
+        out
     }
 }
 
@@ -265,6 +304,15 @@ impl EngineClient {
         serde_json::from_value(v.get("ok")?.clone()).ok()
     }
 
+    /// Asks the engine to tell session `session_id` when the task ends (best effort: a
+    /// courtesy that a failure only loses).
+    pub async fn claim(&self, task_id: &str, session_id: &str) {
+        let body = serde_json::json!({ "task_id": task_id, "session_id": session_id });
+        if let Err(e) = self.request(Method::POST, "/rpc/claim", Some(&body)).await {
+            tracing::debug!("the engine was not asked to tell this session of {task_id}: {e}");
+        }
+    }
+
     /// Asks the engine to stop (`now`: with the grace period, as SIGTERM does) or to retire
     /// (stop once no task is pending or running and no webhook is owed, whoever is attached).
     pub async fn stop(&self, now: bool) -> Result<Value, CallError> {
@@ -288,8 +336,17 @@ impl EngineClient {
     /// Attaches as a session: the engine counts it while the stream is open. `settings` is the
     /// session's engine fingerprint. Answers within `within` or fails (an engine that is
     /// shutting down accepts connections it will never answer).
-    pub async fn attach(&self, within: Duration, settings: &str) -> Result<Attached, CallError> {
-        let headers = [(SETTINGS_HEADER, settings.to_string())];
+    /// `session`: the session's id, to be told on the stream when what it handed off ends.
+    pub async fn attach(
+        &self,
+        within: Duration,
+        settings: &str,
+        session: Option<&str>,
+    ) -> Result<Attached, CallError> {
+        let mut headers = vec![(SETTINGS_HEADER, settings.to_string())];
+        if let Some(id) = session {
+            headers.push((SESSION_HEADER, id.to_string()));
+        }
         let (resp, _) = tokio::time::timeout(
             within,
             self.send(Method::GET, "/rpc/attach", &headers, None),
@@ -318,6 +375,7 @@ impl EngineClient {
             .collect();
         Ok(Attached {
             body: resp.into_body(),
+            partial: Vec::new(),
             version,
             differs,
         })

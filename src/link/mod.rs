@@ -18,6 +18,9 @@ pub const VERSION_HEADER: &str = "x-orchestr8-version";
 /// Header of the attach request: the session's engine-shaping settings (JSON of
 /// [`crate::config::Config::engine_fingerprint`]).
 pub const SETTINGS_HEADER: &str = "x-orchestr8-settings";
+/// Header of the attach request: the session's id, under which the engine tells it when what it
+/// handed off has ended (absent: a CLI command, which is told nothing).
+pub const SESSION_HEADER: &str = "x-orchestr8-session";
 /// Header of the attach answer: the settings of the session's fingerprint the engine differs in
 /// (comma-separated names; absent when none).
 pub const DIFFERS_HEADER: &str = "x-orchestr8-settings-differ";
@@ -61,10 +64,15 @@ pub struct SessionContext {
     /// The session's agent search path, every entry absolute (relative ones were resolved
     /// against `cwd` by the session).
     pub agents_dir: Vec<String>,
+    /// The session's id (one per session process), sent also on its attach stream: the tasks
+    /// and workflows it hands off are told to it when they end. Absent for CLI commands.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_id: Option<String>,
 }
 
 impl SessionContext {
-    /// The context of this process: its directory and its configured search path.
+    /// The context of this process: its directory and its configured search path (no session
+    /// id: see [`SessionContext::with_session_id`]).
     pub fn of_this_process(agent_dirs: &[PathBuf]) -> SessionContext {
         let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
         SessionContext {
@@ -73,7 +81,13 @@ impl SessionContext {
                 .map(|d| cwd.join(d).display().to_string())
                 .collect(),
             cwd: cwd.display().to_string(),
+            session_id: None,
         }
+    }
+
+    pub fn with_session_id(mut self, id: String) -> SessionContext {
+        self.session_id = Some(id);
+        self
     }
 }
 

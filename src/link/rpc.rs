@@ -3,7 +3,11 @@
 //! `GET /rpc/attach` open for as long as they live. The attach stream is how an engine counts
 //! its sessions (it stays up while any is attached) and how a session learns within a second
 //! that its engine is gone (the stream ends, or the connection breaks when the engine dies).
-//! `POST /rpc/stop` and `POST /rpc/retire` are the stop command's doors.
+//! `POST /rpc/stop` and `POST /rpc/retire` are the stop command's doors; `POST /rpc/progress`
+//! serves a blocking call's progress notes, `POST /rpc/ended` the `ended` command and
+//! `POST /rpc/claim` a cancelled `task_run` that still wants to be told. A
+//! session that gives its id on the attach is told on that stream when the tasks and workflows
+//! it handed off end ([`crate::notifier::channel`]).
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -19,7 +23,8 @@ use axum::{Json, Router};
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
-use super::{ToolCall, DIFFERS_HEADER, HEARTBEAT, SETTINGS_HEADER, VERSION_HEADER};
+use super::{ToolCall, DIFFERS_HEADER, HEARTBEAT, SESSION_HEADER, SETTINGS_HEADER, VERSION_HEADER};
+use crate::notifier::channel::{Channels, Handoff};
 use crate::rest::MAX_BODY_BYTES;
 use crate::service::tools::safe_to_repeat;
 use crate::service::Service;
@@ -28,12 +33,18 @@ use crate::service::Service;
 #[derive(Clone, Default)]
 pub struct Frontends {
     count: Arc<AtomicUsize>,
+    /// What each session handed off, and the attach streams that tell them when it ends.
+    channels: Channels,
     /// Settings (by name) in which a session that attached differs from the engine, with how
     /// many sessions did; kept for `status` for the engine's life.
     differ: Arc<Mutex<BTreeMap<String, u64>>>,
 }
 
 impl Frontends {
+    pub fn channels(&self) -> &Channels {
+        &self.channels
+    }
+
     pub fn count(&self) -> usize {
         self.count.load(Ordering::SeqCst)
     }
@@ -119,6 +130,8 @@ pub fn router(
     Router::new()
         .route("/rpc/tools/{name}", post(call_tool))
         .route("/rpc/progress", post(progress))
+        .route("/rpc/ended", post(ended))
+        .route("/rpc/claim", post(claim))
         .route("/rpc/attach", get(attach))
         .route("/rpc/overview", get(overview))
         .route("/rpc/stop", post(stop_now))
@@ -149,6 +162,7 @@ async fn call_tool(State(s): State<RpcState>, Path(name): Path<String>, body: By
         return refused(format!("invalid arguments for {name}: expected an object"));
     }
     let service = s.sessions.get(&s.service, &call.session);
+    let session_id = call.session.session_id.clone();
     // A call that is safe to repeat (task_wait above all) does not hold up a stopping engine:
     // it is answered 503 and the session asks the next engine.
     let repeatable = safe_to_repeat(&name, &call.args);
@@ -156,6 +170,11 @@ async fn call_tool(State(s): State<RpcState>, Path(name): Path<String>, body: By
         a = service.call_tool(&name, call.args) => a,
         _ = s.stop.cancelled(), if repeatable => return stopping(),
     };
+    if let (Ok(v), Some(session)) = (&answer, &session_id) {
+        if let Some((what, ended)) = handed_off(&name, v) {
+            s.frontends.channels.claim(what, session, ended);
+        }
+    }
     match answer {
         Ok(v) => Json(json!({ "ok": v })).into_response(),
         Err(m) => Json(json!({ "error": m })).into_response(),
@@ -178,6 +197,69 @@ async fn progress(State(s): State<RpcState>, body: Bytes) -> Response {
     };
     match s.service.task_progress(&asked.task_ids).await {
         Ok(p) => Json(json!({ "ok": p })).into_response(),
+        Err(e) => refused(e.to_string()),
+    }
+}
+
+/// What a successful call handed off, to be told to its session when it ends: a submitted
+/// task, or a created workflow (whose tasks are told as the workflow's end); and whether it
+/// has ended already (an idempotent resubmission of a finished task).
+fn handed_off(tool: &str, answer: &Value) -> Option<(Handoff, bool)> {
+    let id = |field: &str| {
+        answer
+            .get(field)
+            .and_then(Value::as_str)
+            .and_then(|s| uuid::Uuid::parse_str(s).ok())
+    };
+    let ended = matches!(
+        answer.get("status").and_then(Value::as_str),
+        Some("completed" | "failed" | "cancelled")
+    );
+    match tool {
+        "task_async" => id("task_id").map(|t| (Handoff::Task(t), ended)),
+        "workflow_create" => id("workflow_id").map(|w| (Handoff::Workflow(w), ended)),
+        _ => None,
+    }
+}
+
+/// A session asks to be told when a task ends after all (its blocking `task_run` was
+/// cancelled while the task runs on): `{"task_id", "session_id"}`.
+async fn claim(State(s): State<RpcState>, body: Bytes) -> Response {
+    #[derive(serde::Deserialize)]
+    struct Asked {
+        task_id: uuid::Uuid,
+        session_id: String,
+    }
+    let asked: Asked = match serde_json::from_slice(&body) {
+        Ok(a) => a,
+        Err(e) => return refused(format!("invalid claim: {e}")),
+    };
+    let ended = match s.service.task_progress(&[asked.task_id.to_string()]).await {
+        Ok(p) => p.finished > 0,
+        Err(e) => return refused(e.to_string()),
+    };
+    s.frontends
+        .channels
+        .claim(Handoff::Task(asked.task_id), &asked.session_id, ended);
+    Json(json!({ "ok": { "claimed": !ended } })).into_response()
+}
+
+/// What a project has not been told yet, now counted as told: `{"ok": EndedReport}` or
+/// `{"error": message}`.
+async fn ended(State(s): State<RpcState>, body: Bytes) -> Response {
+    #[derive(serde::Deserialize)]
+    struct Asked {
+        project: String,
+    }
+    if s.requests.is_closing() {
+        return stopping();
+    }
+    let asked: Asked = match serde_json::from_slice(&body) {
+        Ok(a) => a,
+        Err(e) => return refused(format!("invalid ended request: {e}")),
+    };
+    match s.service.tell_ended(&asked.project).await {
+        Ok(r) => Json(json!({ "ok": r })).into_response(),
         Err(e) => refused(e.to_string()),
     }
 }
@@ -267,16 +349,31 @@ async fn attach(State(s): State<RpcState>, headers: HeaderMap) -> Response {
     s.frontends.count.fetch_add(1, Ordering::SeqCst);
     tracing::debug!(frontends = s.frontends.count(), "a session attached");
     let held = Attachment(s.frontends.clone());
+    // A session that gives its id is told on this stream when what it handed off ends.
+    let events = headers
+        .get(SESSION_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty())
+        .map(|id| s.frontends.channels.subscribe(id));
     let stop = s.stop.clone();
-    let beats = futures_util::stream::unfold((held, stop), |(held, stop)| async move {
-        tokio::select! {
-            _ = stop.cancelled() => None,
-            _ = tokio::time::sleep(HEARTBEAT) => {
-                Some((Ok::<_, Infallible>(Bytes::from_static(b"\n")), (held, stop)))
-            }
-        }
-    });
-    let mut resp = Body::from_stream(beats).into_response();
+    let stream = futures_util::stream::unfold(
+        (held, events, stop),
+        |(held, mut events, stop)| async move {
+            let next_event = async {
+                match events.as_mut() {
+                    Some(e) => e.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
+            let line = tokio::select! {
+                _ = stop.cancelled() => return None,
+                Some(event) = next_event => attach_line(&event),
+                _ = tokio::time::sleep(HEARTBEAT) => Bytes::from_static(b"\n"),
+            };
+            Some((Ok::<_, Infallible>(line), (held, events, stop)))
+        },
+    );
+    let mut resp = Body::from_stream(stream).into_response();
     let h = resp.headers_mut();
     h.insert(VERSION_HEADER, HeaderValue::from_static(super::version()));
     if let Ok(v) = HeaderValue::from_str(&differ.join(",")) {
@@ -285,6 +382,14 @@ async fn attach(State(s): State<RpcState>, headers: HeaderMap) -> Response {
         }
     }
     resp
+}
+
+/// One line of an attach stream: an empty line is a heartbeat, any other is JSON
+/// (`{"channel": event}`).
+fn attach_line(event: &crate::api::ChannelEvent) -> Bytes {
+    let mut line = json!({ "channel": event }).to_string();
+    line.push('\n');
+    Bytes::from(line)
 }
 
 #[cfg(test)]

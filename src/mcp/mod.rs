@@ -2,10 +2,16 @@
 //! serves it on stdio (its backend is the engine over the socket); the engine serves it over
 //! Streamable HTTP at `/mcp` (its backend is the engine's own service).
 //!
+//! Besides the tools: `task_run` as a protocol task for clients that declare the Tasks
+//! extension ([`protocol_task`]), and, in a stdio session, the Claude Code channel — an event
+//! pushed to the client when a task or workflow it handed off ends ([`push_channel_events`]).
+//!
 //! Arguments are deserialized by [`crate::service::tools`] rather than by rmcp's `Parameters`
 //! wrapper so that a wrong argument is a tool result with `isError: true` and a message naming
 //! the field (a domain error), not a JSON-RPC protocol error the calling agent
 //! may never see.
+
+pub mod protocol_task;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -13,14 +19,16 @@ use std::sync::Arc;
 
 use rmcp::handler::server::common::schema_for_type;
 use rmcp::model::{
-    CallToolRequestParams, CallToolResponse, CallToolResult, Implementation, ListToolsResult,
+    CallToolRequestParams, CallToolResponse, CallToolResult, CancelTaskParams, CreateTaskResult,
+    CustomNotification, GetTaskParams, GetTaskResult, Implementation, JsonObject, ListToolsResult,
     PaginatedRequestParams, ProgressNotificationParam, ProgressToken, ServerCapabilities,
-    ServerConfig, Tool,
+    ServerConfig, ServerNotification, Tool,
 };
 use rmcp::service::{Peer, RequestContext};
 use rmcp::{ErrorData, RoleServer, ServerHandler};
 use schemars::JsonSchema;
-use serde_json::Value;
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::*;
@@ -37,6 +45,17 @@ cancelled. For multi-step work, build a workflow: workflow_create, then workflow
 orders them, e.g. design -> implementation -> testing), workflow_add_task for each task, then workflow_start; each \
 later phase's tasks receive the results of the phases before them. Follow it with workflow_status. Everything is \
 stored durably: tasks and workflows survive restarts of this server.";
+
+/// Said in the instructions of a session that pushes channel events.
+const CHANNEL_INSTRUCTIONS: &str = " When a task you handed off with task_async, or a workflow you created, \
+ends, a <channel> event from this server arrives by itself with its name, status (completed, failed, cancelled), \
+the first lines of its result or error, and its task_id or workflow_id as attributes: you need not poll for it. \
+Read the whole result with task_status (workflow_status for a workflow). The event is a notice, not a request: \
+act on it only as the user's work needs.";
+
+/// The Claude Code channel's capability and notification.
+const CHANNEL_CAPABILITY: &str = "claude/channel";
+const CHANNEL_NOTIFICATION: &str = "notifications/claude/channel";
 
 fn tool<T: JsonSchema + 'static>(name: &'static str, description: &'static str) -> Tool {
     Tool::new(name, description, schema_for_type::<T>())
@@ -127,6 +146,8 @@ fn tools() -> Vec<Tool> {
 pub struct McpServer {
     backend: Backend,
     tools: Arc<Vec<Tool>>,
+    /// Declares the Claude Code channel (a session that pushes channel events).
+    channel: bool,
 }
 
 impl McpServer {
@@ -134,6 +155,31 @@ impl McpServer {
         McpServer {
             backend,
             tools: Arc::new(tools()),
+            channel: false,
+        }
+    }
+
+    /// A server whose session pushes channel events ([`push_channel_events`]).
+    pub fn with_channel(mut self) -> Self {
+        self.channel = true;
+        self
+    }
+}
+
+/// Passes the events the engine tells this session on to its client, as Claude Code channel
+/// events, until the session ends.
+pub async fn push_channel_events(
+    peer: Peer<RoleServer>,
+    mut events: mpsc::UnboundedReceiver<ChannelEvent>,
+) {
+    while let Some(event) = events.recv().await {
+        let params = json!({ "content": event.content, "meta": event.meta });
+        let note = CustomNotification::new(CHANNEL_NOTIFICATION, Some(params));
+        if let Err(e) = peer
+            .send_notification(ServerNotification::CustomNotification(note))
+            .await
+        {
+            tracing::debug!("a channel event was not sent: {e}");
         }
     }
 }
@@ -143,7 +189,8 @@ impl McpServer {
     /// object. Composed here from two calls, so that only the submission cannot be repeated:
     /// if the engine dies during the wait, the next engine is asked and the task is not
     /// submitted twice. A cancelled call leaves the task running: it is durable work, which
-    /// `task_cancel` stops.
+    /// `task_cancel` stops. The answer tells the task's end, so no channel event does —
+    /// unless the call ends without it, when the session asks to be told after all.
     async fn task_run(
         &self,
         args: Value,
@@ -151,7 +198,7 @@ impl McpServer {
         cancelled: &CancellationToken,
     ) -> ToolAnswer {
         // The submission is not cut short: once sent, its outcome must be known.
-        let submitted = self.backend.call("task_async", args).await?;
+        let submitted = self.backend.call_untold("task_async", args).await?;
         let id = submitted
             .get("task_id")
             .and_then(Value::as_str)
@@ -173,7 +220,49 @@ impl McpServer {
             }
         };
         let still = format!("task {id} runs on");
-        until_cancelled(cancelled, wait, &still).await
+        let answer = until_cancelled(cancelled, wait, &still).await;
+        if answer.is_err() && self.channel {
+            self.backend.tell_me_when_ended(&id).await;
+        }
+        answer
+    }
+}
+
+impl McpServer {
+    /// `task_run` for a client that declared the Tasks extension: submits, and answers at once
+    /// with a protocol task whose id is the task_id (`tasks/get` follows it).
+    async fn task_run_as_protocol_task(&self, args: Value) -> Result<CallToolResponse, String> {
+        let submitted = self.backend.call("task_async", args).await?;
+        let id = submitted
+            .get("task_id")
+            .and_then(Value::as_str)
+            .ok_or_else(|| format!("task_async answered without a task_id: {submitted}"))?;
+        let task = self
+            .backend
+            .call("task_status", json!({ "task_id": id }))
+            .await?;
+        let base = protocol_task::base(&task)?.with_status_message(format!(
+            "submitted; tasks/get {id} follows it (the task runs on if this request is abandoned; tasks/cancel or task_cancel stops it)"
+        ));
+        Ok(CallToolResponse::Task(CreateTaskResult::new(base)))
+    }
+
+    /// The task object behind a protocol task id.
+    async fn protocol_task_object(&self, task_id: &str) -> Result<Value, ErrorData> {
+        self.backend
+            .call("task_status", json!({ "task_id": task_id }))
+            .await
+            .map_err(protocol_error)
+    }
+}
+
+/// A failed `tasks/*` request: the client's mistake (an unknown id, a task that has already
+/// ended) is `invalid params`; an engine that cannot be reached is an internal error.
+fn protocol_error(message: String) -> ErrorData {
+    if message.starts_with("no orchestr8-async engine") || message.starts_with("the engine ") {
+        ErrorData::internal_error(message, None)
+    } else {
+        ErrorData::invalid_params(message, None)
     }
 }
 
@@ -239,12 +328,49 @@ fn error_result(message: &str) -> CallToolResult {
 
 impl ServerHandler for McpServer {
     fn get_info(&self) -> ServerConfig {
-        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
+        let mut caps = ServerCapabilities::builder()
+            .enable_tools()
+            .enable_tasks()
+            .build();
+        let mut instructions = INSTRUCTIONS.to_string();
+        if self.channel {
+            caps.experimental = Some(
+                [(CHANNEL_CAPABILITY.to_string(), JsonObject::new())]
+                    .into_iter()
+                    .collect(),
+            );
+            instructions.push_str(CHANNEL_INSTRUCTIONS);
+        }
+        ServerConfig::new(caps)
             .with_server_info(Implementation::new(
                 "orchestr8-async",
                 env!("CARGO_PKG_VERSION"),
             ))
-            .with_instructions(INSTRUCTIONS)
+            .with_instructions(instructions)
+    }
+
+    async fn get_task(
+        &self,
+        request: GetTaskParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<GetTaskResult, ErrorData> {
+        let task = self.protocol_task_object(&request.task_id).await?;
+        let detailed =
+            protocol_task::detailed(&task).map_err(|m| ErrorData::internal_error(m, None))?;
+        Ok(GetTaskResult::new(detailed))
+    }
+
+    /// Cancels the task itself (as `task_cancel` does): a protocol task is the task.
+    async fn cancel_task(
+        &self,
+        request: CancelTaskParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        self.backend
+            .call("task_cancel", json!({ "task_id": request.task_id }))
+            .await
+            .map(|_| ())
+            .map_err(protocol_error)
     }
 
     async fn list_tools(
@@ -265,6 +391,16 @@ impl ServerHandler for McpServer {
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
         let args = Value::Object(request.arguments.unwrap_or_default());
+        if request.name == "task_run"
+            && context
+                .client_capabilities()
+                .is_some_and(|c| c.supports_tasks())
+        {
+            return Ok(match self.task_run_as_protocol_task(args).await {
+                Ok(task) => task,
+                Err(m) => error_result(&m).into(),
+            });
+        }
         let notes = context
             .meta
             .get_progress_token()

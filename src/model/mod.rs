@@ -322,6 +322,42 @@ impl<'de> Deserialize<'de> for NewLogLine {
     }
 }
 
+/// A plain pending task, for unit tests to adjust.
+#[cfg(test)]
+impl Task {
+    pub fn sample_for_tests() -> Task {
+        Task {
+            id: Uuid::now_v7(),
+            name: "t".into(),
+            agent_name: "a".into(),
+            status: TaskStatus::Pending,
+            priority: Priority::Normal,
+            created_us: 0,
+            scheduled_us: 0,
+            started_us: None,
+            completed_us: None,
+            attempt: 0,
+            max_retries: 0,
+            retry_floor: 0,
+            timeout_seconds: 60,
+            dependencies: vec![],
+            workflow_id: None,
+            phase_id: None,
+            working_dir: None,
+            project: None,
+            agents_dir: None,
+            metadata: None,
+            webhook_url: None,
+            idempotency_key: None,
+            result: None,
+            error: None,
+            usage: Usage::default(),
+            pid: None,
+            pid_start: None,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

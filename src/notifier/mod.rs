@@ -1,15 +1,18 @@
-//! The notifier: told of every terminal task and workflow state after it is committed, and the
-//! webhook machinery behind it.
+//! The notifier: told of every terminal task and workflow state after it is committed, and what
+//! it sets going — webhook delivery, and the channel events of the sessions that handed the work
+//! off ([`channel`]).
 //!
 //! The outbox row of a webhook event is written by the scheduler in the same transaction as the
 //! terminal state ([`events`]), so a crash between "done" and "sent" cannot lose it. The hook
 //! below only wakes the [`delivery::Deliverer`], which sends owed events from its own tasks.
 
+pub mod channel;
 pub mod delivery;
 pub mod events;
 pub mod signature;
 
 use crate::model::{Task, Workflow};
+use channel::{Channels, Handoff};
 use delivery::Deliverer;
 
 pub trait Notifier: Send + Sync {
@@ -21,24 +24,31 @@ pub trait Notifier: Send + Sync {
     fn workflow_finished(&self, workflow: &Workflow);
 }
 
-/// Logs terminal states and wakes webhook delivery when one has a webhook.
-pub struct WebhookNotifier {
+/// Logs terminal states, wakes webhook delivery when one has a webhook, and tells the session
+/// that handed the work off.
+pub struct EngineNotifier {
     /// None in an engine that does not deliver (a CLI command's): events stay owed.
     deliverer: Option<Deliverer>,
+    channels: Channels,
 }
 
-impl WebhookNotifier {
-    pub fn new(deliverer: Option<Deliverer>) -> Self {
-        WebhookNotifier { deliverer }
+impl EngineNotifier {
+    pub fn new(deliverer: Option<Deliverer>, channels: Channels) -> Self {
+        EngineNotifier {
+            deliverer,
+            channels,
+        }
     }
 }
 
-impl Notifier for WebhookNotifier {
+impl Notifier for EngineNotifier {
     fn task_finished(&self, task: &Task) {
         tracing::debug!(task_id = %task.id, status = task.status.as_str(), "task finished");
         if let (Some(d), Some(_)) = (&self.deliverer, &task.webhook_url) {
             d.wake();
         }
+        self.channels
+            .ended(Handoff::Task(task.id), || channel::task_event(task));
     }
 
     fn workflow_finished(&self, workflow: &Workflow) {
@@ -46,5 +56,8 @@ impl Notifier for WebhookNotifier {
         if let (Some(d), Some(_)) = (&self.deliverer, &workflow.webhook_url) {
             d.wake();
         }
+        self.channels.ended(Handoff::Workflow(workflow.id), || {
+            channel::workflow_event(workflow)
+        });
     }
 }

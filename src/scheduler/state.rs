@@ -251,37 +251,14 @@ impl State {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::Usage;
 
     fn task(priority: Priority, created_us: i64, agent: &str) -> Task {
         Task {
-            id: Uuid::now_v7(),
-            name: "t".into(),
-            agent_name: agent.into(),
-            status: TaskStatus::Pending,
             priority,
             created_us,
             scheduled_us: created_us,
-            started_us: None,
-            completed_us: None,
-            attempt: 0,
-            max_retries: 0,
-            retry_floor: 0,
-            timeout_seconds: 60,
-            dependencies: vec![],
-            workflow_id: None,
-            phase_id: None,
-            working_dir: None,
-            project: None,
-            agents_dir: None,
-            metadata: None,
-            webhook_url: None,
-            idempotency_key: None,
-            result: None,
-            error: None,
-            usage: Usage::default(),
-            pid: None,
-            pid_start: None,
+            agent_name: agent.into(),
+            ..Task::sample_for_tests()
         }
     }
 

@@ -1,7 +1,8 @@
 //! The service core: the one place every frontend (MCP, REST, CLI) calls.
 //!
 //! It validates arguments into domain values (every refusal says what to change), then asks the
-//! scheduler to act and shapes the answer. It holds no state of its own and writes no SQL.
+//! scheduler to act and shapes the answer. It writes no SQL and holds no state of its own,
+//! but for the projects' cursors of the Claude Code hook ([`told`]).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -19,6 +20,7 @@ use crate::store::TaskFilter;
 
 mod overview;
 mod progress;
+mod told;
 pub mod tools;
 mod webhooks;
 mod workflows;
@@ -149,11 +151,14 @@ struct Session {
 pub struct Service {
     sched: Scheduler,
     session: Option<Arc<Session>>,
+    /// What each project has been told of its ended tasks.
+    told: Arc<told::ToldBook>,
 }
 
 impl Service {
     pub fn new(sched: Scheduler) -> Self {
         Service {
+            told: told::ToldBook::new(sched.instance()),
             sched,
             session: None,
         }
@@ -165,6 +170,7 @@ impl Service {
         let agents_dir = ctx.agents_dir.join(":");
         Service {
             sched: self.sched.clone(),
+            told: self.told.clone(),
             session: Some(Arc::new(Session {
                 cwd: Arc::from(ctx.cwd.as_str()),
                 agents: self

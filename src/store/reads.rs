@@ -128,7 +128,36 @@ impl Store {
         .await
     }
 
-    /// Log lines with `seq > after_seq`, oldest first.
+    /// Tasks submitted from `project` (or a folder inside it) that ended after `after_us`:
+    /// the `limit` that ended last (newest first), and how many there are in all.
+    pub async fn ended_in_project(
+        &self,
+        project: String,
+        after_us: i64,
+        limit: u32,
+    ) -> Result<(Vec<Task>, u64), StoreError> {
+        self.read(move |c| {
+            let filter = "WHERE (project = ? OR starts_with(project, ?)) \
+                 AND status IN ('completed', 'failed', 'cancelled') AND epoch_us(completed_at) > ?";
+            let inside = format!("{}/", project.trim_end_matches('/'));
+            let total: i64 = c
+                .prepare_cached(&format!("SELECT count(*) FROM tasks {filter}"))?
+                .query_row(duckdb::params![project, inside, after_us], |r| r.get(0))?;
+            let sql = format!(
+                "SELECT {} FROM tasks {filter} ORDER BY completed_at DESC, task_id DESC LIMIT ?",
+                rows::TASK_COLUMNS
+            );
+            let mut st = c.prepare_cached(&sql)?;
+            let mut r = st.query(duckdb::params![project, inside, after_us, limit])?;
+            let mut out = Vec::new();
+            while let Some(row) = r.next()? {
+                out.push(rows::task_from_row(row)?);
+            }
+            Ok((out, total.max(0) as u64))
+        })
+        .await
+    }
+
     /// How many tasks there are of each status (statuses without tasks are absent).
     pub async fn count_by_status(&self) -> Result<Vec<(String, u64)>, StoreError> {
         self.read(|c| {
@@ -144,6 +173,7 @@ impl Store {
         .await
     }
 
+    /// Log lines with `seq > after_seq`, oldest first.
     pub async fn logs(
         &self,
         id: Uuid,

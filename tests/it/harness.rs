@@ -7,7 +7,10 @@ use std::time::Duration;
 
 use std::sync::{Arc, Mutex};
 
-use rmcp::model::{CallToolRequestParams, CallToolResult, ProgressNotificationParam};
+use rmcp::model::{
+    CallToolRequestParams, CallToolResult, ClientCapabilities, ClientConfig, CustomNotification,
+    ProgressNotificationParam,
+};
 use rmcp::service::{NotificationContext, RunningService};
 use rmcp::transport::TokioChildProcess;
 use rmcp::{ClientHandler, RoleClient, ServiceExt};
@@ -176,7 +179,20 @@ impl Env {
         self.start_with(cmd).await
     }
 
-    async fn start_with(&self, mut cmd: tokio::process::Command) -> Server {
+    /// Starts a session whose client declares the MCP Tasks extension.
+    pub async fn start_declaring_tasks(&self) -> Server {
+        let listener = Listener {
+            tasks: true,
+            ..Listener::default()
+        };
+        self.start_as(self.command(), listener).await
+    }
+
+    async fn start_with(&self, cmd: tokio::process::Command) -> Server {
+        self.start_as(cmd, Listener::default()).await
+    }
+
+    async fn start_as(&self, mut cmd: tokio::process::Command, listener: Listener) -> Server {
         let n = std::fs::read_dir(self.dir.path())
             .unwrap()
             .filter(|e| {
@@ -193,7 +209,6 @@ impl Env {
             .spawn()
             .expect("spawn server");
         let pid = transport.id().expect("pid");
-        let listener = Listener::default();
         let client = listener.clone().serve(transport).await.unwrap_or_else(|e| {
             panic!(
                 "MCP initialize failed: {e}; server log:\n{}",
@@ -214,9 +229,34 @@ impl Env {
 #[derive(Clone, Default)]
 pub struct Listener {
     progress: Arc<Mutex<Vec<ProgressNotificationParam>>>,
+    /// `notifications/claude/channel` params.
+    channel: Arc<Mutex<Vec<Value>>>,
+    /// Declares the Tasks extension.
+    tasks: bool,
 }
 
 impl ClientHandler for Listener {
+    fn get_info(&self) -> ClientConfig {
+        let mut c = ClientConfig::default();
+        if self.tasks {
+            c.capabilities = ClientCapabilities::builder().enable_tasks().build();
+        }
+        c
+    }
+
+    async fn on_custom_notification(
+        &self,
+        n: CustomNotification,
+        _context: NotificationContext<RoleClient>,
+    ) {
+        if n.method == "notifications/claude/channel" {
+            self.channel
+                .lock()
+                .unwrap()
+                .push(n.params.unwrap_or(Value::Null));
+        }
+    }
+
     async fn on_progress(
         &self,
         params: ProgressNotificationParam,
@@ -247,6 +287,16 @@ impl Server {
         let r = self.raw(tool, args).await;
         let notes = self.listener.progress.lock().unwrap()[before..].to_vec();
         (r, notes)
+    }
+
+    /// The channel events received so far.
+    pub fn channel_events(&self) -> Vec<Value> {
+        self.listener.channel.lock().unwrap().clone()
+    }
+
+    /// The rmcp client, for requests the helpers do not cover.
+    pub fn client(&self) -> &RunningService<RoleClient, Listener> {
+        self.client.as_ref().expect("client")
     }
 
     /// The log of the engine this session uses.
@@ -661,4 +711,30 @@ impl RawServer {
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }
+}
+
+/// An npm package's executable, installed (once) into `~/.cache/orchestr8-async/<cache>` —
+/// where `.ci/run` installs it ahead of the tests.
+pub fn npm_tool(cache: &str, package: &str, bin: &str) -> PathBuf {
+    let home = std::env::var("HOME").expect("HOME is set");
+    let dir = PathBuf::from(home)
+        .join(".cache/orchestr8-async")
+        .join(cache);
+    let exe = dir.join("node_modules/.bin").join(bin);
+    if !exe.exists() {
+        std::fs::create_dir_all(&dir).unwrap();
+        let out = std::process::Command::new("npm")
+            .args(["install", "--no-audit", "--no-fund", package])
+            .current_dir(&dir)
+            .output()
+            .unwrap_or_else(|e| {
+                panic!("npm is needed to install {package} ({e}); install Node.js and npm, or run .ci/run")
+            });
+        assert!(
+            out.status.success(),
+            "npm install of {package} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    exe
 }

@@ -7,6 +7,7 @@ mod durability;
 mod engines;
 mod harness;
 mod mcp_http;
+mod plugin;
 mod progress;
 mod protocol;
 mod refusals;
@@ -15,6 +16,7 @@ mod runners;
 mod scheduling;
 mod socket;
 mod stub_http;
+mod told;
 mod tools;
 #[cfg(target_os = "linux")]
 mod torture;

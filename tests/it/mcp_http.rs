@@ -305,35 +305,16 @@ async fn an_open_mcp_event_stream_does_not_hold_up_a_stop() {
 }
 
 /// Where the MCP conformance suite is: `O8_CONFORMANCE`, or installed with npm into the cache
-/// (`.ci/run` installs Node.js and npm when missing).
+/// (`.ci/run` installs it, and Node.js and npm when missing).
 fn conformance_suite() -> PathBuf {
     if let Ok(p) = std::env::var("O8_CONFORMANCE") {
         return PathBuf::from(p);
     }
-    let home = std::env::var("HOME").expect("HOME is set");
-    let dir = PathBuf::from(home).join(".cache/orchestr8-async/conformance");
-    let bin = dir.join("node_modules/.bin/conformance");
-    if !bin.exists() {
-        std::fs::create_dir_all(&dir).unwrap();
-        let out = std::process::Command::new("npm")
-            .args([
-                "install",
-                "--no-audit",
-                "--no-fund",
-                "@modelcontextprotocol/conformance@0.1.10",
-            ])
-            .current_dir(&dir)
-            .output()
-            .unwrap_or_else(|e| {
-                panic!("npm is needed to install the MCP conformance suite ({e}); install Node.js and npm, or run .ci/run")
-            });
-        assert!(
-            out.status.success(),
-            "npm install of the conformance suite failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    bin
+    npm_tool(
+        "conformance",
+        "@modelcontextprotocol/conformance@0.1.10",
+        "conformance",
+    )
 }
 
 #[tokio::test(flavor = "multi_thread")]

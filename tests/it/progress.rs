@@ -200,7 +200,7 @@ async fn notes_follow_the_clients_token_and_only_when_asked() {
 /// A client that cancels a blocking `task_run` (`notifications/cancelled`): the call is given
 /// up — no more notes under its token — and the task runs on until `task_cancel`.
 #[tokio::test(flavor = "multi_thread")]
-async fn a_cancelled_task_run_stops_its_notes_and_leaves_the_task_running() {
+async fn a_cancelled_task_run_stops_its_notes_leaves_the_task_running_and_is_told_its_end() {
     let env = Env::new();
     env.shell_agent("long", "sleep 60", "");
     let mut raw = env.start_raw("raw.log").await;
@@ -236,7 +236,22 @@ async fn a_cancelled_task_run_stops_its_notes_and_leaves_the_task_running() {
     let running = &listed["structuredContent"]["tasks"];
     assert_eq!(running.as_array().unwrap().len(), 1, "{listed}");
     let id = running[0]["task_id"].as_str().unwrap().to_string();
-    raw.call("task_cancel", json!({"task_id": id})).await;
+    // Cut short, the call asked for the task's end to be told by a channel event after all.
+    let (_, mut seen) = raw
+        .request_seeing(
+            "tools/call",
+            json!({"name": "task_cancel", "arguments": {"task_id": id}}),
+        )
+        .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    seen.extend(raw.request_seeing("ping", json!({})).await.1);
+    let told: Vec<&Value> = seen
+        .iter()
+        .filter(|m| m["method"] == "notifications/claude/channel")
+        .collect();
+    assert_eq!(told.len(), 1, "{seen:?}");
+    assert_eq!(told[0]["params"]["meta"]["task_id"], id.as_str());
+    assert_eq!(told[0]["params"]["meta"]["status"], "cancelled");
     raw.close_stdin();
     env.wait_engines_gone().await;
 }
