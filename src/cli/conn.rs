@@ -12,7 +12,7 @@ use crate::api::{EndedReport, EngineOverview};
 use crate::config::Config;
 use crate::engine::check_config;
 use crate::engine::launch::Launcher;
-use crate::link::client::{Attached, CallError};
+use crate::link::client::{Attached, CallError, EngineClient};
 use crate::link::SessionContext;
 use crate::service::tools::safe_to_repeat;
 
@@ -56,25 +56,22 @@ impl Conn {
     /// Calls an MCP tool; its domain error becomes this error. A read cut off by the
     /// engine's death is tried again on the next engine.
     pub async fn tool(&mut self, _cfg: &Config, name: &str, args: Value) -> anyhow::Result<Value> {
-        let deadline = tokio::time::Instant::now() + REACH_WITHIN;
-        loop {
-            let client = self.launcher.client().clone();
-            let failure = match client.call_tool(name, &args, &self.session).await {
-                Ok(answer) => return answer.map_err(|m| anyhow!(m)),
-                Err(e @ CallError::Lost(_)) if !safe_to_repeat(name, &args) => {
-                    bail!("{e}; it may or may not have taken effect: check before repeating")
+        let session = self.session.clone();
+        self.reaching(|client| {
+            let (args, session) = (args.clone(), session.clone());
+            async move {
+                match client.call_tool(name, &args, &session).await {
+                    Ok(answer) => Reached::Done(answer.map_err(|m| anyhow!(m))),
+                    Err(e @ CallError::Lost(_)) if !safe_to_repeat(name, &args) => {
+                        Reached::Done(Err(anyhow!(
+                            "{e}; it may or may not have taken effect: check before repeating"
+                        )))
+                    }
+                    Err(e) => Reached::Again(e.to_string()),
                 }
-                Err(e) => e,
-            };
-            if tokio::time::Instant::now() >= deadline {
-                bail!("{failure}");
             }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            self._attached = self
-                .launcher
-                .attach(REACH_WITHIN, &CancellationToken::new())
-                .await?;
-        }
+        })
+        .await
     }
 
     pub async fn overview(&self) -> anyhow::Result<EngineOverview> {
@@ -84,24 +81,42 @@ impl Conn {
     /// The tasks of `project` that ended since it was last told, now counted as told. An
     /// engine that is stopping answers 503 before it looks: the next engine is asked.
     pub async fn ended(&mut self, project: &str) -> anyhow::Result<EndedReport> {
+        let body = json!({ "project": project });
+        self.reaching(|client| {
+            let body = body.clone();
+            async move {
+                match client
+                    .request(Method::POST, "/rpc/ended", Some(&body))
+                    .await
+                {
+                    Ok((status, v)) => {
+                        match (v.get("ok"), v.get("error").and_then(Value::as_str)) {
+                            (Some(ok), _) => Reached::Done(
+                                serde_json::from_value(ok.clone()).map_err(Into::into),
+                            ),
+                            (None, Some(m)) => Reached::Done(Err(anyhow!("{m}"))),
+                            _ => Reached::Again(format!("the engine answered {status}: {v}")),
+                        }
+                    }
+                    Err(e) => Reached::Again(e.to_string()),
+                }
+            }
+        })
+        .await
+    }
+
+    /// Tries `attempt` on the engine until it is done, attaching to the next engine between
+    /// tries (one that stopped or died meanwhile is replaced), for up to [`REACH_WITHIN`].
+    async fn reaching<T, F, Fut>(&mut self, mut attempt: F) -> anyhow::Result<T>
+    where
+        F: FnMut(EngineClient) -> Fut,
+        Fut: std::future::Future<Output = Reached<T>>,
+    {
         let deadline = tokio::time::Instant::now() + REACH_WITHIN;
         loop {
-            let failure = match self
-                .launcher
-                .client()
-                .request(
-                    Method::POST,
-                    "/rpc/ended",
-                    Some(&json!({ "project": project })),
-                )
-                .await
-            {
-                Ok((status, v)) => match (v.get("ok"), v.get("error").and_then(Value::as_str)) {
-                    (Some(ok), _) => return Ok(serde_json::from_value(ok.clone())?),
-                    (None, Some(m)) => bail!("{m}"),
-                    _ => format!("the engine answered {status}: {v}"),
-                },
-                Err(e) => e.to_string(),
+            let failure = match attempt(self.launcher.client().clone()).await {
+                Reached::Done(r) => return r,
+                Reached::Again(why) => why,
             };
             if tokio::time::Instant::now() >= deadline {
                 bail!("{failure}");
@@ -116,6 +131,14 @@ impl Conn {
 
     /// Ends the command (the engine runs on).
     pub async fn close(self) {}
+}
+
+/// One try of [`Conn::reaching`].
+enum Reached<T> {
+    /// An answer (or a failure that trying again would not mend).
+    Done(anyhow::Result<T>),
+    /// No answer: try the next engine.
+    Again(String),
 }
 
 async fn overview(launcher: &Launcher) -> anyhow::Result<EngineOverview> {
