@@ -40,7 +40,8 @@ pub fn tail_with_marker(s: &str, max: usize) -> String {
     format!("…[{} earlier bytes omitted]\n{}", start, &s[start..])
 }
 
-fn floor_char_boundary(s: &str, mut i: usize) -> usize {
+/// The largest char boundary of `s` at or before `i`.
+pub fn floor_char_boundary(s: &str, mut i: usize) -> usize {
     while i > 0 && !s.is_char_boundary(i) {
         i -= 1;
     }

@@ -191,13 +191,9 @@ async fn progress(State(s): State<RpcState>, body: Bytes) -> Response {
     if s.requests.is_closing() {
         return stopping();
     }
-    let asked: Asked = match serde_json::from_slice(&body) {
-        Ok(a) => a,
-        Err(e) => return refused(format!("invalid progress request: {e}")),
-    };
-    match s.service.task_progress(&asked.task_ids).await {
-        Ok(p) => Json(json!({ "ok": p })).into_response(),
-        Err(e) => refused(e.to_string()),
+    match asked::<Asked>(&body, "progress request") {
+        Ok(a) => answer(s.service.task_progress(&a.task_ids).await),
+        Err(m) => refused(m),
     }
 }
 
@@ -211,10 +207,11 @@ fn handed_off(tool: &str, answer: &Value) -> Option<(Handoff, bool)> {
             .and_then(Value::as_str)
             .and_then(|s| uuid::Uuid::parse_str(s).ok())
     };
-    let ended = matches!(
-        answer.get("status").and_then(Value::as_str),
-        Some("completed" | "failed" | "cancelled")
-    );
+    let ended = answer
+        .get("status")
+        .and_then(Value::as_str)
+        .and_then(crate::model::TaskStatus::parse)
+        .is_some_and(crate::model::TaskStatus::is_terminal);
     match tool {
         "task_async" => id("task_id").map(|t| (Handoff::Task(t), ended)),
         "workflow_create" => id("workflow_id").map(|w| (Handoff::Workflow(w), ended)),
@@ -230,9 +227,9 @@ async fn claim(State(s): State<RpcState>, body: Bytes) -> Response {
         task_id: uuid::Uuid,
         session_id: String,
     }
-    let asked: Asked = match serde_json::from_slice(&body) {
+    let asked: Asked = match asked(&body, "claim") {
         Ok(a) => a,
-        Err(e) => return refused(format!("invalid claim: {e}")),
+        Err(m) => return refused(m),
     };
     let ended = match s.service.task_progress(&[asked.task_id.to_string()]).await {
         Ok(p) => p.finished > 0,
@@ -254,12 +251,21 @@ async fn ended(State(s): State<RpcState>, body: Bytes) -> Response {
     if s.requests.is_closing() {
         return stopping();
     }
-    let asked: Asked = match serde_json::from_slice(&body) {
-        Ok(a) => a,
-        Err(e) => return refused(format!("invalid ended request: {e}")),
-    };
-    match s.service.tell_ended(&asked.project).await {
-        Ok(r) => Json(json!({ "ok": r })).into_response(),
+    match asked::<Asked>(&body, "ended request") {
+        Ok(a) => answer(s.service.tell_ended(&a.project).await),
+        Err(m) => refused(m),
+    }
+}
+
+/// The body of an internal request, or what was wrong with it.
+fn asked<T: serde::de::DeserializeOwned>(body: &Bytes, what: &str) -> Result<T, String> {
+    serde_json::from_slice(body).map_err(|e| format!("invalid {what}: {e}"))
+}
+
+/// `{"ok": value}` or `{"error": message}`.
+fn answer<T: serde::Serialize>(r: Result<T, crate::service::ServiceError>) -> Response {
+    match r {
+        Ok(v) => Json(json!({ "ok": v })).into_response(),
         Err(e) => refused(e.to_string()),
     }
 }

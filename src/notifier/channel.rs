@@ -237,29 +237,22 @@ fn outcome_word(status: &str) -> &'static str {
 }
 
 /// The first `lines` lines of `text`, at most `max_bytes` (cut on a character boundary), and
-/// whether anything was left out.
+/// whether anything was left out. Only what is kept is copied: a result of one huge line costs
+/// no more than a short one.
 pub fn first_lines(text: &str, lines: usize, max_bytes: usize) -> (String, bool) {
-    let mut out = String::new();
-    let mut cut = false;
-    for (i, line) in text.lines().enumerate() {
-        if i == lines {
-            cut = true;
-            break;
-        }
-        if !out.is_empty() {
-            out.push('\n');
-        }
-        out.push_str(line);
-    }
-    if out.len() > max_bytes {
-        let mut end = max_bytes;
-        while !out.is_char_boundary(end) {
-            end -= 1;
-        }
-        out.truncate(end);
+    let end = text
+        .match_indices('\n')
+        .nth(lines.saturating_sub(1))
+        .map_or(text.len(), |(i, _)| i);
+    let kept = text[..end].trim_end_matches(['\r', '\n']);
+    let mut cut = !text[end..].trim_start_matches(['\r', '\n']).is_empty();
+    let kept = if kept.len() > max_bytes {
         cut = true;
-    }
-    (out, cut)
+        &kept[..crate::limits::floor_char_boundary(kept, max_bytes)]
+    } else {
+        kept
+    };
+    (kept.to_string(), cut)
 }
 
 #[cfg(test)]
@@ -333,6 +326,8 @@ mod tests {
         assert_eq!(first_lines("a\nb", 5, 100), ("a\nb".into(), false));
         assert_eq!(first_lines("a\nb\nc", 2, 100), ("a\nb".into(), true));
         assert_eq!(first_lines("ééé", 5, 3), ("é".into(), true));
+        assert_eq!(first_lines("a\nb\n", 2, 100), ("a\nb".into(), false));
+        assert_eq!(first_lines("", 2, 100), ("".into(), false));
     }
 
     #[test]

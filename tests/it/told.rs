@@ -18,6 +18,23 @@ fn params(tool: &str, args: Value) -> CallToolRequestParams {
     p
 }
 
+/// Calls `task_run` of `agent` as a protocol task; the task's id.
+async fn run_as_protocol_task(s: &Server, name: &str, agent: &str) -> String {
+    let answer = s
+        .client()
+        .call_tool_once(params(
+            "task_run",
+            json!({"name": name, "agent_name": agent, "agent_instructions": "x"}),
+        ))
+        .await
+        .expect("tools/call");
+    let CallToolResponse::Task(created) = answer else {
+        panic!("expected a protocol task, got {answer:?}")
+    };
+    assert_eq!(created.task.status, TaskStatus::Working);
+    created.task.task_id
+}
+
 /// Asks `tasks/get` until the protocol task leaves `working`.
 async fn until_settled(s: &Server, id: &str) -> rmcp::model::DetailedTask {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
@@ -46,19 +63,7 @@ async fn task_run_answers_a_protocol_task_when_the_client_declares_the_extension
     env.shell_agent("forever", "sleep 600", "");
     let s = env.start_declaring_tasks().await;
 
-    let answer = s
-        .client()
-        .call_tool_once(params(
-            "task_run",
-            json!({"name": "r", "agent_name": "slow", "agent_instructions": "x"}),
-        ))
-        .await
-        .expect("tools/call");
-    let CallToolResponse::Task(created) = answer else {
-        panic!("expected a protocol task, got {answer:?}")
-    };
-    let id = created.task.task_id.clone();
-    assert_eq!(created.task.status, TaskStatus::Working);
+    let id = run_as_protocol_task(&s, "r", "slow").await;
     // The protocol task is the task: its id is a task_id.
     let t = s.status(&id).await;
     assert_eq!(t["name"], "r");
@@ -72,18 +77,7 @@ async fn task_run_answers_a_protocol_task_when_the_client_declares_the_extension
     assert_eq!(result["structuredContent"]["result"], "ran: x\n");
 
     // tasks/cancel stops the task itself.
-    let answer = s
-        .client()
-        .call_tool_once(params(
-            "task_run",
-            json!({"name": "long", "agent_name": "forever", "agent_instructions": "x"}),
-        ))
-        .await
-        .expect("tools/call");
-    let CallToolResponse::Task(created) = answer else {
-        panic!("expected a protocol task, got {answer:?}")
-    };
-    let long = created.task.task_id.clone();
+    let long = run_as_protocol_task(&s, "long", "forever").await;
     s.until(&long, "running", |t| t["status"] == "running")
         .await;
     s.client()
@@ -95,6 +89,13 @@ async fn task_run_answers_a_protocol_task_when_the_client_declares_the_extension
         TaskStatus::Cancelled
     );
     assert_eq!(s.status(&long).await["status"], "cancelled");
+    // A task that has ended cannot be cancelled again: the client is told why.
+    let err = s
+        .client()
+        .cancel_task(CancelTaskParams::new(long.clone()))
+        .await
+        .expect_err("already ended");
+    assert!(err.to_string().contains("already cancelled"), "{err}");
 
     // An unknown id is the client's error, said as such.
     let err = s
