@@ -43,7 +43,8 @@ CREATE TABLE IF NOT EXISTS tasks (
     updated_at       TIMESTAMP NOT NULL,
     -- After updated_at: columns added by migrations come last, so old and new files agree.
     project          VARCHAR,               -- directory of the session that submitted it
-    agents_dir       VARCHAR                -- that session's agent search path
+    agents_dir       VARCHAR,               -- that session's agent search path
+    workspace        VARCHAR                -- JSON: the git worktree of an isolated task
 );
 
 -- A separate table, not a UNIQUE column of tasks, so that updating a task never touches an index
@@ -83,7 +84,8 @@ CREATE TABLE IF NOT EXISTS task_updates (
     metadata         VARCHAR,
     pid              BIGINT,
     pid_start        BIGINT,
-    updated_at       TIMESTAMP NOT NULL
+    updated_at       TIMESTAMP NOT NULL,
+    workspace        VARCHAR
 );
 
 -- One row per workflow. Its phases and tasks point at it by workflow_id.

@@ -27,6 +27,11 @@ pub struct AgentDef {
     pub timeout_seconds: Option<u32>,
     pub max_retries: Option<u32>,
     pub max_concurrency: Option<u32>,
+    /// `isolation: worktree` runs each task in a git worktree of its own (a task argument
+    /// overrides it).
+    pub isolation: Option<crate::model::Isolation>,
+    /// A shell command run in a new worktree before the agent starts (`sh -c`).
+    pub worktree_setup: Option<String>,
     /// Frontmatter keys this module does not interpret (e.g. `color`, or runner options such as
     /// `max_tokens`), kept for the runners that do.
     pub extra: BTreeMap<String, Value>,
@@ -86,6 +91,10 @@ struct Frontmatter {
     max_retries: Option<u32>,
     #[serde(default)]
     max_concurrency: Option<u32>,
+    #[serde(default)]
+    isolation: Option<String>,
+    #[serde(default)]
+    worktree_setup: Option<String>,
     #[serde(flatten)]
     extra: BTreeMap<String, Value>,
 }
@@ -209,6 +218,18 @@ pub fn parse_agent(path: &Path, text: &str, default_runner: &str) -> Result<Agen
     if fm.max_concurrency == Some(0) {
         return Err(invalid("`max_concurrency` must be at least 1".into()));
     }
+    let isolation = fm
+        .isolation
+        .as_deref()
+        .map(|i| {
+            crate::model::Isolation::parse(i).ok_or_else(|| {
+                invalid(format!(
+                    "`isolation` is {i:?}; use `worktree` (a git worktree per task) or `none`"
+                ))
+            })
+        })
+        .transpose()?;
+    let worktree_setup = fm.worktree_setup.filter(|s| !s.trim().is_empty());
     Ok(AgentDef {
         name,
         description: fm.description.unwrap_or_default(),
@@ -220,6 +241,8 @@ pub fn parse_agent(path: &Path, text: &str, default_runner: &str) -> Result<Agen
         timeout_seconds: fm.timeout_seconds,
         max_retries: fm.max_retries,
         max_concurrency: fm.max_concurrency,
+        isolation,
+        worktree_setup,
         extra: fm.extra,
         body: body.trim_start_matches(['\r', '\n']).to_string(),
         path: path.to_path_buf(),

@@ -24,3 +24,4 @@ pub mod runner;
 pub mod scheduler;
 pub mod service;
 pub mod store;
+pub mod workspace;

@@ -34,6 +34,10 @@ pub struct TaskAsyncArgs {
     pub idempotency_key: Option<String>,
     /// Directory the agent runs in (must exist; relative paths are taken from the calling session's directory). Default: the calling session's working directory (its project).
     pub working_dir: Option<String>,
+    /// "worktree": run in a git worktree of its own, on a new branch, so parallel agents never edit the same checkout (needs working_dir, or the session's directory, inside a git repository); "none": run in working_dir as it is. Default: the agent's `isolation`, else none.
+    pub isolation: Option<String>,
+    /// With isolation "worktree": the commit, branch or tag the worktree starts from. Default: the repository's HEAD when the task is submitted.
+    pub base_ref: Option<String>,
     /// Free-form JSON object stored with the task and returned with it.
     #[schema(value_type = Option<Object>)]
     pub metadata: Option<serde_json::Value>,
@@ -46,6 +50,45 @@ pub struct TaskAsyncArgs {
 pub struct TaskIdArgs {
     /// The task_id returned by task_async.
     pub task_id: String,
+}
+
+#[derive(Debug, Clone, Deserialize, JsonSchema, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TaskDiffArgs {
+    /// The task_id of a task that ran (or runs) isolated in a git worktree.
+    pub task_id: String,
+    /// Only these paths (files or folders, relative to the repository's top directory; git pathspecs).
+    pub paths: Option<Vec<String>>,
+    /// Most bytes of diff to return (1..4194304, default 100000); a longer diff is cut at a line end, with a marker.
+    pub max_bytes: Option<i64>,
+}
+
+/// One file of a task's change.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, utoipa::ToSchema)]
+pub struct DiffFile {
+    pub path: String,
+    /// Lines added; null for a binary file.
+    pub insertions: Option<u32>,
+    /// Lines removed; null for a binary file.
+    pub deletions: Option<u32>,
+}
+
+/// A task's change against the commit it started from.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, utoipa::ToSchema)]
+pub struct TaskDiff {
+    pub task_id: String,
+    pub repository: String,
+    /// The branch holding the change (null when the task changed nothing).
+    pub branch: Option<String>,
+    pub base_commit: String,
+    /// The commit compared with the base; null while the task runs (its worktree is compared, uncommitted tracked changes included).
+    pub head_commit: Option<String>,
+    /// Every changed file (within `paths`), whatever the size cap.
+    pub files: Vec<DiffFile>,
+    /// The unified diff (git diff), cut at max_bytes.
+    pub diff: String,
+    /// Whether `diff` was cut.
+    pub truncated: bool,
 }
 
 #[derive(Debug, Clone, Deserialize, JsonSchema, utoipa::ToSchema)]

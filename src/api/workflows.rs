@@ -56,6 +56,10 @@ pub struct WorkflowAddTaskArgs {
     pub max_retries: Option<i64>,
     /// Directory the agent runs in (must exist; relative paths are taken from the calling session's directory). Default: the calling session's working directory (its project).
     pub working_dir: Option<String>,
+    /// "worktree": run in a git worktree of its own, on a new branch, so parallel agents never edit the same checkout; a later phase's task starts from the work of the phases before it (needs working_dir, or the session's directory, inside a git repository); "none": run in working_dir as it is. Default: the agent's `isolation`, else none.
+    pub isolation: Option<String>,
+    /// With isolation "worktree": the commit, branch or tag the worktree starts from. Default: the repository's HEAD when the task is submitted.
+    pub base_ref: Option<String>,
     /// Free-form JSON object stored with the task.
     #[schema(value_type = Option<Object>)]
     pub metadata: Option<serde_json::Value>,
@@ -124,6 +128,9 @@ pub struct WorkflowTaskView {
     pub phase_id: Option<String>,
     pub name: String,
     pub status: TaskStatus,
+    /// The git branch holding the task's work when it runs isolated in a worktree (null
+    /// otherwise, and once an attempt ended without changes).
+    pub branch: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, utoipa::ToSchema)]
@@ -236,6 +243,7 @@ pub fn status_view(
                 phase_id: t.phase_id,
                 name: t.name,
                 status: t.status,
+                branch: t.branch,
             })
             .collect(),
     }

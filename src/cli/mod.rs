@@ -123,12 +123,29 @@ pub enum Command {
         /// Makes repeating this command safe: the same key gives the same task
         #[arg(long)]
         idempotency_key: Option<String>,
+        /// "worktree": run in a git worktree on a branch of its own; "none": in this directory
+        #[arg(long)]
+        isolation: Option<String>,
+        /// With --isolation worktree: the commit, branch or tag to start from (default HEAD)
+        #[arg(long)]
+        base_ref: Option<String>,
         /// Wait until the task has finished and print its result
         #[arg(long)]
         wait: bool,
         /// With --wait: give up after this many seconds
         #[arg(long, default_value_t = 86_400)]
         timeout: u64,
+        #[command(flatten)]
+        out: Output,
+    },
+    /// The change an isolated task made: its diff against the commit it started from
+    Diff {
+        task_id: String,
+        /// Only these files or folders (relative to the repository's top directory)
+        paths: Vec<String>,
+        /// Cut the diff after this many bytes
+        #[arg(long, default_value_t = 4_194_304)]
+        max_bytes: i64,
         #[command(flatten)]
         out: Output,
     },
@@ -361,6 +378,8 @@ async fn execute(cfg: &Config, cmd: Command, conn: &mut Conn) -> anyhow::Result<
             name,
             priority,
             idempotency_key,
+            isolation,
+            base_ref,
             wait,
             timeout,
             out,
@@ -377,7 +396,8 @@ async fn execute(cfg: &Config, cmd: Command, conn: &mut Conn) -> anyhow::Result<
                     "task_async",
                     json!({"name": name, "agent_name": agent,
                     "agent_instructions": instructions, "priority": priority,
-                    "idempotency_key": idempotency_key}),
+                    "idempotency_key": idempotency_key, "isolation": isolation,
+                    "base_ref": base_ref}),
                 )
                 .await?;
             let id = s(&v, "task_id");
@@ -391,6 +411,27 @@ async fn execute(cfg: &Config, cmd: Command, conn: &mut Conn) -> anyhow::Result<
             }
             eprintln!("submitted {id}");
             wait_cmd(cfg, conn, vec![id], false, timeout, out.json, true).await
+        }
+        Command::Diff {
+            task_id,
+            paths,
+            max_bytes,
+            out,
+        } => {
+            let v = conn
+                .tool(
+                    cfg,
+                    "task_diff",
+                    json!({"task_id": task_id, "paths": paths, "max_bytes": max_bytes}),
+                )
+                .await?;
+            if out.json {
+                print_json(&v);
+            } else {
+                use std::io::Write as _;
+                let _ = write!(std::io::stdout(), "{}", s(&v, "diff"));
+            }
+            Ok(0)
         }
         Command::Cancel { task_id, out } => {
             let v = conn
@@ -513,6 +554,17 @@ fn print_task(v: &Value) {
     }
     if let Some(u) = v.get("usage").filter(|u| !u.is_null()) {
         outln!("{:<13} {u}", "usage");
+    }
+    if let Some(w) = v.get("workspace").filter(|w| !w.is_null()) {
+        let branch = w["branch"].as_str().unwrap_or("(none: no changes)");
+        outln!(
+            "{:<13} {branch} in {} ({} file(s), +{} -{})",
+            "branch",
+            s(w, "repository"),
+            w["files_changed"],
+            w["insertions"],
+            w["deletions"]
+        );
     }
     if !v["error"].is_null() {
         outln!("{:<13} {}", "error", s(v, "error"));

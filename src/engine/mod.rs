@@ -164,6 +164,7 @@ impl Engine {
             store.clone(),
             agents,
             runners,
+            crate::workspace::Workspaces::new(crate::link::worktrees_path(&db_path)),
             Arc::new(EngineNotifier::new(
                 Some(deliverer.clone()),
                 frontends.channels().clone(),

@@ -48,6 +48,11 @@ pub fn log_path(db: &Path) -> PathBuf {
     with_suffix(db, ".log")
 }
 
+/// `<db>.worktrees`: the git worktrees of the engine's isolated tasks while they run.
+pub fn worktrees_path(db: &Path) -> PathBuf {
+    with_suffix(db, ".worktrees")
+}
+
 fn with_suffix(db: &Path, suffix: &str) -> PathBuf {
     let mut p = db.as_os_str().to_owned();
     p.push(suffix);

@@ -67,7 +67,8 @@ fn tools() -> Vec<Tool> {
             "task_async",
             "Hand a task to a background agent and return at once with {task_id, status, created_at}; the task is stored durably before this answers. \
              Use it for any work that takes a while or can run in parallel. Then keep working and later call task_wait (to block until it is done) or task_status (to look once). \
-             dependencies orders tasks (a task starts only after those complete); idempotency_key makes a resubmission safe.",
+             dependencies orders tasks (a task starts only after those complete); idempotency_key makes a resubmission safe. \
+             isolation \"worktree\" runs it in a git worktree on a branch of its own (several agents on one repository never collide; see task_diff).",
         ),
         tool::<TaskAsyncArgs>(
             "task_run",
@@ -92,6 +93,12 @@ fn tools() -> Vec<Tool> {
         tool::<TaskLogsArgs>(
             "task_logs",
             "A task's log lines in order: its agent's stderr as it ran and what the scheduler did (starts, failures, retries). Page or follow with after_seq = the last seq you saw.",
+        ),
+        tool::<TaskDiffArgs>(
+            "task_diff",
+            "The change an isolated task (isolation: \"worktree\") made, as a unified git diff against the commit it started from, with every changed file and its line counts: \
+             {task_id, repository, branch, base_commit, head_commit, files: [{path, insertions, deletions}], diff, truncated}. While the task runs, its worktree as it is now. \
+             paths narrows it to files or folders; max_bytes (default 100000) cuts it at a line end, with a marker.",
         ),
         tool::<TaskWaitArgs>(
             "task_wait",

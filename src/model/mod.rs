@@ -6,9 +6,11 @@
 
 mod webhook;
 mod workflow;
+mod workspace;
 
 pub use webhook::{DeliveryStatus, WebhookAttempt, WebhookEvent};
 pub use workflow::{Phase, PhaseStatus, Workflow, WorkflowStatus, WorkflowTaskRow};
+pub use workspace::{Isolation, Workspace, WorkspaceView};
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use schemars::JsonSchema;
@@ -209,6 +211,9 @@ pub struct Task {
     /// crash recovery can stop an orphan without hitting a recycled pid.
     pub pid: Option<i64>,
     pub pid_start: Option<i64>,
+    /// Set for a task isolated in a git worktree (`isolation: worktree`).
+    #[serde(default)]
+    pub workspace: Option<Workspace>,
 }
 
 impl Task {
@@ -240,6 +245,7 @@ impl Task {
             usage: (!self.usage.is_empty()).then(|| self.usage.clone()),
             webhook_url: self.webhook_url.clone(),
             metadata: self.metadata.clone(),
+            workspace: self.workspace.as_ref().map(Workspace::view),
         }
     }
 }
@@ -271,6 +277,10 @@ pub struct TaskView {
     pub webhook_url: Option<String>,
     #[schema(value_type = Option<Object>)]
     pub metadata: Option<serde_json::Value>,
+    /// Present when the task runs isolated in a git worktree: its repository, branch, base and
+    /// head commits and the size of its change (see `task_diff`); null otherwise.
+    #[serde(default)]
+    pub workspace: Option<WorkspaceView>,
 }
 
 /// One line of a task's log. `seq` grows by one per line over the task's whole life (all
@@ -354,6 +364,7 @@ impl Task {
             usage: Usage::default(),
             pid: None,
             pid_start: None,
+            workspace: None,
         }
     }
 }

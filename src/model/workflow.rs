@@ -131,4 +131,6 @@ pub struct WorkflowTaskRow {
     pub name: String,
     pub status: TaskStatus,
     pub error: Option<String>,
+    /// The git branch holding its work, for a task isolated in a worktree.
+    pub branch: Option<String>,
 }

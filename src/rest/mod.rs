@@ -233,6 +233,7 @@ fn router(state: AppState, mcp: Option<mcp_http::McpHttp>) -> Router {
         )
         .route("/api/tasks/{id}/retry", post(routes::retry_task))
         .route("/api/tasks/{id}/logs", get(routes::task_logs))
+        .route("/api/tasks/{id}/diff", get(routes::task_diff))
         .route("/api/agents", get(routes::list_agents))
         .route(
             "/api/workflows",

@@ -18,6 +18,7 @@ use super::routes;
         routes::cancel_task,
         routes::retry_task,
         routes::task_logs,
+        routes::task_diff,
         routes::list_agents,
         routes::create_workflow,
         routes::list_workflows,

@@ -38,6 +38,17 @@ pub struct LogsQuery {
     pub limit: Option<i64>,
 }
 
+/// What `GET /api/tasks/{id}/diff` shows.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct DiffQuery {
+    /// Only these paths, comma-separated (relative to the repository's top directory).
+    pub paths: Option<String>,
+    /// Most bytes of diff (1..4194304, default 100000); a longer diff is cut with a marker.
+    pub max_bytes: Option<i64>,
+}
+
 /// Paging of `GET /api/workflows/{id}/tasks`.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -71,6 +82,10 @@ pub struct WorkflowTaskBody {
     pub timeout_seconds: Option<i64>,
     pub max_retries: Option<i64>,
     pub working_dir: Option<String>,
+    /// "worktree" (a git worktree on a branch of its own) or "none".
+    pub isolation: Option<String>,
+    /// The commit an isolated task starts from (default: HEAD when added).
+    pub base_ref: Option<String>,
     #[schema(value_type = Option<Object>)]
     pub metadata: Option<serde_json::Value>,
 }
@@ -133,6 +148,29 @@ pub async fn task_logs(
             task_id: id,
             after_seq: q.after_seq,
             limit: q.limit,
+        })
+        .await?)
+}
+
+#[utoipa::path(get, path = "/api/tasks/{id}/diff", tag = "tasks", params(("id" = String, Path), DiffQuery),
+    responses((status = 200, body = TaskDiff), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+              (status = 409, description = "The task did not run in a worktree, or has not started yet", body = ErrorBody)))]
+pub async fn task_diff(
+    State(s): State<AppState>,
+    IdPath(id): IdPath,
+    q: Result<Query<DiffQuery>, QueryRejection>,
+) -> Answer<TaskDiff> {
+    let q = query(q)?;
+    ok(s.service
+        .task_diff(TaskDiffArgs {
+            task_id: id,
+            paths: q.paths.map(|p| {
+                p.split(',')
+                    .filter(|p| !p.is_empty())
+                    .map(str::to_string)
+                    .collect()
+            }),
+            max_bytes: q.max_bytes,
         })
         .await?)
 }
@@ -238,6 +276,8 @@ pub async fn add_workflow_task(
                 timeout_seconds: b.timeout_seconds,
                 max_retries: b.max_retries,
                 working_dir: b.working_dir,
+                isolation: b.isolation,
+                base_ref: b.base_ref,
                 metadata: b.metadata,
             })
             .await?,

@@ -14,6 +14,7 @@ pub mod openai;
 pub mod orphans;
 pub mod process;
 mod prompt_files;
+pub mod setup;
 
 use std::collections::HashMap;
 use std::future::Future;

@@ -217,6 +217,7 @@ async fn run_attempt(inner: Arc<Inner>, task: Task, handle: RunHandle) {
             });
         }),
     };
+    let setup = agent.worktree_setup.clone();
     let job = RunJob {
         task_id: id,
         task_name: running.name.clone(),
@@ -234,26 +235,57 @@ async fn run_attempt(inner: Arc<Inner>, task: Task, handle: RunHandle) {
         instance: Arc::from(inner.cfg.instance.as_str()),
     };
     let timeout = Duration::from_secs(u64::from(running.timeout_seconds));
-    let outcome = if handle.cancel.is_cancelled() {
-        RunOutcome::Stopped
+    let (opened, outcome) = if handle.cancel.is_cancelled() {
+        (None, RunOutcome::Stopped)
     } else {
-        let run = runner.run(job, ctx);
-        tokio::pin!(run);
+        // An isolated attempt's worktree is prepared within the attempt's time and
+        // cancellation, like the agent itself.
+        let attempt = async {
+            let mut job = job;
+            let mut opened = None;
+            if running.workspace.is_some() {
+                let (ws, cwd) = inner
+                    .open_workspace(&running, setup.as_deref(), &job, &ctx)
+                    .await;
+                opened = ws;
+                match cwd {
+                    Ok(dir) => job.working_dir = Some(dir),
+                    Err(outcome) => return (opened, outcome),
+                }
+            }
+            (opened, runner.run(job, ctx).await)
+        };
+        tokio::pin!(attempt);
         tokio::select! {
-            o = &mut run => o,
+            o = &mut attempt => o,
             _ = tokio::time::sleep(timeout) => {
                 handle.stop(STOP_TIMEOUT);
-                run.await
+                attempt.await
             }
         }
     };
-    let current = inner
+    // Whatever the agent left in its worktree is kept on its branch before the outcome counts.
+    let closed = match opened {
+        Some(ws) => Some(inner.close_workspace(&running, ws).await),
+        None => None,
+    };
+    let mut current = inner
         .lock()
         .hot
         .get(&id)
         .map(|h| h.task.clone())
         .unwrap_or(running);
-    let tr = settle(&inner, current, outcome, handle.reason());
+    if let Some(ws) = closed {
+        current.workspace = Some(ws);
+    }
+    let mut tr = settle(&inner, current, outcome, handle.reason());
+    if let (TaskStatus::Completed, Some(ws), Some(result)) = (
+        tr.task.status,
+        tr.task.workspace.as_ref(),
+        tr.task.result.as_mut(),
+    ) {
+        result.push_str(&crate::workspace::plan::result_note(ws));
+    }
     let ended = tr.task.clone();
     inner.lock().end_attempt(&ended);
     inner.wake.notify_one();

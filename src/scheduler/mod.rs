@@ -11,6 +11,7 @@
 //! recovery); `wait` implements `task_wait`; `workflow` and `phases` drive workflows.
 
 mod dispatch;
+mod isolation;
 mod phases;
 mod recovery;
 pub mod state;
@@ -30,6 +31,7 @@ use crate::model::{now_us, NewLogLine, Task, TaskStatus};
 use crate::notifier::Notifier;
 use crate::runner::Runners;
 use crate::store::{OpOutcome, Store, StoreError, WriteOp};
+use crate::workspace::Workspaces;
 use state::{Hot, State, Wait, STOP_CANCEL, STOP_SHUTDOWN};
 
 #[derive(Debug, thiserror::Error)]
@@ -83,6 +85,8 @@ pub(crate) struct Inner {
     store: Arc<Store>,
     agents: AgentRegistry,
     runners: Runners,
+    /// The git worktrees of isolated tasks.
+    workspaces: Arc<Workspaces>,
     notifier: Arc<dyn Notifier>,
     state: Mutex<State>,
     /// Wakes the dispatcher: a task became ready or a worker became free.
@@ -117,6 +121,7 @@ impl Scheduler {
         store: Arc<Store>,
         agents: AgentRegistry,
         runners: Runners,
+        workspaces: Arc<Workspaces>,
         notifier: Arc<dyn Notifier>,
     ) -> Result<Scheduler, SchedError> {
         let (terminal, _) = broadcast::channel(4096);
@@ -125,6 +130,7 @@ impl Scheduler {
             store,
             agents,
             runners,
+            workspaces,
             notifier,
             state: Mutex::new(State::default()),
             wake: Notify::new(),
@@ -133,6 +139,11 @@ impl Scheduler {
             wf_lock: tokio::sync::Mutex::new(()),
         });
         recovery::recover(&inner).await?;
+        // Interrupted attempts' worktrees were closed by recovery; whatever else a dead engine
+        // left (a worktree half made) goes before any task starts.
+        for path in inner.workspaces.sweep().await {
+            tracing::info!("removed the worktree {path} a previous engine left");
+        }
         tokio::spawn(dispatch::dispatcher(inner.clone()));
         Ok(Scheduler { inner })
     }
@@ -143,6 +154,10 @@ impl Scheduler {
 
     pub fn runners(&self) -> &Runners {
         &self.inner.runners
+    }
+
+    pub fn workspaces(&self) -> &Arc<Workspaces> {
+        &self.inner.workspaces
     }
 
     pub fn store(&self) -> &Arc<Store> {

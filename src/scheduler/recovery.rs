@@ -119,7 +119,7 @@ pub(super) async fn recover(inner: &Arc<Inner>) -> Result<(), SchedError> {
             other.insert(w, inner.store.workflow(w).await?.map(|wf| wf.status));
         }
     }
-    let active: Vec<_> = active
+    let mut active: Vec<_> = active
         .into_iter()
         .filter(|t| {
             t.workflow_id
@@ -134,6 +134,28 @@ pub(super) async fn recover(inner: &Arc<Inner>) -> Result<(), SchedError> {
         .max_log_seqs(active.iter().map(|t| t.id).collect())
         .await?;
     let (mut kill_logs, survivors) = stop_orphans(inner, &active).await;
+    // The worktree of an interrupted attempt is closed like any other: what the agent left is
+    // committed on its branch (a retry starts afresh from the base), and the worktree goes.
+    for t in active
+        .iter_mut()
+        .filter(|t| t.status == TaskStatus::Running)
+    {
+        let Some(mut ws) = t.workspace.take() else {
+            continue;
+        };
+        let line = match inner
+            .workspaces
+            .close(t.id, &t.name, t.attempt, &mut ws)
+            .await
+        {
+            Ok(note) => format!("worktree of the interrupted attempt: {note}"),
+            Err(e) => format!(
+                "could not close the worktree of the interrupted attempt ({e}); it is removed now"
+            ),
+        };
+        kill_logs.entry(t.id).or_default().push(line);
+        t.workspace = Some(ws);
+    }
     let now = now_us();
     let mut transitions = Vec::new();
     let mut pending = Vec::new();

@@ -427,14 +427,19 @@ impl Inner {
     /// The results of every completed task in the phases upstream of `t`'s (transitively),
     /// formatted to follow its instructions; empty for a first-phase task.
     pub(super) async fn upstream_results(&self, t: &Task) -> String {
-        let Some(w) = t.workflow_id else {
-            return String::new();
-        };
+        match self.upstream_tasks(t).await {
+            Some((phases, tasks)) => format_upstream(&phases, &tasks),
+            None => String::new(),
+        }
+    }
+
+    /// The completed tasks of every phase upstream of `t`'s (transitively), in phase order, with
+    /// the workflow's phases; `None` when there are none (or they could not be read).
+    pub(super) async fn upstream_tasks(&self, t: &Task) -> Option<(Vec<Phase>, Vec<Task>)> {
+        let w = t.workflow_id?;
         let (phases, ids) = {
             let st = self.lock();
-            let Some(wf) = st.workflows.get(&w) else {
-                return String::new();
-            };
+            let wf = st.workflows.get(&w)?;
             let own = phase_index(&wf.phases, t);
             let up = phases::upstream(&wf.phases, own);
             let mut ids: Vec<(usize, Uuid)> = wf
@@ -447,7 +452,7 @@ impl Inner {
             (wf.phases.clone(), ids)
         };
         if ids.is_empty() {
-            return String::new();
+            return None;
         }
         let mut found = match self
             .store
@@ -456,8 +461,8 @@ impl Inner {
         {
             Ok(f) => f,
             Err(e) => {
-                tracing::error!("could not read upstream results: {e}");
-                return String::new();
+                tracing::error!("could not read the upstream tasks: {e}");
+                return None;
             }
         };
         let order: HashMap<Uuid, usize> = ids
@@ -466,7 +471,7 @@ impl Inner {
             .map(|(i, (_, id))| (*id, i))
             .collect();
         found.sort_by_key(|t| order.get(&t.id).copied().unwrap_or(usize::MAX));
-        format_upstream(&phases, &found)
+        Some((phases, found))
     }
 }
 

@@ -14,9 +14,10 @@ use crate::agents::{validate_name, AgentError, AgentRegistry};
 use crate::api::*;
 use crate::limits;
 use crate::link::SessionContext;
-use crate::model::{now_us, Priority, Task, TaskStatus, TaskView, Usage};
+use crate::model::{now_us, Isolation, Priority, Task, TaskStatus, TaskView, Usage, Workspace};
 use crate::scheduler::{not_found, SchedError, Scheduler, Submitted};
 use crate::store::TaskFilter;
+use crate::workspace::WorkspaceError;
 
 mod overview;
 mod progress;
@@ -29,6 +30,10 @@ mod workflows;
 pub const DEFAULT_TIMEOUT_SECONDS: u32 = 3600;
 /// Most dependencies one task may list.
 pub const MAX_DEPENDENCIES: usize = 1000;
+
+/// `task_diff`'s size cap: by default about what an agent can read in one go; at most 4 MiB.
+pub const DEFAULT_DIFF_BYTES: usize = 100_000;
+pub const MAX_DIFF_BYTES: usize = 4 * 1024 * 1024;
 /// Most ids one task_wait may list.
 pub const MAX_WAIT_IDS: usize = 10_000;
 
@@ -335,6 +340,17 @@ impl Service {
             .runners()
             .for_agent(&agent)
             .map_err(ServiceError::Invalid)?;
+        let id = Uuid::now_v7();
+        let workspace = self
+            .workspace_for(
+                a.isolation.as_deref(),
+                a.base_ref.as_deref(),
+                agent.isolation,
+                working_dir.as_deref(),
+                &name,
+                id,
+            )
+            .await?;
         let timeout_seconds = in_range(
             "timeout_seconds",
             a.timeout_seconds,
@@ -351,7 +367,7 @@ impl Service {
         )? as u32;
 
         let task = Task {
-            id: Uuid::now_v7(),
+            id,
             name,
             agent_name: agent.name.clone(),
             status: TaskStatus::Pending,
@@ -378,8 +394,130 @@ impl Service {
             usage: Usage::default(),
             pid: None,
             pid_start: None,
+            workspace,
         };
         Ok((task, a.agent_instructions, agent.max_concurrency))
+    }
+
+    /// The workspace of a new task: `None` unless it is isolated (`isolation` argument, else the
+    /// agent's), in which case its directory must be inside a git repository with a commit, and
+    /// `base_ref` (only allowed then) must name a commit of it.
+    async fn workspace_for(
+        &self,
+        isolation: Option<&str>,
+        base_ref: Option<&str>,
+        agent_isolation: Option<Isolation>,
+        working_dir: Option<&str>,
+        name: &str,
+        id: Uuid,
+    ) -> Result<Option<Workspace>> {
+        let asked = isolation
+            .map(|i| {
+                Isolation::parse(i).ok_or_else(|| {
+                    ServiceError::Invalid(format!(
+                        "isolation {i:?} is not one of \"worktree\" (a git worktree of its own) or \"none\""
+                    ))
+                })
+            })
+            .transpose()?;
+        let isolation = asked.or(agent_isolation).unwrap_or(Isolation::None);
+        if let Some(r) = base_ref {
+            if isolation != Isolation::Worktree {
+                return invalid(
+                    "base_ref applies only to a task isolated in a worktree: add isolation: \"worktree\" (or leave base_ref out)",
+                );
+            }
+            if r.is_empty()
+                || r.len() > 256
+                || r.starts_with('-')
+                || r.chars().any(char::is_control)
+            {
+                return invalid(format!(
+                    "base_ref {r:?} is not a git revision; use a branch, tag or commit id such as \"main\""
+                ));
+            }
+        }
+        if isolation == Isolation::None {
+            return Ok(None);
+        }
+        let dir = match (working_dir, self.session.as_deref()) {
+            (Some(d), _) => PathBuf::from(d),
+            (None, Some(s)) => PathBuf::from(&*s.cwd),
+            (None, None) => std::env::current_dir()
+                .map_err(|e| ServiceError::Internal(format!("no working directory: {e}")))?,
+        };
+        crate::workspace::Workspaces::resolve(&dir, base_ref, name, id)
+            .await
+            .map(Some)
+            .map_err(|e| match e {
+                WorkspaceError::NotARepository(m) | WorkspaceError::UnknownRef(m) => {
+                    ServiceError::Invalid(m)
+                }
+                other => ServiceError::Internal(other.to_string()),
+            })
+    }
+
+    pub async fn task_diff(&self, a: TaskDiffArgs) -> Result<TaskDiff> {
+        let id = parse_task_id("task_id", &a.task_id)?;
+        let max = in_range(
+            "max_bytes",
+            a.max_bytes,
+            1,
+            MAX_DIFF_BYTES as i64,
+            DEFAULT_DIFF_BYTES as i64,
+        )? as usize;
+        let paths = a.paths.unwrap_or_default();
+        if paths.len() > 100 {
+            return invalid("paths lists more than 100 paths; name folders instead of files");
+        }
+        if let Some(p) = paths
+            .iter()
+            .find(|p| p.is_empty() || p.len() > 4096 || p.contains('\0'))
+        {
+            return invalid(format!(
+                "paths entry {p:?} is not a path; use paths relative to the repository's top directory, e.g. \"src/main.rs\""
+            ));
+        }
+        let task = self
+            .sched
+            .task(id)
+            .await?
+            .ok_or_else(|| ServiceError::NotFound(not_found(id)))?;
+        let Some(ws) = task.workspace.as_ref() else {
+            return Err(ServiceError::Conflict(format!(
+                "task {id} did not run in a worktree (isolation \"none\"), so it has no branch or diff of its own; its changes are in its working directory. Submit with isolation: \"worktree\" to get one"
+            )));
+        };
+        let running = task.status == TaskStatus::Running;
+        let diff = self
+            .sched
+            .workspaces()
+            .diff(id, ws, running, &paths, max)
+            .await
+            .map_err(|e| match e {
+                WorkspaceError::Refused(m) => ServiceError::Conflict(m),
+                WorkspaceError::Gone(m) => ServiceError::Conflict(m),
+                other => ServiceError::Internal(other.to_string()),
+            })?;
+        let view = ws.view();
+        Ok(TaskDiff {
+            task_id: id.to_string(),
+            repository: view.repository,
+            branch: view.branch,
+            base_commit: view.base_commit,
+            head_commit: diff.head,
+            files: diff
+                .files
+                .into_iter()
+                .map(|(path, insertions, deletions)| DiffFile {
+                    path,
+                    insertions,
+                    deletions,
+                })
+                .collect(),
+            diff: diff.diff,
+            truncated: diff.truncated,
+        })
     }
 
     pub async fn task_status(&self, a: TaskIdArgs) -> Result<TaskWithLogs> {

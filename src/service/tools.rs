@@ -16,12 +16,13 @@ pub type ToolAnswer = Result<Value, String>;
 
 /// Every tool the engine answers by name, in the order the tools are listed. (`task_run` is
 /// not one: the MCP server composes it from `task_async` and `task_wait`.)
-pub const TOOL_NAMES: [&str; 16] = [
+pub const TOOL_NAMES: [&str; 17] = [
     "task_async",
     "task_status",
     "task_cancel",
     "task_retry",
     "task_logs",
+    "task_diff",
     "task_wait",
     "list_tasks",
     "list_agents",
@@ -40,7 +41,7 @@ pub const TOOL_NAMES: [&str; 16] = [
 /// the engine dies mid-call.
 pub fn safe_to_repeat(name: &str, args: &Value) -> bool {
     match name {
-        "task_status" | "task_logs" | "task_wait" | "list_tasks" | "list_agents"
+        "task_status" | "task_logs" | "task_diff" | "task_wait" | "list_tasks" | "list_agents"
         | "workflow_status" | "list_workflows" | "webhook_history" => true,
         "task_async" => args
             .get("idempotency_key")
@@ -71,6 +72,7 @@ impl Service {
             "task_cancel" => run(name, args, |a| async move { s.task_cancel(a).await }).await,
             "task_retry" => run(name, args, |a| async move { s.task_retry(a).await }).await,
             "task_logs" => run(name, args, |a| async move { s.task_logs(a).await }).await,
+            "task_diff" => run(name, args, |a| async move { s.task_diff(a).await }).await,
             "task_wait" => run(name, args, |a| async move { s.task_wait(a).await }).await,
             "list_tasks" => run(name, args, |a| async move { s.list_tasks(a).await }).await,
             "list_agents" => {

@@ -94,6 +94,8 @@ impl Service {
                 max_retries: a.max_retries,
                 dependencies: a.dependencies,
                 working_dir: a.working_dir,
+                isolation: a.isolation,
+                base_ref: a.base_ref,
                 metadata: a.metadata,
                 ..TaskAsyncArgs::default()
             })

@@ -5,7 +5,7 @@ use duckdb::Connection;
 use super::StoreError;
 
 /// The version of `schema.sql` this build writes.
-pub const SCHEMA_VERSION: i32 = 3;
+pub const SCHEMA_VERSION: i32 = 4;
 
 const SCHEMA_SQL: &str = include_str!("../../schema.sql");
 
@@ -16,6 +16,8 @@ const SCHEMA_SQL: &str = include_str!("../../schema.sql");
 /// build, which would ignore `<db>.journal` and so miss writes, refuses the file instead.
 ///
 /// 3: each task records the session it came from (its directory and agent search path).
+///
+/// 4: an isolated task records its git worktree (repository, branch, base and head commits).
 const MIGRATIONS: &[(i32, &str)] = &[
     (
         2,
@@ -25,6 +27,11 @@ const MIGRATIONS: &[(i32, &str)] = &[
         3,
         "ALTER TABLE tasks ADD COLUMN IF NOT EXISTS project VARCHAR; \
          ALTER TABLE tasks ADD COLUMN IF NOT EXISTS agents_dir VARCHAR;",
+    ),
+    (
+        4,
+        "ALTER TABLE tasks ADD COLUMN IF NOT EXISTS workspace VARCHAR; \
+         ALTER TABLE task_updates ADD COLUMN IF NOT EXISTS workspace VARCHAR;",
     ),
 ];
 

@@ -117,5 +117,6 @@ fn synthetic_task(i: usize, created_us: i64, agents: &[&str]) -> Task {
         usage: Usage::default(),
         pid: None,
         pid_start: None,
+        workspace: None,
     }
 }

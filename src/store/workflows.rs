@@ -156,7 +156,7 @@ impl Store {
     pub async fn workflow_task_rows(&self, id: Uuid) -> Result<Vec<WorkflowTaskRow>, StoreError> {
         self.read(move |c| {
             let mut st = c.prepare_cached(
-                "SELECT task_id::VARCHAR, phase_id, name, status, error FROM tasks \
+                "SELECT task_id::VARCHAR, phase_id, name, status, error, workspace FROM tasks \
                  WHERE workflow_id = ? ORDER BY created_at, task_id",
             )?;
             let mut r = st.query([id.to_string()])?;
@@ -170,6 +170,10 @@ impl Store {
                     name: row.get(2)?,
                     status: TaskStatus::parse(&status).unwrap_or(TaskStatus::Failed),
                     error: row.get(4)?,
+                    branch: row
+                        .get::<_, Option<String>>(5)?
+                        .and_then(|w| serde_json::from_str::<crate::model::Workspace>(&w).ok())
+                        .and_then(|w| w.view().branch),
                 });
             }
             Ok(out)

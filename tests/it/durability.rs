@@ -352,10 +352,10 @@ async fn a_version_2_database_is_migrated_and_keeps_its_tasks() {
     );
     s.stop().await;
     env.stop_engines().await;
-    // The file is version 3 now.
+    // The file is at the current version now.
     let conn = duckdb::Connection::open(env.db()).unwrap();
     let v: i32 = conn
         .query_row("SELECT max(version) FROM schema_version", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(v, 3);
+    assert_eq!(v, 4);
 }

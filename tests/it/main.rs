@@ -22,3 +22,4 @@ mod tools;
 mod torture;
 mod webhooks;
 mod workflows;
+mod worktrees;

@@ -197,7 +197,7 @@ async fn mcp_over_http_serves_the_tools_behind_the_api_token() {
 
     let list = c.request("tools/list", json!({})).await;
     let tools = list["result"]["tools"].as_array().unwrap();
-    assert_eq!(tools.len(), 17, "{list}");
+    assert_eq!(tools.len(), 18, "{list}");
     let submit = tools.iter().find(|t| t["name"] == "task_async").unwrap();
     assert_eq!(submit["inputSchema"]["type"], "object");
     assert!(submit["inputSchema"]["properties"]["agent_name"].is_object());

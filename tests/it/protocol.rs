@@ -101,6 +101,7 @@ async fn tools_are_listed_with_schemas_and_descriptions() {
             "list_workflows",
             "task_async",
             "task_cancel",
+            "task_diff",
             "task_logs",
             "task_retry",
             "task_run",

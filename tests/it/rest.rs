@@ -730,6 +730,7 @@ async fn metrics_parse_and_move_and_openapi_lists_every_route() {
         "DELETE /api/tasks/{id}",
         "POST /api/tasks/{id}/retry",
         "GET /api/tasks/{id}/logs",
+        "GET /api/tasks/{id}/diff",
         "GET /api/agents",
         "POST /api/workflows",
         "GET /api/workflows",

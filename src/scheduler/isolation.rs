@@ -1,0 +1,140 @@
+//! The scheduler's side of isolated tasks: opening a worktree before an attempt (from the work
+//! of the workflow phases before the task's), running the agent's `worktree_setup` in it, and
+//! closing it afterwards, however the attempt ended.
+
+use std::path::PathBuf;
+
+use super::Inner;
+use crate::model::{Task, Workspace};
+use crate::runner::{setup::run_setup, RunContext, RunJob, RunOutcome};
+use crate::store::WriteOp;
+use crate::workspace::{plan, Upstream, WorkspaceError};
+
+impl Inner {
+    /// Prepares an isolated attempt. Returns the workspace as opened — to be closed after the
+    /// attempt, whatever happens — and the directory the agent runs in, or the outcome that ends
+    /// the attempt before the agent starts (a merge conflict, a failed `worktree_setup`).
+    pub(super) async fn open_workspace(
+        &self,
+        t: &Task,
+        setup: Option<&str>,
+        job: &RunJob,
+        ctx: &RunContext,
+    ) -> (Option<Workspace>, Result<PathBuf, RunOutcome>) {
+        let Some(mut ws) = t.workspace.clone() else {
+            return (None, Err(RunOutcome::fatal("the task has no workspace")));
+        };
+        ws.head_commit = None;
+        ws.branch_kept = false;
+        (ws.files_changed, ws.insertions, ws.deletions) = (0, 0, 0);
+        match self.upstream_base(t, &ws).await {
+            Ok(Some(base)) => {
+                if base != ws.base_commit {
+                    (ctx.log)(
+                        "info",
+                        format!(
+                            "starts from the work of the earlier phases ({})",
+                            plan::short(&base)
+                        ),
+                    );
+                }
+                ws.base_commit = base;
+            }
+            Ok(None) => {}
+            Err(e) => return (None, Err(workspace_failure(e))),
+        }
+        let cwd = match self.workspaces.open(t.id, &ws).await {
+            Ok((cwd, note)) => {
+                (ctx.log)("info", note);
+                cwd
+            }
+            Err(e) => return (None, Err(workspace_failure(e))),
+        };
+        self.record_workspace(t, &ws);
+        if let Some(script) = setup {
+            let mut in_root = job.clone();
+            in_root.working_dir = Some(self.workspaces.path_of(t.id));
+            (ctx.log)("info", "running worktree_setup".to_string());
+            if let Err(outcome) = run_setup(&in_root, ctx, script).await {
+                return (Some(ws), Err(outcome));
+            }
+        }
+        (Some(ws), Ok(cwd))
+    }
+
+    /// Ends an attempt's worktree (commit, measure, remove); returns the workspace to record.
+    pub(super) async fn close_workspace(&self, t: &Task, mut ws: Workspace) -> Workspace {
+        match self
+            .workspaces
+            .close(t.id, &t.name, t.attempt, &mut ws)
+            .await
+        {
+            Ok(note) => self.log(t.id, "info", note),
+            Err(e) => self.log(
+                t.id,
+                "error",
+                format!(
+                    "could not close the worktree {} ({e}); it stays until the engine's next start",
+                    self.workspaces.path_of(t.id).display()
+                ),
+            ),
+        }
+        ws
+    }
+
+    /// The work of the upstream phases a workflow task starts from (`None`: its own base).
+    async fn upstream_base(
+        &self,
+        t: &Task,
+        ws: &Workspace,
+    ) -> Result<Option<String>, WorkspaceError> {
+        let (Some(workflow), Some(phase)) = (t.workflow_id, t.phase_id.as_deref()) else {
+            return Ok(None);
+        };
+        let Some((_, tasks)) = self.upstream_tasks(t).await else {
+            return Ok(None);
+        };
+        let upstream: Vec<Upstream> = tasks
+            .into_iter()
+            .filter_map(|u| {
+                let w = u.workspace?;
+                (w.common_dir == ws.common_dir && w.repository == ws.repository).then(|| Upstream {
+                    name: u.name,
+                    head: w.head_commit.clone().unwrap_or(w.base_commit.clone()),
+                    branch: w.branch,
+                })
+            })
+            .collect();
+        self.workspaces
+            .combine(
+                ws,
+                upstream,
+                phase,
+                &plan::phase_branch_name(workflow, phase),
+            )
+            .await
+    }
+
+    /// Shows the running attempt's workspace (its branch and base) to readers, written with the
+    /// next group commit.
+    fn record_workspace(&self, t: &Task, ws: &Workspace) {
+        let mut st = self.lock();
+        if let Some(h) = st.hot.get_mut(&t.id) {
+            h.task.workspace = Some(ws.clone());
+            self.store
+                .write_later(vec![WriteOp::UpdateTask(Box::new(h.task.clone()))]);
+        }
+    }
+}
+
+/// How a workspace failure ends an attempt: a conflict or a missing repository will not go
+/// away by trying again; anything else (a lock git found taken, a full disk) may.
+fn workspace_failure(e: WorkspaceError) -> RunOutcome {
+    match e {
+        WorkspaceError::Conflict(m)
+        | WorkspaceError::NotARepository(m)
+        | WorkspaceError::Gone(m)
+        | WorkspaceError::UnknownRef(m) => RunOutcome::fatal(m),
+        other => RunOutcome::retryable(format!("could not prepare the worktree: {other}")),
+    }
+}
