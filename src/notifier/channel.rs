@@ -187,6 +187,12 @@ pub fn task_event(task: &Task) -> ChannelEvent {
     } else {
         content.push('.');
     }
+    let branch = task.workspace.as_ref().and_then(|w| w.view().branch);
+    if let Some(b) = &branch {
+        content.push_str(&format!(
+            "\nIts changes are on the git branch {b} (task_diff shows them)."
+        ));
+    }
     content.push_str(&format!(
         "\nRead it all with task_status {{\"task_id\": \"{id}\"}}."
     ));
@@ -195,6 +201,9 @@ pub fn task_event(task: &Task) -> ChannelEvent {
     meta.insert("status".into(), task.status.as_str().into());
     meta.insert("name".into(), task.name.clone());
     meta.insert("agent".into(), task.agent_name.clone());
+    if let Some(b) = branch {
+        meta.insert("branch".into(), b);
+    }
     ChannelEvent { content, meta }
 }
 
@@ -350,5 +359,32 @@ mod tests {
         assert_eq!(e.meta["status"], "failed");
         assert_eq!(e.meta["agent"], "shell");
         assert_eq!(e.meta["task_id"], t.id.to_string());
+        assert!(!e.meta.contains_key("branch"));
+    }
+
+    #[test]
+    fn an_isolated_task_event_names_its_branch() {
+        let mut t = crate::model::Task::sample_for_tests();
+        t.status = TaskStatus::Completed;
+        t.result = Some("done".into());
+        t.workspace = Some(crate::model::Workspace {
+            repository: "/r".into(),
+            subdir: String::new(),
+            common_dir: "/r/.git".into(),
+            branch: "orchestr8/t-1".into(),
+            base_commit: "a".into(),
+            head_commit: Some("b".into()),
+            files_changed: 1,
+            insertions: 1,
+            deletions: 0,
+            branch_kept: true,
+        });
+        let e = task_event(&t);
+        assert_eq!(e.meta["branch"], "orchestr8/t-1");
+        assert!(
+            e.content.contains("git branch orchestr8/t-1"),
+            "{}",
+            e.content
+        );
     }
 }

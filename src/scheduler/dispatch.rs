@@ -284,7 +284,12 @@ async fn run_attempt(inner: Arc<Inner>, task: Task, handle: RunHandle) {
         tr.task.workspace.as_ref(),
         tr.task.result.as_mut(),
     ) {
-        result.push_str(&crate::workspace::plan::result_note(ws));
+        let note = crate::workspace::plan::result_note(ws);
+        result.push_str(if result.trim().is_empty() {
+            note.trim_start()
+        } else {
+            &note
+        });
     }
     let ended = tr.task.clone();
     inner.lock().end_attempt(&ended);

@@ -619,3 +619,48 @@ async fn the_diff_route_answers_over_http() {
     let (code, d) = api.get(&format!("/api/tasks/{id}/diff?colour=1")).await;
     assert_eq!(code, 400, "{d}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_running_task_shows_its_worktree_and_a_cancel_keeps_its_work() {
+    let env = Env::new();
+    let repo = repo(&env, "work/repo");
+    let head = git(&repo, &["rev-parse", "HEAD"]).trim().to_string();
+    env.shell_agent(
+        "slow",
+        "echo wip >> notes.txt; sleep 60",
+        "isolation: worktree",
+    );
+    let s = env.start().await;
+    let wd = repo.display().to_string();
+    let id = s
+        .submit("half done", "slow", "go", json!({"working_dir": wd}))
+        .await;
+    let worktree = PathBuf::from(format!("{}.worktrees/{id}", env.db().display()));
+    s.until(&id, "running", |t| t["status"] == "running").await;
+    for _ in 0..400 {
+        if std::fs::read_to_string(worktree.join("notes.txt"))
+            .unwrap_or_default()
+            .contains("wip")
+        {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    // While it runs: its worktree as it is, uncommitted changes included.
+    let d = s.call("task_diff", json!({"task_id": id})).await;
+    assert!(d["head_commit"].is_null(), "{d}");
+    assert!(str_of(&d, "diff").contains("\n+wip\n"), "{d}");
+
+    let t = s.call("task_cancel", json!({"task_id": id})).await;
+    assert_eq!(t["status"], "cancelled", "{t}");
+    let branch = str_of(&t["workspace"], "branch");
+    assert_eq!(
+        git(&repo, &["show", &format!("{branch}:notes.txt")]),
+        "base\nwip\n",
+        "what the cancelled attempt did is kept on its branch"
+    );
+    assert!(!worktree.exists());
+    assert_eq!(worktrees(&repo), vec![wd]);
+    assert_checkout_untouched(&repo, &head);
+    s.stop().await;
+}
