@@ -20,6 +20,11 @@ use crate::limits;
 /// Sets `cmd` up the way every agent process runs: its own process group, the task's environment
 /// (`ORCHESTR8_TASK_ID`, `ORCHESTR8_ATTEMPT`, ...) on top of the agent's `env`, piped stdio, cwd = the task's working_dir.
 pub fn prepare(cmd: &mut Command, job: &RunJob, prompt_file: Option<&Path>) {
+    // Inherited from an engine started inside a git hook, these would make the agent's git act
+    // on that repository instead of the one it works in.
+    for v in crate::workspace::git::REPOSITORY_VARIABLES {
+        cmd.env_remove(v);
+    }
     cmd.envs(&job.agent.env)
         .env("ORCHESTR8_TASK_ID", job.task_id.to_string())
         .env("ORCHESTR8_TASK_NAME", &job.task_name)

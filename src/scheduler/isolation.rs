@@ -27,6 +27,8 @@ impl Inner {
         ws.head_commit = None;
         ws.branch_kept = false;
         (ws.files_changed, ws.insertions, ws.deletions) = (0, 0, 0);
+        // From here on the workspace is closed after the attempt whatever happens, so that a
+        // failure or a stop part-way never leaves a worktree or a branch behind unaccounted.
         match self.upstream_base(t, &ws).await {
             Ok(Some(base)) => {
                 if base != ws.base_commit {
@@ -41,16 +43,26 @@ impl Inner {
                 ws.base_commit = base;
             }
             Ok(None) => {}
-            Err(e) => return (None, Err(workspace_failure(e))),
+            Err(e) => return (Some(ws), Err(workspace_failure(e))),
         }
-        let cwd = match self.workspaces.open(t.id, &ws).await {
-            Ok((cwd, note)) => {
-                (ctx.log)("info", note);
+        if let Err(e) = self.record_workspace(t, &ws).await {
+            return (Some(ws), Err(RunOutcome::retryable(e)));
+        }
+        // Git is not asked to stop (it may wait on a lock or a credential helper); the attempt's
+        // cancellation and timeout stop waiting for it (the command is killed with its future).
+        let opened = tokio::select! {
+            r = self.workspaces.open(t.id, &t.name, t.attempt, &ws) => r,
+            _ = ctx.cancel.cancelled() => return (Some(ws), Err(RunOutcome::Stopped)),
+        };
+        let cwd = match opened {
+            Ok((cwd, notes)) => {
+                for note in notes {
+                    (ctx.log)("info", note);
+                }
                 cwd
             }
-            Err(e) => return (None, Err(workspace_failure(e))),
+            Err(e) => return (Some(ws), Err(workspace_failure(e))),
         };
-        self.record_workspace(t, &ws);
         if let Some(script) = setup {
             let mut in_root = job.clone();
             in_root.working_dir = Some(self.workspaces.path_of(t.id));
@@ -115,15 +127,21 @@ impl Inner {
             .await
     }
 
-    /// Shows the running attempt's workspace (its branch and base) to readers, written with the
-    /// next group commit.
-    fn record_workspace(&self, t: &Task, ws: &Workspace) {
-        let mut st = self.lock();
-        if let Some(h) = st.hot.get_mut(&t.id) {
+    /// Records the attempt's workspace (its branch and base) before the worktree is made, so
+    /// that recovery after a crash closes it against the right base; memory follows the store.
+    async fn record_workspace(&self, t: &Task, ws: &Workspace) -> Result<(), String> {
+        let Some(mut task) = self.hot_task(t.id) else {
+            return Ok(());
+        };
+        task.workspace = Some(ws.clone());
+        self.store
+            .write(vec![WriteOp::UpdateTask(Box::new(task))])
+            .await
+            .map_err(|e| format!("could not record the worktree: {e}"))?;
+        if let Some(h) = self.lock().hot.get_mut(&t.id) {
             h.task.workspace = Some(ws.clone());
-            self.store
-                .write_later(vec![WriteOp::UpdateTask(Box::new(h.task.clone()))]);
         }
+        Ok(())
     }
 }
 
@@ -134,6 +152,7 @@ fn workspace_failure(e: WorkspaceError) -> RunOutcome {
         WorkspaceError::Conflict(m)
         | WorkspaceError::NotARepository(m)
         | WorkspaceError::Gone(m)
+        | WorkspaceError::Refused(m)
         | WorkspaceError::UnknownRef(m) => RunOutcome::fatal(m),
         other => RunOutcome::retryable(format!("could not prepare the worktree: {other}")),
     }

@@ -141,8 +141,8 @@ impl Scheduler {
         recovery::recover(&inner).await?;
         // Interrupted attempts' worktrees were closed by recovery; whatever else a dead engine
         // left (a worktree half made) goes before any task starts.
-        for path in inner.workspaces.sweep().await {
-            tracing::info!("removed the worktree {path} a previous engine left");
+        for line in inner.workspaces.sweep().await {
+            tracing::warn!("{line}");
         }
         tokio::spawn(dispatch::dispatcher(inner.clone()));
         Ok(Scheduler { inner })

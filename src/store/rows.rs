@@ -68,9 +68,15 @@ pub fn task_from_row(r: &Row<'_>) -> duckdb::Result<Task> {
         pid_start: r.get(26)?,
         project: r.get::<_, Option<String>>(27)?.map(Into::into),
         agents_dir: r.get::<_, Option<String>>(28)?.map(Into::into),
+        // A workspace that does not read back must not turn an isolated task into one that
+        // runs in the user's checkout: the read fails instead.
         workspace: r
             .get::<_, Option<String>>(29)?
-            .and_then(|w| serde_json::from_str(&w).ok()),
+            .map(|w| serde_json::from_str(&w))
+            .transpose()
+            .map_err(|e| {
+                duckdb::Error::FromSqlConversionFailure(29, duckdb::types::Type::Text, Box::new(e))
+            })?,
     })
 }
 

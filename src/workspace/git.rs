@@ -2,7 +2,10 @@
 //!
 //! Every command runs with a clean git environment (no inherited `GIT_DIR`, `GIT_INDEX_FILE`,
 //! ... — an engine started from inside a git hook must not act on the hook's repository), no
-//! terminal prompts, and the C locale, so its output can be parsed.
+//! terminal prompts, the C locale (so its output can be parsed), no hooks of the repository
+//! (orchestr8-async's own bookkeeping is not the user's commit or checkout; `worktree_setup` is
+//! where an agent's preparation goes), and no automatic gc or maintenance (which would take the
+//! locks the next operation needs).
 
 use std::path::Path;
 use std::process::{Output, Stdio};
@@ -11,8 +14,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::Command;
 
 /// Variables that would point git at another repository, index or object store than the one
-/// named on the command line.
-const REPOSITORY_VARIABLES: [&str; 8] = [
+/// named on the command line. Agent processes are started without them too.
+pub const REPOSITORY_VARIABLES: [&str; 8] = [
     "GIT_DIR",
     "GIT_WORK_TREE",
     "GIT_INDEX_FILE",
@@ -107,11 +110,22 @@ impl Git<'_> {
 
     fn command(&self) -> Command {
         let mut cmd = Command::new("git");
-        cmd.arg("-C").arg(self.dir).args(&self.args);
+        cmd.arg("-C")
+            .arg(self.dir)
+            .args([
+                "-c",
+                "core.hooksPath=/dev/null",
+                "-c",
+                "gc.auto=0",
+                "-c",
+                "maintenance.auto=false",
+            ])
+            .args(&self.args);
         for v in REPOSITORY_VARIABLES {
             cmd.env_remove(v);
         }
         cmd.env("GIT_TERMINAL_PROMPT", "0")
+            .env("GIT_OPTIONAL_LOCKS", "0")
             .env("LC_ALL", "C")
             .envs(self.envs.iter().map(|(k, v)| (*k, v.as_str())))
             .stdin(if self.stdin.is_some() {

@@ -16,7 +16,7 @@
 //! taken, so the operations that add, remove or move refs of one repository are serialized here
 //! (a lock per repository); different repositories never wait for each other.
 
-mod git;
+pub mod git;
 pub mod plan;
 
 use std::collections::HashMap;
@@ -112,11 +112,17 @@ impl Workspaces {
         task_name: &str,
         id: Uuid,
     ) -> Result<Workspace, WorkspaceError> {
-        let not_repo = |why: String| {
-            WorkspaceError::NotARepository(format!(
-                "isolation \"worktree\" needs a git repository, and {} is not inside one ({why}); run `git init` and commit there, pass a working_dir inside a repository, or use isolation \"none\"",
-                dir.display()
-            ))
+        let not_repo = |e: GitError| {
+            match e {
+            GitError::Spawn(e) => WorkspaceError::NotARepository(format!(
+                "isolation \"worktree\" needs git, which could not be run ({e}); install git (2.38 or newer) or use isolation \"none\""
+            )),
+            e => WorkspaceError::NotARepository(format!(
+                "isolation \"worktree\" needs a git repository, and {} is not inside one ({}); run `git init` and commit there, pass a working_dir inside a repository, or use isolation \"none\"",
+                dir.display(),
+                e.message()
+            )),
+        }
         };
         let out = git(dir)
             .args([
@@ -128,15 +134,18 @@ impl Workspaces {
             ])
             .run()
             .await
-            .map_err(|e| not_repo(e.message()))?;
+            .map_err(not_repo)?;
         let mut lines = out.lines();
         let (Some(top), Some(common)) = (lines.next(), lines.next()) else {
-            return Err(not_repo("git did not name its top directory".into()));
+            return Err(WorkspaceError::NotARepository(format!(
+                "git named no top directory for {}",
+                dir.display()
+            )));
         };
         let subdir = lines.next().unwrap_or_default().trim_end_matches('/');
-        let top = Path::new(top);
+        let common = Path::new(common);
         let wanted = base_ref.unwrap_or("HEAD");
-        let base = git(top)
+        let base = git(Path::new(top))
             .args([
                 "rev-parse",
                 "--verify",
@@ -151,21 +160,24 @@ impl Workspaces {
         let base = match (base, base_ref) {
             (Some(b), _) => b,
             (None, None) => {
-                return Err(not_repo(
-                    "its HEAD has no commit yet: make a first commit".into(),
-                ))
+                return Err(WorkspaceError::NotARepository(format!(
+                    "isolation \"worktree\" needs a commit to start from, and the HEAD of {top} has none yet: make a first commit, or use isolation \"none\""
+                )))
             }
             (None, Some(r)) => {
                 return Err(WorkspaceError::UnknownRef(format!(
-                    "base_ref {r:?} names no commit in {}; use a branch, tag or commit of that repository (or leave base_ref out for its HEAD)",
-                    top.display()
+                    "base_ref {r:?} names no commit in {top}; use a branch, tag or commit of that repository (or leave base_ref out for its HEAD)"
                 )))
             }
         };
         Ok(Workspace {
-            repository: top.display().to_string(),
+            // The main checkout, even when the task came from a linked worktree (which may be
+            // gone by the time the task runs): every operation goes through the git directory.
+            repository: main_worktree(common)
+                .await
+                .unwrap_or_else(|| top.to_string()),
             subdir: subdir.to_string(),
-            common_dir: common.to_string(),
+            common_dir: common.display().to_string(),
             branch: plan::branch_name(task_name, id),
             base_commit: base,
             head_commit: None,
@@ -177,10 +189,10 @@ impl Workspaces {
     }
 
     /// The commit a task of a later workflow phase starts from: the work of the upstream tasks
-    /// (in the same repository). Work already contained in other work counts once; one
-    /// remaining head is used as it is; several are merged, once per phase, into the phase
-    /// branch `phase_branch` (reused by the phase's other tasks and retries). `None`: there is
-    /// no upstream work, start from the task's own base.
+    /// (in the same repository, each with commits of its own). Work contained in other work
+    /// counts once; one remaining head is used as it is; several are merged, once per phase,
+    /// into the phase branch `phase_branch` (reused by the phase's other tasks and retries).
+    /// `None`: there is no upstream work, start from the task's own base.
     pub async fn combine(
         &self,
         ws: &Workspace,
@@ -188,24 +200,19 @@ impl Workspaces {
         phase_id: &str,
         phase_branch: &str,
     ) -> Result<Option<String>, WorkspaceError> {
-        let repo = Path::new(&ws.repository);
-        let mut heads: Vec<Upstream> = Vec::new();
-        for u in upstream {
-            if !heads.iter().any(|h| h.head == u.head) {
-                heads.push(u);
-            }
+        let repo = repo_dir(ws);
+        if upstream.is_empty() {
+            return Ok(None);
         }
-        let mut tips = Vec::new();
-        for (i, h) in heads.iter().enumerate() {
-            let mut contained = false;
-            for (j, other) in heads.iter().enumerate() {
-                if i != j && is_ancestor(repo, &h.head, &other.head).await? {
-                    contained = true;
-                    break;
-                }
-            }
-            if !contained {
-                tips.push(h);
+        let independent = git(repo)
+            .args(["merge-base", "--independent"])
+            .args(upstream.iter().map(|u| u.head.as_str()))
+            .run()
+            .await?;
+        let mut tips: Vec<&Upstream> = Vec::new();
+        for head in independent.split_whitespace() {
+            if let Some(u) = upstream.iter().find(|u| u.head == head) {
+                tips.push(u);
             }
         }
         match tips.as_slice() {
@@ -239,8 +246,7 @@ impl Workspaces {
                 ])
                 .answer()
                 .await?;
-            let tree = plan::parse_merge_tree(&out, !clean);
-            let tree = tree.map_err(|files| {
+            let tree = plan::parse_merge_tree(&out, !clean).map_err(|files| {
                 WorkspaceError::Conflict(format!(
                     "the work of the earlier phases does not merge: {} and {} both changed {}. Their branches are kept: merge them yourself, or put tasks that change the same files in phases that depend on each other (the later one then starts from the earlier one's work)",
                     labels.join(", "),
@@ -278,35 +284,60 @@ impl Workspaces {
     }
 
     /// Adds the worktree of an attempt: the task's branch reset to `ws.base_commit`, the
-    /// ignored files `.worktreeinclude` lists copied in. Returns the directory the agent runs
-    /// in and a line for the task's log.
+    /// ignored files `.worktreeinclude` lists copied in. Work an earlier attempt left on the
+    /// branch is kept under `refs/orchestr8/attempts/<task id>/…` first. Returns the directory
+    /// the agent runs in and lines for the task's log.
     pub async fn open(
         &self,
         id: Uuid,
+        task_name: &str,
+        attempt: u32,
         ws: &Workspace,
-    ) -> Result<(PathBuf, String), WorkspaceError> {
-        let repo = Path::new(&ws.repository);
+    ) -> Result<(PathBuf, Vec<String>), WorkspaceError> {
+        let repo = repo_dir(ws);
         let path = self.path_of(id);
+        let mut notes = Vec::new();
         std::fs::create_dir_all(&self.root).map_err(|e| {
             WorkspaceError::Io(format!("could not create {}: {e}", self.root.display()))
         })?;
+        if path.exists() {
+            // A worktree an earlier attempt could not close: its changes are kept first.
+            let mut earlier = ws.clone();
+            match self.close(id, task_name, attempt, &mut earlier).await {
+                Ok(note) => notes.push(format!("closed the worktree an earlier attempt left: {note}")),
+                Err(e) => {
+                    return Err(WorkspaceError::Io(format!(
+                        "the worktree an earlier attempt left at {} could not be closed ({e}); its changes are still there: look at them, then delete the folder and retry",
+                        path.display()
+                    )))
+                }
+            }
+        }
         {
             let _guard = self.lock(ws).await;
-            if path.exists() {
-                // A leftover of this task's earlier attempt (a crash before its removal).
-                remove_worktree(repo, &path).await;
+            let tip = rev_parse(repo, &format!("refs/heads/{}", ws.branch)).await?;
+            if let Some(tip) = tip.filter(|t| *t != ws.base_commit) {
+                let keep = plan::attempt_ref(id, &tip);
+                git(repo).args(["update-ref", &keep, &tip]).run().await?;
+                notes.push(format!(
+                    "the branch held the work of an earlier attempt; kept as {keep} before starting afresh"
+                ));
             }
             git(repo)
                 .args(["worktree", "add", "--quiet", "-B", &ws.branch])
                 .args([path.display().to_string(), ws.base_commit.clone()])
                 .run()
                 .await
-                .map_err(|e| match e.code() {
-                    Some(_) if !repo.is_dir() => WorkspaceError::NotARepository(format!(
-                        "the repository {} no longer exists",
-                        ws.repository
-                    )),
-                    _ => e.into(),
+                .map_err(|e| {
+                    let m = e.message();
+                    if m.contains("already checked out") || m.contains("already used by worktree") {
+                        WorkspaceError::Refused(format!(
+                            "the task's branch {} is checked out elsewhere ({m}); switch that checkout to another branch, then retry the task",
+                            ws.branch
+                        ))
+                    } else {
+                        e.into()
+                    }
                 })?;
         }
         let cwd = if ws.subdir.is_empty() {
@@ -346,12 +377,16 @@ impl Workspaces {
                 "; copied {copied} file(s) listed in .worktreeinclude"
             ));
         }
-        Ok((cwd, note))
+        notes.push(note);
+        Ok((cwd, notes))
     }
 
     /// Ends an attempt's worktree: commits what the agent left uncommitted (a message naming the
-    /// task, its id in a trailer), records the branch's head and the size of the change, removes
-    /// the worktree, and deletes the branch if it holds nothing. Returns a line for the log.
+    /// task, its id in a trailer) on top of what it checked out, points the branch there,
+    /// records the branch's head and the size of the change, removes the worktree, and deletes
+    /// the branch if it holds nothing. Also right when the worktree was never made (the
+    /// attempt failed before): the branch is then taken as it is. Returns a line for the log.
+    /// On an error the worktree stays, with its changes, for the next attempt or start.
     pub async fn close(
         &self,
         id: Uuid,
@@ -359,69 +394,94 @@ impl Workspaces {
         attempt: u32,
         ws: &mut Workspace,
     ) -> Result<String, WorkspaceError> {
-        let repo = Path::new(&ws.repository).to_path_buf();
+        let repo = repo_dir(ws).to_path_buf();
         let path = self.path_of(id);
-        let mut note = String::new();
+        let mut notes = Vec::new();
+        let branch_ref = format!("refs/heads/{}", ws.branch);
+        let tip = rev_parse(&repo, &branch_ref).await?;
+        let mut head = tip.clone().unwrap_or_else(|| ws.base_commit.clone());
         if path.join(".git").exists() {
-            git(&path).args(["add", "--all"]).run().await?;
-            let dirty = git(&path)
-                .args(["diff", "--cached", "--quiet"])
-                .query()
-                .await?
-                .is_none();
-            if dirty {
-                let mut commit = git(&path).args([
-                    "-c",
-                    "commit.gpgsign=false",
-                    "commit",
-                    "--quiet",
-                    "--no-verify",
-                    "-m",
-                    &plan::commit_message(task_name, id, attempt),
-                ]);
-                for (k, v) in identity(&path).await {
-                    commit = commit.env(k, v);
-                }
-                commit.run().await?;
-                note.push_str("committed the changes it left; ");
+            let (checked_out, work, committed) =
+                snapshot(&path, &plan::commit_message(task_name, id, attempt)).await?;
+            if committed {
+                notes.push("committed the changes it left".to_string());
             }
+            if Some(&checked_out) != tip.as_ref() {
+                // The agent committed elsewhere (detached, another branch): its work is what
+                // its worktree had checked out; what the branch held beyond it is kept aside.
+                if let Some(t) = tip.as_ref().filter(|t| **t != ws.base_commit) {
+                    if !is_ancestor(&repo, t, &work).await? {
+                        let keep = plan::attempt_ref(id, t);
+                        git(&repo).args(["update-ref", &keep, t]).run().await?;
+                        notes.push(format!("the branch's own commits are kept as {keep}"));
+                    }
+                }
+                notes.push(
+                    "the agent had left its branch; the branch now points at its work".into(),
+                );
+            }
+            head = work;
         }
-        let head = rev_parse(&repo, &format!("refs/heads/{}", ws.branch))
-            .await?
-            .unwrap_or_else(|| ws.base_commit.clone());
         let stat = git(&repo)
-            .args(["diff", "--shortstat", &ws.base_commit, &head])
+            .args([
+                "diff",
+                "--shortstat",
+                "--no-renames",
+                &ws.base_commit,
+                &head,
+            ])
             .run()
             .await?;
         let (files, ins, del) = plan::parse_shortstat(&stat);
-        let _guard = self.lock(ws).await;
-        remove_worktree(&repo, &path).await;
         let kept = head != ws.base_commit;
-        if !kept {
-            let _ = git(&repo)
-                .args(["branch", "--quiet", "-D", &ws.branch])
-                .run()
-                .await;
+        {
+            let _guard = self.lock(ws).await;
+            if kept && tip.as_ref() != Some(&head) {
+                git(&repo)
+                    .args([
+                        "update-ref",
+                        "-m",
+                        "orchestr8-async: attempt ended",
+                        &branch_ref,
+                        &head,
+                    ])
+                    .run()
+                    .await?;
+            }
+            remove_worktree(&repo, &path).await;
+            if !kept && tip.is_some() {
+                if let Err(e) = git(&repo)
+                    .args(["branch", "--quiet", "-D", &ws.branch])
+                    .run()
+                    .await
+                {
+                    notes.push(format!(
+                        "the empty branch could not be deleted: {}",
+                        e.message()
+                    ));
+                }
+            }
         }
         ws.head_commit = Some(head.clone());
         ws.files_changed = files;
         ws.insertions = ins;
         ws.deletions = del;
         ws.branch_kept = kept;
-        note.push_str(&if kept {
+        notes.push(if kept {
             format!(
                 "branch {} at {} ({files} file(s) changed, +{ins} -{del}); worktree removed",
                 ws.branch,
                 plan::short(&head)
             )
         } else {
-            format!("no changes; branch {} deleted, worktree removed", ws.branch)
+            "no changes; no branch kept, worktree removed".to_string()
         });
-        Ok(note)
+        Ok(notes.join("; "))
     }
 
     /// The change of a task against its base: its branch's head, or — `running` — its worktree
-    /// as it is now. `max` bytes of diff at most.
+    /// as it is now (untracked files included, the agent's index left alone). `max` bytes of
+    /// diff at most.
     pub async fn diff(
         &self,
         id: Uuid,
@@ -430,54 +490,67 @@ impl Workspaces {
         paths: &[String],
         max: usize,
     ) -> Result<Diff, WorkspaceError> {
+        let repo = repo_dir(ws);
         let worktree = self.path_of(id);
-        let live = running && worktree.join(".git").exists();
-        let (dir, head) = if live {
-            (worktree, None)
+        let (target, head) = if running && worktree.join(".git").exists() {
+            let (_, tree) = worktree_tree(&worktree).await?;
+            (tree, None)
         } else {
-            let head = match &ws.head_commit {
-                Some(h) => h.clone(),
-                None => {
-                    return Err(WorkspaceError::Refused(
-                        "the task has not started yet, so it has no change to show; wait for it (task_wait) and ask again".into(),
-                    ))
-                }
-            };
-            (PathBuf::from(&ws.repository), Some(head))
+            let head = ws.head_commit.clone().ok_or_else(|| {
+                WorkspaceError::Refused(
+                    "the task has not run in its worktree yet, so it has no change to show".into(),
+                )
+            })?;
+            (head.clone(), Some(head))
         };
-        if !dir.is_dir() {
+        if !repo.is_dir() {
             return Err(WorkspaceError::Gone(format!(
                 "the repository {} no longer exists",
                 ws.repository
             )));
         }
-        let mut range = vec![ws.base_commit.clone()];
-        range.extend(head.clone());
+        let range = [ws.base_commit.clone(), target];
         let spec: Vec<String> = std::iter::once("--".to_string())
             .chain(paths.iter().cloned())
             .collect();
         let refused = |e: GitError| {
             match e.code() {
-            Some(128) if e.message().contains("bad object") || e.message().contains("unknown revision") => {
+            Some(128)
+                if e.message().contains("bad object")
+                    || e.message().contains("unknown revision") =>
+            {
                 WorkspaceError::Gone(format!(
                     "a commit of this task's change is no longer in {} (its branch was deleted and collected?): {}",
                     ws.repository,
                     e.message()
                 ))
             }
-            Some(_) => WorkspaceError::Refused(format!("git could not show this diff: {}", e.message())),
+            Some(_) => WorkspaceError::Refused(format!(
+                "git could not show this diff: {}",
+                e.message()
+            )),
             None => e.into(),
         }
         };
-        let numstat = git(&dir)
-            .args(["diff", "--no-renames", "--numstat", "-z"])
+        const PLAIN: [&str; 6] = [
+            "diff",
+            "--no-renames",
+            "--no-ext-diff",
+            "--no-textconv",
+            "--src-prefix=a/",
+            "--dst-prefix=b/",
+        ];
+        let numstat = git(repo)
+            .args(PLAIN)
+            .args(["--numstat", "-z"])
             .args(&range)
             .args(&spec)
             .run()
             .await
             .map_err(refused)?;
-        let (bytes, more) = git(&dir)
-            .args(["diff", "--no-color", "--no-ext-diff", "--no-renames"])
+        let (bytes, more) = git(repo)
+            .args(PLAIN)
+            .arg("--no-color")
             .args(&range)
             .args(&spec)
             .run_capped(max)
@@ -493,7 +566,8 @@ impl Workspaces {
     }
 
     /// Removes every worktree a previous engine left in `<db>.worktrees` (called before any
-    /// task starts, so none of them is in use). Returns a line per worktree removed.
+    /// task starts, so none of them is in use). Changes found in one are committed first and
+    /// kept as `refs/orchestr8/leftovers/<folder>`. Returns a line per worktree removed.
     pub async fn sweep(&self) -> Vec<String> {
         let Ok(entries) = std::fs::read_dir(&self.root) else {
             return Vec::new();
@@ -504,13 +578,39 @@ impl Workspaces {
             if !path.is_dir() {
                 continue;
             }
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let mut line = format!(
+                "removed the worktree {} a previous engine left",
+                path.display()
+            );
             match owning_repository(&path) {
-                Some(common) => remove_worktree(&common, &path).await,
+                Some(common) => {
+                    let message = format!(
+                        "Changes left in the worktree {name}\n\nKept by orchestr8-async when it removed the worktree.\n"
+                    );
+                    match snapshot(&path, &message).await {
+                        Ok((_, commit, true)) => {
+                            let keep =
+                                format!("refs/orchestr8/leftovers/{}", plan::ref_safe(&name));
+                            if git(&common)
+                                .args(["update-ref", &keep, &commit])
+                                .run()
+                                .await
+                                .is_ok()
+                            {
+                                line.push_str(&format!("; its changes are kept as {keep}"));
+                            }
+                        }
+                        Ok((_, _, false)) => {}
+                        Err(e) => line.push_str(&format!("; its changes could not be kept ({e})")),
+                    }
+                    remove_worktree(&common, &path).await;
+                }
                 None => {
                     let _ = std::fs::remove_dir_all(&path);
                 }
             }
-            removed.push(path.display().to_string());
+            removed.push(line);
         }
         removed
     }
@@ -518,6 +618,29 @@ impl Workspaces {
 
 fn label(u: &Upstream) -> String {
     format!("task {:?} (branch {})", u.name, u.branch)
+}
+
+/// Where repository-level git commands run: the git directory itself, which outlives any
+/// checkout (a task may have come from a linked worktree removed since).
+fn repo_dir(ws: &Workspace) -> &Path {
+    if ws.common_dir.is_empty() {
+        Path::new(&ws.repository)
+    } else {
+        Path::new(&ws.common_dir)
+    }
+}
+
+/// The main checkout of the repository whose git directory is `common` (`None` for a bare
+/// repository).
+async fn main_worktree(common: &Path) -> Option<String> {
+    let list = git(common)
+        .args(["worktree", "list", "--porcelain"])
+        .run()
+        .await
+        .ok()?;
+    let mut lines = list.lines();
+    let first = lines.next()?.strip_prefix("worktree ")?.to_string();
+    (lines.next() != Some("bare")).then_some(first)
 }
 
 async fn rev_parse(repo: &Path, rev: &str) -> Result<Option<String>, GitError> {
@@ -535,6 +658,61 @@ async fn is_ancestor(repo: &Path, a: &str, b: &str) -> Result<bool, GitError> {
         .query()
         .await?
         .is_some())
+}
+
+/// What a worktree holds now, as a tree: its checked-out commit and the tree of its files
+/// (tracked changes and untracked files git does not ignore), built in a private copy of its
+/// index — the agent's own index and its lock are never touched.
+async fn worktree_tree(wt: &Path) -> Result<(String, String), WorkspaceError> {
+    let head = rev_parse(wt, "HEAD").await?.ok_or_else(|| {
+        WorkspaceError::Io(format!("the worktree {} has no HEAD commit", wt.display()))
+    })?;
+    let admin = worktree_admin(wt)
+        .ok_or_else(|| WorkspaceError::Io(format!("{} is not a git worktree", wt.display())))?;
+    let index = admin.join("orchestr8-index");
+    let copied = std::fs::copy(admin.join("index"), &index).is_ok();
+    let index_env = index.display().to_string();
+    let result = async {
+        if !copied {
+            git(wt)
+                .args(["read-tree", &head])
+                .env("GIT_INDEX_FILE", index_env.clone())
+                .run()
+                .await?;
+        }
+        git(wt)
+            .args(["add", "--all"])
+            .env("GIT_INDEX_FILE", index_env.clone())
+            .run()
+            .await?;
+        let tree = git(wt)
+            .arg("write-tree")
+            .env("GIT_INDEX_FILE", index_env.clone())
+            .run()
+            .await?;
+        Ok::<_, GitError>(tree.trim().to_string())
+    }
+    .await;
+    let _ = std::fs::remove_file(&index);
+    let _ = std::fs::remove_file(admin.join("orchestr8-index.lock"));
+    Ok((head, result?))
+}
+
+/// Commits a worktree's state on top of its checked-out commit (see [`worktree_tree`]) without
+/// moving anything: `(checked out, work, committed)`; the work is the checked-out commit
+/// itself when nothing changed.
+async fn snapshot(wt: &Path, message: &str) -> Result<(String, String, bool), WorkspaceError> {
+    let (head, tree) = worktree_tree(wt).await?;
+    let head_tree = rev_parse(wt, &format!("{head}^{{tree}}")).await?;
+    if head_tree.as_deref() == Some(tree.as_str()) {
+        return Ok((head.clone(), head, false));
+    }
+    let mut commit = git(wt).args(["commit-tree", &tree, "-p", &head, "-m", message]);
+    for (k, v) in identity(wt).await {
+        commit = commit.env(k, v);
+    }
+    let work = commit.run().await?.trim().to_string();
+    Ok((head, work, true))
 }
 
 /// The identity for orchestr8-async's own commits: none when git has one configured (the
@@ -558,17 +736,24 @@ async fn identity(dir: &Path) -> Vec<(&'static str, String)> {
     ]
 }
 
-/// The git directory a linked worktree belongs to, from its `.git` file
-/// (`gitdir: <common>/worktrees/<name>`).
-fn owning_repository(worktree: &Path) -> Option<PathBuf> {
+/// A linked worktree's administrative folder (`<common>/worktrees/<name>`), from its `.git`
+/// file (`gitdir: …`, absolute or relative to the worktree).
+fn worktree_admin(worktree: &Path) -> Option<PathBuf> {
     let text = std::fs::read_to_string(worktree.join(".git")).ok()?;
-    let gitdir = PathBuf::from(text.strip_prefix("gitdir:")?.trim());
-    Some(gitdir.parent()?.parent()?.to_path_buf())
+    let gitdir = Path::new(text.strip_prefix("gitdir:")?.trim());
+    Some(worktree.join(gitdir))
 }
 
-/// Removes a worktree and git's record of it; by hand (then pruning the record) if git
-/// refuses. Never fails: a worktree that cannot be removed is swept at the next start.
+/// The git directory a linked worktree belongs to.
+fn owning_repository(worktree: &Path) -> Option<PathBuf> {
+    Some(worktree_admin(worktree)?.parent()?.parent()?.to_path_buf())
+}
+
+/// Removes one of orchestr8-async's worktrees and git's record of it; by hand if git refuses
+/// (its record then goes too — only this worktree's, never another's). Never fails: a worktree
+/// that cannot be removed is swept at the next start.
 async fn remove_worktree(repo: &Path, path: &Path) {
+    let admin = worktree_admin(path);
     let removed = git(repo)
         .args(["worktree", "remove", "--force", "--force"])
         .arg_path(path)
@@ -584,20 +769,31 @@ async fn remove_worktree(repo: &Path, path: &Path) {
                 tracing::warn!("could not remove the worktree {}: {e}", path.display());
             }
         }
-        let _ = git(repo).args(["worktree", "prune"]).run().await;
+        if let Some(admin) = admin {
+            // Only if the record is this worktree's (its `gitdir` file points back here).
+            let points_here = std::fs::read_to_string(admin.join("gitdir"))
+                .is_ok_and(|g| Path::new(g.trim()) == path.join(".git"));
+            if points_here {
+                let _ = std::fs::remove_dir_all(&admin);
+            }
+        }
     }
 }
 
 /// Copies into a new worktree the files `.worktreeinclude` (at the repository's top) selects
 /// that git ignores — `.env`, local settings: what a run needs but the repository does not
-/// hold. Its patterns are read the way `.gitignore`'s are (git does the matching). Returns how
-/// many files were copied.
+/// hold. Its patterns are read the way `.gitignore`'s are (git does the matching), and a file
+/// is copied only if the worktree's own ignore rules (those of the base) ignore it too, so it is
+/// never committed. Returns how many files were copied.
 async fn copy_included(repo: &Path, worktree: &Path) -> Result<usize, WorkspaceError> {
-    let list = repo.join(".worktreeinclude");
+    let Some(checkout) = main_worktree(repo).await.map(PathBuf::from) else {
+        return Ok(0);
+    };
+    let list = checkout.join(".worktreeinclude");
     if !list.is_file() {
         return Ok(0);
     }
-    let matched = git(repo)
+    let matched = git(&checkout)
         .args(["ls-files", "-z", "--others", "--ignored"])
         .arg(format!("--exclude-from={}", list.display()))
         .run()
@@ -606,18 +802,18 @@ async fn copy_included(repo: &Path, worktree: &Path) -> Result<usize, WorkspaceE
     if matched.is_empty() {
         return Ok(0);
     }
-    let ignored = git(repo)
+    let ignored = git(worktree)
         .args(["check-ignore", "-z", "--stdin"])
         .stdin(matched.join("\0").into_bytes())
         .query()
         .await?
         .unwrap_or_default();
     let files = plan::split_nul(&ignored);
-    let (repo, worktree) = (repo.to_path_buf(), worktree.to_path_buf());
+    let worktree = worktree.to_path_buf();
     tokio::task::spawn_blocking(move || {
         let mut n = 0;
         for rel in files {
-            let (from, to) = (repo.join(&rel), worktree.join(&rel));
+            let (from, to) = (checkout.join(&rel), worktree.join(&rel));
             if to.symlink_metadata().is_ok() {
                 continue;
             }

@@ -9,25 +9,60 @@ pub const BRANCH_PREFIX: &str = "orchestr8/";
 /// The trailer naming the task in the commits orchestr8-async makes.
 pub const TASK_TRAILER: &str = "Orchestr8-Task-Id";
 
-/// The branch of a task: its name made safe for git, and the last 8 hex digits of its id (the
+/// The branch of a task: its name made safe for git, and the last 12 hex digits of its id (the
 /// random part of a UUIDv7, so two tasks of the same name and millisecond still differ).
 pub fn branch_name(task_name: &str, id: Uuid) -> String {
     let hex = id.simple().to_string();
     format!(
         "{BRANCH_PREFIX}{}-{}",
         slug(task_name, 40),
-        &hex[hex.len() - 8..]
+        &hex[hex.len() - 12..]
     )
 }
 
-/// The branch holding the merged work of the phases before `phase_id` in a workflow.
+/// The branch holding the merged work of the phases before `phase_id` in a workflow. Phase
+/// ids (`[a-z0-9._-]`) are kept as they are, so distinct phases never share a branch.
 pub fn phase_branch_name(workflow: Uuid, phase_id: &str) -> String {
     let hex = workflow.simple().to_string();
     format!(
         "{BRANCH_PREFIX}workflow-{}/{}",
-        &hex[hex.len() - 8..],
-        slug(phase_id, 64)
+        &hex[hex.len() - 12..],
+        ref_safe(phase_id)
     )
+}
+
+/// Where the work an attempt left on a task's branch is kept before another attempt resets
+/// the branch (a ref, not a branch: kept from `git gc`, out of the way of `git branch`).
+pub fn attempt_ref(id: Uuid, tip: &str) -> String {
+    format!("refs/orchestr8/attempts/{id}/{}", short(tip))
+}
+
+/// `s` as one component of a git ref name: the characters git refuses become '-', and what git
+/// refuses as a whole ("..", a leading '.', a trailing ".lock" or '.') is escaped.
+pub fn ref_safe(s: &str) -> String {
+    let mut out: String = s
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    while out.contains("..") {
+        out = out.replace("..", ".-");
+    }
+    if out.starts_with('.') {
+        out.insert(0, '_');
+    }
+    if out.ends_with(".lock") || out.ends_with('.') {
+        out.push('_');
+    }
+    if out.is_empty() {
+        out.push('_');
+    }
+    out
 }
 
 /// Lowercase ASCII letters and digits, other runs of characters as one '-', at most `max`
@@ -179,19 +214,36 @@ mod tests {
         let id = Uuid::parse_str("0190a3b2-7c4d-7e8f-9a0b-1c2d3e4f5a6b").unwrap();
         assert_eq!(
             branch_name("Fix the login bug!", id),
-            "orchestr8/fix-the-login-bug-3e4f5a6b"
+            "orchestr8/fix-the-login-bug-1c2d3e4f5a6b"
         );
-        assert_eq!(branch_name("???", id), "orchestr8/task-3e4f5a6b");
+        assert_eq!(branch_name("???", id), "orchestr8/task-1c2d3e4f5a6b");
         assert_eq!(
             branch_name("ünïcode ok", id),
-            "orchestr8/n-code-ok-3e4f5a6b"
+            "orchestr8/n-code-ok-1c2d3e4f5a6b"
         );
         let long = branch_name(&"x".repeat(300), id);
-        assert!(long.len() <= "orchestr8/".len() + 40 + 9, "{long}");
+        assert!(long.len() <= "orchestr8/".len() + 40 + 13, "{long}");
         assert_eq!(
             phase_branch_name(id, "impl"),
-            "orchestr8/workflow-3e4f5a6b/impl"
+            "orchestr8/workflow-1c2d3e4f5a6b/impl"
         );
+        // Distinct phase ids, distinct branches.
+        assert_ne!(
+            phase_branch_name(id, "build_a"),
+            phase_branch_name(id, "build-a")
+        );
+    }
+
+    #[test]
+    fn ref_components_are_made_safe() {
+        assert_eq!(ref_safe("impl"), "impl");
+        assert_eq!(ref_safe("a..b"), "a.-b");
+        assert_eq!(ref_safe(".hidden"), "_.hidden");
+        assert_eq!(ref_safe("x.lock"), "x.lock_");
+        assert_eq!(ref_safe("a b/c"), "a-b-c");
+        assert_eq!(ref_safe(""), "_");
+        let id = Uuid::now_v7();
+        assert!(attempt_ref(id, "0123456789abcdef0").ends_with(&format!("{id}/0123456789ab")));
     }
 
     #[test]

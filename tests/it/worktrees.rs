@@ -664,3 +664,134 @@ async fn a_running_task_shows_its_worktree_and_a_cancel_keeps_its_work() {
     assert_checkout_untouched(&repo, &head);
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_retry_keeps_the_work_of_the_attempt_before() {
+    let env = Env::new();
+    let repo = repo(&env, "work/repo");
+    // The first attempt edits and fails; the second changes nothing and succeeds.
+    env.shell_agent(
+        "flaky",
+        "if [ \"$ORCHESTR8_ATTEMPT\" = 1 ]; then echo try1 >> notes.txt; exit 1; fi; echo fine",
+        "isolation: worktree\nmax_retries: 1",
+    );
+    let s = env.start().await;
+    let wd = repo.display().to_string();
+    let id = s
+        .submit("flaky", "flaky", "go", json!({"working_dir": wd}))
+        .await;
+    let t = s.wait_one(&id, 60).await;
+    assert_eq!(t["status"], "completed", "{t}");
+    assert_eq!(t["attempt"], 2);
+    assert!(
+        t["workspace"]["branch"].is_null(),
+        "the last attempt changed nothing: {t}"
+    );
+    // What the first attempt did was kept before the second reset the branch.
+    let kept = git(
+        &repo,
+        &[
+            "for-each-ref",
+            "--format=%(refname)",
+            &format!("refs/orchestr8/attempts/{id}/"),
+        ],
+    );
+    let kept = kept.trim();
+    assert!(!kept.is_empty(), "no ref kept the first attempt's work");
+    assert_eq!(
+        git(&repo, &["show", &format!("{kept}:notes.txt")]),
+        "base\ntry1\n"
+    );
+    let logs = s.log_messages(&id).await;
+    assert!(
+        logs.iter().any(|l| l.contains(&format!("kept as {kept}"))),
+        "{logs:?}"
+    );
+    assert_eq!(orchestr8_branches(&repo), Vec::<String>::new());
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn agents_that_leave_their_branch_or_a_lock_or_work_in_a_subfolder_keep_their_work() {
+    let env = Env::new();
+    let repo = repo(&env, "work/repo");
+    std::fs::create_dir_all(repo.join("sub")).unwrap();
+    std::fs::write(repo.join("sub/keep.txt"), "k\n").unwrap();
+    git(&repo, &["add", "."]);
+    git(&repo, &["commit", "--quiet", "-m", "sub"]);
+    let head = git(&repo, &["rev-parse", "HEAD"]).trim().to_string();
+    env.shell_agent(
+        "detacher",
+        "git checkout -q --detach && echo det >> notes.txt && git commit -q -am 'agent commit' && echo more >> notes.txt",
+        "isolation: worktree",
+    );
+    env.shell_agent(
+        "locker",
+        "echo locked >> notes.txt && touch \"$(git rev-parse --git-dir)/index.lock\"",
+        "isolation: worktree",
+    );
+    env.shell_agent(
+        "subdir",
+        "pwd >&2; echo y > here.txt",
+        "isolation: worktree",
+    );
+    let s = env.start().await;
+    let wd = repo.display().to_string();
+    let a = s
+        .submit("detach", "detacher", "go", json!({"working_dir": wd}))
+        .await;
+    let b = s
+        .submit("lock", "locker", "go", json!({"working_dir": wd}))
+        .await;
+    let c = s
+        .submit(
+            "sub",
+            "subdir",
+            "go",
+            json!({"working_dir": format!("{wd}/sub")}),
+        )
+        .await;
+    let done = s.wait_all(&[a.clone(), b.clone(), c.clone()], 60).await;
+    for t in &done {
+        assert_eq!(t["status"], "completed", "{t}");
+    }
+    let branch = |t: &Value| str_of(&t["workspace"], "branch").to_string();
+    // Detached: its own commit and what it left after it are both on the branch.
+    let detached = branch(&done[0]);
+    assert_eq!(
+        git(&repo, &["show", &format!("{detached}:notes.txt")]),
+        "base\ndet\nmore\n"
+    );
+    assert_eq!(
+        git(&repo, &["log", "-1", "--skip=1", "--format=%s", &detached]).trim(),
+        "agent commit"
+    );
+    let logs = s.log_messages(&a).await;
+    assert!(
+        logs.iter()
+            .any(|l| l.contains("the agent had left its branch")),
+        "{logs:?}"
+    );
+    // A lock left on its index does not stop its work being kept.
+    assert_eq!(
+        git(&repo, &["show", &format!("{}:notes.txt", branch(&done[1]))]),
+        "base\nlocked\n"
+    );
+    // A sub-folder working_dir runs in the same sub-folder of the worktree.
+    assert_eq!(
+        git(
+            &repo,
+            &["show", &format!("{}:sub/here.txt", branch(&done[2]))]
+        ),
+        "y\n"
+    );
+    let logs = s.log_messages(&c).await;
+    assert!(
+        logs.iter()
+            .any(|l| l.ends_with(&format!(".worktrees/{c}/sub"))),
+        "{logs:?}"
+    );
+    assert_eq!(worktrees(&repo), vec![wd]);
+    assert_checkout_untouched(&repo, &head);
+    s.stop().await;
+}
