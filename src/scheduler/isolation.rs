@@ -48,8 +48,9 @@ impl Inner {
         if let Err(e) = self.record_workspace(t, &ws).await {
             return (Some(ws), Err(RunOutcome::retryable(e)));
         }
-        // Git is not asked to stop (it may wait on a lock or a credential helper); the attempt's
-        // cancellation and timeout stop waiting for it (the command is killed with its future).
+        // Git may wait on a lock or a credential helper: the attempt's cancellation and timeout
+        // stop it (each git command is killed with its process group when given up on; a
+        // worktree cut short is never marked ready, so closing it keeps nothing of it).
         let opened = tokio::select! {
             r = self.workspaces.open(t.id, &t.name, t.attempt, &ws) => r,
             _ = ctx.cancel.cancelled() => return (Some(ws), Err(RunOutcome::Stopped)),
@@ -109,10 +110,13 @@ impl Inner {
         let upstream: Vec<Upstream> = tasks
             .into_iter()
             .filter_map(|u| {
-                let w = u.workspace?;
-                (w.common_dir == ws.common_dir && w.repository == ws.repository).then(|| Upstream {
+                // Only tasks with commits of their own: one that changed nothing has no work to
+                // pass on (its base is someone else's, or none).
+                let w = u.workspace.filter(|w| w.branch_kept)?;
+                let head = w.head_commit?;
+                (w.common_dir == ws.common_dir).then_some(Upstream {
                     name: u.name,
-                    head: w.head_commit.clone().unwrap_or(w.base_commit.clone()),
+                    head,
                     branch: w.branch,
                 })
             })

@@ -135,6 +135,9 @@ impl Git<'_> {
             })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
+            // Its own process group, so that a command given up on (the attempt was cancelled)
+            // stops with everything it started — `worktree add` runs a checkout of its own.
+            .process_group(0)
             .kill_on_drop(true);
         cmd
     }
@@ -150,12 +153,15 @@ impl Git<'_> {
 
     async fn output(&self) -> Result<Output, GitError> {
         let mut child = self.command().spawn().map_err(GitError::Spawn)?;
+        let mut group = Group(child.id());
         if let (Some(input), Some(mut pipe)) = (self.stdin.clone(), child.stdin.take()) {
             tokio::spawn(async move {
                 let _ = pipe.write_all(&input).await;
             });
         }
-        child.wait_with_output().await.map_err(GitError::Spawn)
+        let out = child.wait_with_output().await.map_err(GitError::Spawn);
+        group.0 = None;
+        out
     }
 
     /// Runs the command; its stdout, or an error with its stderr.
@@ -193,6 +199,7 @@ impl Git<'_> {
     /// was more (the rest is never read: the process is stopped).
     pub async fn run_capped(self, cap: usize) -> Result<(Vec<u8>, bool), GitError> {
         let mut child = self.command().spawn().map_err(GitError::Spawn)?;
+        let mut group = Group(child.id());
         let mut stdout = child.stdout.take().ok_or_else(|| {
             GitError::Spawn(std::io::Error::other("git's output could not be read"))
         })?;
@@ -220,11 +227,12 @@ impl Git<'_> {
             }
         }
         if more {
-            let _ = child.start_kill();
+            drop(group);
             let _ = child.wait().await;
             return Ok((kept, true));
         }
         let status = child.wait().await.map_err(GitError::Spawn)?;
+        group.0 = None;
         let stderr = err_reader.await.unwrap_or_default();
         if status.success() {
             Ok((kept, false))
@@ -235,6 +243,21 @@ impl Git<'_> {
                 code: status.code(),
                 stderr: String::from_utf8_lossy(&stderr).trim().to_string(),
             })
+        }
+    }
+}
+
+/// The process group of a running git command, killed if the command is given up on before it
+/// ended (set to `None` once it has).
+struct Group(Option<u32>);
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        if let Some(pgid) = self.0 {
+            crate::runner::process::signal_group(
+                i64::from(pgid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
         }
     }
 }

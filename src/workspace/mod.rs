@@ -175,6 +175,7 @@ impl Workspaces {
             // gone by the time the task runs): every operation goes through the git directory.
             repository: main_worktree(common)
                 .await
+                .filter(|m| Path::new(m) != common && Path::new(m).join(".git").exists())
                 .unwrap_or_else(|| top.to_string()),
             subdir: subdir.to_string(),
             common_dir: common.display().to_string(),
@@ -307,7 +308,7 @@ impl Workspaces {
                 Ok(note) => notes.push(format!("closed the worktree an earlier attempt left: {note}")),
                 Err(e) => {
                     return Err(WorkspaceError::Io(format!(
-                        "the worktree an earlier attempt left at {} could not be closed ({e}); its changes are still there: look at them, then delete the folder and retry",
+                        "the worktree an earlier attempt left at {} could not be closed ({e}); it is left as it is, with its changes",
                         path.display()
                     )))
                 }
@@ -323,6 +324,12 @@ impl Workspaces {
                     "the branch held the work of an earlier attempt; kept as {keep} before starting afresh"
                 ));
             }
+            // A record of this path whose folder is gone would make the add fail.
+            let _ = git(repo)
+                .args(["worktree", "remove", "--force", "--force"])
+                .arg_path(&path)
+                .run()
+                .await;
             git(repo)
                 .args(["worktree", "add", "--quiet", "-B", &ws.branch])
                 .args([path.display().to_string(), ws.base_commit.clone()])
@@ -346,13 +353,23 @@ impl Workspaces {
             path.join(&ws.subdir)
         };
         let prepared = async {
-            let copied = copy_included(repo, &path).await?;
+            let copied = copy_included(Path::new(&ws.repository), &path).await?;
             std::fs::create_dir_all(&cwd).map_err(|e| {
                 WorkspaceError::Io(format!("could not create {}: {e}", cwd.display()))
             })?;
             Ok::<_, WorkspaceError>(copied)
         }
         .await;
+        let prepared = prepared.and_then(|n| {
+            // From here on the worktree holds what the agent does: closing it keeps that.
+            let admin = worktree_admin(&path).ok_or_else(|| {
+                WorkspaceError::Io(format!("{} is not a git worktree", path.display()))
+            })?;
+            std::fs::write(admin.join(READY_MARK), b"").map_err(|e| {
+                WorkspaceError::Io(format!("could not mark the worktree ready: {e}"))
+            })?;
+            Ok(n)
+        });
         let copied = match prepared {
             Ok(n) => n,
             Err(e) => {
@@ -400,7 +417,7 @@ impl Workspaces {
         let branch_ref = format!("refs/heads/{}", ws.branch);
         let tip = rev_parse(&repo, &branch_ref).await?;
         let mut head = tip.clone().unwrap_or_else(|| ws.base_commit.clone());
-        if path.join(".git").exists() {
+        if is_ready(&path) {
             let (checked_out, work, committed) =
                 snapshot(&path, &plan::commit_message(task_name, id, attempt)).await?;
             if committed {
@@ -492,7 +509,7 @@ impl Workspaces {
     ) -> Result<Diff, WorkspaceError> {
         let repo = repo_dir(ws);
         let worktree = self.path_of(id);
-        let (target, head) = if running && worktree.join(".git").exists() {
+        let (target, head) = if running && is_ready(&worktree) {
             let (_, tree) = worktree_tree(&worktree).await?;
             (tree, None)
         } else {
@@ -584,28 +601,45 @@ impl Workspaces {
                 path.display()
             );
             match owning_repository(&path) {
-                Some(common) => {
+                Some(common) if is_ready(&path) => {
                     let message = format!(
                         "Changes left in the worktree {name}\n\nKept by orchestr8-async when it removed the worktree.\n"
                     );
-                    match snapshot(&path, &message).await {
+                    let kept = match snapshot(&path, &message).await {
                         Ok((_, commit, true)) => {
-                            let keep =
-                                format!("refs/orchestr8/leftovers/{}", plan::ref_safe(&name));
-                            if git(&common)
+                            let keep = format!(
+                                "refs/orchestr8/leftovers/{}/{}",
+                                plan::ref_safe(&name),
+                                plan::short(&commit)
+                            );
+                            git(&common)
                                 .args(["update-ref", &keep, &commit])
                                 .run()
                                 .await
-                                .is_ok()
-                            {
-                                line.push_str(&format!("; its changes are kept as {keep}"));
-                            }
+                                .map(|_| Some(keep))
+                                .map_err(WorkspaceError::from)
                         }
-                        Ok((_, _, false)) => {}
-                        Err(e) => line.push_str(&format!("; its changes could not be kept ({e})")),
+                        Ok((_, _, false)) => Ok(None),
+                        Err(e) => Err(e),
+                    };
+                    match kept {
+                        Ok(Some(keep)) => {
+                            line.push_str(&format!("; its changes are kept as {keep}"))
+                        }
+                        Ok(None) => {}
+                        Err(e) => {
+                            // Never removed with changes that could not be kept.
+                            removed.push(format!(
+                                "left the worktree {} a previous engine left: its changes could not be kept ({e}); look at it, then remove it with `git worktree remove --force`",
+                                path.display()
+                            ));
+                            continue;
+                        }
                     }
                     remove_worktree(&common, &path).await;
                 }
+                // Made half-way (no agent ran in it): nothing to keep.
+                Some(common) => remove_worktree(&common, &path).await,
                 None => {
                     let _ = std::fs::remove_dir_all(&path);
                 }
@@ -614,6 +648,14 @@ impl Workspaces {
         }
         removed
     }
+}
+
+/// Written in a worktree's administrative folder once it is complete and the agent may start:
+/// a worktree without it was cut short while being made and holds nothing of the agent's.
+const READY_MARK: &str = "orchestr8-ready";
+
+fn is_ready(worktree: &Path) -> bool {
+    worktree_admin(worktree).is_some_and(|a| a.join(READY_MARK).exists())
 }
 
 fn label(u: &Upstream) -> String {
@@ -669,8 +711,20 @@ async fn worktree_tree(wt: &Path) -> Result<(String, String), WorkspaceError> {
     })?;
     let admin = worktree_admin(wt)
         .ok_or_else(|| WorkspaceError::Io(format!("{} is not a git worktree", wt.display())))?;
-    let index = admin.join("orchestr8-index");
-    let copied = std::fs::copy(admin.join("index"), &index).is_ok();
+    // A private index per call (a diff and a close may overlap), a copy of the worktree's own
+    // with its modification time: git trusts an entry's cached stat only when it is older than
+    // the index file, so a fresh time would hide an edit made in the same second.
+    let index = admin.join(format!("orchestr8-index-{}", Uuid::new_v4().simple()));
+    let copied = std::fs::metadata(admin.join("index"))
+        .and_then(|m| m.modified())
+        .and_then(|mtime| {
+            std::fs::copy(admin.join("index"), &index)?;
+            std::fs::File::options()
+                .write(true)
+                .open(&index)?
+                .set_modified(mtime)
+        })
+        .is_ok();
     let index_env = index.display().to_string();
     let result = async {
         if !copied {
@@ -680,10 +734,11 @@ async fn worktree_tree(wt: &Path) -> Result<(String, String), WorkspaceError> {
                 .run()
                 .await?;
         }
+        // A file that cannot be read (permissions) is left out rather than losing the rest.
         git(wt)
-            .args(["add", "--all"])
+            .args(["add", "--all", "--ignore-errors"])
             .env("GIT_INDEX_FILE", index_env.clone())
-            .run()
+            .answer()
             .await?;
         let tree = git(wt)
             .arg("write-tree")
@@ -694,7 +749,7 @@ async fn worktree_tree(wt: &Path) -> Result<(String, String), WorkspaceError> {
     }
     .await;
     let _ = std::fs::remove_file(&index);
-    let _ = std::fs::remove_file(admin.join("orchestr8-index.lock"));
+    let _ = std::fs::remove_file(format!("{index_env}.lock"));
     Ok((head, result?))
 }
 
@@ -770,9 +825,12 @@ async fn remove_worktree(repo: &Path, path: &Path) {
             }
         }
         if let Some(admin) = admin {
-            // Only if the record is this worktree's (its `gitdir` file points back here).
-            let points_here = std::fs::read_to_string(admin.join("gitdir"))
-                .is_ok_and(|g| Path::new(g.trim()) == path.join(".git"));
+            // Only if the record is this worktree's: its `gitdir` file points back at a folder
+            // of this name (a task id); git may have written the path in another form
+            // (symlinks resolved, relative).
+            let points_here = std::fs::read_to_string(admin.join("gitdir")).is_ok_and(|g| {
+                Path::new(g.trim()).parent().and_then(Path::file_name) == path.file_name()
+            });
             if points_here {
                 let _ = std::fs::remove_dir_all(&admin);
             }
@@ -785,10 +843,8 @@ async fn remove_worktree(repo: &Path, path: &Path) {
 /// hold. Its patterns are read the way `.gitignore`'s are (git does the matching), and a file
 /// is copied only if the worktree's own ignore rules (those of the base) ignore it too, so it is
 /// never committed. Returns how many files were copied.
-async fn copy_included(repo: &Path, worktree: &Path) -> Result<usize, WorkspaceError> {
-    let Some(checkout) = main_worktree(repo).await.map(PathBuf::from) else {
-        return Ok(0);
-    };
+async fn copy_included(checkout: &Path, worktree: &Path) -> Result<usize, WorkspaceError> {
+    let checkout = checkout.to_path_buf();
     let list = checkout.join(".worktreeinclude");
     if !list.is_file() {
         return Ok(0);

@@ -735,6 +735,12 @@ async fn agents_that_leave_their_branch_or_a_lock_or_work_in_a_subfolder_keep_th
         "pwd >&2; echo y > here.txt",
         "isolation: worktree",
     );
+    // An edit of the same size right after git refreshed the index (the same second).
+    env.shell_agent(
+        "quick",
+        "git status --porcelain >/dev/null && sed -i 's/base/BASE/' notes.txt",
+        "isolation: worktree",
+    );
     let s = env.start().await;
     let wd = repo.display().to_string();
     let a = s
@@ -751,7 +757,10 @@ async fn agents_that_leave_their_branch_or_a_lock_or_work_in_a_subfolder_keep_th
             json!({"working_dir": format!("{wd}/sub")}),
         )
         .await;
-    let done = s.wait_all(&[a.clone(), b.clone(), c.clone()], 60).await;
+    let d = s
+        .submit("quick", "quick", "go", json!({"working_dir": wd}))
+        .await;
+    let done = s.wait_all(&[a.clone(), b.clone(), c.clone(), d], 60).await;
     for t in &done {
         assert_eq!(t["status"], "completed", "{t}");
     }
@@ -790,6 +799,11 @@ async fn agents_that_leave_their_branch_or_a_lock_or_work_in_a_subfolder_keep_th
         logs.iter()
             .any(|l| l.ends_with(&format!(".worktrees/{c}/sub"))),
         "{logs:?}"
+    );
+    assert_eq!(
+        git(&repo, &["show", &format!("{}:notes.txt", branch(&done[3]))]),
+        "BASE\n",
+        "an edit git's cached stat could hide is kept"
     );
     assert_eq!(worktrees(&repo), vec![wd]);
     assert_checkout_untouched(&repo, &head);

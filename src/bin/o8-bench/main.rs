@@ -6,6 +6,7 @@
 //! Prints a table and one JSON line.
 
 mod client;
+mod isolation;
 mod reference;
 
 use std::path::{Path, PathBuf};
@@ -41,6 +42,9 @@ struct Args {
     /// Pending tasks for the memory figure.
     #[arg(long, default_value_t = 100_000)]
     pending: usize,
+    /// Editing tasks run one at a time, in the checkout and in a worktree, for the isolation cost.
+    #[arg(long, default_value_t = 100)]
+    isolated: usize,
     /// Skip the MCP Python SDK reference (it needs PyPI the first time).
     #[arg(long)]
     no_python: bool,
@@ -48,13 +52,13 @@ struct Args {
 
 /// Median and 99th percentile of a sample, in ms.
 #[derive(Clone, Copy)]
-struct Stat {
-    p50: f64,
-    p99: f64,
+pub(crate) struct Stat {
+    pub(crate) p50: f64,
+    pub(crate) p99: f64,
 }
 
 impl Stat {
-    fn of(mut v: Vec<f64>) -> Stat {
+    pub(crate) fn of(mut v: Vec<f64>) -> Stat {
         v.sort_by(f64::total_cmp);
         let at = |p: f64| {
             if v.is_empty() {
@@ -197,7 +201,7 @@ async fn submit_many(
     Ok(ids)
 }
 
-fn id_of(v: &Value) -> String {
+pub(crate) fn id_of(v: &Value) -> String {
     v["task_id"].as_str().unwrap_or_default().to_string()
 }
 
@@ -298,6 +302,12 @@ async fn main() -> Result<()> {
     let submitted = began.elapsed().as_secs_f64();
     wait_all(&mut c, &ids).await?;
     let rate = a.tasks as f64 / began.elapsed().as_secs_f64();
+
+    isolation::prepare(dir.path())?;
+    let (plain_turn, plain_dispatch) =
+        isolation::measure(&mut c, dir.path(), "edit", a.isolated).await?;
+    let (iso_turn, iso_dispatch) =
+        isolation::measure(&mut c, dir.path(), "edit-iso", a.isolated).await?;
     finish(c, &bin, dir.path()).await?;
 
     // --- Memory with many pending tasks, on a fresh database. ---
@@ -397,6 +407,20 @@ async fn main() -> Result<()> {
         ),
     ));
     rows.push((
+        format!("isolated editing task, {} one at a time", a.isolated),
+        format!(
+            "turnaround p50 {} (dispatch p50 {})",
+            ms(iso_turn.p50),
+            ms(iso_dispatch.p50)
+        ),
+        format!(
+            "in the checkout: turnaround p50 {} (dispatch p50 {}; ratio {:.2})",
+            ms(plain_turn.p50),
+            ms(plain_dispatch.p50),
+            iso_turn.p50 / plain_turn.p50
+        ),
+    ));
+    rows.push((
         format!("task_status, {} stored", a.stored),
         format!("p50 {} p99 {}", ms(status.p50), ms(status.p99)),
         String::new(),
@@ -431,6 +455,10 @@ async fn main() -> Result<()> {
         ("dispatch_p50_ms", dispatch.p50),
         ("dispatch_p99_ms", dispatch.p99),
         ("spawn_latency_p50_ms", spawn_lat.p50),
+        ("isolated_turnaround_p50_ms", iso_turn.p50),
+        ("isolated_dispatch_p50_ms", iso_dispatch.p50),
+        ("checkout_turnaround_p50_ms", plain_turn.p50),
+        ("checkout_dispatch_p50_ms", plain_dispatch.p50),
         ("task_status_p50_ms", status.p50),
         ("task_status_p99_ms", status.p99),
         ("list_tasks_p50_ms", list.p50),

@@ -1,0 +1,104 @@
+//! What isolating a task in a git worktree costs: the same editing task, run one at a time in
+//! the repository's checkout and in a worktree of its own, in the same run.
+
+use std::path::Path;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use serde_json::json;
+
+use super::client::Client;
+use super::{id_of, Stat};
+
+/// Files in the benchmark's repository (a worktree checks them all out).
+const FILES: usize = 500;
+
+/// A repository of [`FILES`] small files with one commit, and two agents that print the time
+/// they started and change one file: `edit` (in the checkout) and `edit-iso` (in a worktree).
+pub fn prepare(dir: &Path) -> Result<()> {
+    let repo = dir.join("repo");
+    std::fs::create_dir_all(repo.join("src"))?;
+    for i in 0..FILES {
+        std::fs::write(
+            repo.join(format!("src/f{i}.txt")),
+            format!("file {i}\n").repeat(20),
+        )?;
+    }
+    for args in [
+        &["init", "-q", "-b", "main"][..],
+        &["add", "."],
+        &[
+            "-c",
+            "user.name=bench",
+            "-c",
+            "user.email=bench@localhost",
+            "commit",
+            "-q",
+            "-m",
+            "files",
+        ],
+    ] {
+        let ok = std::process::Command::new("git")
+            .arg("-C")
+            .arg(&repo)
+            .args(args)
+            .status()
+            .context("git (needed for the isolation figures)")?
+            .success();
+        if !ok {
+            bail!("git {args:?} failed");
+        }
+    }
+    for (name, extra) in [("edit", ""), ("edit-iso", "isolation: worktree\n")] {
+        std::fs::write(
+            dir.join("agents").join(format!("{name}.md")),
+            format!(
+                "---\nname: {name}\nrunner: command\ncommand: [\"sh\", \"-c\", \"date +%s%N; echo x >> src/f0.txt\"]\n{extra}---\n"
+            ),
+        )?;
+    }
+    Ok(())
+}
+
+/// Per agent: (turnaround — submit to `task_wait` answered —, dispatch — created to process
+/// started), `n` tasks one at a time.
+pub async fn measure(c: &mut Client, dir: &Path, agent: &str, n: usize) -> Result<(Stat, Stat)> {
+    let wd = dir.join("repo").display().to_string();
+    let (mut turnaround, mut dispatch) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    for i in 0..n {
+        let t = Instant::now();
+        let task = c
+            .tool(
+                "task_async",
+                json!({"name": format!("{agent}-{i}"), "agent_name": agent,
+                       "agent_instructions": "x", "working_dir": wd}),
+            )
+            .await?;
+        let r = c
+            .tool(
+                "task_wait",
+                json!({"task_ids": [id_of(&task)], "timeout_seconds": 60}),
+            )
+            .await?;
+        turnaround.push(t.elapsed().as_secs_f64() * 1000.0);
+        let done = &r["tasks"][0];
+        if done["status"] != "completed" {
+            bail!("{agent} task did not complete: {done}");
+        }
+        let created =
+            chrono::DateTime::parse_from_rfc3339(done["created_at"].as_str().unwrap_or(""))
+                .context("created_at")?;
+        let started: i128 = done["result"]
+            .as_str()
+            .unwrap_or("")
+            .lines()
+            .next()
+            .unwrap_or("")
+            .trim()
+            .parse()
+            .context("stamp result")?;
+        let created_ns = i128::from(created.timestamp_nanos_opt().unwrap_or(0));
+        dispatch.push((started - created_ns) as f64 / 1e6);
+    }
+    Ok((Stat::of(turnaround), Stat::of(dispatch)))
+}
