@@ -102,3 +102,37 @@ pub async fn measure(c: &mut Client, dir: &Path, agent: &str, n: usize) -> Resul
     }
     Ok((Stat::of(turnaround), Stat::of(dispatch)))
 }
+
+/// The reference: git itself adding and removing a worktree of the same repository (what any
+/// worktree-isolating tool pays), `n` times.
+pub fn git_worktree_reference(dir: &Path, n: usize) -> Result<Stat> {
+    let repo = dir.join("repo");
+    let wt = dir.join("reference-worktree");
+    let mut lat = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        for args in [
+            vec![
+                "worktree",
+                "add",
+                "--quiet",
+                "--detach",
+                &*wt.to_string_lossy(),
+                "HEAD",
+            ],
+            vec!["worktree", "remove", "--force", &*wt.to_string_lossy()],
+        ] {
+            let ok = std::process::Command::new("git")
+                .arg("-C")
+                .arg(&repo)
+                .args(&args)
+                .status()?
+                .success();
+            if !ok {
+                bail!("git {args:?} failed");
+            }
+        }
+        lat.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    Ok(Stat::of(lat))
+}
