@@ -3,7 +3,7 @@
 
 use tokio::process::Command;
 
-use super::process::{self, signal_group};
+use super::process;
 use super::prompt_files::PromptFiles;
 use super::{BoxFuture, RunContext, RunJob, RunOutcome, Runner};
 use crate::agents::AgentDef;
@@ -69,20 +69,11 @@ async fn run(job: RunJob, ctx: RunContext, prompts: &PromptFiles) -> RunOutcome 
         }
     });
 
-    let status = tokio::select! {
-        status = child.wait() => {
-            // The leader is done; whatever it left running in its group would hold the pipes
-            // open and outlive the task.
-            signal_group(pgid, nix::sys::signal::Signal::SIGKILL);
-            status
-        }
-        _ = ctx.cancel.cancelled() => {
-            process::terminate_group(&mut child, pgid).await;
-            writer.abort();
-            let _ = out_reader.await;
-            let _ = err_reader.await;
-            return RunOutcome::Stopped;
-        }
+    let Some(status) = process::wait_or_stop(&mut child, pgid, &ctx.cancel).await else {
+        writer.abort();
+        let _ = out_reader.await;
+        let _ = err_reader.await;
+        return RunOutcome::Stopped;
     };
     let _ = writer.await;
     let stdout = out_reader.await.unwrap_or_default();

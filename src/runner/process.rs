@@ -91,6 +91,26 @@ pub fn describe_exit(status: &std::process::ExitStatus) -> String {
     }
 }
 
+/// Waits for the leader to exit (then kills whatever it left in its group, which would hold
+/// the pipes open and outlive the task), or — `cancel` fired — stops the whole group and
+/// answers `None`.
+pub async fn wait_or_stop(
+    child: &mut Child,
+    pgid: i64,
+    cancel: &tokio_util::sync::CancellationToken,
+) -> Option<std::io::Result<std::process::ExitStatus>> {
+    tokio::select! {
+        status = child.wait() => {
+            signal_group(pgid, Signal::SIGKILL);
+            Some(status)
+        }
+        _ = cancel.cancelled() => {
+            terminate_group(child, pgid).await;
+            None
+        }
+    }
+}
+
 /// How long a process group has between SIGTERM and SIGKILL.
 pub const KILL_GRACE: Duration = Duration::from_secs(3);
 

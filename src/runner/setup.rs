@@ -5,7 +5,7 @@
 
 use tokio::process::Command;
 
-use super::process::{self, signal_group};
+use super::process;
 use super::{RunContext, RunJob, RunOutcome};
 
 /// Runs `script` with `sh -c` in the job's working directory. `Ok(())` when it exits 0; else
@@ -39,18 +39,11 @@ pub async fn run_setup(job: &RunJob, ctx: &RunContext, script: &str) -> Result<(
         })
     })
     .collect();
-    let status = tokio::select! {
-        status = child.wait() => {
-            signal_group(pgid, nix::sys::signal::Signal::SIGKILL);
-            status
+    let Some(status) = process::wait_or_stop(&mut child, pgid, &ctx.cancel).await else {
+        for r in readers {
+            let _ = r.await;
         }
-        _ = ctx.cancel.cancelled() => {
-            process::terminate_group(&mut child, pgid).await;
-            for r in readers {
-                let _ = r.await;
-            }
-            return Err(RunOutcome::Stopped);
-        }
+        return Err(RunOutcome::Stopped);
     };
     let mut tail = String::new();
     for r in readers {

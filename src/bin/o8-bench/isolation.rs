@@ -8,7 +8,7 @@ use anyhow::{bail, Context, Result};
 use serde_json::json;
 
 use super::client::Client;
-use super::{id_of, Stat};
+use super::{id_of, stamp_delay_ms, Stat};
 
 /// Files in the benchmark's repository (a worktree checks them all out).
 const FILES: usize = 500;
@@ -85,20 +85,7 @@ pub async fn measure(c: &mut Client, dir: &Path, agent: &str, n: usize) -> Resul
         if done["status"] != "completed" {
             bail!("{agent} task did not complete: {done}");
         }
-        let created =
-            chrono::DateTime::parse_from_rfc3339(done["created_at"].as_str().unwrap_or(""))
-                .context("created_at")?;
-        let started: i128 = done["result"]
-            .as_str()
-            .unwrap_or("")
-            .lines()
-            .next()
-            .unwrap_or("")
-            .trim()
-            .parse()
-            .context("stamp result")?;
-        let created_ns = i128::from(created.timestamp_nanos_opt().unwrap_or(0));
-        dispatch.push((started - created_ns) as f64 / 1e6);
+        dispatch.push(stamp_delay_ms(done)?);
     }
     Ok((Stat::of(turnaround), Stat::of(dispatch)))
 }

@@ -256,20 +256,27 @@ async fn dispatch_latency(c: &mut Client, n: usize) -> Result<Stat> {
                 json!({"task_ids": [id_of(&t)], "timeout_seconds": 60}),
             )
             .await?;
-        let task = &r["tasks"][0];
-        let created =
-            chrono::DateTime::parse_from_rfc3339(task["created_at"].as_str().unwrap_or(""))
-                .context("created_at")?;
-        let started: i128 = task["result"]
-            .as_str()
-            .unwrap_or("")
-            .trim()
-            .parse()
-            .context("stamp result")?;
-        let created_ns = i128::from(created.timestamp_nanos_opt().unwrap_or(0));
-        lat.push((started - created_ns) as f64 / 1e6);
+        lat.push(stamp_delay_ms(&r["tasks"][0])?);
     }
     Ok(Stat::of(lat))
+}
+
+/// For a task whose agent printed `date +%s%N` first: ms from its creation to its process
+/// starting.
+pub(crate) fn stamp_delay_ms(task: &Value) -> Result<f64> {
+    let created = chrono::DateTime::parse_from_rfc3339(task["created_at"].as_str().unwrap_or(""))
+        .context("created_at")?;
+    let started: i128 = task["result"]
+        .as_str()
+        .unwrap_or("")
+        .lines()
+        .next()
+        .unwrap_or("")
+        .trim()
+        .parse()
+        .context("stamp result")?;
+    let created_ns = i128::from(created.timestamp_nanos_opt().unwrap_or(0));
+    Ok((started - created_ns) as f64 / 1e6)
 }
 
 #[tokio::main]
