@@ -87,7 +87,7 @@ impl Inner {
                 t.id,
                 "error",
                 format!(
-                    "could not close the worktree {} ({e}); it stays until the engine's next start",
+                    "could not close the worktree {} ({e}); it stays, with its changes, until the task's next attempt or the engine's next start closes it",
                     self.workspaces.path_of(t.id).display()
                 ),
             ),

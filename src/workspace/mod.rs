@@ -112,6 +112,7 @@ impl Workspaces {
         task_name: &str,
         id: Uuid,
     ) -> Result<Workspace, WorkspaceError> {
+        check_git_version().await?;
         let not_repo = |e: GitError| {
             match e {
             GitError::Spawn(e) => WorkspaceError::NotARepository(format!(
@@ -647,6 +648,38 @@ impl Workspaces {
             removed.push(line);
         }
         removed
+    }
+}
+
+/// The oldest git that does everything isolation needs (`merge-tree --write-tree`).
+const MIN_GIT: (u32, u32) = (2, 38);
+
+/// Refuses isolation, with what to do, when git is missing or older than [`MIN_GIT`]
+/// (asked once per engine).
+async fn check_git_version() -> Result<(), WorkspaceError> {
+    static FOUND: tokio::sync::OnceCell<Result<(u32, u32), String>> =
+        tokio::sync::OnceCell::const_new();
+    let found = FOUND
+        .get_or_init(|| async {
+            let out = git(Path::new("/"))
+                .arg("--version")
+                .run()
+                .await
+                .map_err(|e| e.to_string())?;
+            plan::parse_git_version(&out)
+                .ok_or_else(|| format!("could not read a version from {:?}", out.trim()))
+        })
+        .await;
+    match found {
+        Ok(v) if *v >= MIN_GIT => Ok(()),
+        Ok((major, minor)) => Err(WorkspaceError::NotARepository(format!(
+            "isolation \"worktree\" needs git {}.{} or newer, and this is git {major}.{minor}; upgrade git or use isolation \"none\"",
+            MIN_GIT.0, MIN_GIT.1
+        ))),
+        Err(e) => Err(WorkspaceError::NotARepository(format!(
+            "isolation \"worktree\" needs git ({e}); install git {}.{} or newer, or use isolation \"none\"",
+            MIN_GIT.0, MIN_GIT.1
+        ))),
     }
 }
 

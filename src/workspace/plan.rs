@@ -200,6 +200,14 @@ pub fn result_note(ws: &crate::model::Workspace) -> String {
     }
 }
 
+/// `(major, minor)` from `git --version` ("git version 2.47.3", "git version 2.39.5 (Apple
+/// Git-154)").
+pub fn parse_git_version(s: &str) -> Option<(u32, u32)> {
+    let v = s.trim().strip_prefix("git version ")?;
+    let mut parts = v.split(|c: char| !c.is_ascii_digit());
+    Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
+}
+
 /// The first 12 hex digits of a commit id.
 pub fn short(commit: &str) -> &str {
     &commit[..commit.len().min(12)]
@@ -232,6 +240,18 @@ mod tests {
             phase_branch_name(id, "build_a"),
             phase_branch_name(id, "build-a")
         );
+    }
+
+    #[test]
+    fn git_versions_are_read() {
+        assert_eq!(parse_git_version("git version 2.47.3\n"), Some((2, 47)));
+        assert_eq!(
+            parse_git_version("git version 2.39.5 (Apple Git-154)"),
+            Some((2, 39))
+        );
+        assert_eq!(parse_git_version("git version 3.0"), Some((3, 0)));
+        assert_eq!(parse_git_version("hub version 1"), None);
+        assert!(parse_git_version("git version 2.37.1").unwrap() < (2, 38));
     }
 
     #[test]
