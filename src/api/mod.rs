@@ -365,4 +365,7 @@ pub struct EndedTask {
     pub completed_at: Option<String>,
     /// The first line of the result (completed) or of the error.
     pub line: Option<String>,
+    /// The git branch holding its changes, for an isolated task that made some.
+    #[serde(default)]
+    pub branch: Option<String>,
 }

@@ -89,6 +89,9 @@ pub fn ended(r: &crate::api::EndedReport) -> String {
             out.push_str(": ");
             out.push_str(line);
         }
+        if let Some(branch) = &t.branch {
+            out.push_str(&format!(" [changes on branch {branch}]"));
+        }
     }
     if r.more > 0 {
         out.push_str(&format!(
@@ -103,6 +106,32 @@ pub fn ended(r: &crate::api::EndedReport) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ended_names_results_and_branches() {
+        let task = |name: &str, branch: Option<&str>| crate::api::EndedTask {
+            task_id: "t1".into(),
+            name: name.into(),
+            agent_name: "editor".into(),
+            status: crate::model::TaskStatus::Completed,
+            completed_at: None,
+            line: Some("done".into()),
+            branch: branch.map(String::from),
+        };
+        let text = ended(&crate::api::EndedReport {
+            project: "/p".into(),
+            tasks: vec![task("fix", Some("orchestr8/fix-1")), task("look", None)],
+            more: 0,
+        });
+        assert!(
+            text.contains("- \"fix\" (agent editor, task_id t1) completed: done [changes on branch orchestr8/fix-1]"),
+            "{text}"
+        );
+        assert!(
+            text.contains("- \"look\" (agent editor, task_id t1) completed: done\n"),
+            "{text}"
+        );
+    }
 
     #[test]
     fn columns_align_and_the_last_is_free() {

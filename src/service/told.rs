@@ -174,6 +174,7 @@ fn report(project: &str, fresh: &[&Task], unread: u64) -> EndedReport {
                     status: t.status,
                     completed_at: t.completed_us.map(rfc3339),
                     line: text.and_then(one_line),
+                    branch: t.workspace.as_ref().and_then(|w| w.view().branch),
                 }
             })
             .collect(),

@@ -170,6 +170,13 @@ async fn parallel_agents_on_one_repository_each_get_their_own_branch() {
     listed.sort();
     branches.sort();
     assert_eq!(listed, branches, "five distinct branches, nothing else");
+    // The plugin's hook names where each one's changes are.
+    let project = env.path("").display().to_string();
+    let (code, told, _) = env.cli(&["ended", "--project", &project]).await;
+    assert_eq!(code, 0);
+    for b in &branches {
+        assert!(told.contains(&format!("[changes on branch {b}]")), "{told}");
+    }
 
     // task_diff: the change against the base, every file, a filter, a cap.
     let d = s.call("task_diff", json!({"task_id": ids[0]})).await;
