@@ -243,11 +243,11 @@ async fn run_attempt(inner: Arc<Inner>, task: Task, handle: RunHandle) {
         let attempt = async {
             let mut job = job;
             let mut opened = None;
-            if running.workspace.is_some() {
+            if let Some(ws) = running.workspace.clone() {
                 let (ws, cwd) = inner
-                    .open_workspace(&running, setup.as_deref(), &job, &ctx)
+                    .open_workspace(&running, ws, setup.as_deref(), &job, &ctx)
                     .await;
-                opened = ws;
+                opened = Some(ws);
                 match cwd {
                     Ok(dir) => job.working_dir = Some(dir),
                     Err(outcome) => return (opened, outcome),

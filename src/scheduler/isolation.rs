@@ -11,19 +11,18 @@ use crate::store::WriteOp;
 use crate::workspace::{plan, Upstream, WorkspaceError};
 
 impl Inner {
-    /// Prepares an isolated attempt. Returns the workspace as opened — to be closed after the
-    /// attempt, whatever happens — and the directory the agent runs in, or the outcome that ends
-    /// the attempt before the agent starts (a merge conflict, a failed `worktree_setup`).
+    /// Prepares an isolated attempt of `t` in its workspace `ws`. Returns the workspace as
+    /// opened — to be closed after the attempt, whatever happens — and the directory the agent
+    /// runs in, or the outcome that ends the attempt before the agent starts (a merge conflict,
+    /// a failed `worktree_setup`).
     pub(super) async fn open_workspace(
         &self,
         t: &Task,
+        mut ws: Workspace,
         setup: Option<&str>,
         job: &RunJob,
         ctx: &RunContext,
-    ) -> (Option<Workspace>, Result<PathBuf, RunOutcome>) {
-        let Some(mut ws) = t.workspace.clone() else {
-            return (None, Err(RunOutcome::fatal("the task has no workspace")));
-        };
+    ) -> (Workspace, Result<PathBuf, RunOutcome>) {
         ws.head_commit = None;
         ws.branch_kept = false;
         (ws.files_changed, ws.insertions, ws.deletions) = (0, 0, 0);
@@ -43,17 +42,17 @@ impl Inner {
                 ws.base_commit = base;
             }
             Ok(None) => {}
-            Err(e) => return (Some(ws), Err(workspace_failure(e))),
+            Err(e) => return (ws, Err(workspace_failure(e))),
         }
         if let Err(e) = self.record_workspace(t, &ws).await {
-            return (Some(ws), Err(RunOutcome::retryable(e)));
+            return (ws, Err(RunOutcome::retryable(e)));
         }
         // Git may wait on a lock or a credential helper: the attempt's cancellation and timeout
         // stop it (each git command is killed with its process group when given up on; a
         // worktree cut short is never marked ready, so closing it keeps nothing of it).
         let opened = tokio::select! {
             r = self.workspaces.open(t.id, &t.name, t.attempt, &ws) => r,
-            _ = ctx.cancel.cancelled() => return (Some(ws), Err(RunOutcome::Stopped)),
+            _ = ctx.cancel.cancelled() => return (ws, Err(RunOutcome::Stopped)),
         };
         let cwd = match opened {
             Ok((cwd, notes)) => {
@@ -62,17 +61,17 @@ impl Inner {
                 }
                 cwd
             }
-            Err(e) => return (Some(ws), Err(workspace_failure(e))),
+            Err(e) => return (ws, Err(workspace_failure(e))),
         };
         if let Some(script) = setup {
             let mut in_root = job.clone();
             in_root.working_dir = Some(self.workspaces.path_of(t.id));
             (ctx.log)("info", "running worktree_setup".to_string());
             if let Err(outcome) = run_setup(&in_root, ctx, script).await {
-                return (Some(ws), Err(outcome));
+                return (ws, Err(outcome));
             }
         }
-        (Some(ws), Ok(cwd))
+        (ws, Ok(cwd))
     }
 
     /// Ends an attempt's worktree (commit, measure, remove); returns the workspace to record.

@@ -906,26 +906,23 @@ async fn copy_included(checkout: &Path, worktree: &Path) -> Result<usize, Worksp
             if to.symlink_metadata().is_ok() {
                 continue;
             }
-            if let Some(parent) = to.parent() {
-                std::fs::create_dir_all(parent)
-                    .map_err(|e| WorkspaceError::Io(format!("copying {rel}: {e}")))?;
-            }
-            let meta = from
-                .symlink_metadata()
-                .map_err(|e| WorkspaceError::Io(format!("copying {rel}: {e}")))?;
-            if meta.file_type().is_symlink() {
-                let target = std::fs::read_link(&from)
-                    .map_err(|e| WorkspaceError::Io(format!("copying {rel}: {e}")))?;
-                std::os::unix::fs::symlink(target, &to)
-                    .map_err(|e| WorkspaceError::Io(format!("copying {rel}: {e}")))?;
-            } else {
-                std::fs::copy(&from, &to)
-                    .map_err(|e| WorkspaceError::Io(format!("copying {rel}: {e}")))?;
-            }
+            copy_one(&from, &to).map_err(|e| WorkspaceError::Io(format!("copying {rel}: {e}")))?;
             n += 1;
         }
         Ok(n)
     })
     .await
     .map_err(|e| WorkspaceError::Io(e.to_string()))?
+}
+
+/// Copies one file (a symlink as a symlink), creating its folder.
+fn copy_one(from: &Path, to: &Path) -> std::io::Result<()> {
+    if let Some(parent) = to.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    if from.symlink_metadata()?.file_type().is_symlink() {
+        std::os::unix::fs::symlink(std::fs::read_link(from)?, to)
+    } else {
+        std::fs::copy(from, to).map(|_| ())
+    }
 }

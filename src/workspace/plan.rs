@@ -175,8 +175,7 @@ pub fn cut_diff(diff: &[u8], max: usize, more: bool) -> (String, bool) {
     (text, true)
 }
 
-/// The paths `.worktreeinclude` selects that git ignores, from `git ls-files -z` (what the
-/// patterns match) and `git check-ignore -z` (which of those git ignores).
+/// The paths of a `-z` listing of git (`ls-files -z`, `check-ignore -z`).
 pub fn split_nul(s: &str) -> Vec<String> {
     s.split('\0')
         .filter(|p| !p.is_empty())

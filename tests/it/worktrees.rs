@@ -314,6 +314,17 @@ async fn no_change_leaves_no_branch_and_bad_isolation_is_refused() {
     assert_eq!(orchestr8_branches(&repo), Vec::<String>::new());
     let d = s.call("task_diff", json!({"task_id": id})).await;
     assert_eq!(d["diff"], "");
+    // task_run takes the same arguments and answers the task object with its workspace.
+    let t = s
+        .call(
+            "task_run",
+            json!({"name": "look again", "agent_name": "reader", "agent_instructions": "read",
+                   "working_dir": wd, "isolation": "worktree"}),
+        )
+        .await;
+    assert_eq!(t["status"], "completed", "{t}");
+    assert_eq!(t["workspace"]["head_commit"], head.as_str(), "{t}");
+    assert_eq!(t["workspace"]["repository"], wd.as_str(), "{t}");
 
     // "none" overrides the agent's worktree: it edits the checkout itself (and has no diff).
     let plain = env.path("work/plain");
