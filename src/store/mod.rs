@@ -12,11 +12,13 @@
 //! folded yet, other reads first wait for the folder to catch up (`unfolded.rs`), so every read
 //! sees every answered write.
 
+pub mod feed;
 mod fold;
 mod journal;
 mod reads;
 mod rows;
 mod schema;
+pub mod stats;
 pub mod synthetic;
 mod unfolded;
 mod webhooks;
@@ -111,6 +113,7 @@ pub struct Store {
     readers: Arc<Mutex<Vec<Connection>>>,
     base: Mutex<Connection>,
     unfolded: Arc<Unfolded>,
+    feed: feed::Feed,
 }
 
 impl Store {
@@ -167,6 +170,7 @@ impl Store {
         let (fold_tx, fold_rx) = std::sync::mpsc::channel();
         let unfolded = Arc::new(Unfolded::new(last, fold_tx.clone()));
         let (tx, rx) = std::sync::mpsc::channel();
+        let feed = feed::Feed::default();
         let journal_thread = writer::JournalThread {
             conn: conn.try_clone()?,
             rx,
@@ -174,6 +178,7 @@ impl Store {
             unfolded: unfolded.clone(),
             fold_tx,
             next_seq: last + 1,
+            feed: feed.clone(),
         };
         let folder = {
             let unfolded = unfolded.clone();
@@ -190,6 +195,7 @@ impl Store {
             readers: Arc::new(Mutex::new(Vec::new())),
             base: Mutex::new(conn),
             unfolded,
+            feed,
         })
     }
 
@@ -202,6 +208,16 @@ impl Store {
             reply: Some(reply),
         })?;
         rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// What answered writes change from now on (see [`feed`]).
+    pub fn changes(&self) -> tokio::sync::broadcast::Receiver<feed::Change> {
+        self.feed.subscribe()
+    }
+
+    /// Publishes `task`'s log lines on the change feed too, while the answer lives.
+    pub fn follow_lines(&self, task: Uuid) -> feed::Following {
+        self.feed.follow_lines(task)
     }
 
     /// Queues `ops` for the next group without waiting (log lines). Order with later writes is

@@ -31,6 +31,7 @@ pub struct JournalThread {
     pub unfolded: Arc<Unfolded>,
     pub fold_tx: Sender<FoldMsg>,
     pub next_seq: u64,
+    pub feed: super::feed::Feed,
 }
 
 /// Answers a whole group with an error; nothing of it is written.
@@ -121,6 +122,8 @@ impl JournalThread {
             }
             return;
         }
+        let watched = self.feed.watched();
+        let mut published = Vec::new();
         for d in &mut decided {
             let Some(seq) = d.seq else { continue };
             for op in &d.ops {
@@ -135,12 +138,17 @@ impl JournalThread {
                     _ => {}
                 }
             }
+            if watched {
+                published.extend(d.ops.iter().flat_map(|op| self.feed.changes_of(op)));
+            }
             let _ = self
                 .fold_tx
                 .send(FoldMsg::Batch(seq, std::mem::take(&mut d.ops)));
         }
         self.unfolded.journaled(last);
         answer(replies, decided);
+        // After the answers: whoever reads on an event sees the change.
+        self.feed.publish(published);
     }
 
     /// Decides each op's outcome, drops inserts whose key is taken, and encodes the rest.
