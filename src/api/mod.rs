@@ -2,6 +2,7 @@
 //! REST next). The doc comments become the JSON-schema descriptions agents read, so they are
 //! written for the agent calling the tool.
 
+pub mod dashboard;
 mod workflows;
 
 pub use workflows::*;

@@ -19,6 +19,7 @@ use crate::scheduler::{not_found, SchedError, Scheduler, Submitted};
 use crate::store::TaskFilter;
 use crate::workspace::WorkspaceError;
 
+mod dashboard;
 mod overview;
 mod progress;
 mod told;

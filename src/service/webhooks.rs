@@ -45,7 +45,7 @@ impl Service {
     }
 
     /// The delivery log of a task or workflow known to exist.
-    async fn history_rows(
+    pub(super) async fn history_rows(
         &self,
         task_id: Option<Uuid>,
         workflow_id: Option<Uuid>,
