@@ -1,8 +1,8 @@
 //! orchestr8-async: durable background agents behind an MCP server.
 //!
-//! Data flows one way: frontends ([`mcp`] through [`frontend`] and [`link`], [`rest`]) → the
-//! service core ([`service`]) → the [`scheduler`] and the [`store`] → [`runner`]s → the
-//! [`notifier`]. See ARCHITECTURE.md.
+//! Data flows one way: frontends ([`mcp`] through [`frontend`] and [`link`], [`rest`],
+//! [`dashboard`]) → the service core ([`service`]) → the [`scheduler`] and the [`store`] →
+//! [`runner`]s → the [`notifier`]. See ARCHITECTURE.md.
 
 pub mod agents;
 pub mod api;
@@ -10,6 +10,7 @@ pub mod app;
 pub mod backoff;
 pub mod cli;
 pub mod config;
+pub mod dashboard;
 pub mod engine;
 pub mod frontend;
 pub mod limits;

@@ -105,6 +105,24 @@ impl Conn {
         .await
     }
 
+    /// The dashboard's first URL; the engine starts serving it if it did not yet.
+    pub async fn dashboard_url(&mut self) -> anyhow::Result<String> {
+        self.reaching(|client| async move {
+            match client.request(Method::POST, "/rpc/dashboard", None).await {
+                Ok((status, v)) => match (
+                    v.pointer("/ok/url").and_then(Value::as_str),
+                    v.get("error").and_then(Value::as_str),
+                ) {
+                    (Some(url), _) => Reached::Done(Ok(url.to_string())),
+                    (None, Some(m)) => Reached::Done(Err(anyhow!("{m}"))),
+                    _ => Reached::Again(format!("the engine answered {status}: {v}")),
+                },
+                Err(e) => Reached::Again(e.to_string()),
+            }
+        })
+        .await
+    }
+
     /// Tries `attempt` on the engine until it is done, attaching to the next engine between
     /// tries (one that stopped or died meanwhile is replaced), for up to [`REACH_WITHIN`].
     async fn reaching<T, F, Fut>(&mut self, mut attempt: F) -> anyhow::Result<T>

@@ -180,6 +180,15 @@ pub enum Command {
     },
     /// The agents tasks can be handed to
     Agents(Output),
+    /// The dashboard's address in the browser (with the secret that signs the browser in);
+    /// on a desktop it is opened too. The engine stays up while a page of it is open
+    Dashboard {
+        /// Only print the address
+        #[arg(long)]
+        no_open: bool,
+        #[command(flatten)]
+        out: Output,
+    },
     /// The background tasks submitted from a project that ended since it was last told (each
     /// is told once); the Claude Code plugin's hooks run it at the start of a session and at
     /// each prompt
@@ -348,6 +357,23 @@ async fn execute(cfg: &Config, cmd: Command, conn: &mut Conn) -> anyhow::Result<
                 table(&["TASK_ID", "STATUS", "AGENT", "AGE", "NAME"], &rows)
             );
             outln!("({} of {} tasks)", tasks.len(), v["total"]);
+            Ok(0)
+        }
+        Command::Dashboard { no_open, out } => {
+            let url = conn.dashboard_url().await?;
+            let opened = !no_open && open_in_browser(&url);
+            if out.json {
+                print_json(&json!({ "url": url, "opened": opened }));
+            } else {
+                outln!("{url}");
+                if !opened {
+                    use std::io::Write as _;
+                    let _ = writeln!(
+                        std::io::stderr(),
+                        "open this address in a browser on this machine: it signs the browser in (the engine makes a new one each time it starts)"
+                    );
+                }
+            }
             Ok(0)
         }
         Command::Show { task_id, out } => {
@@ -742,4 +768,23 @@ impl Progress {
             eprint!("\r\x1b[2K");
         }
     }
+}
+
+/// Opens `url` in the desktop's browser when there is a desktop; whether it was handed to one.
+fn open_in_browser(url: &str) -> bool {
+    let opener = if cfg!(target_os = "macos") {
+        "open"
+    } else if std::env::var_os("DISPLAY").is_some() || std::env::var_os("WAYLAND_DISPLAY").is_some()
+    {
+        "xdg-open"
+    } else {
+        return false;
+    };
+    std::process::Command::new(opener)
+        .arg(url)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .is_ok()
 }

@@ -18,6 +18,9 @@ use super::Engine;
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Needs {
     pub sessions: usize,
+    /// Dashboard pages open (following the live feed), and its addresses handed out but not
+    /// opened yet.
+    pub viewers: usize,
     /// A task is pending or running.
     pub tasks: bool,
     /// A webhook event is owed.
@@ -30,6 +33,12 @@ impl Needs {
         let mut why = Vec::new();
         if self.sessions > 0 && !retiring {
             why.push(format!("{} session(s) attached", self.sessions));
+        }
+        if self.viewers > 0 && !retiring {
+            why.push(format!(
+                "{} dashboard page(s) open or about to be",
+                self.viewers
+            ));
         }
         if self.tasks {
             why.push("tasks pending or running".to_string());
@@ -161,9 +170,42 @@ mod tests {
     fn needs(sessions: usize, tasks: bool, webhooks: bool) -> Needs {
         Needs {
             sessions,
+            viewers: 0,
             tasks,
             webhooks,
         }
+    }
+
+    #[test]
+    fn an_open_dashboard_keeps_it_up_unless_retiring() {
+        let t0 = Instant::now();
+        let n = Needs {
+            viewers: 1,
+            ..Needs::default()
+        };
+        let later = t0 + Duration::from_secs(3600);
+        assert!(matches!(
+            decide(
+                Policy::Detached { idle: IDLE },
+                n,
+                false,
+                Some(t0),
+                t0,
+                later
+            ),
+            Decision::Stay(_)
+        ));
+        assert!(matches!(
+            decide(
+                Policy::Detached { idle: IDLE },
+                n,
+                true,
+                Some(t0),
+                t0,
+                later
+            ),
+            Decision::Stop(_)
+        ));
     }
 
     #[test]

@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::agents::AgentRegistry;
 use crate::config::Config;
+use crate::dashboard::Door;
 use crate::link::rpc::{Frontends, StopRequests};
 use crate::link::server::LocalSocket;
 use crate::notifier::delivery::{Deliverer, WebhookSettings};
@@ -71,6 +72,7 @@ pub struct Engine {
     http_stop: CancellationToken,
     /// Ends the sessions' attach streams (before the servers stop: see `shutdown`).
     doors: CancellationToken,
+    dashboard: Door,
     grace: Duration,
     db_path: PathBuf,
 }
@@ -186,20 +188,39 @@ impl Engine {
         let http_stop = CancellationToken::new();
         let doors = CancellationToken::new();
         let requests = StopRequests::default();
+        let dashboard = Door::new(
+            service.clone(),
+            cfg.api_token.as_deref().filter(|t| !t.is_empty()),
+            http_stop.clone(),
+        );
         let rpc = crate::link::rpc::router(
             service.clone(),
             frontends.clone(),
             cfg.engine_fingerprint(),
             requests.clone(),
             doors.clone(),
+            dashboard.clone(),
         );
         let local =
             crate::link::server::serve(&mut socket, service.clone(), rpc, http_stop.clone());
         let http = match listener {
-            Some((listener, settings)) => Some(
-                rest::serve(listener, service.clone(), settings, http_stop.clone())
+            Some((listener, settings)) => {
+                let port = listener
+                    .local_addr()
+                    .map_err(|e| OpenError::Failed(e.into()))?
+                    .port();
+                let pages = dashboard.routes_for(&settings.host, port).await;
+                Some(
+                    rest::serve(
+                        listener,
+                        service.clone(),
+                        settings,
+                        pages,
+                        http_stop.clone(),
+                    )
                     .map_err(OpenError::Failed)?,
-            ),
+                )
+            }
             None => None,
         };
         tracing::info!(
@@ -222,6 +243,7 @@ impl Engine {
             http,
             http_stop,
             doors,
+            dashboard,
             grace: Duration::from_secs(cfg.shutdown_grace_seconds),
             db_path,
         })
@@ -239,6 +261,7 @@ impl Engine {
     pub async fn needs(&self) -> lifetime::Needs {
         lifetime::Needs {
             sessions: self.frontends.count(),
+            viewers: self.dashboard.needed(),
             tasks: self.sched.in_flight(),
             webhooks: self.deliverer.owed().await,
         }

@@ -117,6 +117,7 @@ struct RpcState {
     fingerprint: Arc<BTreeMap<String, String>>,
     requests: StopRequests,
     stop: CancellationToken,
+    dashboard: crate::dashboard::Door,
 }
 
 /// The internal routes; `stop` ends every attach stream (the engine is shutting down).
@@ -126,6 +127,7 @@ pub fn router(
     fingerprint: BTreeMap<String, String>,
     requests: StopRequests,
     stop: CancellationToken,
+    dashboard: crate::dashboard::Door,
 ) -> Router {
     Router::new()
         .route("/rpc/tools/{name}", post(call_tool))
@@ -136,6 +138,7 @@ pub fn router(
         .route("/rpc/overview", get(overview))
         .route("/rpc/stop", post(stop_now))
         .route("/rpc/retire", post(retire))
+        .route("/rpc/dashboard", post(dashboard_url))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(RpcState {
             service,
@@ -144,6 +147,7 @@ pub fn router(
             fingerprint: Arc::new(fingerprint),
             requests,
             stop,
+            dashboard,
         })
 }
 
@@ -291,6 +295,14 @@ async fn overview(State(s): State<RpcState>) -> Json<Value> {
             Json(json!({ "ok": o }))
         }
         Err(e) => Json(json!({ "error": e.to_string() })),
+    }
+}
+
+/// The dashboard's first URL (with its token), serving it on a loopback port if HTTP is off.
+async fn dashboard_url(State(s): State<RpcState>) -> Json<Value> {
+    match s.dashboard.url().await {
+        Ok(url) => Json(json!({ "ok": { "url": url } })),
+        Err(e) => Json(json!({ "error": format!("{e:#}") })),
     }
 }
 

@@ -104,6 +104,7 @@ pub fn serve(
     listener: tokio::net::TcpListener,
     service: Service,
     settings: &RestSettings,
+    dashboard: Router,
     shutdown: CancellationToken,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     let mcp = mcp_http::service(service.clone(), shutdown.clone(), MAX_BODY_BYTES);
@@ -121,8 +122,11 @@ pub fn serve(
     if let Some(c) = cors(&settings.cors_origins)? {
         app = app.layer(c);
     }
+    // The dashboard has its own guard (a cookie, the CSRF header) and no CORS: only its own
+    // pages use it.
+    let app = dashboard.merge(app);
     let addr: SocketAddr = listener.local_addr()?;
-    tracing::info!("REST API listening on http://{addr}, MCP on http://{addr}/mcp");
+    tracing::info!("REST API listening on http://{addr}, MCP on http://{addr}/mcp, dashboard on http://{addr}/dashboard/");
     Ok(spawn_server(listener, app, shutdown, "HTTP server"))
 }
 
