@@ -3,6 +3,7 @@
 //! project links one test binary.
 
 mod cli;
+mod dashboard;
 mod durability;
 mod engines;
 mod harness;
