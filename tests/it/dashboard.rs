@@ -643,3 +643,218 @@ async fn an_open_page_keeps_the_engine_up() {
     drop(feed);
     wait_gone(pid).await;
 }
+
+/// A fake Claude Code for the screenshots: a short conversation on stderr-free stream-json, then
+/// a Markdown result with usage and a cost that depends on the task.
+const PICTURE_CLAUDE: &str = r###"#!/bin/sh
+input="$(cat)"
+n=$(printf '%s' "$input" | wc -c)
+echo '{"type":"system","subtype":"init","cwd":"/repo","session_id":"s","model":"claude-sonnet-4-5","tools":["Read"]}'
+echo '{"type":"assistant","message":{"role":"assistant","content":[{"type":"text","text":"Reading the code."},{"type":"tool_use","id":"t1","name":"Read","input":{"file_path":"src/lib.rs"}}]},"session_id":"s"}'
+sleep 0.3
+echo '{"type":"user","message":{"role":"user","content":[{"type":"tool_result","tool_use_id":"t1","content":"ok"}]},"session_id":"s"}'
+cost=$(awk "BEGIN { printf \"%.4f\", 0.02 + ($n % 17) / 100 }")
+printf '{"type":"result","subtype":"success","is_error":false,"num_turns":2,"result":"## Review\\n\\n- **No blocking issues.**\\n- Two small fixes: `parse_args` ignores `--quiet`; the README example is out of date.\\n\\n| file | verdict |\\n|---|---|\\n| src/lib.rs | fine |\\n| src/cli.rs | fix |\\n","session_id":"s","total_cost_usd":%s,"usage":{"input_tokens":%s,"output_tokens":420}}\n' "$cost" "$((1200 + n))"
+"###;
+
+/// Makes the README's screenshots (`docs/dashboard-*.png`) from a real engine with real agent
+/// processes: `cargo test --release -- --ignored screenshots_for_the_readme`.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "writes docs/; run by hand when the dashboard's look changes"]
+async fn screenshots_for_the_readme() {
+    let mut env = Env::new();
+    let claude = env.script("bin/claude", PICTURE_CLAUDE);
+    env.set("ORCHESTR8_CLAUDE_BIN", claude.to_str().unwrap());
+    env.agent(
+        "code-reviewer",
+        "runner: claude\nmodel: sonnet",
+        "You review code.",
+    );
+    env.agent(
+        "test-writer",
+        "runner: claude\nmodel: haiku",
+        "You write tests.",
+    );
+    env.shell_agent(
+        "builder",
+        "i=0; while [ $i -lt 3000 ]; do i=$((i+1)); echo \"[build] compiling crate $i of 3000\" >&2; sleep 0.2; done",
+        "",
+    );
+    env.shell_agent(
+        "deployer",
+        "echo 'connecting to staging' >&2; echo 'error: staging rejected the release: migration 0042 is not applied' >&2; exit 1",
+        "",
+    );
+    let s = env.start().await;
+    let mut ids = Vec::new();
+    for (i, name) in [
+        "review auth module",
+        "review billing",
+        "review search",
+        "review the CLI",
+        "review storage layer",
+        "review web handlers",
+        "review config loading",
+    ]
+    .iter()
+    .enumerate()
+    {
+        ids.push(
+            s.submit(
+                name,
+                "code-reviewer",
+                &format!("review {}", "x".repeat(i * 3)),
+                json!({}),
+            )
+            .await,
+        );
+    }
+    for name in [
+        "tests for parser",
+        "tests for exporter",
+        "tests for the scheduler",
+    ] {
+        ids.push(
+            s.submit(name, "test-writer", "write tests", json!({}))
+                .await,
+        );
+    }
+    let failed = s
+        .submit("deploy to staging", "deployer", "deploy", json!({}))
+        .await;
+    s.wait_all(&ids, 60).await;
+    s.wait_one(&failed, 60).await;
+    let w = s
+        .call(
+            "workflow_create",
+            json!({"name": "release 1.4", "description": "design, build in parallel, then test"}),
+        )
+        .await["workflow_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for (p, deps) in [
+        ("design", vec![]),
+        ("implement", vec!["design"]),
+        ("docs", vec!["design"]),
+        ("test", vec!["implement", "docs"]),
+    ] {
+        s.call(
+            "workflow_add_phase",
+            json!({"workflow_id": w, "phase_id": p, "name": p, "depends_on": deps}),
+        )
+        .await;
+    }
+    for (p, n, agent) in [
+        ("design", "design the API", "code-reviewer"),
+        ("implement", "implement endpoints", "code-reviewer"),
+        ("implement", "implement storage", "code-reviewer"),
+        ("docs", "write the guide", "code-reviewer"),
+        ("test", "full build", "builder"),
+    ] {
+        s.call(
+            "workflow_add_task",
+            json!({"workflow_id": w, "phase_id": p, "name": n, "agent_name": agent, "agent_instructions": "go"}),
+        )
+        .await;
+    }
+    s.call("workflow_start", json!({"workflow_id": w})).await;
+    let building = s
+        .submit("build release artifacts", "builder", "build", json!({}))
+        .await;
+    s.until(&building, "running", |t| t["status"] == "running")
+        .await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+
+    let url = dashboard_url(&env).await;
+    let origin = origin_of(&url);
+    let b = Browser::start().await;
+    b.c().goto(&url).await.unwrap();
+    b.until("the overview", "document.querySelector('#view .chart')")
+        .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let docs = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs");
+    std::fs::create_dir_all(&docs).unwrap();
+    std::fs::write(
+        docs.join("dashboard-overview.png"),
+        b.c().screenshot().await.unwrap(),
+    )
+    .unwrap();
+
+    b.c()
+        .goto(&format!("{origin}/dashboard/tasks"))
+        .await
+        .unwrap();
+    b.until("the list", "document.querySelector('#tasks')")
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    std::fs::write(
+        docs.join("dashboard-tasks.png"),
+        b.c().screenshot().await.unwrap(),
+    )
+    .unwrap();
+
+    b.c()
+        .goto(&format!("{origin}/dashboard/tasks/{}", ids[0]))
+        .await
+        .unwrap();
+    b.until("the result", "document.querySelector('#result table')")
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    std::fs::write(
+        docs.join("dashboard-task.png"),
+        b.c().screenshot().await.unwrap(),
+    )
+    .unwrap();
+
+    b.c()
+        .goto(&format!("{origin}/dashboard/tasks/{building}"))
+        .await
+        .unwrap();
+    b.until(
+        "log lines",
+        "document.querySelectorAll('#log .line').length > 10",
+    )
+    .await;
+    b.click("#theme").await; // auto → light
+    b.click("#theme").await; // light → dark
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    std::fs::write(
+        docs.join("dashboard-running-dark.png"),
+        b.c().screenshot().await.unwrap(),
+    )
+    .unwrap();
+
+    b.c()
+        .goto(&format!("{origin}/dashboard/workflows/{w}"))
+        .await
+        .unwrap();
+    b.until(
+        "the picture",
+        "document.querySelectorAll('#picture svg.edges path').length === 4",
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    std::fs::write(
+        docs.join("dashboard-workflow-dark.png"),
+        b.c().screenshot().await.unwrap(),
+    )
+    .unwrap();
+
+    b.c()
+        .goto(&format!("{origin}/dashboard/agents"))
+        .await
+        .unwrap();
+    b.until("the agents", "document.querySelector('#agents')")
+        .await;
+    b.click("#theme").await; // dark → auto (the headless browser's light)
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    std::fs::write(
+        docs.join("dashboard-agents.png"),
+        b.c().screenshot().await.unwrap(),
+    )
+    .unwrap();
+
+    s.call("task_cancel", json!({"task_id": building})).await;
+    s.stop().await;
+}

@@ -29,6 +29,11 @@ function h(tag, attrs, ...kids) {
   return el;
 }
 
+// Replaces an element's children, leaving out the absent ones (null, undefined, false).
+function fill(el, ...kids) {
+  el.replaceChildren(...kids.flat(Infinity).filter((k) => k !== null && k !== undefined && k !== false));
+}
+
 function svg(tag, attrs, ...kids) {
   const el = document.createElementNS("http://www.w3.org/2000/svg", tag);
   for (const [k, v] of Object.entries(attrs || {})) el.setAttribute(k, v);
@@ -106,7 +111,7 @@ function ran(t) {
 
 function usd(x) {
   if (x === null || x === undefined) return "—";
-  return "$" + (x >= 100 ? x.toFixed(0) : x >= 1 ? x.toFixed(2) : x.toFixed(4));
+  return "$" + (x >= 100 ? x.toFixed(0) : x >= 0.1 || x === 0 ? x.toFixed(2) : x.toFixed(4));
 }
 
 function query() { return new URLSearchParams(location.search); }
@@ -131,7 +136,7 @@ function throttle(fn, wait) {
 
 // Vertical bars; `series` is [{key, cls}], `rows` objects with a label and one number per key.
 function bars(rows, series, label, fmt) {
-  const W = 560, H = 170, top = 10, bottom = 26, left = 40;
+  const W = 560, H = 170, top = 10, bottom = 26, left = 52;
   const max = Math.max(1, ...rows.map((r) => series.reduce((a, s) => a + (r[s.key] || 0), 0)));
   const bw = (W - left) / Math.max(1, rows.length);
   const g = svg("svg", { viewBox: `0 0 ${W} ${H}`, role: "img" });
@@ -231,11 +236,11 @@ function overview(root, alive) {
         : h("div", { class: "empty" }, "Nothing is running.");
       failedRows = failed.tasks.length
         ? h("table", {}, h("tbody", {}, failed.tasks.map((t) => h("tr", {},
-            h("td", {}, link("/tasks/" + t.task_id, t.name)), h("td", { class: "muted" }, t.agent_name),
-            h("td", { class: "err", title: t.error || "" }, t.error || ""), h("td", { class: "num muted" }, when(t.completed_at))))))
+            h("td", { class: "nowrap" }, link("/tasks/" + t.task_id, t.name)), h("td", { class: "muted" }, t.agent_name),
+            h("td", { class: "err", title: t.error || "" }, t.error || ""), h("td", { class: "num muted nowrap" }, when(t.completed_at))))))
         : h("div", { class: "empty" }, "No failed tasks.");
       const hourLabel = (r) => new Date(r.start).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
-      root.replaceChildren(
+      fill(root, 
         h("div", { class: "head" }, h("h1", {}, "Overview"), h("span", { class: "sub" }, `${o.running_total} running`)),
         cards,
         h("div", { class: "grid two" },
@@ -297,7 +302,7 @@ function taskList(root, alive) {
     agent.append(...f.agents.map((a) => h("option", { value: a, selected: a === filters.agent_name }, a)));
     project.append(...f.projects.map((p) => h("option", { value: p, selected: p === filters.project }, p.split("/").slice(-2).join("/"))));
   }).catch(() => {});
-  root.replaceChildren(
+  fill(root, 
     h("div", { class: "head" }, h("h1", {}, "Tasks"), h("span", { class: "sub", id: "total" })),
     h("div", { class: "filters" }, status, agent, project, workflow, search),
     h("section", { class: "panel" }, table, pager));
@@ -406,14 +411,18 @@ function taskPage(root, id, alive) {
       const canRetry = t.status === "failed" || t.status === "cancelled";
       const u = t.usage || {};
       const ws = t.workspace;
+      // While it runs, its log comes first; once it ended, its result does.
+      const live = t.status === "running" || t.status === "pending";
+      const logPanel = h("section", { class: "panel" }, h("h2", {}, "Log"), log);
       const field = (k, v) => [h("dt", {}, k), h("dd", {}, v === null || v === undefined || v === "" ? h("span", { class: "muted" }, "—") : v)];
-      root.replaceChildren(
+      fill(root, 
         h("div", { class: "head" },
           h("h1", { id: "task-name" }, t.name), h("span", { id: "task-status" }, badge(t.status)),
           h("span", { class: "spacer" }),
           canCancel ? h("button", { class: "danger", id: "cancel", type: "button", onclick: (e) => doAct("cancel", e.target) }, "Cancel") : null,
           canRetry ? h("button", { class: "primary", id: "retry", type: "button", onclick: (e) => doAct("retry", e.target) }, "Retry") : null),
         t.error ? h("section", { class: "panel" }, h("h2", {}, "Error"), h("pre", { class: "error", id: "task-error" }, t.error)) : null,
+        live ? logPanel : null,
         h("div", { class: "grid two" },
           h("section", { class: "panel" }, h("h2", {}, "Task"),
             h("dl", { class: "fields" },
@@ -444,7 +453,7 @@ function taskPage(root, id, alive) {
             field("head", ws.head_commit ? h("code", {}, ws.head_commit.slice(0, 12)) : null),
             field("change", `${ws.files_changed} file(s), +${ws.insertions} −${ws.deletions}`)),
           h("p", {}, h("button", { type: "button", onclick: showDiff }, "Show the diff")), diffBox) : null,
-        h("section", { class: "panel" }, h("h2", {}, "Log"), log),
+        live ? null : logPanel,
         h("section", { class: "panel" }, h("h2", {}, "Instructions"), h("details", {}, h("summary", {}, `${t.instructions.length.toLocaleString()} characters`), h("pre", {}, t.instructions))),
         h("section", { class: "panel" }, h("h2", {}, "Webhook deliveries"),
           t.deliveries.length
@@ -491,7 +500,7 @@ function workflowList(root, alive) {
     ["draft", "running", "completed", "failed", "cancelled"].map((s) => h("option", { value: s, selected: s === status }, s)));
   const body = h("div", {}, h("div", { class: "empty" }, "Loading…"));
   sel.onchange = () => { history.replaceState(null, "", BASE + "/workflows" + (sel.value ? "?status=" + sel.value : "")); load(); };
-  root.replaceChildren(h("div", { class: "head" }, h("h1", {}, "Workflows")), h("div", { class: "filters" }, sel), h("section", { class: "panel" }, body));
+  fill(root, h("div", { class: "head" }, h("h1", {}, "Workflows")), h("div", { class: "filters" }, sel), h("section", { class: "panel" }, body));
   const load = async () => {
     try {
       const r = await api("/workflows?limit=200" + (sel.value ? "&status=" + sel.value : ""));
@@ -555,7 +564,7 @@ function workflowPage(root, id, alive) {
       if (!alive()) return;
       pic = picture(w);
       const canCancel = w.status === "running" || w.status === "draft";
-      root.replaceChildren(
+      fill(root, 
         h("div", { class: "head" }, h("h1", {}, w.name), h("span", { id: "workflow-status" }, badge(w.status)),
           h("span", { class: "sub" }, `${w.progress}% · ${w.tasks.filter((t) => t.status === "completed").length} of ${w.tasks.length} tasks completed`),
           h("span", { class: "spacer" }),
@@ -590,11 +599,11 @@ function agents(root, alive) {
         h("td", {}, a.runner || "—"), h("td", {}, a.model || h("span", { class: "muted" }, "default")),
         h("td", {}, a.success_rate === null || a.success_rate === undefined ? h("span", { class: "muted" }, "—")
           : h("div", { title: `${a.completed} of ${a.ended} ended tasks completed` }, h("div", { class: "bar" }, h("span", { style: `width:${Math.round(a.success_rate * 100)}%` })), `${Math.round(a.success_rate * 100)}%`)),
-        h("td", { class: "num" }, a.ended), h("td", { class: "num" }, a.failed), h("td", { class: "num" }, usd(a.cost_usd)),
+        h("td", { class: "num" }, a.ended), h("td", { class: "num" }, a.failed), h("td", { class: "num" }, a.cost_usd ? usd(a.cost_usd) : h("span", { class: "muted" }, "—")),
         h("td", {}, when(a.last_task_at)), h("td", { class: "mono muted" }, a.path || "file not found"));
       const head = h("thead", {}, h("tr", {}, h("th", {}, "Agent"), h("th", {}, "Runner"), h("th", {}, "Model"), h("th", {}, "Success, 7 days"),
         h("th", { class: "num" }, "Ended"), h("th", { class: "num" }, "Failed"), h("th", { class: "num" }, "Cost"), h("th", {}, "Last task"), h("th", {}, "File")));
-      root.replaceChildren(
+      fill(root, 
         h("div", { class: "head" }, h("h1", {}, "Agents"), h("span", { class: "sub" }, "as the engine finds them on its search path")),
         h("section", { class: "panel" }, r.agents.length ? h("table", { id: "agents" }, head, h("tbody", {}, r.agents.map(row))) : h("div", { class: "empty" }, "No agent files found.")),
         r.unlisted.length ? h("section", { class: "panel" }, h("h2", {}, "Agents with tasks but no file here"),
