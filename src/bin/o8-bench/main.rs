@@ -6,6 +6,7 @@
 //! Prints a table and one JSON line.
 
 mod client;
+mod dashboard;
 mod isolation;
 mod reference;
 
@@ -36,6 +37,9 @@ struct Args {
     /// Tasks measured one at a time for the dispatch latency.
     #[arg(long, default_value_t = 300)]
     dispatches: usize,
+    /// Rounds of every dashboard read, with the stored tasks.
+    #[arg(long, default_value_t = 30)]
+    dashboard_rounds: usize,
     /// Finished tasks stored for the status/list/start-up figures.
     #[arg(long, default_value_t = 1_000_000)]
     stored: usize,
@@ -362,6 +366,7 @@ async fn main() -> Result<()> {
         )
     })
     .await?;
+    let dash = dashboard::measure(&bin, dir_s.path(), &sample, a.dashboard_rounds).await?;
     let (stored_rss, _) = rss_mib(Some(engine_pid(&bin, dir_s.path()).await?));
     finish(c, &bin, dir_s.path()).await?;
 
@@ -439,6 +444,17 @@ async fn main() -> Result<()> {
         format!("p50 {} p99 {}", ms(list.p50), ms(list.p99)),
         String::new(),
     ));
+    for (name, st) in &dash.reads {
+        rows.push((
+            format!("dashboard: {name}, {} stored", a.stored),
+            format!("p50 {} p99 {}", ms(st.p50), ms(st.p99)),
+            format!(
+                "static asset p50 {} (ratio {:.1})",
+                ms(dash.asset.p50),
+                st.p50 / dash.asset.p50
+            ),
+        ));
+    }
     rows.push((
         format!("start-up, {} stored (median of 3)", a.stored),
         ms(startup.p50),
@@ -481,6 +497,16 @@ async fn main() -> Result<()> {
     ] {
         out.insert(k.into(), if v.is_finite() { json!(v) } else { Value::Null });
     }
+    out.insert(
+        "dashboard_p50_ms".into(),
+        Value::Object(
+            dash.reads
+                .iter()
+                .map(|(name, st)| (name.clone(), json!(st.p50)))
+                .collect(),
+        ),
+    );
+    out.insert("dashboard_asset_p50_ms".into(), json!(dash.asset.p50));
     out.insert("workers".into(), json!(a.workers));
     out.insert("tasks".into(), json!(a.tasks));
     out.insert("stored".into(), json!(a.stored));
