@@ -95,7 +95,7 @@ function ago(iso) {
 
 function when(iso) {
   if (!iso) return h("span", { class: "muted" }, "—");
-  return h("time", { datetime: iso, title: new Date(iso).toLocaleString() }, ago(iso));
+  return h("time", { datetime: iso, "data-ago": iso, title: new Date(iso).toLocaleString() }, ago(iso));
 }
 
 // A duration that keeps counting while the page is open.
@@ -408,7 +408,8 @@ function taskPage(root, id, alive) {
         if (t.logs_cut) log.prepend(h("div", { class: "note" }, "Earlier lines are not shown (the CLI's `logs` command has them all)."));
       }
       const canCancel = t.status === "pending" || t.status === "running";
-      const canRetry = t.status === "failed" || t.status === "cancelled";
+      // A workflow's tasks are not retried one by one (the tools refuse it too).
+      const canRetry = (t.status === "failed" || t.status === "cancelled") && !t.workflow_id;
       const u = t.usage || {};
       const ws = t.workspace;
       // While it runs, its log comes first; once it ended, its result does.
@@ -650,13 +651,20 @@ document.addEventListener("click", (e) => {
 });
 window.addEventListener("popstate", route);
 
-// Counting durations tick once a second, without reloading anything.
+// Counting durations and ages tick once a second, without reloading anything.
 setInterval(() => {
   for (const el of document.querySelectorAll("[data-since]")) {
     const t = ms(el.dataset.since);
     if (t) el.textContent = duration(Date.now() - t);
   }
+  for (const el of document.querySelectorAll("[data-ago]")) el.textContent = ago(el.dataset.ago);
 }, 1000);
+
+// Charts cover moving windows (the last 24 hours...): a page left open reloads now and then
+// even when nothing changes.
+setInterval(() => {
+  if (view && document.visibilityState === "visible" && feed && feed.readyState === EventSource.OPEN) view.load();
+}, 60000);
 
 function theme() {
   const btn = document.getElementById("theme");
