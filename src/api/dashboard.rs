@@ -125,6 +125,7 @@ pub struct AgentRow {
 #[derive(Debug, Clone, Serialize)]
 pub struct AgentTable {
     pub agents: Vec<AgentRow>,
-    /// Agents that have tasks but whose file is not found (renamed, removed, another project).
+    /// Agents that had tasks in the last 7 days but whose file is not found (renamed, removed,
+    /// another project's).
     pub unlisted: Vec<AgentRow>,
 }

@@ -4,9 +4,10 @@
 //! default stdio setup) nothing listens on a port until somebody asks for the dashboard: then a
 //! loopback listener on a free port is opened once and serves until the engine stops.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use tokio::sync::Mutex;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::{guard::Keys, router, Viewers, PREFIX};
@@ -21,10 +22,12 @@ pub struct Door {
     api_token: Option<Arc<str>>,
     viewers: Viewers,
     stop: CancellationToken,
-    /// Once served: the base URL and the keys of that server.
+    /// Once served: the base URL and the keys of that server (set once).
     served: Arc<Mutex<Option<Served>>>,
-    /// The keys, readable without waiting (for the engine's needs).
-    keys: Arc<std::sync::OnceLock<Arc<Keys>>>,
+    /// The same keys, readable without waiting (for the engine's needs).
+    keys: Arc<OnceLock<Arc<Keys>>>,
+    /// The loopback server, when the dashboard has its own (joined at shutdown).
+    server: Arc<std::sync::Mutex<Option<JoinHandle<()>>>>,
 }
 
 impl Door {
@@ -35,7 +38,8 @@ impl Door {
             viewers: Viewers::default(),
             stop,
             served: Arc::new(Mutex::new(None)),
-            keys: Arc::new(std::sync::OnceLock::new()),
+            keys: Arc::new(OnceLock::new()),
+            server: Arc::default(),
         }
     }
 
@@ -48,7 +52,8 @@ impl Door {
         self.viewers.count() + pending
     }
 
-    /// The dashboard's routes for a server that listens on `host:port` (the HTTP server).
+    /// The dashboard's routes for the HTTP server, which listens on `host:port`. Called once,
+    /// before anybody can ask for a URL.
     pub async fn routes_for(&self, host: &str, port: u16) -> axum::Router {
         let mut served = self.served.lock().await;
         let (app, keys) = self.routes(host, port);
@@ -57,8 +62,11 @@ impl Door {
     }
 
     fn routes(&self, host: &str, port: u16) -> (axum::Router, Arc<Keys>) {
-        let keys = Arc::new(Keys::new(self.api_token.as_deref(), port, host));
-        let _ = self.keys.set(keys.clone());
+        // Only the first server's keys count: `served` is set once, under its lock.
+        let keys = self
+            .keys
+            .get_or_init(|| Arc::new(Keys::new(self.api_token.as_deref(), port, host)))
+            .clone();
         let app = router(
             self.service.clone(),
             keys.clone(),
@@ -69,9 +77,12 @@ impl Door {
     }
 
     /// A first URL (with a new one-time code), opening a loopback listener if nothing serves
-    /// the dashboard yet.
+    /// the dashboard yet. Refused once the engine is stopping (the address would be dead).
     pub async fn url(&self) -> anyhow::Result<String> {
         let mut served = self.served.lock().await;
+        if self.stop.is_cancelled() {
+            anyhow::bail!("the engine is stopping");
+        }
         if served.is_none() {
             let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
                 .await
@@ -79,7 +90,7 @@ impl Door {
             let port = listener.local_addr()?.port();
             let (app, keys) = self.routes("127.0.0.1", port);
             let stop = self.stop.clone();
-            tokio::spawn(async move {
+            let handle = tokio::spawn(async move {
                 let served = axum::serve(listener, app)
                     .with_graceful_shutdown(stop.cancelled_owned())
                     .await;
@@ -87,6 +98,7 @@ impl Door {
                     tracing::error!("dashboard server stopped: {e}");
                 }
             });
+            *self.server.lock().unwrap_or_else(|p| p.into_inner()) = Some(handle);
             tracing::info!("dashboard listening on http://127.0.0.1:{port}{PREFIX}/");
             *served = Some((base_url("127.0.0.1", port), keys));
         }
@@ -95,6 +107,11 @@ impl Door {
         };
         let code = keys.mint(std::time::Instant::now());
         Ok(format!("{base}{PREFIX}/?token={code}"))
+    }
+
+    /// The loopback server's task, for the engine's shutdown to wait for.
+    pub fn take_server(&self) -> Option<JoinHandle<()>> {
+        self.server.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
 }
 

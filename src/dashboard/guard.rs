@@ -20,8 +20,9 @@
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
+
+use crate::rest::middleware::{bearer, digest, host_name, is_local_host_header};
 
 /// How long a first URL's code stays valid.
 pub const CODE_LIFETIME: Duration = Duration::from_secs(300);
@@ -77,10 +78,6 @@ pub struct Seen<'a> {
     pub sec_fetch_site: Option<&'a str>,
     /// The page key, from its header or the `k` query parameter.
     pub key: Option<&'a str>,
-}
-
-pub fn digest(s: &str) -> [u8; 32] {
-    Sha256::digest(s.as_bytes()).into()
 }
 
 fn same(a: &str, want: &[u8; 32]) -> bool {
@@ -221,17 +218,8 @@ impl Keys {
     }
 
     fn host_allowed(&self, host: &str) -> bool {
-        let name = if let Some(rest) = host.strip_prefix('[') {
-            rest.split(']').next().unwrap_or("")
-        } else {
-            host.rsplit_once(':').map_or(host, |(h, _)| h)
-        }
-        .to_ascii_lowercase();
-        name == "localhost"
-            || name
-                .parse::<std::net::IpAddr>()
-                .is_ok_and(|ip| ip.is_loopback())
-            || (!name.is_empty() && self.hosts.contains(&name))
+        let name = host_name(host).to_ascii_lowercase();
+        is_local_host_header(host) || (!name.is_empty() && self.hosts.contains(&name))
     }
 }
 
@@ -262,11 +250,6 @@ fn cookie_values<'a>(header: &'a str, name: &'a str) -> impl Iterator<Item = &'a
         let (k, v) = kv.trim().split_once('=')?;
         (k == name).then_some(v)
     })
-}
-
-fn bearer(value: &str) -> Option<&str> {
-    let (scheme, rest) = value.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
 }
 
 #[cfg(test)]

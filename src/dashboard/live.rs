@@ -155,17 +155,14 @@ pub async fn events(
     State(d): State<Dash>,
     q: Result<Query<EventsQuery>, QueryRejection>,
 ) -> axum::response::Response {
-    let watched = match q.map(|Query(q)| q.task) {
-        Ok(None) => None,
-        Ok(Some(t)) => match Uuid::parse_str(&t) {
-            Ok(id) => Some(id),
-            Err(_) => {
-                return super::pages::Failure::bad(format!("task {t:?} is not a task id"))
-                    .into_response()
-            }
-        },
-        Err(e) => {
-            return super::pages::Failure::bad(format!("invalid query string: {}", e.body_text()))
+    let task = match super::pages::query(q) {
+        Ok(q) => q.task,
+        Err(e) => return e.into_response(),
+    };
+    let watched = match task.map(|t| Uuid::parse_str(&t).map_err(|_| t)).transpose() {
+        Ok(w) => w,
+        Err(t) => {
+            return crate::rest::ApiError::bad_request(format!("task {t:?} is not a task id"))
                 .into_response()
         }
     };

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use super::{markdown, seen, Dash, PREFIX};
 use crate::api::dashboard::TaskPageArgs;
 use crate::api::{ListWorkflowsArgs, TaskDiffArgs, TaskIdArgs, TaskLogsArgs, WorkflowIdArgs};
-use crate::service::ServiceError;
+use crate::rest::ApiError;
 
 const INDEX: &str = include_str!("assets/index.html");
 const SCRIPT: &str = include_str!("assets/app.js");
@@ -23,42 +23,11 @@ const ICON: &str = include_str!("assets/icon.svg");
 const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
     connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
 
-/// An error as the page shows it: `{"error"}` with the status of the REST API.
-pub struct Failure(StatusCode, String);
+type Answer<T> = Result<Json<T>, ApiError>;
 
-impl From<ServiceError> for Failure {
-    fn from(e: ServiceError) -> Self {
-        let code = match &e {
-            ServiceError::Invalid(_) => StatusCode::BAD_REQUEST,
-            ServiceError::NotFound(_) => StatusCode::NOT_FOUND,
-            ServiceError::Conflict(_) => StatusCode::CONFLICT,
-            ServiceError::Internal(_) => StatusCode::SERVICE_UNAVAILABLE,
-        };
-        Failure(code, e.to_string())
-    }
-}
-
-impl IntoResponse for Failure {
-    fn into_response(self) -> Response {
-        (self.0, Json(serde_json::json!({ "error": self.1 }))).into_response()
-    }
-}
-
-impl Failure {
-    pub fn bad(msg: String) -> Failure {
-        Failure(StatusCode::BAD_REQUEST, msg)
-    }
-}
-
-type Answer<T> = Result<Json<T>, Failure>;
-
-fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, Failure> {
-    q.map(|Query(v)| v).map_err(|e| {
-        Failure(
-            StatusCode::BAD_REQUEST,
-            format!("invalid query string: {}", e.body_text()),
-        )
-    })
+pub fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
+    q.map(|Query(v)| v)
+        .map_err(|e| ApiError::bad_request(format!("invalid query string: {}", e.body_text())))
 }
 
 pub async fn to_root() -> Redirect {
@@ -81,7 +50,23 @@ pub async fn page(State(d): State<Dash>, req: Request) -> Response {
         if let Err(r) = d.keys.check_host(&seen) {
             return refused_page(StatusCode::FORBIDDEN, &r.message());
         }
+        // The address without the token, other parameters kept.
+        let others: Vec<&str> = req
+            .uri()
+            .query()
+            .unwrap_or("")
+            .split('&')
+            .filter(|kv| !kv.is_empty() && !kv.starts_with("token="))
+            .collect();
+        let path = match others.is_empty() {
+            true => req.uri().path().to_string(),
+            false => format!("{}?{}", req.uri().path(), others.join("&")),
+        };
         if !d.keys.opens(&token, std::time::Instant::now()) {
+            // An old address opened again in a browser that is signed in: just the page.
+            if d.keys.check_page(&seen).is_ok() {
+                return Redirect::to(&path).into_response();
+            }
             return refused_page(
                 StatusCode::UNAUTHORIZED,
                 "this address has been used already, or is older than five minutes, or its engine has stopped: each address signs in one browser once. Run `orchestr8-async-server dashboard` for a new one.",
@@ -89,7 +74,7 @@ pub async fn page(State(d): State<Dash>, req: Request) -> Response {
         }
         // The same page without the token (kept neither in the history nor in a Referer),
         // with the page key in the fragment, which never reaches a server.
-        let to = format!("{}#k={}", req.uri().path(), d.keys.key());
+        let to = format!("{path}#k={}", d.keys.key());
         let mut resp = Redirect::to(&to).into_response();
         if let Ok(v) = HeaderValue::from_str(&d.keys.set_cookie()) {
             resp.headers_mut().insert(header::SET_COOKIE, v);
@@ -162,8 +147,8 @@ pub async fn asset(Path(name): Path<String>) -> Response {
         .into_response()
 }
 
-pub async fn no_such_data(req: Request) -> Failure {
-    Failure(
+pub async fn no_such_data(req: Request) -> ApiError {
+    ApiError(
         StatusCode::NOT_FOUND,
         format!("no dashboard data at {}", req.uri().path()),
     )

@@ -1,6 +1,7 @@
 //! When an engine stops: the decision as a pure function ([`decide`]) and the watch that
 //! applies it ([`watch`]). A detached engine — the one a session or CLI command started —
-//! stays up while it is needed (sessions attached, tasks pending or running, webhooks owed)
+//! stays up while it is needed (sessions attached, tasks pending or running, webhooks owed,
+//! dashboard pages open)
 //! and exits once it has been idle for a while; an engine someone runs in the foreground
 //! (`engine`, `api` mode) stays up until it is told to stop. Every engine stops at once on
 //! SIGTERM/SIGINT or the stop command, and retires (stops once no work remains, whoever is

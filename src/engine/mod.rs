@@ -201,8 +201,8 @@ impl Engine {
             doors.clone(),
             dashboard.clone(),
         );
-        let local =
-            crate::link::server::serve(&mut socket, service.clone(), rpc, http_stop.clone());
+        // HTTP (and the dashboard's routes on it) before the socket, so that no session can ask
+        // for the dashboard before it knows where it is served.
         let http = match listener {
             Some((listener, settings)) => {
                 let port = listener
@@ -223,6 +223,8 @@ impl Engine {
             }
             None => None,
         };
+        let local =
+            crate::link::server::serve(&mut socket, service.clone(), rpc, http_stop.clone());
         tracing::info!(
             db = %db_path.display(),
             workers = cfg.workers,
@@ -300,7 +302,8 @@ impl Engine {
         self.http_stop.cancel();
         let bound = self.grace.max(Duration::from_secs(1));
         let deadline = tokio::time::Instant::now() + bound;
-        for mut h in self.http.take().into_iter().chain(self.local.take()) {
+        let servers = self.http.take().into_iter().chain(self.local.take());
+        for mut h in servers.chain(self.dashboard.take_server()) {
             if tokio::time::timeout_at(deadline, &mut h).await.is_err() {
                 tracing::warn!("requests still in flight after {bound:?}; dropping them");
                 h.abort();

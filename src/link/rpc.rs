@@ -299,10 +299,15 @@ async fn overview(State(s): State<RpcState>) -> Json<Value> {
 }
 
 /// The dashboard's first URL (with its token), serving it on a loopback port if HTTP is off.
-async fn dashboard_url(State(s): State<RpcState>) -> Json<Value> {
+async fn dashboard_url(State(s): State<RpcState>) -> Response {
+    // A stopping engine's address would be dead by the time it is opened: the next engine's.
+    if s.requests.is_closing() {
+        return stopping();
+    }
     match s.dashboard.url().await {
-        Ok(url) => Json(json!({ "ok": { "url": url } })),
-        Err(e) => Json(json!({ "error": format!("{e:#}") })),
+        Ok(url) => Json(json!({ "ok": { "url": url } })).into_response(),
+        Err(_) if s.stop.is_cancelled() => stopping(),
+        Err(e) => Json(json!({ "error": format!("{e:#}") })).into_response(),
     }
 }
 

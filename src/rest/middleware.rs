@@ -52,7 +52,7 @@ pub async fn guard(State(s): State<AppState>, req: Request, next: Next) -> Respo
 
 /// The credentials of an `Authorization: Bearer <token>` header (the scheme is
 /// case-insensitive).
-fn bearer(value: &str) -> Option<&str> {
+pub(crate) fn bearer(value: &str) -> Option<&str> {
     let (scheme, rest) = value.split_once(' ')?;
     scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
 }
@@ -82,14 +82,18 @@ fn browser_check(s: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// Whether a `Host` header (with or without a port) names the loopback interface.
-fn is_local_host_header(host: &str) -> bool {
-    let name = if let Some(rest) = host.strip_prefix('[') {
+/// The host name of a `Host` header, without its port or an IPv6 address's brackets.
+pub(crate) fn host_name(host: &str) -> &str {
+    if let Some(rest) = host.strip_prefix('[') {
         rest.split(']').next().unwrap_or("")
     } else {
         host.rsplit_once(':').map_or(host, |(h, _)| h)
-    };
-    name.eq_ignore_ascii_case("localhost") || name == "127.0.0.1" || name == "::1"
+    }
+}
+
+/// Whether a `Host` header (with or without a port) names the loopback interface.
+pub(crate) fn is_local_host_header(host: &str) -> bool {
+    super::is_loopback(&host_name(host).to_ascii_lowercase())
 }
 
 /// Limits every request to [`REQUEST_TIMEOUT`] and counts and times it by route pattern.

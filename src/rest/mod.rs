@@ -4,7 +4,7 @@
 
 mod error;
 mod mcp_http;
-mod middleware;
+pub(crate) mod middleware;
 mod openapi;
 mod routes;
 
@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::service::Service;
-use error::ApiError;
+pub(crate) use error::ApiError;
 
 /// Largest request body (instructions may be 1 MiB; JSON escaping can double that).
 pub(crate) const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;

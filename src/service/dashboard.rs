@@ -204,13 +204,16 @@ impl Service {
 
     pub async fn dashboard_task(&self, id: &str) -> Result<DashTask> {
         let id = parse_task_id("task_id", id)?;
-        let task = self
-            .sched
-            .task(id)
-            .await?
-            .ok_or_else(|| ServiceError::NotFound(not_found(id)))?;
         let store = self.sched.store();
         let internal = |e: crate::store::StoreError| ServiceError::Internal(e.to_string());
+        // From the store, not the scheduler's memory: the page reads on the change feed's
+        // events, which are published once the store has the change (memory follows a moment
+        // later).
+        let task = store
+            .task(id)
+            .await
+            .map_err(internal)?
+            .ok_or_else(|| ServiceError::NotFound(not_found(id)))?;
         let instructions = store.instructions(id).await.map_err(internal)?;
         let mut logs = store
             .last_logs(id, FIRST_LOG_LINES + 1)

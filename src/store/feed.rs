@@ -1,8 +1,8 @@
 //! The change feed: what every answered write changed, for whoever watches (the dashboard's
 //! live pages).
 //!
-//! The journal thread publishes after a group is durable, so a watcher that reads on an event
-//! sees the change. The feed is a bounded broadcast: a watcher that falls behind is told it
+//! The journal thread publishes after a group is durable, so a watcher that reads the store on
+//! an event sees the change (the scheduler's memory follows a moment later). The feed is a bounded broadcast: a watcher that falls behind is told it
 //! lagged (and reloads what it shows) instead of holding the engine's memory, and with nobody
 //! watching nothing is built at all. Log lines are published only for the tasks somebody
 //! follows ([`Feed::follow_lines`]): the feed then carries a state change per task, not every

@@ -273,17 +273,38 @@ impl Store {
             } else {
                 format!("WHERE {}", clauses.join(" AND "))
             };
+            // Ids first, then their rows by primary key: sorting only the two sort columns and
+            // the id keeps results (up to 1 MiB each) out of the sort, however many tasks match.
             let sql = format!(
-                "SELECT {} FROM tasks {filter} ORDER BY created_at DESC, task_id DESC LIMIT {}",
-                rows::TASK_COLUMNS,
+                "SELECT task_id::VARCHAR FROM tasks {filter} \
+                 ORDER BY created_at DESC, task_id DESC LIMIT {}",
                 q.limit
             );
             let mut st = c.prepare_cached(&sql)?;
-            let mut r = st.query(duckdb::params_from_iter(args.iter()))?;
+            let ids = st
+                .query_map(duckdb::params_from_iter(args.iter()), |r| {
+                    r.get::<_, String>(0)
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            if ids.is_empty() {
+                return Ok((Vec::new(), total.max(0) as u64));
+            }
+            let list = ids
+                .iter()
+                .filter_map(|i| Uuid::parse_str(i).ok())
+                .map(|i| format!("'{i}'"))
+                .collect::<Vec<_>>()
+                .join(",");
+            let mut st = c.prepare(&format!(
+                "SELECT {} FROM tasks WHERE task_id IN ({list})",
+                rows::TASK_COLUMNS
+            ))?;
+            let mut r = st.query([])?;
             let mut out = Vec::new();
             while let Some(row) = r.next()? {
                 out.push(rows::task_from_row(row)?);
             }
+            out.sort_by_key(|t| std::cmp::Reverse((t.created_us, t.id)));
             Ok((out, total.max(0) as u64))
         })
         .await

@@ -9,10 +9,12 @@ use serde_json::{json, Value};
 use crate::harness::*;
 use crate::stub_http::free_port;
 
-/// A chromedriver process and a WebDriver session on headless Chromium, both ended on drop.
+/// A chromedriver process (in its own process group, with the Chromium it starts) and a
+/// WebDriver session on headless Chromium. End it with [`Browser::quit`]; a test that panics
+/// kills the whole group on drop.
 struct Browser {
     client: Option<Client>,
-    _driver: tokio::process::Child,
+    driver: tokio::process::Child,
     _profile: tempfile::TempDir,
 }
 
@@ -20,14 +22,6 @@ impl Browser {
     async fn start() -> Browser {
         let driver_bin = which("chromedriver");
         let chromium = which("chromium");
-        let port = free_port();
-        let driver = tokio::process::Command::new(driver_bin)
-            .arg(format!("--port={port}"))
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("start chromedriver");
         let profile = tempfile::tempdir().unwrap();
         let mut caps = serde_json::Map::new();
         caps.insert(
@@ -42,27 +36,51 @@ impl Browser {
                 ],
             }),
         );
-        let url = format!("http://127.0.0.1:{port}");
         let mut last = String::new();
-        for _ in 0..100 {
-            let connector = hyper_util::client::legacy::connect::HttpConnector::new();
-            match ClientBuilder::new(connector)
-                .capabilities(caps.clone())
-                .connect(&url)
-                .await
-            {
-                Ok(client) => {
-                    return Browser {
-                        client: Some(client),
-                        _driver: driver,
-                        _profile: profile,
-                    }
+        // A port found free may be taken before chromedriver binds it: then another one.
+        for _ in 0..3 {
+            let port = free_port();
+            let mut driver = tokio::process::Command::new(&driver_bin)
+                .arg(format!("--port={port}"))
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .process_group(0)
+                .kill_on_drop(true)
+                .spawn()
+                .expect("start chromedriver");
+            let url = format!("http://127.0.0.1:{port}");
+            for _ in 0..150 {
+                if let Ok(Some(status)) = driver.try_wait() {
+                    last = format!("chromedriver exited: {status}");
+                    break;
                 }
-                Err(e) => last = e.to_string(),
+                let connector = hyper_util::client::legacy::connect::HttpConnector::new();
+                match ClientBuilder::new(connector)
+                    .capabilities(caps.clone())
+                    .connect(&url)
+                    .await
+                {
+                    Ok(client) => {
+                        return Browser {
+                            client: Some(client),
+                            driver,
+                            _profile: profile,
+                        }
+                    }
+                    Err(e) => last = e.to_string(),
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
         }
         panic!("no WebDriver session with Chromium: {last}");
+    }
+
+    /// Ends the session (Chromium exits), then chromedriver.
+    async fn quit(mut self) {
+        if let Some(c) = self.client.take() {
+            let _ = c.close().await;
+        }
+        let _ = self.driver.kill().await;
     }
 
     fn c(&self) -> &Client {
@@ -124,11 +142,12 @@ impl Browser {
 
 impl Drop for Browser {
     fn drop(&mut self) {
-        if let Some(c) = self.client.take() {
-            // Ends the browser (chromedriver is killed with its child handle).
-            tokio::spawn(async move {
-                let _ = c.close().await;
-            });
+        // After a panic: the driver and every Chromium process it started.
+        if let Some(pid) = self.driver.id() {
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
         }
     }
 }
@@ -182,7 +201,7 @@ async fn a_person_follows_cancels_and_retries_in_the_browser() {
     let env = Env::new();
     env.shell_agent(
         "chatty",
-        "i=0; while [ $i -lt 600 ]; do i=$((i+1)); echo \"step $i\" >&2; sleep 0.1; done",
+        "i=0; while [ $i -lt 6000 ]; do i=$((i+1)); echo \"step $i\" >&2; sleep 0.1; done",
         "",
     );
     env.shell_agent(
@@ -230,6 +249,8 @@ async fn a_person_follows_cancels_and_retries_in_the_browser() {
         wf_tasks.push(t["task_id"].as_str().unwrap().to_string());
     }
     s.call("workflow_start", json!({"workflow_id": w})).await;
+    // Ended before the browser looks, so that no page changes under a click.
+    let done = s.wait_all(&wf_tasks, 60).await;
 
     let url = dashboard_url(&env).await;
     let origin = origin_of(&url);
@@ -238,7 +259,7 @@ async fn a_person_follows_cancels_and_retries_in_the_browser() {
     // Without the token: refused, and told how to get in.
     b.c().goto(&format!("{origin}/dashboard/")).await.unwrap();
     let refused = b.text("#refused").await;
-    assert!(refused.contains("dashboard"), "{refused}");
+    assert!(refused.contains("not signed in"), "{refused}");
     // With it: signed in, and the token is gone from the address.
     b.c().goto(&url).await.unwrap();
     b.until(
@@ -248,6 +269,11 @@ async fn a_person_follows_cancels_and_retries_in_the_browser() {
     .await;
     let here = b.c().current_url().await.unwrap();
     assert!(here.query().is_none(), "token left in the address: {here}");
+    b.until(
+        "the page key taken from the address",
+        "location.hash === ''",
+    )
+    .await;
 
     // The running task's log grows while the page stays (no reload: the marker survives).
     b.click(&format!("a[href='/dashboard/tasks/{chatty}']"))
@@ -312,7 +338,6 @@ async fn a_person_follows_cancels_and_retries_in_the_browser() {
     assert_eq!(s.status(&flaky).await["attempt"], 2);
 
     // The workflow as a picture: every task a box with its status, the edges drawn.
-    let done = s.wait_all(&wf_tasks, 60).await;
     b.c()
         .goto(&format!("{origin}/dashboard/workflows/{w}"))
         .await
@@ -364,6 +389,7 @@ async fn a_person_follows_cancels_and_retries_in_the_browser() {
     assert_eq!(s.status(&target).await["status"], "running");
     server.abort();
     s.call("task_cancel", json!({"task_id": target})).await;
+    b.quit().await;
     s.stop().await;
 }
 
@@ -469,10 +495,14 @@ async fn the_guard_and_the_live_feed_over_http() {
     let mut feed = get("/dashboard/api/events").await.unwrap();
     assert_eq!(feed.status(), 200);
     let mut seen = String::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     while !seen.contains("event: ready") {
-        seen.push_str(&String::from_utf8_lossy(
-            &feed.chunk().await.unwrap().unwrap(),
-        ));
+        let chunk = tokio::time::timeout_at(deadline, feed.chunk())
+            .await
+            .expect("the feed starts with ready")
+            .unwrap()
+            .unwrap();
+        seen.push_str(&String::from_utf8_lossy(&chunk));
     }
     let (_, t) = api
         .post(
@@ -481,7 +511,6 @@ async fn the_guard_and_the_live_feed_over_http() {
         )
         .await;
     let id = t["task_id"].as_str().unwrap().to_string();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     while !seen.contains(&format!("\"{id}\":\"completed\"")) {
         let chunk = tokio::time::timeout_at(deadline, feed.chunk())
             .await
@@ -856,5 +885,6 @@ async fn screenshots_for_the_readme() {
     .unwrap();
 
     s.call("task_cancel", json!({"task_id": building})).await;
+    b.quit().await;
     s.stop().await;
 }

@@ -21,6 +21,9 @@ pub struct Figures {
 
 /// `rounds` of every read, against the engine of `dir` (which must be running).
 pub async fn measure(bin: &Path, dir: &Path, sample: &[Uuid], rounds: usize) -> Result<Figures> {
+    if sample.is_empty() {
+        bail!("the dashboard figures need stored tasks (--stored 1 or more)");
+    }
     let out = server_cmd(bin, dir, 1)
         .args(["dashboard", "--no-open", "--json"])
         .stdin(std::process::Stdio::null())

@@ -137,7 +137,7 @@ function throttle(fn, wait) {
 // Vertical bars; `series` is [{key, cls}], `rows` objects with a label and one number per key.
 function bars(rows, series, label, fmt) {
   const W = 560, H = 170, top = 10, bottom = 26, left = 52;
-  const max = Math.max(1, ...rows.map((r) => series.reduce((a, s) => a + (r[s.key] || 0), 0)));
+  const max = Math.max(1e-9, ...rows.map((r) => series.reduce((a, s) => a + (r[s.key] || 0), 0)));
   const bw = (W - left) / Math.max(1, rows.length);
   const g = svg("svg", { viewBox: `0 0 ${W} ${H}`, role: "img" });
   for (const f of [0, 0.5, 1]) {
@@ -191,20 +191,27 @@ function follow(task) {
   });
   source.addEventListener("changed", (e) => { if (view && view.changed) view.changed(JSON.parse(e.data)); });
   source.addEventListener("log", (e) => { if (view && view.log) view.log(JSON.parse(e.data)); });
-  source.addEventListener("resync", () => { if (view) view.load(); });
+  source.addEventListener("resync", resync);
   source.onerror = () => {
     setLive("lost", "The engine does not answer; trying again");
     if (source.readyState !== EventSource.CLOSED) return; // the browser tries again by itself
-    // Refused (signed out: the engine restarted) or gone: find out which, and try again.
+    // Refused (signed out: the engine restarted; a bad address) or gone: find out which.
     setTimeout(() => {
       if (feed !== source) return;
-      api("/session").then(() => follow(feedTask), (e) => {
+      api("/session").then(() => {
+        // Signed in, but this feed was refused: show the page (and its error), try later.
+        if (view) view.load();
+        setTimeout(() => { if (feed === source) { feed = null; follow(feedTask); } }, 10000);
+      }, (e) => {
         if (/not signed in/.test(e.message)) signedOut(e.message);
         else { feed = null; follow(feedTask); }
       });
     }, 3000);
   };
 }
+
+// A feed that fell behind: reload what the page shows, at most once a second.
+const resync = throttle(() => { if (view) view.load(); }, 1000);
 
 function signedOut(message) {
   if (feed) feed.close();
@@ -265,7 +272,8 @@ function overview(root, alive) {
       );
     } catch (e) { failure(root, e); }
   };
-  const reload = throttle(load, 2000);
+  // Aggregates over every task: at most every 5 s, however busy the engine.
+  const reload = throttle(load, 5000);
   return { load, changed: reload };
 }
 
@@ -585,7 +593,10 @@ function workflowPage(root, id, alive) {
   };
   return {
     load,
-    changed: throttle(() => load(), 1000),
+    changed: (() => {
+      const reload = throttle(() => load(), 1000);
+      return (c) => { if (c.more || (c.workflows || []).includes(id)) reload(); };
+    })(),
     stop: () => window.removeEventListener("resize", onResize),
   };
 }
@@ -626,7 +637,11 @@ function route() {
   const path = location.pathname.replace(/^\/dashboard/, "").replace(/\/+$/, "") || "/";
   const parts = path.split("/").filter(Boolean);
   let nav = "overview", task = null;
-  if (parts[0] === "tasks" && parts[1]) { view = taskPage(root, parts[1], alive); nav = "tasks"; task = parts[1]; }
+  const isId = (s) => /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i.test(s || "");
+  if (parts.length > 2 || (parts[1] && !isId(parts[1])) || (parts[0] && !["tasks", "workflows", "agents"].includes(parts[0]))) {
+    view = { load: () => fill(root, h("div", { class: "panel" }, h("h1", {}, "Not found"), h("p", {}, "Nothing is at ", h("code", {}, location.pathname), ". ", link("/", "Back to the overview")))) };
+  }
+  else if (parts[0] === "tasks" && parts[1]) { view = taskPage(root, parts[1], alive); nav = "tasks"; task = parts[1]; }
   else if (parts[0] === "tasks") { view = taskList(root, alive); nav = "tasks"; }
   else if (parts[0] === "workflows" && parts[1]) { view = workflowPage(root, parts[1], alive); nav = "workflows"; }
   else if (parts[0] === "workflows") { view = workflowList(root, alive); nav = "workflows"; }
@@ -642,6 +657,8 @@ function route() {
 
 document.addEventListener("click", (e) => {
   const a = e.target.closest && e.target.closest("a[href]");
+  // Links in a rendered result are the agent's, not the dashboard's: the browser follows them.
+  if (a && a.closest(".markdown")) return;
   if (!a || e.defaultPrevented || e.button !== 0 || e.metaKey || e.ctrlKey || e.shiftKey || a.target) return;
   const url = new URL(a.href, location.href);
   if (url.origin !== location.origin || !url.pathname.startsWith(BASE)) return;
