@@ -103,11 +103,7 @@ impl Store {
                 clauses.push("workflow_id = ?");
                 args.push(w.to_string());
             }
-            let filter = if clauses.is_empty() {
-                String::new()
-            } else {
-                format!("WHERE {}", clauses.join(" AND "))
-            };
+            let filter = rows::where_all(&clauses);
             let total: i64 = c
                 .prepare_cached(&format!("SELECT count(*) FROM tasks {filter}"))?
                 .query_row(duckdb::params_from_iter(args.iter()), |r| r.get(0))?;

@@ -16,6 +16,15 @@ pub const TASK_COLUMNS: &str = "task_id::VARCHAR, name, agent_name, status, prio
     phase_id, working_dir, metadata, webhook_url, idempotency_key, result, error, \
     input_tokens, output_tokens, cost_usd, pid, pid_start, project, agents_dir, workspace";
 
+/// A `WHERE` clause requiring every condition (empty without any).
+pub(super) fn where_all(conditions: &[&str]) -> String {
+    if conditions.is_empty() {
+        String::new()
+    } else {
+        format!("WHERE {}", conditions.join(" AND "))
+    }
+}
+
 pub(super) fn ts(us: i64) -> Value {
     Value::Timestamp(TimeUnit::Microsecond, us)
 }

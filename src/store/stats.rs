@@ -251,11 +251,7 @@ impl Store {
                 clauses.push("contains(lower(name), lower(?))");
                 args.push(s.into());
             }
-            let filter = if clauses.is_empty() {
-                String::new()
-            } else {
-                format!("WHERE {}", clauses.join(" AND "))
-            };
+            let filter = rows::where_all(&clauses);
             let total: i64 = c
                 .prepare_cached(&format!("SELECT count(*) FROM tasks {filter}"))?
                 .query_row(duckdb::params_from_iter(args.iter()), |r| r.get(0))?;
@@ -268,11 +264,7 @@ impl Store {
                 args.push(created_us.into());
                 args.push(id.to_string().into());
             }
-            let filter = if clauses.is_empty() {
-                String::new()
-            } else {
-                format!("WHERE {}", clauses.join(" AND "))
-            };
+            let filter = rows::where_all(&clauses);
             // Ids first, then their rows by primary key: sorting only the two sort columns and
             // the id keeps results (up to 1 MiB each) out of the sort, however many tasks match.
             let sql = format!(

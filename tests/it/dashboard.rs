@@ -798,91 +798,61 @@ async fn screenshots_for_the_readme() {
     let url = dashboard_url(&env).await;
     let origin = origin_of(&url);
     let b = Browser::start().await;
-    b.c().goto(&url).await.unwrap();
-    b.until("the overview", "document.querySelector('#view .chart')")
-        .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
     let docs = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs");
     std::fs::create_dir_all(&docs).unwrap();
-    std::fs::write(
-        docs.join("dashboard-overview.png"),
-        b.c().screenshot().await.unwrap(),
-    )
-    .unwrap();
-
-    b.c()
-        .goto(&format!("{origin}/dashboard/tasks"))
-        .await
-        .unwrap();
-    b.until("the list", "document.querySelector('#tasks')")
-        .await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    std::fs::write(
-        docs.join("dashboard-tasks.png"),
-        b.c().screenshot().await.unwrap(),
-    )
-    .unwrap();
-
-    b.c()
-        .goto(&format!("{origin}/dashboard/tasks/{}", ids[0]))
-        .await
-        .unwrap();
-    b.until("the result", "document.querySelector('#result table')")
-        .await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    std::fs::write(
-        docs.join("dashboard-task.png"),
-        b.c().screenshot().await.unwrap(),
-    )
-    .unwrap();
-
-    b.c()
-        .goto(&format!("{origin}/dashboard/tasks/{building}"))
-        .await
-        .unwrap();
-    b.until(
-        "log lines",
-        "document.querySelectorAll('#log .line').length > 10",
-    )
-    .await;
-    b.click("#theme").await; // auto → light
-    b.click("#theme").await; // light → dark
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    std::fs::write(
-        docs.join("dashboard-running-dark.png"),
-        b.c().screenshot().await.unwrap(),
-    )
-    .unwrap();
-
-    b.c()
-        .goto(&format!("{origin}/dashboard/workflows/{w}"))
-        .await
-        .unwrap();
-    b.until(
-        "the picture",
-        "document.querySelectorAll('#picture svg.edges path').length === 4",
-    )
-    .await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    std::fs::write(
-        docs.join("dashboard-workflow-dark.png"),
-        b.c().screenshot().await.unwrap(),
-    )
-    .unwrap();
-
-    b.c()
-        .goto(&format!("{origin}/dashboard/agents"))
-        .await
-        .unwrap();
-    b.until("the agents", "document.querySelector('#agents')")
-        .await;
-    b.click("#theme").await; // dark → auto (the headless browser's light)
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    std::fs::write(
-        docs.join("dashboard-agents.png"),
-        b.c().screenshot().await.unwrap(),
-    )
-    .unwrap();
+    let shots = [
+        (
+            url.clone(),
+            "document.querySelector('#view .chart')",
+            "light",
+            "overview",
+        ),
+        (
+            format!("{origin}/dashboard/tasks"),
+            "document.querySelector('#tasks')",
+            "light",
+            "tasks",
+        ),
+        (
+            format!("{origin}/dashboard/tasks/{}", ids[0]),
+            "document.querySelector('#result table')",
+            "light",
+            "task",
+        ),
+        (
+            format!("{origin}/dashboard/tasks/{building}"),
+            "document.querySelectorAll('#log .line').length > 10",
+            "dark",
+            "running-dark",
+        ),
+        (
+            format!("{origin}/dashboard/workflows/{w}"),
+            "document.querySelectorAll('#picture svg.edges path').length === 4",
+            "dark",
+            "workflow-dark",
+        ),
+        (
+            format!("{origin}/dashboard/agents"),
+            "document.querySelector('#agents')",
+            "light",
+            "agents",
+        ),
+    ];
+    for (address, ready, theme, name) in shots {
+        b.c().goto(&address).await.unwrap();
+        b.c()
+            .execute(
+                &format!("localStorage.setItem('orchestr8-theme', '{theme}'); return true;"),
+                vec![],
+            )
+            .await
+            .unwrap();
+        b.c().refresh().await.unwrap();
+        b.until(name, ready).await;
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let png = b.c().screenshot().await.unwrap();
+        std::fs::write(docs.join(format!("dashboard-{name}.png")), png).unwrap();
+    }
 
     s.call("task_cancel", json!({"task_id": building})).await;
     b.quit().await;

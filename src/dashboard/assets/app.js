@@ -244,7 +244,7 @@ function overview(root, alive) {
       failedRows = failed.tasks.length
         ? h("table", {}, h("tbody", {}, failed.tasks.map((t) => h("tr", {},
             h("td", { class: "nowrap" }, link("/tasks/" + t.task_id, t.name)), h("td", { class: "muted" }, t.agent_name),
-            h("td", { class: "err", title: t.error || "" }, t.error || ""), h("td", { class: "num muted nowrap" }, when(t.completed_at))))))
+            h("td", { class: "err fill", title: t.error || "" }, t.error || ""), h("td", { class: "num muted nowrap" }, when(t.completed_at))))))
         : h("div", { class: "empty" }, "No failed tasks.");
       const hourLabel = (r) => new Date(r.start).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
       fill(root, 
@@ -329,7 +329,7 @@ function taskList(root, alive) {
           h("tbody", {}, r.tasks.map((t) => h("tr", { "data-task-id": t.task_id, "data-status": t.status },
             h("td", {}, badge(t.status)), h("td", {}, link("/tasks/" + t.task_id, t.name)), h("td", {}, t.agent_name),
             h("td", {}, when(t.created_at)), h("td", { class: "num" }, t.status === "running" ? since(t.started_at) : ran(t)),
-            h("td", { class: "num" }, t.attempt), h("td", { class: "err", title: t.error || "" }, t.error || "")))))
+            h("td", { class: "num" }, t.attempt), h("td", { class: "err fill", title: t.error || "" }, t.error || "")))))
         : h("div", { class: "empty" }, "No task matches."));
       const first = page * 50 + 1;
       pager.replaceChildren(
