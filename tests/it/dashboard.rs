@@ -337,11 +337,9 @@ async fn a_person_follows_cancels_and_retries_in_the_browser() {
     .await;
     assert_eq!(s.status(&flaky).await["attempt"], 2);
 
-    // The workflow as a picture: every task a box with its status, the edges drawn.
-    b.c()
-        .goto(&format!("{origin}/dashboard/workflows/{w}"))
-        .await
-        .unwrap();
+    // The workflow, from the list, as a picture: every task a box with its status, the edges.
+    b.click("a[data-nav=workflows]").await;
+    b.click(&format!("tr[data-workflow-id='{w}'] a")).await;
     b.until("the picture", "document.querySelector('#picture .box')")
         .await;
     for t in &done {

@@ -508,19 +508,32 @@ function workflowList(root, alive) {
   const sel = h("select", { "aria-label": "Status" }, h("option", { value: "" }, "every status"),
     ["draft", "running", "completed", "failed", "cancelled"].map((s) => h("option", { value: s, selected: s === status }, s)));
   const body = h("div", {}, h("div", { class: "empty" }, "Loading…"));
-  sel.onchange = () => { history.replaceState(null, "", BASE + "/workflows" + (sel.value ? "?status=" + sel.value : "")); load(); };
-  fill(root, h("div", { class: "head" }, h("h1", {}, "Workflows")), h("div", { class: "filters" }, sel), h("section", { class: "panel" }, body));
+  const pager = h("div", { class: "pager" });
+  const PAGE = 50;
+  let offset = 0;
+  sel.onchange = () => {
+    history.replaceState(null, "", BASE + "/workflows" + (sel.value ? "?status=" + sel.value : ""));
+    offset = 0;
+    load();
+  };
+  fill(root, h("div", { class: "head" }, h("h1", {}, "Workflows")), h("div", { class: "filters" }, sel), h("section", { class: "panel" }, body, pager));
   const load = async () => {
     try {
-      const r = await api("/workflows?limit=200" + (sel.value ? "&status=" + sel.value : ""));
+      // One more than a page, to know whether there is an older one.
+      const r = await api(`/workflows?limit=${PAGE + 1}&offset=${offset}` + (sel.value ? "&status=" + sel.value : ""));
       if (!alive()) return;
-      body.replaceChildren(r.workflows.length
+      const more = r.workflows.length > PAGE;
+      const shown = r.workflows.slice(0, PAGE);
+      body.replaceChildren(shown.length
         ? h("table", {}, h("thead", {}, h("tr", {}, h("th", {}, "Status"), h("th", {}, "Name"), h("th", {}, "Progress"), h("th", { class: "num" }, "Tasks"), h("th", {}, "Created"))),
-          h("tbody", {}, r.workflows.map((w) => h("tr", { "data-workflow-id": w.workflow_id },
+          h("tbody", {}, shown.map((w) => h("tr", { "data-workflow-id": w.workflow_id },
             h("td", {}, badge(w.status)), h("td", {}, link("/workflows/" + w.workflow_id, w.name)),
             h("td", {}, h("div", { class: "bar", title: w.progress + "%" }, h("span", { style: `width:${w.progress}%` }))),
             h("td", { class: "num" }, `${w.tasks_completed} / ${w.tasks_total}`), h("td", {}, when(w.created_at))))))
-        : h("div", { class: "empty" }, "No workflow yet."));
+        : h("div", { class: "empty" }, offset ? "No older workflow." : "No workflow yet."));
+      pager.replaceChildren(
+        h("button", { type: "button", disabled: offset === 0, onclick: () => { offset = Math.max(0, offset - PAGE); load(); } }, "← Newer"),
+        h("button", { type: "button", disabled: !more, onclick: () => { offset += PAGE; load(); } }, "Older →"));
     } catch (e) { failure(body, e); }
   };
   return { load, changed: throttle(load, 1500) };
