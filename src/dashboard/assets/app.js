@@ -193,7 +193,7 @@ function follow(task) {
   source.addEventListener("log", (e) => { if (view && view.log) view.log(JSON.parse(e.data)); });
   source.addEventListener("resync", resync);
   source.onerror = () => {
-    setLive("lost", "The engine does not answer; trying again");
+    setLive("lost", "The engine does not answer; trying again (an engine that restarted has a new address: run `orchestr8-async-server dashboard`)");
     if (source.readyState !== EventSource.CLOSED) return; // the browser tries again by itself
     // Refused (signed out: the engine restarted; a bad address) or gone: find out which.
     setTimeout(() => {
