@@ -183,16 +183,16 @@ pub async fn tasks(
 
 /// A task, with its result also as HTML.
 #[derive(Serialize)]
-pub struct TaskPage {
+pub struct TaskWithHtml {
     #[serde(flatten)]
     task: crate::api::dashboard::DashTask,
     result_html: Option<String>,
 }
 
-pub async fn task(State(d): State<Dash>, Path(id): Path<String>) -> Answer<TaskPage> {
+pub async fn task(State(d): State<Dash>, Path(id): Path<String>) -> Answer<TaskWithHtml> {
     let task = d.service.dashboard_task(&id).await?;
     let result_html = task.task.result.as_deref().map(markdown::to_html);
-    Ok(Json(TaskPage { task, result_html }))
+    Ok(Json(TaskWithHtml { task, result_html }))
 }
 
 #[derive(Deserialize)]

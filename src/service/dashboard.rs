@@ -134,13 +134,7 @@ impl Service {
             .status
             .as_deref()
             .filter(|s| !s.is_empty())
-            .map(|s| {
-                TaskStatus::parse(s).ok_or_else(|| {
-                    ServiceError::Invalid(format!(
-                        "status {s:?} is not one of pending, running, completed, failed, cancelled"
-                    ))
-                })
-            })
+            .map(super::parse_status)
             .transpose()?;
         let agent = a.agent_name.filter(|s| !s.is_empty());
         if let Some(agent) = &agent {

@@ -112,6 +112,15 @@ pub fn parse_task_id(field: &str, s: &str) -> Result<Uuid> {
     })
 }
 
+/// A task status filter, or a refusal that lists the statuses there are.
+fn parse_status(s: &str) -> Result<TaskStatus> {
+    TaskStatus::parse(s).ok_or_else(|| {
+        ServiceError::Invalid(format!(
+            "status {s:?} is not one of pending, running, completed, failed, cancelled"
+        ))
+    })
+}
+
 fn in_range(field: &str, v: Option<i64>, lo: i64, hi: i64, default: i64) -> Result<i64> {
     match v {
         None => Ok(default),
@@ -588,14 +597,7 @@ impl Service {
     }
 
     pub async fn list_tasks(&self, a: ListTasksArgs) -> Result<TaskList> {
-        let status = match a.status.as_deref() {
-            None => None,
-            Some(s) => Some(TaskStatus::parse(s).ok_or_else(|| {
-                ServiceError::Invalid(format!(
-                    "status {s:?} is not one of pending, running, completed, failed, cancelled"
-                ))
-            })?),
-        };
+        let status = a.status.as_deref().map(parse_status).transpose()?;
         if let Some(agent) = &a.agent_name {
             validate_name("agent_name", agent).map_err(ServiceError::Invalid)?;
         }

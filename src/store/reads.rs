@@ -156,17 +156,7 @@ impl Store {
 
     /// How many tasks there are of each status (statuses without tasks are absent).
     pub async fn count_by_status(&self) -> Result<Vec<(String, u64)>, StoreError> {
-        self.read(|c| {
-            let mut st = c.prepare_cached("SELECT status, count(*) FROM tasks GROUP BY status")?;
-            let rows = st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
-            let mut out = Vec::new();
-            for r in rows {
-                let (s, n) = r?;
-                out.push((s, n.max(0) as u64));
-            }
-            Ok(out)
-        })
-        .await
+        self.read(rows::status_counts).await
     }
 
     /// Log lines with `seq > after_seq`, oldest first.

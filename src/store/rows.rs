@@ -16,6 +16,18 @@ pub const TASK_COLUMNS: &str = "task_id::VARCHAR, name, agent_name, status, prio
     phase_id, working_dir, metadata, webhook_url, idempotency_key, result, error, \
     input_tokens, output_tokens, cost_usd, pid, pid_start, project, agents_dir, workspace";
 
+/// How many tasks there are of each status (statuses without tasks are absent).
+pub(super) fn status_counts(c: &Connection) -> Result<Vec<(String, u64)>, StoreError> {
+    let mut st = c.prepare_cached("SELECT status, count(*) FROM tasks GROUP BY status")?;
+    let rows = st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
+    let mut out = Vec::new();
+    for r in rows {
+        let (s, n) = r?;
+        out.push((s, n.max(0) as u64));
+    }
+    Ok(out)
+}
+
 /// A `WHERE` clause requiring every condition (empty without any).
 pub(super) fn where_all(conditions: &[&str]) -> String {
     if conditions.is_empty() {

@@ -91,13 +91,10 @@ impl Store {
             cost: cost_since_us,
         } = since;
         self.read(move |c| {
-            let mut s = Stats::default();
-            let mut st = c.prepare_cached("SELECT status, count(*) FROM tasks GROUP BY status")?;
-            let mut r = st.query([])?;
-            while let Some(row) = r.next()? {
-                s.by_status
-                    .push((row.get(0)?, row.get::<_, i64>(1)?.max(0) as u64));
-            }
+            let mut s = Stats {
+                by_status: rows::status_counts(c)?,
+                ..Stats::default()
+            };
             let mut st = c.prepare_cached(
                 "SELECT epoch_us(date_trunc('hour', completed_at)) AS h, \
                    count(*) FILTER (WHERE status = 'completed'), \

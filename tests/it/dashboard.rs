@@ -174,6 +174,20 @@ fn origin_of(url: &str) -> String {
     u.origin().ascii_serialization()
 }
 
+/// Reads an event stream until `needle` has come (within 20 s).
+async fn read_until(feed: &mut reqwest::Response, needle: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let mut seen = String::new();
+    while !seen.contains(needle) {
+        let chunk = tokio::time::timeout_at(deadline, feed.chunk())
+            .await
+            .unwrap_or_else(|_| panic!("the feed never said {needle}: {seen}"))
+            .unwrap()
+            .unwrap_or_else(|| panic!("the feed ended before {needle}: {seen}"));
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+    }
+}
+
 /// A page of another origin (another port of the same host: same site, so a SameSite cookie
 /// alone would not stop it) that POSTs a form to `target` as soon as it loads.
 async fn hostile_page(target: String) -> (String, tokio::task::JoinHandle<()>) {
@@ -492,16 +506,7 @@ async fn the_guard_and_the_live_feed_over_http() {
     // The live feed: `ready` first, then a new task's id as it is created and ends.
     let mut feed = get("/dashboard/api/events").await.unwrap();
     assert_eq!(feed.status(), 200);
-    let mut seen = String::new();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while !seen.contains("event: ready") {
-        let chunk = tokio::time::timeout_at(deadline, feed.chunk())
-            .await
-            .expect("the feed starts with ready")
-            .unwrap()
-            .unwrap();
-        seen.push_str(&String::from_utf8_lossy(&chunk));
-    }
+    read_until(&mut feed, "event: ready").await;
     let (_, t) = api
         .post(
             "/api/tasks",
@@ -509,14 +514,7 @@ async fn the_guard_and_the_live_feed_over_http() {
         )
         .await;
     let id = t["task_id"].as_str().unwrap().to_string();
-    while !seen.contains(&format!("\"{id}\":\"completed\"")) {
-        let chunk = tokio::time::timeout_at(deadline, feed.chunk())
-            .await
-            .expect("the feed tells of the task's end")
-            .unwrap()
-            .unwrap();
-        seen.push_str(&String::from_utf8_lossy(&chunk));
-    }
+    read_until(&mut feed, &format!("\"{id}\":\"completed\"")).await;
     drop(feed);
 
     // Changes need the page key, from the dashboard's own origin.
