@@ -48,7 +48,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         mcp = mcp.with_channel();
     }
     let server = mcp
-        .serve(rmcp::transport::stdio())
+        .serve(crate::mcp::stdio::stdio())
         .await
         .context("starting the MCP session on stdio")?;
     if let Some(events) = events {

@@ -11,7 +11,9 @@
 //! the field (a domain error), not a JSON-RPC protocol error the calling agent
 //! may never see.
 
+mod framing;
 pub mod protocol_task;
+pub mod stdio;
 
 use std::future::Future;
 use std::pin::Pin;

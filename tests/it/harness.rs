@@ -653,6 +653,35 @@ impl RawServer {
         stdin.flush().await.unwrap();
     }
 
+    /// Writes `line` and a newline as they are, whatever they hold.
+    pub async fn send_line(&mut self, line: &[u8]) {
+        use tokio::io::AsyncWriteExt;
+        let stdin = self.stdin.as_mut().expect("stdin open");
+        stdin.write_all(line).await.unwrap();
+        stdin.write_all(b"\n").await.unwrap();
+        stdin.flush().await.unwrap();
+    }
+
+    /// The next message the server sends with this `id`, skipping others; `null` stands for
+    /// an error without an id (one the server could not tie to a request).
+    pub async fn message_with_id(&mut self, id: &Value) -> Value {
+        loop {
+            let line = tokio::time::timeout(Duration::from_secs(30), self.stdout.next_line())
+                .await
+                .unwrap_or_else(|_| panic!("no message with id {id} in time"))
+                .unwrap()
+                .expect("stdout open");
+            let v: Value = serde_json::from_str(&line).unwrap();
+            let matches = match v.get("id") {
+                Some(got) => got == id,
+                None => id.is_null() && v.get("error").is_some(),
+            };
+            if matches {
+                return v;
+            }
+        }
+    }
+
     async fn request(&mut self, method: &str, params: Value) -> Value {
         self.request_seeing(method, params).await.0
     }

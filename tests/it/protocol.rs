@@ -86,6 +86,73 @@ async fn garbage_on_stdin_does_not_kill_the_server() {
     );
 }
 
+/// A request over the size limit, a line that is not JSON and a message that is not valid MCP
+/// are each answered with a JSON-RPC error — for the request's id when there is one — and the
+/// session carries on. The 20 MiB requests are written as the TypeScript SDK (Claude Code) writes
+/// them, id last, and as rmcp does, id first.
+#[tokio::test(flavor = "multi_thread")]
+async fn oversized_and_unreadable_lines_are_answered_and_the_session_goes_on() {
+    let env = Env::new();
+    env.shell_agent("ok", "echo ok", "");
+    let mut s = env.start_raw("session.log").await;
+    let big = "x".repeat(20 << 20);
+    let args = format!(r#"{{"name":"big","agent_name":"ok","agent_instructions":"{big}"}}"#);
+    let id_last = format!(
+        r#"{{"jsonrpc":"2.0","method":"tools/call","params":{{"name":"task_async","arguments":{args}}},"id":901}}"#
+    );
+    let id_first = format!(
+        r#"{{"jsonrpc":"2.0","id":"big-2","method":"tools/call","params":{{"name":"task_async","arguments":{args}}}}}"#
+    );
+    for (line, id) in [(id_last, json!(901)), (id_first, json!("big-2"))] {
+        s.send_line(line.as_bytes()).await;
+        let answer = s.message_with_id(&id).await;
+        assert_eq!(answer["error"]["code"], -32600, "{answer}");
+        let message = answer["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains("over the limit of 4194304 bytes (4 MiB)")
+                && message.contains(&format!("{} bytes", line.len())),
+            "{message}"
+        );
+        assert_eq!(answer["error"]["data"]["limit_bytes"], 4194304, "{answer}");
+    }
+
+    s.send_line(b"this is not json").await;
+    let answer = s.message_with_id(&Value::Null).await;
+    assert_eq!(answer["error"]["code"], -32700, "{answer}");
+    assert!(
+        answer["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("is not JSON"),
+        "{answer}"
+    );
+    s.send_line(br#"{"jsonrpc":"2.0","id":77,"method":"tools/call","params":5}"#)
+        .await;
+    let answer = s.message_with_id(&json!(77)).await;
+    assert!(answer["error"]["message"].is_string(), "{answer}");
+    // A notification nobody knows is not answered; the next request is.
+    s.send_line(br#"{"jsonrpc":"2.0","method":"notifications/unknown","params":{}}"#)
+        .await;
+
+    let id = s.submit("ok", json!({})).await;
+    let done = s
+        .call(
+            "task_wait",
+            json!({"task_ids": [id], "timeout_seconds": 60}),
+        )
+        .await;
+    assert_eq!(done["tasks"][0]["status"], "completed", "{done}");
+    // The refused requests submitted nothing.
+    let listed = s.call("list_tasks", json!({})).await;
+    assert_eq!(listed["tasks"].as_array().unwrap().len(), 1, "{listed}");
+    s.close_stdin();
+    let status = tokio::time::timeout(Duration::from_secs(20), s.child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "session exited with {status}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn tools_are_listed_with_schemas_and_descriptions() {
     let env = Env::new();
