@@ -103,7 +103,48 @@ pub fn serve(
     rpc: axum::Router,
     shutdown: CancellationToken,
 ) -> Option<tokio::task::JoinHandle<()>> {
-    let listener = socket.listener.take()?;
+    let listener = SameUser {
+        listener: socket.listener.take()?,
+        uid: nix::unistd::geteuid().as_raw(),
+    };
     tracing::info!("local API on unix socket {}", socket.path.display());
     Some(crate::rest::serve_local(listener, service, rpc, shutdown))
+}
+
+/// The socket's listener, admitting only processes of the engine's own user. The file's mode
+/// already keeps others out; the peer's credentials (`SO_PEERCRED`, taken by the kernel at
+/// connect) are checked as well, so that a socket reachable by mistake — a folder whose
+/// permissions were loosened, or root, whom modes do not stop — still opens no door into
+/// another user's engine.
+pub struct SameUser {
+    listener: UnixListener,
+    uid: u32,
+}
+
+impl axum::serve::Listener for SameUser {
+    type Io = tokio::net::UnixStream;
+    type Addr = tokio::net::unix::SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            let (stream, addr) = axum::serve::Listener::accept(&mut self.listener).await;
+            match stream.peer_cred() {
+                Ok(peer) if peer.uid() == self.uid => return (stream, addr),
+                Ok(peer) => tracing::warn!(
+                    "refused a connection on the socket from uid {} (pid {:?}): only uid {}, \
+                     the engine's own user, may use it",
+                    peer.uid(),
+                    peer.pid(),
+                    self.uid
+                ),
+                Err(e) => tracing::warn!(
+                    "refused a connection on the socket whose user could not be read: {e}"
+                ),
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.listener.local_addr()
+    }
 }

@@ -132,12 +132,16 @@ pub fn serve(
 
 /// Serves the REST routes, and `extra` (the engine's internal routes), on the engine's Unix
 /// socket: loopback by nature and guarded by the socket file's mode, so without a token.
-pub fn serve_local(
-    listener: tokio::net::UnixListener,
+pub fn serve_local<L>(
+    listener: L,
     service: Service,
     extra: Router,
     shutdown: CancellationToken,
-) -> tokio::task::JoinHandle<()> {
+) -> tokio::task::JoinHandle<()>
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
     let state = AppState {
         service,
         token_digest: None,

@@ -102,3 +102,87 @@ async fn a_file_in_the_sockets_place_is_left_alone_and_named() {
     );
     assert!(env.engine_pids().is_empty());
 }
+
+/// The socket admits only the engine's own user, whatever the file's mode allows: an engine
+/// run as `nobody` refuses root (whom file modes do not stop), by the peer's credentials the
+/// kernel records at connect, and serves its own user's commands.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_socket_refuses_connections_from_other_users() {
+    use std::os::unix::fs::chown;
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: running an engine as another user needs root (CI runs as root)");
+        return;
+    }
+    const NOBODY: u32 = 65534;
+    let env = Env::new();
+    let home = env.path("nobody");
+    std::fs::create_dir_all(&home).unwrap();
+    chown(&home, Some(NOBODY), Some(NOBODY)).unwrap();
+    std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o700)).unwrap();
+    std::fs::set_permissions(env.dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+    // The test binary's folder is root's; nobody runs a copy.
+    let bin = home.join("orchestr8-async-server");
+    std::fs::copy(BIN, &bin).unwrap();
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let as_nobody = |args: &[&str]| {
+        let mut cmd = tokio::process::Command::new(&bin);
+        cmd.args(args)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap())
+            .env("HOME", &home)
+            .env("ORCHESTR8_DB_PATH", home.join("o8.duckdb"))
+            .env("ORCHESTR8_AGENTS_DIR", &home)
+            .current_dir(&home)
+            .uid(NOBODY)
+            .gid(NOBODY)
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true);
+        cmd
+    };
+    let engine_err = env.path("engine.err");
+    let mut engine = as_nobody(&["engine"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&engine_err).unwrap())
+        .spawn()
+        .unwrap();
+    let sock = home.join("o8.duckdb.sock");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !sock.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no socket: {}",
+            std::fs::read_to_string(&engine_err).unwrap_or_default()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+
+    // Root connects (the mode does not stop it) and is closed on, unanswered.
+    let mut s = tokio::net::UnixStream::connect(&sock).await.unwrap();
+    let _ = s
+        .write_all(b"GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await;
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw).await;
+    assert!(
+        raw.is_empty(),
+        "root was answered: {}",
+        String::from_utf8_lossy(&raw)
+    );
+    let log = std::fs::read_to_string(&engine_err).unwrap_or_default();
+    assert!(
+        log.contains("refused a connection on the socket from uid 0"),
+        "{log}"
+    );
+
+    // The engine's own user is served.
+    let out = as_nobody(&["status", "--json"]).output().await.unwrap();
+    assert!(
+        out.status.success(),
+        "status as the engine's user failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let status: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(status.is_object(), "{status}");
+    engine.start_kill().unwrap();
+    let _ = engine.wait().await;
+}
