@@ -150,6 +150,20 @@ pub struct Config {
     #[arg(long, env = "ORCHESTR8_CHANNEL", default_value_t = true, action = clap::ArgAction::Set)]
     pub channel: bool,
 
+    /// Keep finished tasks (with their log lines and webhook deliveries) and ended workflows this
+    /// long after they end, then remove them in the background: a whole number and a unit —
+    /// 90s, 12h, 30d, 2w. Default: forever (nothing is ever removed)
+    #[arg(long, env = "ORCHESTR8_RETENTION", default_value = "forever",
+          value_parser = crate::engine::pruner::parse_period)]
+    pub retention: crate::engine::pruner::Retention,
+
+    /// The write journal's bound in bytes (`<db>.journal`): past it, new writes wait until the
+    /// database has taken in what the journal holds; also the most a restart after a crash
+    /// replays
+    #[arg(long, env = "ORCHESTR8_JOURNAL_MAX_BYTES", default_value_t = crate::store::DEFAULT_JOURNAL_MAX_BYTES,
+          value_parser = clap::value_parser!(u64).range(65_536..))]
+    pub journal_max_bytes: u64,
+
     /// tracing filter; logs go to stderr only (stdout belongs to MCP). Default: info for the
     /// server, warn for CLI commands
     #[arg(long, env = "ORCHESTR8_LOG", global = true)]
@@ -248,6 +262,8 @@ impl Config {
         );
         push("webhook-timeout-ms", self.webhook_timeout_ms.to_string());
         push("idle-exit-seconds", self.idle_exit_seconds.to_string());
+        push("retention", self.retention.to_string());
+        push("journal-max-bytes", self.journal_max_bytes.to_string());
         if let Some(l) = &self.log {
             push("log", l.clone());
         }
@@ -287,7 +303,7 @@ impl Config {
         };
         let env = |k: &str| std::env::var(k).unwrap_or_default();
         let http = matches!(self.mode, Mode::Api | Mode::Both);
-        let values: [(&str, String); 22] = [
+        let values: [(&str, String); 24] = [
             ("ORCHESTR8_WORKERS", self.workers.to_string()),
             (
                 "ORCHESTR8_WEBHOOK_SECRET",
@@ -335,6 +351,11 @@ impl Config {
             (
                 "ORCHESTR8_WEBHOOK_TIMEOUT_MS",
                 self.webhook_timeout_ms.to_string(),
+            ),
+            ("ORCHESTR8_RETENTION", self.retention.to_string()),
+            (
+                "ORCHESTR8_JOURNAL_MAX_BYTES",
+                self.journal_max_bytes.to_string(),
             ),
             ("ANTHROPIC_API_KEY", env("ANTHROPIC_API_KEY")),
             ("ANTHROPIC_BASE_URL", self.anthropic_base_url.clone()),

@@ -22,7 +22,9 @@ fn main() {
                 .ok()
         });
     match log_file {
-        Some(f) => builder.with_writer(f).init(),
+        // Errors writing the log are not reported on stderr: a detached engine's stderr is
+        // this same file, and reporting a full disk there would only fail again.
+        Some(f) => builder.with_writer(f).log_internal_errors(false).init(),
         None => builder.with_writer(std::io::stderr).init(),
     }
     let runtime = match tokio::runtime::Runtime::new() {

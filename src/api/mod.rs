@@ -298,6 +298,20 @@ pub struct ProgressTask {
     pub last_log: Option<String>,
 }
 
+/// What the `prune` command removed (socket route `POST /rpc/prune`, not an MCP tool).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PruneReport {
+    /// Work that ended before this time was removed.
+    pub ended_before: String,
+    /// The period kept: the command's `--older-than`, else the retention setting.
+    pub older_than_seconds: u64,
+    /// Tasks removed, those of the workflows included.
+    pub tasks: u64,
+    pub workflows: u64,
+    pub log_lines: u64,
+    pub webhook_deliveries: u64,
+}
+
 /// What the CLI's `status` shows: the engine and the queue at a glance (socket route
 /// `GET /rpc/overview`, not an MCP tool).
 #[derive(Debug, Clone, Serialize, Deserialize)]

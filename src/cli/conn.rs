@@ -8,7 +8,7 @@ use hyper::Method;
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
-use crate::api::{EndedReport, EngineOverview};
+use crate::api::{EndedReport, EngineOverview, PruneReport};
 use crate::config::Config;
 use crate::engine::check_config;
 use crate::engine::launch::Launcher;
@@ -81,14 +81,28 @@ impl Conn {
     /// The tasks of `project` that ended since it was last told, now counted as told. An
     /// engine that is stopping answers 503 before it looks: the next engine is asked.
     pub async fn ended(&mut self, project: &str) -> anyhow::Result<EndedReport> {
-        let body = json!({ "project": project });
+        self.post_rpc("/rpc/ended", json!({ "project": project }))
+            .await
+    }
+
+    /// Removes finished work that ended more than `older_than` ago (default: the engine's
+    /// retention period) now. Repeating it is harmless, so it goes to the next engine too.
+    pub async fn prune(&mut self, older_than: Option<&str>) -> anyhow::Result<PruneReport> {
+        self.post_rpc("/rpc/prune", json!({ "older_than": older_than }))
+            .await
+    }
+
+    /// An internal request answered `{"ok": T}` or `{"error": message}`, tried on the next
+    /// engine when this one stops.
+    async fn post_rpc<T: serde::de::DeserializeOwned>(
+        &mut self,
+        path: &'static str,
+        body: Value,
+    ) -> anyhow::Result<T> {
         self.reaching(|client| {
             let body = body.clone();
             async move {
-                match client
-                    .request(Method::POST, "/rpc/ended", Some(&body))
-                    .await
-                {
+                match client.request(Method::POST, path, Some(&body)).await {
                     Ok((status, v)) => {
                         match (v.get("ok"), v.get("error").and_then(Value::as_str)) {
                             (Some(ok), _) => Reached::Done(

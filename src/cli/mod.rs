@@ -189,6 +189,17 @@ pub enum Command {
         #[command(flatten)]
         out: Output,
     },
+    /// Remove finished tasks (with their log lines and webhook deliveries) and ended workflows
+    /// that ended longer ago than the retention period, now, and say what went; the engine also
+    /// does this by itself when ORCHESTR8_RETENTION is set
+    Prune {
+        /// Instead of the retention period: remove what ended longer ago than this (90s, 12h,
+        /// 30d, 2w)
+        #[arg(long)]
+        older_than: Option<String>,
+        #[command(flatten)]
+        out: Output,
+    },
     /// The background tasks submitted from a project that ended since it was last told (each
     /// is told once); the Claude Code plugin's hooks run it at the start of a session and at
     /// each prompt
@@ -357,6 +368,22 @@ async fn execute(cfg: &Config, cmd: Command, conn: &mut Conn) -> anyhow::Result<
                 table(&["TASK_ID", "STATUS", "AGENT", "AGE", "NAME"], &rows)
             );
             outln!("({} of {} tasks)", tasks.len(), v["total"]);
+            Ok(0)
+        }
+        Command::Prune { older_than, out } => {
+            let r = conn.prune(older_than.as_deref()).await?;
+            if out.json {
+                print_json(&serde_json::to_value(&r)?);
+            } else {
+                outln!(
+                    "removed {} tasks ({} workflows), {} log lines and {} webhook deliveries that ended before {}",
+                    r.tasks,
+                    r.workflows,
+                    r.log_lines,
+                    r.webhook_deliveries,
+                    r.ended_before
+                );
+            }
             Ok(0)
         }
         Command::Dashboard { no_open, out } => {

@@ -66,7 +66,9 @@ impl Write for LogFile {
             // for the sake of the bound.
             let _ = st.rotate();
         }
-        let n = st.file.write(buf)?;
+        // A line that cannot be written (a full disk) is dropped, not reported: the caller is
+        // the log itself, and the engine's work must not stop over its log.
+        let n = st.file.write(buf).unwrap_or(buf.len());
         st.len += n as u64;
         Ok(n)
     }

@@ -9,6 +9,7 @@
 pub mod launch;
 pub mod lifetime;
 pub mod logfile;
+pub mod pruner;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -73,6 +74,8 @@ pub struct Engine {
     /// Ends the sessions' attach streams (before the servers stop: see `shutdown`).
     doors: CancellationToken,
     dashboard: Door,
+    /// Removes finished work past the retention period (none without one).
+    pruner: Option<pruner::Pruner>,
     grace: Duration,
     db_path: PathBuf,
 }
@@ -108,7 +111,10 @@ impl Engine {
     pub async fn open(cfg: &Config, opts: EngineOptions) -> Result<Engine, OpenError> {
         let Checked { secret, runners } = opts.checked;
         let db_path = cfg.db_path();
-        let store = match Store::open(&db_path) {
+        let options = crate::store::StoreOptions {
+            journal_max_bytes: cfg.journal_max_bytes,
+        };
+        let store = match Store::open_with(&db_path, &options) {
             Ok(s) => Arc::new(s),
             Err(e) if e.is_locked() => return Err(OpenError::Locked(e.to_string())),
             Err(e) => {
@@ -162,6 +168,7 @@ impl Engine {
                     .unwrap_or_else(|_| db_path.clone())
                     .display()
                     .to_string(),
+                retention: cfg.retention.period(),
             },
             store.clone(),
             agents,
@@ -233,6 +240,7 @@ impl Engine {
             pid = std::process::id(),
             "orchestr8-async engine ready"
         );
+        let pruner = pruner::Pruner::start(sched.clone());
         Ok(Engine {
             store,
             sched,
@@ -246,6 +254,7 @@ impl Engine {
             http_stop,
             doors,
             dashboard,
+            pruner,
             grace: Duration::from_secs(cfg.shutdown_grace_seconds),
             db_path,
         })
@@ -310,6 +319,9 @@ impl Engine {
             }
         }
         drop(self.socket.take());
+        if let Some(p) = self.pruner.take() {
+            p.stop().await;
+        }
         self.sched.shutdown(self.grace).await;
         // Webhooks of tasks that ended during the grace period may be in flight; whatever is
         // still owed after this stays in the store and goes out at the next start.

@@ -139,7 +139,10 @@ pub fn router(
         .route("/rpc/stop", post(stop_now))
         .route("/rpc/retire", post(retire))
         .route("/rpc/dashboard", post(dashboard_url))
-        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .route("/rpc/prune", post(prune))
+        // A forwarded call is the client's message (at most `MAX_BODY_BYTES`, as on HTTP and
+        // stdio) plus the session's context.
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES + 1024 * 1024))
         .with_state(RpcState {
             service,
             frontends,
@@ -257,6 +260,21 @@ async fn ended(State(s): State<RpcState>, body: Bytes) -> Response {
     }
     match asked::<Asked>(&body, "ended request") {
         Ok(a) => answer(s.service.tell_ended(&a.project).await),
+        Err(m) => refused(m),
+    }
+}
+
+/// Removes old finished work now: `{"ok": PruneReport}` or `{"error": message}`.
+async fn prune(State(s): State<RpcState>, body: Bytes) -> Response {
+    #[derive(serde::Deserialize)]
+    struct Asked {
+        older_than: Option<String>,
+    }
+    if s.requests.is_closing() {
+        return stopping();
+    }
+    match asked::<Asked>(&body, "prune request") {
+        Ok(a) => answer(s.service.prune(a.older_than.as_deref()).await),
         Err(m) => refused(m),
     }
 }

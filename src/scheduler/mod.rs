@@ -13,6 +13,7 @@
 mod dispatch;
 mod isolation;
 mod phases;
+mod prune;
 mod recovery;
 pub mod state;
 mod transitions;
@@ -71,6 +72,8 @@ pub struct SchedConfig {
     /// Names this database to the processes it starts (`ORCHESTR8_TASK_DB`), so that crash
     /// recovery only ever stops processes of its own tasks, not those of a copy of the file.
     pub instance: String,
+    /// How long finished work is kept before the pruner removes it (`None`: for ever).
+    pub retention: Option<std::time::Duration>,
 }
 
 /// A state change on its way to the store, with the log lines that explain it.
@@ -98,6 +101,9 @@ pub(crate) struct Inner {
     /// Serializes changes to a workflow's shape and its start and cancel, so that a task added
     /// concurrently with a start is either in the started workflow or refused.
     wf_lock: tokio::sync::Mutex<()>,
+    /// Held by a prune from its choice to its removal being folded, and by `task_retry`, so a
+    /// task being brought back is never removed under it.
+    prune_lock: tokio::sync::Mutex<()>,
 }
 
 /// Cheap to clone; all clones drive the same scheduler.
@@ -137,6 +143,7 @@ impl Scheduler {
             terminal,
             stopping: CancellationToken::new(),
             wf_lock: tokio::sync::Mutex::new(()),
+            prune_lock: tokio::sync::Mutex::new(()),
         });
         recovery::recover(&inner).await?;
         // Interrupted attempts' worktrees were closed by recovery; whatever else a dead engine
@@ -334,6 +341,7 @@ impl Scheduler {
     /// The body of [`Self::retry`], run to its end on its own task.
     async fn retry_now(&self, id: Uuid) -> Result<Task, SchedError> {
         let inner = &self.inner;
+        let _not_pruned_meanwhile = inner.prune_lock.lock().await;
         if inner.stopping.is_cancelled() {
             return Err(SchedError::ShuttingDown);
         }

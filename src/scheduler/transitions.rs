@@ -120,7 +120,9 @@ impl Inner {
                 if st.hot.contains_key(&dep) {
                     continue;
                 }
-                let (status, name) = status.unwrap_or((TaskStatus::Cancelled, "?".into()));
+                // A dependency that is gone was pruned (only finished work is), and it had
+                // completed: had it failed, this task would have been cancelled then.
+                let (status, name) = status.unwrap_or((TaskStatus::Completed, "(pruned)".into()));
                 cascade.extend(self.settle_dependents(&mut st, dep, &name, status));
             }
         }
@@ -236,18 +238,28 @@ impl Inner {
     /// memory anyway and crash recovery reconciles at the next start.
     pub(super) async fn write_with_retries(&self, ops: Vec<WriteOp>) -> bool {
         let mut delay = Duration::from_millis(50);
-        for _ in 0..8 {
+        let mut tries_while_stopping = 0;
+        loop {
             match self.store.write(ops.clone()).await {
                 Ok(_) => return true,
                 Err(StoreError::Closed) => return false,
                 Err(e) => {
+                    // An outcome is kept until the store takes it (a full disk may take a while
+                    // to be freed); only a stopping engine gives up, and the next one's
+                    // recovery runs the task again.
+                    if self.stopping.is_cancelled() {
+                        tries_while_stopping += 1;
+                        if tries_while_stopping > 4 {
+                            tracing::error!("could not commit task state before stopping ({e})");
+                            return false;
+                        }
+                    }
                     tracing::error!("could not commit task state ({e}); retrying in {delay:?}");
                     tokio::time::sleep(delay).await;
-                    delay *= 2;
+                    delay = (delay * 2).min(Duration::from_secs(5));
                 }
             }
         }
-        false
     }
 
     /// Memory catches up with a committed transition. Returns cascaded cancellations.

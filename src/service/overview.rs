@@ -47,3 +47,37 @@ impl Service {
         })
     }
 }
+
+impl Service {
+    /// Removes the finished work that ended more than `older_than` ago (a period such as `30d`;
+    /// default: the retention setting) now, and says what went.
+    pub async fn prune(&self, older_than: Option<&str>) -> Result<crate::api::PruneReport> {
+        let period = match older_than {
+            Some(text) => crate::engine::pruner::parse_period(text)
+                .map_err(ServiceError::Invalid)?
+                .period()
+                .ok_or_else(|| {
+                    ServiceError::Invalid(
+                        "--older-than forever removes nothing; give a period such as 30d".into(),
+                    )
+                })?,
+            None => self.sched.retention().ok_or_else(|| {
+                ServiceError::Invalid(
+                    "no retention period is set (ORCHESTR8_RETENTION), so nothing is old enough \
+                     to remove; give one: prune --older-than 30d"
+                        .into(),
+                )
+            })?,
+        };
+        let cutoff = crate::model::now_us() - period.as_micros() as i64;
+        let p = self.sched.prune_before(cutoff).await?;
+        Ok(crate::api::PruneReport {
+            ended_before: crate::model::rfc3339(cutoff),
+            older_than_seconds: period.as_secs(),
+            tasks: p.tasks,
+            workflows: p.workflows,
+            log_lines: p.log_lines,
+            webhook_deliveries: p.webhook_deliveries,
+        })
+    }
+}

@@ -142,7 +142,7 @@ fn changes_of(op: &WriteOp, followed: impl Fn(Uuid) -> bool) -> Vec<Change> {
             vec![Change::Workflow { id: w.id }]
         }
         WriteOp::UpsertPhase(p) => vec![Change::Workflow { id: p.workflow_id }],
-        WriteOp::InsertWebhookEvent(_) => Vec::new(),
+        WriteOp::InsertWebhookEvent(_) | WriteOp::Prune(_) => Vec::new(),
         WriteOp::RecordWebhookAttempt(b) => vec![Change::Delivery {
             task: b.1.task_id,
             workflow: b.1.workflow_id,

@@ -19,7 +19,7 @@ use uuid::Uuid;
 
 use super::journal::Journal;
 use super::unfolded::{FoldMsg, Unfolded};
-use super::{rows, webhooks, workflows, StoreError, WriteOp};
+use super::{prune, rows, webhooks, workflows, StoreError, WriteOp};
 use crate::model::{now_us, NewLogLine, Task};
 
 /// How long journaled writes may wait to be folded when nobody reads.
@@ -41,6 +41,7 @@ pub fn commit(conn: &Connection, records: &[(u64, Vec<WriteOp>)]) -> Result<(), 
         let mut updates: Vec<&Task> = Vec::new();
         let mut updated: HashMap<Uuid, usize> = HashMap::new();
         let mut logs: Vec<&NewLogLine> = Vec::new();
+        let mut prunes = Vec::new();
         for op in records.iter().flat_map(|r| r.1.iter()) {
             match op {
                 WriteOp::InsertTask { task, instructions } => {
@@ -68,6 +69,7 @@ pub fn commit(conn: &Connection, records: &[(u64, Vec<WriteOp>)]) -> Result<(), 
                 WriteOp::RecordWebhookAttempt(r) => {
                     webhooks::record_attempt(conn, &r.0, &r.1, now)?
                 }
+                WriteOp::Prune(p) => prunes.push(p),
             }
         }
         let t0 = Instant::now();
@@ -86,6 +88,10 @@ pub fn commit(conn: &Connection, records: &[(u64, Vec<WriteOp>)]) -> Result<(), 
         let t2 = Instant::now();
         if !logs.is_empty() {
             rows::append_logs(conn, &logs)?;
+        }
+        // Last: only finished work is pruned, so nothing earlier in the fold touches it.
+        for p in prunes {
+            prune::apply(conn, p)?;
         }
         conn.prepare_cached("UPDATE journal_state SET folded_seq = ?")?
             .execute([upto as i64])?;
@@ -113,9 +119,10 @@ pub fn commit(conn: &Connection, records: &[(u64, Vec<WriteOp>)]) -> Result<(), 
 /// folded, publish.
 ///
 /// A fold that fails is never skipped: its writes were answered. Everything stays in the journal
-/// and in memory, readers are told why they cannot be served (rather than waiting), and the fold
-/// is tried again with a growing pause; once it succeeds, all is as if nothing happened. The
-/// causes are outside (disk full, permissions); a replay at the next start would meet them too.
+/// and in memory, new writes are refused with the reason (so the tables fall no further behind),
+/// reads go on from the tables as they are, and the fold is tried again with a growing pause;
+/// once it succeeds, all is as if nothing happened. The causes are outside (disk full,
+/// permissions); a replay at the next start would meet them too.
 pub fn folder_loop(
     conn: Connection,
     rx: Receiver<FoldMsg>,
@@ -200,14 +207,14 @@ pub fn folder_loop(
                 }
                 Err(e) => {
                     let pause = retry.map_or(Duration::from_millis(250), |(_, p)| {
-                        (p * 2).min(Duration::from_secs(10))
+                        (p * 2).min(Duration::from_secs(5))
                     });
                     tracing::error!(
                         "cannot apply {} journal records to the database ({e}); they are kept in the journal, retrying in {pause:?}",
                         pending.len()
                     );
                     unfolded.failing(format!(
-                        "the database cannot be updated ({e}); every answered write is kept in its journal and applied once it can be, reads wait until then"
+                        "the database cannot be written ({e}); nothing new is accepted until it can be (free some space if its disk is full); every write answered before is kept in the journal and applied then"
                     ));
                     retry = Some((Instant::now() + pause, pause));
                 }

@@ -119,6 +119,7 @@ pub fn read(path: &Path, folded: u64) -> io::Result<Replay> {
 /// everything appended is folded), behind one mutex.
 pub struct Journal {
     file: File,
+    path: PathBuf,
     len: u64,
     /// A failure left the file in a state this process no longer knows: no more appends.
     broken: bool,
@@ -143,6 +144,7 @@ impl Journal {
         }
         Ok(Journal {
             file,
+            path: path.to_path_buf(),
             len: 0,
             broken: false,
             last_seq,
@@ -151,6 +153,19 @@ impl Journal {
 
     pub fn bytes(&self) -> u64 {
         self.len
+    }
+
+    /// A failed append, said for the caller whose write was refused.
+    pub fn describe(&self, e: &io::Error) -> String {
+        if e.kind() == io::ErrorKind::StorageFull {
+            format!(
+                "no space left on the device holding {}; free some space there and try again \
+                 (writes resume by themselves, and every write already answered is kept)",
+                self.path.display()
+            )
+        } else {
+            format!("cannot write {} ({e})", self.path.display())
+        }
     }
 
     /// Appends whole records and, if `sync`, waits until they (and every earlier record) are on

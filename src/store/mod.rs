@@ -15,6 +15,7 @@
 pub mod feed;
 mod fold;
 mod journal;
+pub mod prune;
 mod reads;
 mod rows;
 mod schema;
@@ -79,6 +80,8 @@ pub enum WriteOp {
     InsertWebhookEvent(Box<WebhookEvent>),
     /// A delivery attempt, and the event's state after it.
     RecordWebhookAttempt(Box<(WebhookAttempt, WebhookEvent)>),
+    /// Removes finished work (retention), applied after the rest of its fold.
+    Prune(Box<prune::Prune>),
 }
 
 /// What an op did, in the order of the ops.
@@ -116,10 +119,34 @@ pub struct Store {
     feed: feed::Feed,
 }
 
+/// How a store is opened.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// The journal's size past which new writes wait for the folder (and the most a replay after
+    /// a crash reads).
+    pub journal_max_bytes: u64,
+}
+
+/// The journal's bound unless set otherwise.
+pub const DEFAULT_JOURNAL_MAX_BYTES: u64 = 16 << 20;
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            journal_max_bytes: DEFAULT_JOURNAL_MAX_BYTES,
+        }
+    }
+}
+
 impl Store {
+    /// [`Store::open_with`] the default options.
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        Store::open_with(path, &StoreOptions::default())
+    }
+
     /// Opens (creating parent folders and the file as needed) and migrates the database, replays
     /// the journal, and starts the journal and folder threads.
-    pub fn open(path: &Path) -> Result<Store, StoreError> {
+    pub fn open_with(path: &Path, options: &StoreOptions) -> Result<Store, StoreError> {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             // Private folders: the engine's socket is only served from a folder others cannot
             // write to.
@@ -172,6 +199,7 @@ impl Store {
         let (tx, rx) = std::sync::mpsc::channel();
         let feed = feed::Feed::default();
         let journal_thread = writer::JournalThread {
+            max_bytes: options.journal_max_bytes,
             conn: conn.try_clone()?,
             rx,
             journal: journal.clone(),
@@ -261,7 +289,12 @@ impl Store {
     {
         let unfolded = self.unfolded.clone();
         self.read_folded(move |c| {
-            unfolded.wait_folded().map_err(StoreError::Conflict)?;
+            // While the tables cannot be written (a full disk), reads go on from what they
+            // hold: new writes are refused meanwhile, so only those answered just before the
+            // failure can be missing, and reads by id see even those.
+            if let Err(why) = unfolded.wait_folded() {
+                tracing::debug!("reading while the database cannot be written: {why}");
+            }
             f(c)
         })
         .await
@@ -298,6 +331,14 @@ impl Store {
         })
         .await
         .map_err(|_| StoreError::Closed)?
+    }
+
+    /// Returns once every write answered so far is in the tables (a prune's rows are gone).
+    pub async fn settled(&self) -> Result<(), StoreError> {
+        let unfolded = self.unfolded.clone();
+        tokio::task::spawn_blocking(move || unfolded.wait_folded().map_err(StoreError::Conflict))
+            .await
+            .map_err(|_| StoreError::Closed)?
     }
 
     /// A trivial read, for health checks.

@@ -119,6 +119,10 @@ impl Unfolded {
                 "the store is closing or its folder has stopped; restart the server".into(),
             );
         }
+        // Nor while the tables cannot be written: what is accepted could not be read back.
+        if let Some(why) = lock(&self.failing).clone() {
+            return Err(why);
+        }
         Ok(())
     }
 

@@ -19,11 +19,10 @@ use super::{rows, OpOutcome, StoreError, WriteOp, WriteRequest};
 /// Most requests journaled in one group.
 const MAX_GROUP: usize = 1024;
 
-/// Past this size the journal thread waits for the folder to catch up, which lets it empty the
-/// file; bounds both the file and the replay after a crash.
-const MAX_JOURNAL_BYTES: u64 = 16 << 20;
-
 pub struct JournalThread {
+    /// Past this size the journal thread waits for the folder to catch up, which lets it empty
+    /// the file; bounds both the file and the replay after a crash.
+    pub max_bytes: u64,
     /// A reader connection, for idempotency keys already folded.
     pub conn: Connection,
     pub rx: Receiver<WriteRequest>,
@@ -35,9 +34,9 @@ pub struct JournalThread {
 }
 
 /// Answers a whole group with an error; nothing of it is written.
-fn refuse(group: Vec<WriteRequest>, why: &str) {
+fn refuse(replies: impl IntoIterator<Item = super::Reply>, why: &str) {
     tracing::error!("write refused: {why}");
-    for reply in group.into_iter().filter_map(|r| r.reply) {
+    for reply in replies {
         let _ = reply.send(Err(StoreError::Conflict(format!(
             "nothing was written: {why}"
         ))));
@@ -73,9 +72,14 @@ impl JournalThread {
                     Err(_) => break,
                 }
             }
-            let too_long = self.lock_journal().bytes() > MAX_JOURNAL_BYTES;
+            let bytes = self.lock_journal().bytes();
             let accepting = self.unfolded.accepting().and_then(|()| {
-                if too_long {
+                if bytes > self.max_bytes {
+                    tracing::debug!(
+                        bytes,
+                        bound = self.max_bytes,
+                        "the journal reached its bound; writes wait for the fold"
+                    );
                     self.unfolded.wait_folded()
                 } else {
                     Ok(())
@@ -83,7 +87,7 @@ impl JournalThread {
             });
             match accepting {
                 Ok(()) => self.journal_group(group, &mut buf),
-                Err(why) => refuse(group, &why),
+                Err(why) => refuse(group.into_iter().filter_map(|r| r.reply), &why),
             }
         }
         tracing::debug!("store journal stopped");
@@ -111,16 +115,15 @@ impl JournalThread {
         // A group of deferred writes only (log lines, which nobody waits for) is not synced on
         // its own: the next answered write's sync covers it, as the old group commit did.
         let sync = replies.iter().any(Option::is_some);
-        let written = self.lock_journal().append(buf, last, sync);
-        if let Err(e) = written {
+        let written = {
+            let mut journal = self.lock_journal();
+            journal
+                .append(buf, last, sync)
+                .map_err(|e| journal.describe(&e))
+        };
+        if let Err(why) = written {
             self.next_seq = first_seq;
-            tracing::error!("journal write failed: {e}");
-            for reply in replies.into_iter().flatten() {
-                let _ = reply.send(Err(StoreError::Conflict(format!(
-                    "the write could not be made durable ({e}); nothing was changed"
-                ))));
-            }
-            return;
+            return refuse(replies.into_iter().flatten(), &why);
         }
         let watched = self.feed.watched();
         let mut published = Vec::new();

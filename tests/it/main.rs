@@ -4,6 +4,7 @@
 
 mod cli;
 mod dashboard;
+mod disk_full;
 mod durability;
 mod engines;
 mod harness;
@@ -13,6 +14,7 @@ mod progress;
 mod protocol;
 mod refusals;
 mod rest;
+mod retention;
 mod runners;
 mod scheduling;
 mod socket;

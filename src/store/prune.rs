@@ -1,0 +1,182 @@
+//! Retention: finding finished work old enough to remove, and removing it in the fold.
+//!
+//! Only finished work is ever removed: a task that is completed, failed or cancelled and not in
+//! a workflow, or a workflow that has ended, with all its tasks and phases — never a part of
+//! one. With a task go its log lines, its idempotency key (the key may then be used again), its
+//! webhook events and their delivery records; nothing is removed while a webhook about it is
+//! still owed.
+
+use duckdb::Connection;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::{Store, StoreError};
+
+/// What one prune removes (the journal's record of it).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Prune {
+    /// Every task removed, those of the workflows included.
+    pub tasks: Vec<Uuid>,
+    pub workflows: Vec<Uuid>,
+}
+
+/// What a prune removed, as reported to whoever asked.
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
+pub struct Pruned {
+    pub tasks: u64,
+    pub workflows: u64,
+    pub log_lines: u64,
+    pub webhook_deliveries: u64,
+}
+
+impl Pruned {
+    pub fn add(&mut self, other: Pruned) {
+        self.tasks += other.tasks;
+        self.workflows += other.workflows;
+        self.log_lines += other.log_lines;
+        self.webhook_deliveries += other.webhook_deliveries;
+    }
+}
+
+/// Quoted ids for an `IN (...)` list (UUIDs print as hex and dashes only).
+fn id_list(ids: &[Uuid]) -> String {
+    ids.iter()
+        .map(|id| format!("'{id}'"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Ids per statement.
+const CHUNK: usize = 1000;
+
+impl Store {
+    /// Finished work that ended before `cutoff_us`, oldest first: up to `limit` tasks outside
+    /// workflows and up to `limit` ended workflows with every task of theirs, and how much goes
+    /// with them.
+    pub async fn prunable(
+        &self,
+        cutoff_us: i64,
+        limit: u32,
+    ) -> Result<(Prune, Pruned), StoreError> {
+        self.read(move |c| {
+            let mut prune = Prune::default();
+            let mut st = c.prepare_cached(
+                "SELECT task_id::VARCHAR FROM tasks t \
+                 WHERE workflow_id IS NULL \
+                   AND status IN ('completed', 'failed', 'cancelled') \
+                   AND coalesce(completed_at, updated_at) < make_timestamp(?) \
+                   AND NOT EXISTS (SELECT 1 FROM webhook_events e \
+                                   WHERE e.task_id = t.task_id AND e.status = 'pending') \
+                 ORDER BY coalesce(completed_at, updated_at) LIMIT ?",
+            )?;
+            let mut rows = st.query(duckdb::params![cutoff_us, limit])?;
+            while let Some(r) = rows.next()? {
+                prune.tasks.push(parse_id(r.get::<_, String>(0)?)?);
+            }
+            let mut st = c.prepare_cached(
+                "SELECT workflow_id::VARCHAR FROM workflows w \
+                 WHERE status IN ('completed', 'failed', 'cancelled') \
+                   AND coalesce(completed_at, updated_at) < make_timestamp(?) \
+                   AND NOT EXISTS (SELECT 1 FROM webhook_events e \
+                                   WHERE e.status = 'pending' AND (e.workflow_id = w.workflow_id \
+                                     OR e.task_id IN (SELECT task_id FROM tasks \
+                                                      WHERE workflow_id = w.workflow_id))) \
+                 ORDER BY coalesce(completed_at, updated_at) LIMIT ?",
+            )?;
+            let mut rows = st.query(duckdb::params![cutoff_us, limit])?;
+            while let Some(r) = rows.next()? {
+                prune.workflows.push(parse_id(r.get::<_, String>(0)?)?);
+            }
+            let mut report = Pruned {
+                tasks: prune.tasks.len() as u64,
+                workflows: prune.workflows.len() as u64,
+                ..Pruned::default()
+            };
+            for chunk in prune.workflows.chunks(CHUNK) {
+                let sql = format!(
+                    "SELECT task_id::VARCHAR FROM tasks WHERE workflow_id IN ({})",
+                    id_list(chunk)
+                );
+                let mut st = c.prepare(&sql)?;
+                let mut rows = st.query([])?;
+                while let Some(r) = rows.next()? {
+                    prune.tasks.push(parse_id(r.get::<_, String>(0)?)?);
+                    report.tasks += 1;
+                }
+            }
+            for chunk in prune.tasks.chunks(CHUNK) {
+                report.log_lines += count(
+                    c,
+                    &format!(
+                        "SELECT count(*) FROM task_logs WHERE task_id IN ({}) {}",
+                        id_list(chunk),
+                        id_range(chunk)
+                    ),
+                )?;
+                report.webhook_deliveries += count(
+                    c,
+                    &format!(
+                        "SELECT count(*) FROM webhook_deliveries WHERE task_id IN ({})",
+                        id_list(chunk)
+                    ),
+                )?;
+            }
+            for chunk in prune.workflows.chunks(CHUNK) {
+                report.webhook_deliveries += count(
+                    c,
+                    &format!(
+                        "SELECT count(*) FROM webhook_deliveries \
+                         WHERE workflow_id IN ({}) AND task_id IS NULL",
+                        id_list(chunk)
+                    ),
+                )?;
+            }
+            Ok((prune, report))
+        })
+        .await
+    }
+}
+
+fn parse_id(s: String) -> Result<Uuid, StoreError> {
+    Uuid::parse_str(&s)
+        .map_err(|e| StoreError::Schema(format!("a stored id {s:?} is not a UUID: {e}")))
+}
+
+fn count(c: &Connection, sql: &str) -> Result<u64, StoreError> {
+    let n: i64 = c.query_row(sql, [], |r| r.get(0))?;
+    Ok(n.max(0) as u64)
+}
+
+/// A range around the ids: task ids are time-ordered and so are the log rows, so the range lets
+/// DuckDB skip every block of lines outside it.
+fn id_range(ids: &[Uuid]) -> String {
+    match (ids.iter().min(), ids.iter().max()) {
+        (Some(lo), Some(hi)) => format!("AND task_id BETWEEN '{lo}' AND '{hi}'"),
+        _ => String::new(),
+    }
+}
+
+/// Removes what `prune` names, in the fold's transaction.
+pub(super) fn apply(conn: &Connection, prune: &Prune) -> Result<(), StoreError> {
+    for chunk in prune.tasks.chunks(CHUNK) {
+        let ids = id_list(chunk);
+        let range = id_range(chunk);
+        conn.execute_batch(&format!(
+            "DELETE FROM task_logs WHERE task_id IN ({ids}) {range};
+             DELETE FROM idempotency_keys WHERE task_id IN ({ids});
+             DELETE FROM webhook_deliveries WHERE task_id IN ({ids});
+             DELETE FROM webhook_events WHERE task_id IN ({ids});
+             DELETE FROM tasks WHERE task_id IN ({ids});"
+        ))?;
+    }
+    for chunk in prune.workflows.chunks(CHUNK) {
+        let ids = id_list(chunk);
+        conn.execute_batch(&format!(
+            "DELETE FROM webhook_deliveries WHERE workflow_id IN ({ids});
+             DELETE FROM webhook_events WHERE workflow_id IN ({ids});
+             DELETE FROM workflow_phases WHERE workflow_id IN ({ids});
+             DELETE FROM workflows WHERE workflow_id IN ({ids});"
+        ))?;
+    }
+    Ok(())
+}
