@@ -68,9 +68,13 @@ impl Write for LogFile {
         }
         // A line that cannot be written (a full disk) is dropped, not reported: the caller is
         // the log itself, and the engine's work must not stop over its log.
-        let n = st.file.write(buf).unwrap_or(buf.len());
-        st.len += n as u64;
-        Ok(n)
+        match st.file.write(buf) {
+            Ok(n) => {
+                st.len += n as u64;
+                Ok(n)
+            }
+            Err(_) => Ok(buf.len()),
+        }
     }
 
     fn flush(&mut self) -> std::io::Result<()> {

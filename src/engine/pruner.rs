@@ -118,7 +118,8 @@ impl Pruner {
         Some(Pruner { stop, task })
     }
 
-    /// Stops it: a batch being written finishes first (it is one store write).
+    /// Stops it. A batch cut short is harmless: its removal is one journaled write, made
+    /// or not.
     pub async fn stop(self) {
         self.stop.cancel();
         let _ = self.task.await;

@@ -87,6 +87,16 @@ where
             );
             return None;
         };
+        if !value.is_object() {
+            self.answer(
+                ErrorData::invalid_request(
+                    "a message must be one JSON object (batches are not supported)",
+                    None,
+                ),
+                None,
+            );
+            return None;
+        }
         match value
             .get("id")
             .and_then(|id| serde_json::from_value::<RequestId>(id.clone()).ok())
@@ -104,6 +114,15 @@ where
 
     fn oversized(&self, head: &[u8], tail: &[u8], len: usize) {
         let id = request_id(head.strip_prefix(BOM).unwrap_or(head), tail);
+        // Only a request is answered: not a notification, nor a response of the client's (no
+        // method), which nobody waits on.
+        let has = |s: &[u8], what: &[u8]| s.windows(what.len()).any(|w| w == what);
+        let method = has(head, b"\"method\"") || has(tail, b"\"method\"");
+        let notification = has(head, b"\"notifications/");
+        if !method || (notification && id.is_none()) {
+            tracing::warn!("dropped a message of {len} bytes, over the limit, that is no request");
+            return;
+        }
         self.answer(
             ErrorData::invalid_request(
                 format!(

@@ -13,7 +13,7 @@ use super::{Inner, Transition};
 use crate::backoff;
 use crate::model::{now_us, NewLogLine, Task, TaskStatus};
 use crate::runner::{RunContext, RunJob, RunOutcome};
-use crate::store::WriteOp;
+use crate::store::{StoreError, WriteOp};
 
 /// How long a process runs before its process group is written to the store.
 const RECORD_PID_AFTER: Duration = Duration::from_millis(200);
@@ -85,6 +85,24 @@ impl Inner {
 }
 
 /// One attempt: reload the agent, commit `running`, run, commit the outcome.
+/// The instructions of a task whose instructions are not in memory. A store that cannot answer
+/// now (a full disk) is asked again until it can: the task is not to blame.
+async fn stored_instructions(inner: &Inner, id: Uuid) -> Result<String, String> {
+    let mut pause = Duration::from_millis(100);
+    loop {
+        match inner.store.instructions(id).await {
+            Ok(Some(i)) => return Ok(i),
+            Ok(None) => return Err(format!("task {id} has no stored instructions")),
+            Err(e @ StoreError::Closed) => return Err(e.to_string()),
+            Err(e) => {
+                tracing::warn!(task_id = %id, "cannot read the task's instructions yet ({e}); trying again in {pause:?}");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
 async fn run_attempt(inner: Arc<Inner>, task: Task, handle: RunHandle) {
     let id = task.id;
     // The agent file is read again at start, so an edited agent takes effect without a restart.
@@ -107,11 +125,7 @@ async fn run_attempt(inner: Arc<Inner>, task: Task, handle: RunHandle) {
         .and_then(|h| h.instructions.clone());
     let instructions = match cached {
         Some(i) => Ok(i.to_string()),
-        None => match inner.store.instructions(id).await {
-            Ok(Some(i)) => Ok(i),
-            Ok(None) => Err(format!("task {id} has no stored instructions")),
-            Err(e) => Err(e.to_string()),
-        },
+        None => stored_instructions(&inner, id).await,
     };
     let (agent, runner, instructions) = match (loaded, instructions) {
         (Ok((a, r)), Ok(i)) => (a, r, i),

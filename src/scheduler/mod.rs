@@ -363,6 +363,20 @@ impl Scheduler {
                 t.status.as_str()
             )));
         }
+        // A dependency removed by retention cannot say how it ended: had it failed, this task
+        // would run although it should not, so the retry is refused.
+        if !t.dependencies.is_empty() {
+            let found = inner.store.tasks(t.dependencies.clone()).await?;
+            if let Some(gone) = t
+                .dependencies
+                .iter()
+                .find(|d| !found.iter().any(|f| f.id == **d))
+            {
+                return Err(SchedError::Conflict(format!(
+                    "task {id} depends on task {gone}, which has been removed (retention, ORCHESTR8_RETENTION); submit the work again as a new task without that dependency"
+                )));
+            }
+        }
         let max_concurrency = inner
             .agents_for(&t)
             .load(&t.agent_name)

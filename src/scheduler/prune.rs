@@ -44,18 +44,17 @@ impl Scheduler {
     pub async fn prune_batch(&self, cutoff_us: i64, limit: u32) -> Result<Pruned, SchedError> {
         let inner = &self.inner;
         let _no_retry_meanwhile = inner.prune_lock.lock().await;
-        let (mut prune, mut report) = inner.store.prunable(cutoff_us, limit).await?;
+        let (prune, report) = inner.store.prunable(cutoff_us, limit).await?;
         {
+            // Finished work is not in memory, so this never holds; it is the guard that makes
+            // "never remove what runs" not depend on the store's statuses alone. The whole batch
+            // waits, so a workflow never loses part of itself.
             let st = inner.lock();
-            let (tasks, workflows) = (prune.tasks.len(), prune.workflows.len());
-            // Finished work is not in memory, so this keeps everything; it is the guard that
-            // makes "never remove what runs" not depend on the store's statuses alone.
-            prune.tasks.retain(|id| !st.hot.contains_key(id));
-            prune.workflows.retain(|w| !st.workflows.contains_key(w));
-            if prune.tasks.len() != tasks || prune.workflows.len() != workflows {
-                tracing::warn!("a prune skipped work that is still in the scheduler's memory");
-                report.tasks = report.tasks.min(prune.tasks.len() as u64);
-                report.workflows = prune.workflows.len() as u64;
+            let in_memory = prune.tasks.iter().any(|id| st.hot.contains_key(id))
+                || prune.workflows.iter().any(|w| st.workflows.contains_key(w));
+            if in_memory {
+                tracing::warn!("a prune batch named work still in the scheduler's memory; skipped");
+                return Ok(Pruned::default());
             }
         }
         if prune.tasks.is_empty() && prune.workflows.is_empty() {

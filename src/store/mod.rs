@@ -291,10 +291,25 @@ impl Store {
         self.read_folded(move |c| {
             // While the tables cannot be written (a full disk), reads go on from what they
             // hold: new writes are refused meanwhile, so only those answered just before the
-            // failure can be missing, and reads by id see even those.
+            // failure can be missing (task states by id are not: they come from the overlay).
             if let Err(why) = unfolded.wait_folded() {
                 tracing::debug!("reading while the database cannot be written: {why}");
             }
+            f(c)
+        })
+        .await
+    }
+
+    /// A read that must see every answered write or fail: while the tables cannot be written,
+    /// it answers with the reason instead of what they hold.
+    async fn read_exact<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let unfolded = self.unfolded.clone();
+        self.read_folded(move |c| {
+            unfolded.wait_folded().map_err(StoreError::Conflict)?;
             f(c)
         })
         .await

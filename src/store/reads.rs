@@ -75,8 +75,10 @@ impl Store {
         .await
     }
 
+    /// A task's instructions; an error (never a stale `None`) while the tables cannot be
+    /// written, since a task answered just before may not be in them yet.
     pub async fn instructions(&self, id: Uuid) -> Result<Option<String>, StoreError> {
-        self.read(move |c| {
+        self.read_exact(move |c| {
             let mut st = c.prepare_cached("SELECT instructions FROM tasks WHERE task_id = ?")?;
             let mut r = st.query([id.to_string()])?;
             Ok(match r.next()? {
