@@ -3,6 +3,7 @@
 //! written for the agent calling the tool.
 
 pub mod dashboard;
+pub mod whole;
 mod workflows;
 
 pub use workflows::*;
@@ -16,34 +17,78 @@ use crate::model::{LogLine, Priority, TaskStatus, TaskView};
 #[serde(deny_unknown_fields)]
 pub struct TaskAsyncArgs {
     /// Short human-readable name of the task, e.g. "review auth.rs".
+    #[schema(min_length = 1, max_length = 200, pattern = "\\S")]
     pub name: String,
     /// Name of the agent that does the work (see list_agents).
+    #[schema(pattern = "^[a-z0-9][a-z0-9._-]{0,63}$")]
     pub agent_name: String,
     /// What the agent should do. Sent to the agent as its input (stdin); at most 1 MiB.
+    #[schema(min_length = 1, max_length = 1048576, pattern = "\\S")]
     pub agent_instructions: String,
     /// low, normal (default), high or critical ("medium" means normal). Higher priorities start first.
+    #[schema(value_type = Option<PriorityName>)]
     pub priority: Option<String>,
     /// http(s) URL to POST to when the task finishes.
+    #[schema(
+        max_length = 2048,
+        pattern = "^[Hh][Tt][Tt][Pp][Ss]?://([A-Za-z0-9._~!$&'()*+,;=-]+(:[A-Za-z0-9._~!$&'()*+,;=-]*)?@)?(([A-Za-z0-9-]+\\.)*[A-Za-z][A-Za-z0-9-]*|(25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])(\\.(25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])){3})(:([0-9]{1,4}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5]))?([/?#][!-~]*)?$"
+    )]
     pub webhook_url: Option<String>,
     /// Seconds one attempt may run before it is stopped (1..86400). Default: the agent's, else 3600.
+    #[schema(minimum = 1, maximum = 86400)]
+    #[serde(default, deserialize_with = "crate::api::whole::option")]
     pub timeout_seconds: Option<i64>,
     /// Automatic retries after a failure (0..10), with exponential back-off. Default: the agent's, else 0.
+    #[schema(minimum = 0, maximum = 10)]
+    #[serde(default, deserialize_with = "crate::api::whole::option")]
     pub max_retries: Option<i64>,
     /// task_ids that must complete before this task starts. If one fails or is cancelled, this task is cancelled.
+    #[schema(value_type = Option<Vec<uuid::Uuid>>, max_items = 1000)]
     pub dependencies: Option<Vec<String>>,
     /// Submitting again with the same key returns the first task instead of creating another.
+    #[schema(min_length = 1, max_length = 200)]
     pub idempotency_key: Option<String>,
     /// Directory the agent runs in (must exist; relative paths are taken from the calling session's directory). Default: the calling session's working directory (its project).
     pub working_dir: Option<String>,
     /// "worktree": run in a git worktree of its own, on a new branch, so parallel agents never edit the same checkout (needs working_dir, or the session's directory, inside a git repository); "none": run in working_dir as it is. Default: the agent's `isolation`, else none.
+    #[schema(value_type = Option<IsolationName>)]
     pub isolation: Option<String>,
     /// With isolation "worktree": the commit, branch or tag the worktree starts from. Default: the repository's HEAD when the task is submitted.
+    #[schema(
+        min_length = 1,
+        max_length = 256,
+        pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f-][^\\u0000-\\u001f\\u007f-\\u009f]*$"
+    )]
     pub base_ref: Option<String>,
     /// Free-form JSON object stored with the task and returned with it.
     #[schema(value_type = Option<Object>)]
     pub metadata: Option<serde_json::Value>,
     /// Do not start before this time (RFC 3339, e.g. "2026-01-01T09:00:00Z").
+    #[schema(format = DateTime)]
     pub run_at: Option<String>,
+}
+
+/// A task priority as the API accepts it ("medium" means normal). Documentation only: the
+/// argument is a string, refused with a message when it is none of these.
+#[derive(utoipa::ToSchema)]
+#[schema(rename_all = "lowercase")]
+#[allow(dead_code)]
+pub enum PriorityName {
+    Low,
+    Normal,
+    Medium,
+    High,
+    Critical,
+}
+
+/// Where a task runs: a git worktree of its own, or its working directory as it is.
+/// Documentation only, like [`PriorityName`].
+#[derive(utoipa::ToSchema)]
+#[schema(rename_all = "lowercase")]
+#[allow(dead_code)]
+pub enum IsolationName {
+    Worktree,
+    None,
 }
 
 #[derive(Debug, Clone, Deserialize, JsonSchema, utoipa::ToSchema)]
@@ -119,14 +164,21 @@ pub struct TaskWaitArgs {
 #[serde(deny_unknown_fields)]
 pub struct ListTasksArgs {
     /// Only tasks with this status: pending, running, completed, failed or cancelled.
+    #[param(value_type = Option<TaskStatus>)]
     pub status: Option<String>,
     /// Only tasks of this agent.
+    #[param(pattern = "^[a-z0-9][a-z0-9._-]{0,63}$")]
     pub agent_name: Option<String>,
     /// Only tasks of this workflow.
+    #[param(value_type = Option<uuid::Uuid>)]
     pub workflow_id: Option<String>,
     /// Page size (1..1000, default 50).
+    #[param(minimum = 1, maximum = 1000)]
+    #[serde(default, deserialize_with = "crate::api::whole::option_or_text")]
     pub limit: Option<i64>,
     /// Tasks to skip (default 0).
+    #[param(minimum = 0, maximum = 1_000_000_000)]
+    #[serde(default, deserialize_with = "crate::api::whole::option_or_text")]
     pub offset: Option<i64>,
 }
 

@@ -11,12 +11,20 @@ use crate::model::{
 #[serde(deny_unknown_fields)]
 pub struct WorkflowCreateArgs {
     /// Short human-readable name, e.g. "feature: CSV export".
+    #[schema(min_length = 1, max_length = 200, pattern = "\\S")]
     pub name: String,
     /// What the workflow is for.
+    #[schema(max_length = 10000)]
     pub description: Option<String>,
     /// http(s) URL to POST to when the workflow completes, fails or is cancelled.
+    #[schema(
+        max_length = 2048,
+        pattern = "^[Hh][Tt][Tt][Pp][Ss]?://([A-Za-z0-9._~!$&'()*+,;=-]+(:[A-Za-z0-9._~!$&'()*+,;=-]*)?@)?(([A-Za-z0-9-]+\\.)*[A-Za-z][A-Za-z0-9-]*|(25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])(\\.(25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])){3})(:([0-9]{1,4}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5]))?([/?#][!-~]*)?$"
+    )]
     pub webhook_url: Option<String>,
     /// At most this many of the workflow's tasks run at once (1..1024); default: only the server's worker limit applies.
+    #[schema(minimum = 1, maximum = 1024)]
+    #[serde(default, deserialize_with = "crate::api::whole::option")]
     pub max_parallel: Option<i64>,
 }
 
@@ -51,8 +59,10 @@ pub struct WorkflowAddTaskArgs {
     /// low, normal (default), high or critical.
     pub priority: Option<String>,
     /// Seconds one attempt may run (1..86400). Default: the agent's, else 3600.
+    #[serde(default, deserialize_with = "crate::api::whole::option")]
     pub timeout_seconds: Option<i64>,
     /// Automatic retries after a failure (0..10). Default: the agent's, else 0. The workflow fails when a task has failed for good.
+    #[serde(default, deserialize_with = "crate::api::whole::option")]
     pub max_retries: Option<i64>,
     /// Directory the agent runs in (must exist; relative paths are taken from the calling session's directory). Default: the calling session's working directory (its project).
     pub working_dir: Option<String>,
@@ -77,10 +87,15 @@ pub struct WorkflowIdArgs {
 #[serde(deny_unknown_fields)]
 pub struct ListWorkflowsArgs {
     /// Only workflows in this status: draft, running, completed, failed or cancelled.
+    #[param(value_type = Option<WorkflowStatus>)]
     pub status: Option<String>,
     /// Most workflows to return (1..1000, default 50).
+    #[param(minimum = 1, maximum = 1000)]
+    #[serde(default, deserialize_with = "crate::api::whole::option_or_text")]
     pub limit: Option<i64>,
     /// Workflows to skip, for paging (default 0).
+    #[param(minimum = 0, maximum = 1_000_000_000)]
+    #[serde(default, deserialize_with = "crate::api::whole::option_or_text")]
     pub offset: Option<i64>,
 }
 

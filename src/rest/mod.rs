@@ -304,7 +304,7 @@ pub struct Health {
     db: String,
 }
 
-#[utoipa::path(get, path = "/health", tag = "operations", security(()),
+#[utoipa::path(get, path = "/health", tag = "operations",
     responses((status = 200, body = Health), (status = 503, description = "The database does not answer", body = Health)))]
 async fn health(State(s): State<AppState>) -> (StatusCode, Json<Health>) {
     let db = s.service.db_health().await;
@@ -330,7 +330,7 @@ async fn health(State(s): State<AppState>) -> (StatusCode, Json<Health>) {
     )
 }
 
-#[utoipa::path(get, path = "/metrics", tag = "operations", security((), ("bearer" = [])),
+#[utoipa::path(get, path = "/metrics", tag = "operations",
     description = "Open when the server listens on loopback; needs the token elsewhere.",
     responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
 async fn metrics(State(s): State<AppState>) -> Response {
@@ -347,6 +347,11 @@ async fn metrics(State(s): State<AppState>) -> Response {
 
 #[utoipa::path(get, path = "/api/openapi.json", tag = "operations",
     responses((status = 200, description = "This document")))]
-async fn openapi_json() -> Response {
-    Json(openapi::document()).into_response()
+async fn openapi_json(State(s): State<AppState>) -> Response {
+    let token = s.token_digest.is_some();
+    Json(openapi::document(openapi::Access {
+        token,
+        metrics_open: !token || s.loopback,
+    }))
+    .into_response()
 }

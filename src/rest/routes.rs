@@ -33,8 +33,12 @@ fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
 #[serde(deny_unknown_fields)]
 pub struct LogsQuery {
     /// Only lines with seq greater than this (default 0).
+    #[param(minimum = 0)]
+    #[serde(default, deserialize_with = "crate::api::whole::option_or_text")]
     pub after_seq: Option<i64>,
     /// Most lines to return (1..1000, default 100).
+    #[param(minimum = 1, maximum = 1000)]
+    #[serde(default, deserialize_with = "crate::api::whole::option_or_text")]
     pub limit: Option<i64>,
 }
 
@@ -43,9 +47,13 @@ pub struct LogsQuery {
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct DiffQuery {
-    /// Only these paths, comma-separated (relative to the repository's top directory).
+    /// Only these paths, comma-separated (relative to the repository's top directory; at most
+    /// 100, each at most 4096 bytes).
+    #[param(pattern = "^[^\\u0000]*$")]
     pub paths: Option<String>,
     /// Most bytes of diff (1..4194304, default 100000); a longer diff is cut with a marker.
+    #[param(minimum = 1, maximum = 4194304)]
+    #[serde(default, deserialize_with = "crate::api::whole::option_or_text")]
     pub max_bytes: Option<i64>,
 }
 
@@ -55,8 +63,12 @@ pub struct DiffQuery {
 #[serde(deny_unknown_fields)]
 pub struct PageQuery {
     /// Most tasks to return (1..1000, default 50).
+    #[param(minimum = 1, maximum = 1000)]
+    #[serde(default, deserialize_with = "crate::api::whole::option_or_text")]
     pub limit: Option<i64>,
     /// Tasks to skip (default 0).
+    #[param(minimum = 0, maximum = 1_000_000_000)]
+    #[serde(default, deserialize_with = "crate::api::whole::option_or_text")]
     pub offset: Option<i64>,
 }
 
@@ -64,8 +76,11 @@ pub struct PageQuery {
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PhaseBody {
+    #[schema(pattern = "^[a-z0-9][a-z0-9._-]{0,63}$")]
     pub phase_id: String,
+    #[schema(min_length = 1, max_length = 200, pattern = "\\S")]
     pub name: String,
+    /// Phase ids added before this one (each of the same form as phase_id).
     pub depends_on: Option<Vec<String>>,
 }
 
@@ -73,18 +88,34 @@ pub struct PhaseBody {
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WorkflowTaskBody {
+    #[schema(pattern = "^[a-z0-9][a-z0-9._-]{0,63}$")]
     pub phase_id: String,
+    #[schema(min_length = 1, max_length = 200, pattern = "\\S")]
     pub name: String,
+    #[schema(pattern = "^[a-z0-9][a-z0-9._-]{0,63}$")]
     pub agent_name: String,
+    #[schema(min_length = 1, max_length = 1048576, pattern = "\\S")]
     pub agent_instructions: String,
+    #[schema(value_type = Option<Vec<uuid::Uuid>>, max_items = 1000)]
     pub dependencies: Option<Vec<String>>,
+    #[schema(value_type = Option<PriorityName>)]
     pub priority: Option<String>,
+    #[schema(minimum = 1, maximum = 86400)]
+    #[serde(default, deserialize_with = "crate::api::whole::option")]
     pub timeout_seconds: Option<i64>,
+    #[schema(minimum = 0, maximum = 10)]
+    #[serde(default, deserialize_with = "crate::api::whole::option")]
     pub max_retries: Option<i64>,
     pub working_dir: Option<String>,
     /// "worktree" (a git worktree on a branch of its own) or "none".
+    #[schema(value_type = Option<IsolationName>)]
     pub isolation: Option<String>,
     /// The commit an isolated task starts from (default: HEAD when added).
+    #[schema(
+        min_length = 1,
+        max_length = 256,
+        pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f-][^\\u0000-\\u001f\\u007f-\\u009f]*$"
+    )]
     pub base_ref: Option<String>,
     #[schema(value_type = Option<Object>)]
     pub metadata: Option<serde_json::Value>,
@@ -116,26 +147,26 @@ pub async fn list_tasks(
     ok(s.service.list_tasks(query(q)?).await?)
 }
 
-#[utoipa::path(get, path = "/api/tasks/{id}", tag = "tasks", params(("id" = String, Path)),
+#[utoipa::path(get, path = "/api/tasks/{id}", tag = "tasks", params(("id" = uuid::Uuid, Path, description = "The id the resource was created with")),
     responses((status = 200, body = TaskWithLogs), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn get_task(State(s): State<AppState>, IdPath(id): IdPath) -> Answer<TaskWithLogs> {
     ok(s.service.task_status(TaskIdArgs { task_id: id }).await?)
 }
 
-#[utoipa::path(delete, path = "/api/tasks/{id}", tag = "tasks", params(("id" = String, Path)),
+#[utoipa::path(delete, path = "/api/tasks/{id}", tag = "tasks", params(("id" = uuid::Uuid, Path, description = "The id the resource was created with")),
     responses((status = 400, description = "A malformed id or parameter", body = ErrorBody), (status = 200, description = "Cancelled", body = TaskView), (status = 404, body = ErrorBody),
               (status = 409, description = "Already finished", body = ErrorBody)))]
 pub async fn cancel_task(State(s): State<AppState>, IdPath(id): IdPath) -> Answer<TaskView> {
     ok(s.service.task_cancel(TaskIdArgs { task_id: id }).await?)
 }
 
-#[utoipa::path(post, path = "/api/tasks/{id}/retry", tag = "tasks", params(("id" = String, Path)),
+#[utoipa::path(post, path = "/api/tasks/{id}/retry", tag = "tasks", params(("id" = uuid::Uuid, Path, description = "The id the resource was created with")),
     responses((status = 400, description = "A malformed id or parameter", body = ErrorBody), (status = 200, body = TaskView), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn retry_task(State(s): State<AppState>, IdPath(id): IdPath) -> Answer<TaskView> {
     ok(s.service.task_retry(TaskIdArgs { task_id: id }).await?)
 }
 
-#[utoipa::path(get, path = "/api/tasks/{id}/logs", tag = "tasks", params(("id" = String, Path), LogsQuery),
+#[utoipa::path(get, path = "/api/tasks/{id}/logs", tag = "tasks", params(("id" = uuid::Uuid, Path, description = "The task_id"), LogsQuery),
     responses((status = 200, body = TaskLogs), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn task_logs(
     State(s): State<AppState>,
@@ -152,7 +183,7 @@ pub async fn task_logs(
         .await?)
 }
 
-#[utoipa::path(get, path = "/api/tasks/{id}/diff", tag = "tasks", params(("id" = String, Path), DiffQuery),
+#[utoipa::path(get, path = "/api/tasks/{id}/diff", tag = "tasks", params(("id" = uuid::Uuid, Path, description = "The task_id"), DiffQuery),
     responses((status = 200, body = TaskDiff), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
               (status = 409, description = "The task did not run in a worktree, or has not started yet", body = ErrorBody)))]
 pub async fn task_diff(
@@ -199,7 +230,7 @@ pub async fn list_workflows(
     ok(s.service.list_workflows(query(q)?).await?)
 }
 
-#[utoipa::path(get, path = "/api/workflows/{id}", tag = "workflows", params(("id" = String, Path)),
+#[utoipa::path(get, path = "/api/workflows/{id}", tag = "workflows", params(("id" = uuid::Uuid, Path, description = "The id the resource was created with")),
     responses((status = 400, description = "A malformed id or parameter", body = ErrorBody), (status = 200, body = WorkflowStatusView), (status = 404, body = ErrorBody)))]
 pub async fn get_workflow(
     State(s): State<AppState>,
@@ -210,7 +241,7 @@ pub async fn get_workflow(
         .await?)
 }
 
-#[utoipa::path(get, path = "/api/workflows/{id}/status", tag = "workflows", params(("id" = String, Path)),
+#[utoipa::path(get, path = "/api/workflows/{id}/status", tag = "workflows", params(("id" = uuid::Uuid, Path, description = "The id the resource was created with")),
     responses((status = 400, description = "A malformed id or parameter", body = ErrorBody), (status = 200, body = WorkflowStatusView), (status = 404, body = ErrorBody)))]
 pub async fn workflow_status(
     State(s): State<AppState>,
@@ -221,7 +252,7 @@ pub async fn workflow_status(
         .await?)
 }
 
-#[utoipa::path(post, path = "/api/workflows/{id}/start", tag = "workflows", params(("id" = String, Path)),
+#[utoipa::path(post, path = "/api/workflows/{id}/start", tag = "workflows", params(("id" = uuid::Uuid, Path, description = "The id the resource was created with")),
     responses((status = 200, body = WorkflowStatusView), (status = 400, description = "No tasks", body = ErrorBody),
               (status = 404, body = ErrorBody), (status = 409, description = "Not a draft", body = ErrorBody)))]
 pub async fn start_workflow(
@@ -233,7 +264,7 @@ pub async fn start_workflow(
         .await?)
 }
 
-#[utoipa::path(post, path = "/api/workflows/{id}/phases", tag = "workflows", params(("id" = String, Path)),
+#[utoipa::path(post, path = "/api/workflows/{id}/phases", tag = "workflows", params(("id" = uuid::Uuid, Path, description = "The id the resource was created with")),
     request_body = PhaseBody,
     responses((status = 201, body = PhaseView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
               (status = 409, body = ErrorBody)))]
@@ -254,7 +285,7 @@ pub async fn add_phase(
     )
 }
 
-#[utoipa::path(post, path = "/api/workflows/{id}/tasks", tag = "workflows", params(("id" = String, Path)),
+#[utoipa::path(post, path = "/api/workflows/{id}/tasks", tag = "workflows", params(("id" = uuid::Uuid, Path, description = "The id the resource was created with")),
     request_body = WorkflowTaskBody,
     responses((status = 201, body = WorkflowTaskAdded), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
               (status = 409, body = ErrorBody)))]
@@ -284,7 +315,7 @@ pub async fn add_workflow_task(
     )
 }
 
-#[utoipa::path(get, path = "/api/workflows/{id}/tasks", tag = "workflows", params(("id" = String, Path), PageQuery),
+#[utoipa::path(get, path = "/api/workflows/{id}/tasks", tag = "workflows", params(("id" = uuid::Uuid, Path, description = "The workflow_id"), PageQuery),
     responses((status = 200, body = TaskList), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn workflow_tasks(
     State(s): State<AppState>,
@@ -295,7 +326,7 @@ pub async fn workflow_tasks(
     ok(s.service.workflow_tasks(&id, q.limit, q.offset).await?)
 }
 
-#[utoipa::path(post, path = "/api/workflows/{id}/cancel", tag = "workflows", params(("id" = String, Path)),
+#[utoipa::path(post, path = "/api/workflows/{id}/cancel", tag = "workflows", params(("id" = uuid::Uuid, Path, description = "The id the resource was created with")),
     responses((status = 400, description = "A malformed id or parameter", body = ErrorBody), (status = 200, body = WorkflowStatusView), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn cancel_workflow(
     State(s): State<AppState>,
@@ -307,7 +338,7 @@ pub async fn cancel_workflow(
 }
 
 #[utoipa::path(get, path = "/api/webhooks/{id}/history", tag = "webhooks",
-    params(("id" = String, Path, description = "A task_id (or a workflow_id)")),
+    params(("id" = uuid::Uuid, Path, description = "A task_id (or a workflow_id)")),
     responses((status = 200, body = WebhookHistory), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn webhook_history(
     State(s): State<AppState>,

@@ -45,12 +45,12 @@ impl Inner {
         for dep in &cold {
             match found.iter().find(|t| t.id == *dep) {
                 None => {
-                    return Err(SchedError::Invalid(format!(
+                    return Err(SchedError::NotFound(format!(
                         "dependencies: task {dep} does not exist; list only task ids returned by task_async"
                     )))
                 }
                 Some(t) if matches!(t.status, TaskStatus::Failed | TaskStatus::Cancelled) => {
-                    return Err(SchedError::Invalid(format!(
+                    return Err(SchedError::Conflict(format!(
                         "dependencies: task {dep} ({}) is {}, so this task could never start; task_retry it first or leave it out",
                         t.name,
                         t.status.as_str()
@@ -121,7 +121,8 @@ impl Inner {
                     continue;
                 }
                 // A dependency that is gone was pruned (only finished work is), and it had
-                // completed: had it failed, this task would have been cancelled then.
+                // completed: had it failed, this task would have been cancelled then (and a
+                // retry of a task whose dependency is gone is refused).
                 let (status, name) = status.unwrap_or((TaskStatus::Completed, "(pruned)".into()));
                 cascade.extend(self.settle_dependents(&mut st, dep, &name, status));
             }

@@ -65,19 +65,21 @@ impl Scheduler {
         self.draft(workflow_id).await?;
         let phases = self.inner.store.phases(workflow_id).await?;
         if phases.iter().any(|p| p.phase_id == phase_id) {
-            return Err(SchedError::Invalid(format!(
+            return Err(SchedError::Conflict(format!(
                 "workflow {workflow_id} already has a phase {phase_id:?}; phase ids must be unique within a workflow"
             )));
         }
         let mut deps: Vec<String> = Vec::new();
         for d in depends_on {
+            // The workflow's shape is what these conflict with (409): a 404 would say the
+            // workflow itself is not there.
             if d == phase_id {
-                return Err(SchedError::Invalid(format!(
+                return Err(SchedError::Conflict(format!(
                     "depends_on: phase {phase_id:?} cannot depend on itself (that would be a cycle)"
                 )));
             }
             if !phases.iter().any(|p| p.phase_id == d) {
-                return Err(SchedError::Invalid(format!(
+                return Err(SchedError::Conflict(format!(
                     "depends_on: {d:?} is not a phase of workflow {workflow_id} (phases so far: {}); add phases in order, each after the phases it depends on, so the graph cannot have a cycle",
                     list_phases(&phases)
                 )));
@@ -119,7 +121,7 @@ impl Scheduler {
         self.draft(workflow_id).await?;
         let phases = self.inner.store.phases(workflow_id).await?;
         let Some(own) = phases.iter().position(|p| p.phase_id == phase_id) else {
-            return Err(SchedError::Invalid(format!(
+            return Err(SchedError::Conflict(format!(
                 "phase_id {phase_id:?} is not a phase of workflow {workflow_id} (phases: {}); add it with workflow_add_phase first",
                 list_phases(&phases)
             )));
@@ -128,7 +130,7 @@ impl Scheduler {
             let rows = self.inner.store.workflow_task_rows(workflow_id).await?;
             for dep in &task.dependencies {
                 let Some(row) = rows.iter().find(|r| r.id == *dep) else {
-                    return Err(SchedError::Invalid(format!(
+                    return Err(SchedError::Conflict(format!(
                         "dependencies: {dep} is not a task of workflow {workflow_id}; a workflow task may only depend on tasks added to the same workflow"
                     )));
                 };
@@ -137,7 +139,7 @@ impl Scheduler {
                     .position(|p| Some(&p.phase_id) == row.phase_id.as_ref())
                     .unwrap_or(own);
                 if phases::upstream(&phases, theirs).contains(&own) {
-                    return Err(SchedError::Invalid(format!(
+                    return Err(SchedError::Conflict(format!(
                         "dependencies: task {dep} is in phase {:?}, which runs after phase {phase_id:?}; a task may only depend on tasks of its own phase or of phases before it",
                         phases[theirs].phase_id
                     )));
@@ -171,7 +173,7 @@ impl Scheduler {
         let mut wf = self.draft(id).await?;
         let tasks = inner.store.workflow_tasks(id).await?;
         if tasks.is_empty() {
-            return Err(SchedError::Invalid(format!(
+            return Err(SchedError::Conflict(format!(
                 "workflow {id} has no tasks; add at least one with workflow_add_task before starting it"
             )));
         }

@@ -81,6 +81,15 @@ impl From<AgentError> for ServiceError {
 
 type Result<T> = std::result::Result<T, ServiceError>;
 
+/// Whether a text is empty or only blanks. Blank is Unicode white space plus the four
+/// information separators U+001C..U+001F, which regex engines (Python's, so JSON-schema
+/// validators built on it) count as white space: so a text is refused exactly when the API
+/// document's `\S` pattern says it is invalid.
+pub(crate) fn is_blank(s: &str) -> bool {
+    s.chars()
+        .all(|c| c.is_whitespace() || ('\u{1c}'..='\u{1f}').contains(&c))
+}
+
 fn invalid<T>(msg: impl Into<String>) -> Result<T> {
     Err(ServiceError::Invalid(msg.into()))
 }
@@ -129,8 +138,19 @@ fn in_range(field: &str, v: Option<i64>, lo: i64, hi: i64, default: i64) -> Resu
     }
 }
 
+/// What a webhook URL must look like, as the API document says: http or https, optional user
+/// information, a host name (its last label starting with a letter) or an IPv4 address (not
+/// IPv6), an optional port, then printable ASCII. Everything it admits is a URL the HTTP client
+/// can call.
+pub const WEBHOOK_URL_PATTERN: &str = r"^[Hh][Tt][Tt][Pp][Ss]?://([A-Za-z0-9._~!$&'()*+,;=-]+(:[A-Za-z0-9._~!$&'()*+,;=-]*)?@)?(([A-Za-z0-9-]+\.)*[A-Za-z][A-Za-z0-9-]*|(25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])(\.(25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])){3})(:([0-9]{1,4}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5]))?([/?#][!-~]*)?$";
+
+fn webhook_url_shape() -> &'static regex::Regex {
+    static SHAPE: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
+    SHAPE.get_or_init(|| regex::Regex::new(WEBHOOK_URL_PATTERN).expect("a valid pattern"))
+}
+
 pub fn validate_webhook_url(url: &str) -> Result<String> {
-    if url.len() > 2048 {
+    if url.chars().count() > 2048 {
         return invalid("webhook_url is longer than 2048 characters");
     }
     let parsed = url::Url::parse(url).map_err(|e| {
@@ -146,6 +166,13 @@ pub fn validate_webhook_url(url: &str) -> Result<String> {
     }
     if parsed.host_str().is_none_or(str::is_empty) {
         return invalid("webhook_url has no host");
+    }
+    // Last, the form the API document gives (no IPv6 literal, printable ASCII only), so that
+    // the document and the server agree on every URL.
+    if !webhook_url_shape().is_match(url) {
+        return invalid(format!(
+            "webhook_url {url:?} is not of the accepted form: http or https, a host name or an IPv4 address, an optional port, then printable ASCII; use for example \"https://example.com/hooks/orchestr8\""
+        ));
     }
     Ok(url.to_string())
 }
@@ -250,12 +277,9 @@ impl Service {
     /// Validates task arguments into a new pending task, its instructions and its agent's
     /// `max_concurrency`. The agent must exist and its runner be able to run it now.
     async fn build_task(&self, a: TaskAsyncArgs) -> Result<(Task, String, Option<u32>)> {
-        let name = a.name.trim().to_string();
-        if name.is_empty() || name.len() > 200 {
-            return invalid("name must be 1-200 characters, e.g. \"review auth.rs\"");
-        }
+        let name = workflows::display_name("name", &a.name)?;
         validate_name("agent_name", &a.agent_name).map_err(ServiceError::Invalid)?;
-        if a.agent_instructions.trim().is_empty() {
+        if is_blank(&a.agent_instructions) {
             return invalid("agent_instructions is empty; say what the agent should do");
         }
         if a.agent_instructions.len() > limits::MAX_INSTRUCTIONS_BYTES {
@@ -278,20 +302,21 @@ impl Service {
             .as_deref()
             .map(validate_webhook_url)
             .transpose()?;
+        let asked = a.dependencies.unwrap_or_default();
+        if asked.len() > MAX_DEPENDENCIES {
+            return invalid(format!(
+                "dependencies lists more than {MAX_DEPENDENCIES} tasks"
+            ));
+        }
         let mut dependencies = Vec::new();
-        for d in a.dependencies.unwrap_or_default() {
+        for d in asked {
             let id = parse_task_id("dependencies", &d)?;
             if !dependencies.contains(&id) {
                 dependencies.push(id);
             }
         }
-        if dependencies.len() > MAX_DEPENDENCIES {
-            return invalid(format!(
-                "dependencies lists more than {MAX_DEPENDENCIES} tasks"
-            ));
-        }
         let idempotency_key = match a.idempotency_key {
-            Some(k) if k.is_empty() || k.len() > 200 => {
+            Some(k) if k.is_empty() || k.chars().count() > 200 => {
                 return invalid("idempotency_key must be 1-200 characters")
             }
             k => k,
@@ -304,12 +329,13 @@ impl Service {
                     Some(s) => Path::new(&*s.cwd).join(&d),
                     None => std::path::absolute(&d).unwrap_or_else(|_| PathBuf::from(&d)),
                 };
+                // A directory that is not there is a missing resource (404), like an agent.
                 if !path.is_dir() {
-                    return invalid(format!(
+                    return Err(ServiceError::NotFound(format!(
                         "working_dir {d:?} is not an existing directory ({} here; relative paths are taken from {})",
                         path.display(),
                         session.map_or("the engine's working directory", |_| "the session's working directory")
-                    ));
+                    )));
                 }
                 Some(path.display().to_string())
             }
@@ -433,12 +459,12 @@ impl Service {
         let isolation = asked.or(agent_isolation).unwrap_or(Isolation::None);
         if let Some(r) = base_ref {
             if isolation != Isolation::Worktree {
-                return invalid(
-                    "base_ref applies only to a task isolated in a worktree: add isolation: \"worktree\" (or leave base_ref out)",
-                );
+                return Err(ServiceError::Conflict(
+                    "base_ref applies only to a task isolated in a worktree: add isolation: \"worktree\" (or leave base_ref out)".into(),
+                ));
             }
             if r.is_empty()
-                || r.len() > 256
+                || r.chars().count() > 256
                 || r.starts_with('-')
                 || r.chars().any(char::is_control)
             {
@@ -460,9 +486,10 @@ impl Service {
             .await
             .map(Some)
             .map_err(|e| match e {
-                WorkspaceError::NotARepository(m) | WorkspaceError::UnknownRef(m) => {
-                    ServiceError::Invalid(m)
-                }
+                // Well-formed arguments the repository cannot honour: a directory outside git
+                // conflicts with isolation, a revision it lacks is not found.
+                WorkspaceError::NotARepository(m) => ServiceError::Conflict(m),
+                WorkspaceError::UnknownRef(m) => ServiceError::NotFound(m),
                 other => ServiceError::Internal(other.to_string()),
             })
     }
@@ -646,5 +673,43 @@ impl Service {
                 })
                 .collect(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn webhook_urls_of_the_documented_form_are_taken_and_others_refused() {
+        for ok in [
+            "https://example.com/hooks/x?a=1#f",
+            "http://127.0.0.1:8080/hook",
+            "HTTP://A",
+            "http://user:pw@host.local:65535/",
+            "https://hooks.slack.com/services/T0/B0/X",
+        ] {
+            assert!(validate_webhook_url(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "ftp://example.com/x",
+            "http://[::1]/",
+            "http://1.2.3.999/",
+            "http://host:65536/",
+            "http:///x",
+            "http://a b/",
+            "http://example.com/é",
+        ] {
+            assert!(validate_webhook_url(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn blank_is_what_json_schema_validators_call_white_space() {
+        assert!(is_blank(""));
+        assert!(is_blank(" \t\n\u{a0}\u{3000}"));
+        assert!(is_blank("\u{1c}\u{1f}"));
+        assert!(!is_blank(" x "));
+        assert!(!is_blank("\u{feff}"));
     }
 }

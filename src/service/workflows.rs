@@ -16,19 +16,22 @@ pub(super) fn parse_workflow_id(s: &str) -> Result<Uuid> {
     })
 }
 
-fn display_name(field: &str, s: &str) -> Result<String> {
-    let s = s.trim();
-    if s.is_empty() || s.len() > 200 {
-        return invalid(format!("{field} must be 1-200 characters"));
+/// A name of 1-200 characters, not all blank (as the API documents it), trimmed.
+pub(super) fn display_name(field: &str, s: &str) -> Result<String> {
+    let trimmed = s.trim();
+    if super::is_blank(s) || s.chars().count() > 200 {
+        return invalid(format!(
+            "{field} must be 1-200 characters, not all blank, e.g. \"review auth.rs\""
+        ));
     }
-    Ok(s.to_string())
+    Ok(trimmed.to_string())
 }
 
 impl Service {
     pub async fn workflow_create(&self, a: WorkflowCreateArgs) -> Result<WorkflowCreated> {
         let name = display_name("name", &a.name)?;
         let description = match a.description {
-            Some(d) if d.len() > 10_000 => {
+            Some(d) if d.chars().count() > 10_000 => {
                 return invalid("description is longer than 10000 characters")
             }
             d => d.filter(|d| !d.trim().is_empty()),
@@ -99,7 +102,13 @@ impl Service {
                 metadata: a.metadata,
                 ..TaskAsyncArgs::default()
             })
-            .await?;
+            .await
+            // What the body names and is not there (an agent, a directory, a revision) is a
+            // conflict with the workflow's task; a 404 would say the workflow is not there.
+            .map_err(|e| match e {
+                ServiceError::NotFound(m) => ServiceError::Conflict(m),
+                e => e,
+            })?;
         task.workflow_id = Some(id);
         task.phase_id = Some(a.phase_id);
         let t = self.sched.add_workflow_task(task, instructions).await?;

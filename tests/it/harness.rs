@@ -767,3 +767,37 @@ pub fn npm_tool(cache: &str, package: &str, bin: &str) -> PathBuf {
     }
     exe
 }
+
+/// A Python package's executable, installed (once) into a virtual environment at
+/// `~/.cache/orchestr8-async/<venv>` — where `.ci/run` installs it ahead of the tests.
+pub fn pip_tool(venv: &str, requirement: &str, bin: &str) -> PathBuf {
+    let home = std::env::var("HOME").expect("HOME is set");
+    let dir = PathBuf::from(home)
+        .join(".cache/orchestr8-async")
+        .join(venv);
+    let exe = dir.join("bin").join(bin);
+    if !exe.exists() {
+        let made = std::process::Command::new("python3")
+            .args(["-m", "venv"])
+            .arg(&dir)
+            .output()
+            .unwrap_or_else(|e| {
+                panic!("python3 is needed to install {requirement} ({e}); run .ci/run")
+            });
+        assert!(
+            made.status.success(),
+            "python3 -m venv failed: {}",
+            String::from_utf8_lossy(&made.stderr)
+        );
+        let out = std::process::Command::new(dir.join("bin/pip"))
+            .args(["install", "--quiet", requirement])
+            .output()
+            .expect("run pip");
+        assert!(
+            out.status.success(),
+            "pip install of {requirement} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    exe
+}

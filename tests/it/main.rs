@@ -9,6 +9,7 @@ mod durability;
 mod engines;
 mod harness;
 mod mcp_http;
+mod openapi;
 mod plugin;
 mod progress;
 mod protocol;
