@@ -13,6 +13,9 @@ impl Store {
         if let Some(t) = self.unfolded.task(id) {
             return Ok(Some(t));
         }
+        if self.unfolded.is_pruned(id) {
+            return Ok(None);
+        }
         self.read_folded(move |c| {
             let sql = format!("SELECT {} FROM tasks WHERE task_id = ?", rows::TASK_COLUMNS);
             let mut st = c.prepare_cached(&sql)?;
@@ -34,7 +37,7 @@ impl Store {
                 out.push(t);
                 false
             }
-            None => true,
+            None => !self.unfolded.is_pruned(*id),
         });
         if ids.is_empty() {
             return Ok(out);

@@ -32,6 +32,8 @@ struct Overlay {
     tasks: HashMap<Uuid, (Task, u64)>,
     /// Idempotency keys of unfolded inserts.
     keys: HashMap<String, (Uuid, u64)>,
+    /// Tasks removed by an unfolded prune: gone for every read, and their keys free.
+    pruned: HashMap<Uuid, u64>,
 }
 
 pub struct Unfolded {
@@ -86,6 +88,20 @@ impl Unfolded {
         lock(&self.overlay).tasks.get(&id).map(|(t, _)| t.clone())
     }
 
+    /// Records the tasks a journaled prune removes (before its writer is answered).
+    pub fn put_pruned(&self, ids: &[Uuid], seq: u64) {
+        let mut o = lock(&self.overlay);
+        for id in ids {
+            o.tasks.remove(id);
+            o.pruned.insert(*id, seq);
+        }
+    }
+
+    /// Whether a task was removed by a prune not yet folded (its row is still in the tables).
+    pub fn is_pruned(&self, id: Uuid) -> bool {
+        lock(&self.overlay).pruned.contains_key(&id)
+    }
+
     /// Marks everything up to `seq` as answered to writers.
     pub fn journaled(&self, seq: u64) {
         self.journaled.store(seq, Ordering::Release);
@@ -97,6 +113,7 @@ impl Unfolded {
             let mut o = lock(&self.overlay);
             o.tasks.retain(|_, (_, s)| *s > seq);
             o.keys.retain(|_, (_, s)| *s > seq);
+            o.pruned.retain(|_, s| *s > seq);
         }
         lock(&self.failing).take();
         *lock(&self.folded) = seq;
@@ -154,5 +171,31 @@ impl Unfolded {
                 .unwrap_or_else(|p| p.into_inner());
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_journaled_prune_hides_its_tasks_until_it_is_folded() {
+        let (tx, _rx) = std::sync::mpsc::channel();
+        let u = Unfolded::new(0, tx);
+        let t = Task::sample_for_tests();
+        u.put_task(&t, 1);
+        u.put_pruned(&[t.id], 2);
+        assert!(
+            u.task(t.id).is_none(),
+            "a pruned task is not served from the overlay"
+        );
+        assert!(u.is_pruned(t.id));
+        u.folded(1);
+        assert!(
+            u.is_pruned(t.id),
+            "still pruned until the prune itself is folded"
+        );
+        u.folded(2);
+        assert!(!u.is_pruned(t.id), "folded: the tables no longer have it");
     }
 }

@@ -138,6 +138,7 @@ impl JournalThread {
                         self.unfolded.put_task(task, seq);
                     }
                     WriteOp::UpdateTask(task) => self.unfolded.put_task(task, seq),
+                    WriteOp::Prune(p) => self.unfolded.put_pruned(&p.tasks, seq),
                     _ => {}
                 }
             }
@@ -224,8 +225,9 @@ impl JournalThread {
             return Ok(Some(id));
         }
         // Not journaled since the last fold, so either folded or free. The lookup comes after
-        // the overlay check: a key leaves the overlay only once its fold has committed.
-        rows::idempotency_owner(&self.conn, key)
+        // the overlay check: a key leaves the overlay only once its fold has committed. A key
+        // whose task a prune has just removed is free already.
+        Ok(rows::idempotency_owner(&self.conn, key)?.filter(|id| !self.unfolded.is_pruned(*id)))
     }
 }
 
