@@ -17,13 +17,21 @@ use crate::model::{LogLine, Priority, TaskStatus, TaskView};
 #[serde(deny_unknown_fields)]
 pub struct TaskAsyncArgs {
     /// Short human-readable name of the task, e.g. "review auth.rs".
-    #[schema(min_length = 1, max_length = 200, pattern = "\\S")]
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = "[^\\s\\u001c-\\u001f\\u0085\\ufeff]"
+    )]
     pub name: String,
     /// Name of the agent that does the work (see list_agents).
     #[schema(pattern = "^[a-z0-9][a-z0-9._-]{0,63}$")]
     pub agent_name: String,
     /// What the agent should do. Sent to the agent as its input (stdin); at most 1 MiB.
-    #[schema(min_length = 1, max_length = 1048576, pattern = "\\S")]
+    #[schema(
+        min_length = 1,
+        max_length = 1048576,
+        pattern = "[^\\s\\u001c-\\u001f\\u0085\\ufeff]"
+    )]
     pub agent_instructions: String,
     /// low, normal (default), high or critical ("medium" means normal). Higher priorities start first.
     #[schema(value_type = Option<PriorityName>)]
@@ -31,7 +39,7 @@ pub struct TaskAsyncArgs {
     /// http(s) URL to POST to when the task finishes.
     #[schema(
         max_length = 2048,
-        pattern = "^[Hh][Tt][Tt][Pp][Ss]?://([A-Za-z0-9._~!$&'()*+,;=-]+(:[A-Za-z0-9._~!$&'()*+,;=-]*)?@)?(([A-Za-z0-9-]+\\.)*[A-Za-z][A-Za-z0-9-]*|(25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])(\\.(25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])){3})(:([0-9]{1,4}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5]))?([/?#][!-~]*)?$"
+        pattern = "^[Hh][Tt][Tt][Pp][Ss]?://([A-Za-z0-9._~!$&'()*+,;=-]+(:[A-Za-z0-9._~!$&'()*+,;=-]*)?@)?(([A-Za-z0-9_-]+\\.)*[A-Za-z_][A-Za-z0-9_-]*\\.?|(25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])(\\.(25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])){3})(:([0-9]{1,4}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5]))?([/?#][!-~]*)?$"
     )]
     pub webhook_url: Option<String>,
     /// Seconds one attempt may run before it is stopped (1..86400). Default: the agent's, else 3600.
@@ -106,6 +114,7 @@ pub struct TaskDiffArgs {
     /// Only these paths (files or folders, relative to the repository's top directory; git pathspecs).
     pub paths: Option<Vec<String>>,
     /// Most bytes of diff to return (1..4194304, default 100000); a longer diff is cut at a line end, with a marker.
+    #[serde(default, deserialize_with = "crate::api::whole::option")]
     pub max_bytes: Option<i64>,
 }
 
@@ -143,8 +152,10 @@ pub struct TaskLogsArgs {
     /// The task_id returned by task_async.
     pub task_id: String,
     /// Only lines with seq greater than this (default 0: from the start). Pass the last seq you saw to follow a log.
+    #[serde(default, deserialize_with = "crate::api::whole::option")]
     pub after_seq: Option<i64>,
     /// Most lines to return (1..1000, default 100).
+    #[serde(default, deserialize_with = "crate::api::whole::option")]
     pub limit: Option<i64>,
 }
 
@@ -156,6 +167,7 @@ pub struct TaskWaitArgs {
     /// "all" (default): return when every task has finished; "any": when at least one has.
     pub mode: Option<String>,
     /// Most seconds to wait (1..600, default 60). On time-out the current states are returned with timed_out: true.
+    #[serde(default, deserialize_with = "crate::api::whole::option")]
     pub timeout_seconds: Option<i64>,
 }
 

@@ -27,8 +27,10 @@ impl Visitor<'_> for Whole {
     }
 
     fn visit_f64<E: de::Error>(self, v: f64) -> Result<i64, E> {
-        // Within ±2^53 every integral f64 is exact.
-        if v.fract() == 0.0 && v.abs() <= 9_007_199_254_740_992.0 {
+        // Integral and within i64 (2^63 itself is not: it is one past i64::MAX).
+        if v.fract() == 0.0
+            && (-9_223_372_036_854_775_808.0..9_223_372_036_854_775_808.0).contains(&v)
+        {
             Ok(v as i64)
         } else {
             Err(E::custom(format!("{v} is not a whole number")))
@@ -110,6 +112,7 @@ mod tests {
         assert_eq!(json(r#"{"n": 9.0}"#), Ok(Some(9)));
         assert_eq!(json(r#"{"n": -3}"#), Ok(Some(-3)));
         assert_eq!(json(r#"{"n": 1e3}"#), Ok(Some(1000)));
+        assert_eq!(json(r#"{"n": 1e16}"#), Ok(Some(10_000_000_000_000_000)));
         assert_eq!(json(r#"{"n": null}"#), Ok(None));
         assert_eq!(json(r#"{}"#), Ok(None));
         let q: Query = serde_json::from_str(r#"{"n": "12.0"}"#).unwrap();

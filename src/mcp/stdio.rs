@@ -118,7 +118,7 @@ where
         // method), which nobody waits on.
         let has = |s: &[u8], what: &[u8]| s.windows(what.len()).any(|w| w == what);
         let method = has(head, b"\"method\"") || has(tail, b"\"method\"");
-        let notification = has(head, b"\"notifications/");
+        let notification = has(head, b"\"notifications/") || has(tail, b"\"notifications/");
         if !method || (notification && id.is_none()) {
             tracing::warn!("dropped a message of {len} bytes, over the limit, that is no request");
             return;

@@ -78,7 +78,11 @@ pub struct PageQuery {
 pub struct PhaseBody {
     #[schema(pattern = "^[a-z0-9][a-z0-9._-]{0,63}$")]
     pub phase_id: String,
-    #[schema(min_length = 1, max_length = 200, pattern = "\\S")]
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = "[^\\s\\u001c-\\u001f\\u0085\\ufeff]"
+    )]
     pub name: String,
     /// Phase ids added before this one (each of the same form as phase_id).
     pub depends_on: Option<Vec<String>>,
@@ -90,11 +94,19 @@ pub struct PhaseBody {
 pub struct WorkflowTaskBody {
     #[schema(pattern = "^[a-z0-9][a-z0-9._-]{0,63}$")]
     pub phase_id: String,
-    #[schema(min_length = 1, max_length = 200, pattern = "\\S")]
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = "[^\\s\\u001c-\\u001f\\u0085\\ufeff]"
+    )]
     pub name: String,
     #[schema(pattern = "^[a-z0-9][a-z0-9._-]{0,63}$")]
     pub agent_name: String,
-    #[schema(min_length = 1, max_length = 1048576, pattern = "\\S")]
+    #[schema(
+        min_length = 1,
+        max_length = 1048576,
+        pattern = "[^\\s\\u001c-\\u001f\\u0085\\ufeff]"
+    )]
     pub agent_instructions: String,
     #[schema(value_type = Option<Vec<uuid::Uuid>>, max_items = 1000)]
     pub dependencies: Option<Vec<String>>,
@@ -124,7 +136,9 @@ pub struct WorkflowTaskBody {
 #[utoipa::path(post, path = "/api/tasks", tag = "tasks", request_body = TaskAsyncArgs,
     responses((status = 201, description = "Accepted (durable)", body = CreatedTask),
               (status = 200, description = "An earlier task with the same idempotency_key", body = CreatedTask),
-              (status = 400, body = ErrorBody), (status = 404, description = "Unknown agent", body = ErrorBody),
+              (status = 400, body = ErrorBody),
+              (status = 404, description = "An agent, a dependency, a working_dir or a base_ref that is not there", body = ErrorBody),
+              (status = 409, description = "A dependency that already failed or was cancelled; base_ref without worktree isolation; worktree isolation outside a git repository; an agent file or runner that cannot run it", body = ErrorBody),
               (status = 415, description = "Not sent as application/json", body = ErrorBody)))]
 pub async fn create_task(
     State(s): State<AppState>,
@@ -253,8 +267,8 @@ pub async fn workflow_status(
 }
 
 #[utoipa::path(post, path = "/api/workflows/{id}/start", tag = "workflows", params(("id" = uuid::Uuid, Path, description = "The id the resource was created with")),
-    responses((status = 200, body = WorkflowStatusView), (status = 400, description = "No tasks", body = ErrorBody),
-              (status = 404, body = ErrorBody), (status = 409, description = "Not a draft", body = ErrorBody)))]
+    responses((status = 200, body = WorkflowStatusView), (status = 400, description = "A malformed id", body = ErrorBody),
+              (status = 404, body = ErrorBody), (status = 409, description = "Not a draft, or no tasks yet", body = ErrorBody)))]
 pub async fn start_workflow(
     State(s): State<AppState>,
     IdPath(id): IdPath,

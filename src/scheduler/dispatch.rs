@@ -84,25 +84,34 @@ impl Inner {
     }
 }
 
-/// One attempt: reload the agent, commit `running`, run, commit the outcome.
 /// The instructions of a task whose instructions are not in memory. A store that cannot answer
-/// now (a full disk) is asked again until it can: the task is not to blame.
-async fn stored_instructions(inner: &Inner, id: Uuid) -> Result<String, String> {
+/// now because its tables cannot be written (a full disk) is asked again until it can: the task
+/// is not to blame. Stopped meanwhile (cancel, shutdown), the attempt goes on without them:
+/// it sees the stop before anything runs and ends as stopped.
+async fn stored_instructions(
+    inner: &Inner,
+    id: Uuid,
+    stop: &tokio_util::sync::CancellationToken,
+) -> Result<String, String> {
     let mut pause = Duration::from_millis(100);
     loop {
         match inner.store.instructions(id).await {
             Ok(Some(i)) => return Ok(i),
             Ok(None) => return Err(format!("task {id} has no stored instructions")),
-            Err(e @ StoreError::Closed) => return Err(e.to_string()),
-            Err(e) => {
+            Err(e @ StoreError::Conflict(_)) => {
                 tracing::warn!(task_id = %id, "cannot read the task's instructions yet ({e}); trying again in {pause:?}");
-                tokio::time::sleep(pause).await;
+                tokio::select! {
+                    _ = stop.cancelled() => return Ok(String::new()),
+                    _ = tokio::time::sleep(pause) => {}
+                }
                 pause = (pause * 2).min(Duration::from_secs(5));
             }
+            Err(e) => return Err(e.to_string()),
         }
     }
 }
 
+/// One attempt: reload the agent, commit `running`, run, commit the outcome.
 async fn run_attempt(inner: Arc<Inner>, task: Task, handle: RunHandle) {
     let id = task.id;
     // The agent file is read again at start, so an edited agent takes effect without a restart.
@@ -125,7 +134,7 @@ async fn run_attempt(inner: Arc<Inner>, task: Task, handle: RunHandle) {
         .and_then(|h| h.instructions.clone());
     let instructions = match cached {
         Some(i) => Ok(i.to_string()),
-        None => stored_instructions(&inner, id).await,
+        None => stored_instructions(&inner, id, &handle.cancel).await,
     };
     let (agent, runner, instructions) = match (loaded, instructions) {
         (Ok((a, r)), Ok(i)) => (a, r, i),

@@ -74,20 +74,23 @@ impl From<AgentError> for ServiceError {
     fn from(e: AgentError) -> Self {
         match e {
             AgentError::NotFound(m) => ServiceError::NotFound(m),
-            other => ServiceError::Invalid(other.to_string()),
+            AgentError::InvalidName(m) => ServiceError::Invalid(m),
+            // A well-formed request naming an agent whose file is broken: the file is at fault.
+            e @ AgentError::Invalid { .. } => ServiceError::Conflict(e.to_string()),
         }
     }
 }
 
 type Result<T> = std::result::Result<T, ServiceError>;
 
-/// Whether a text is empty or only blanks. Blank is Unicode white space plus the four
-/// information separators U+001C..U+001F, which regex engines (Python's, so JSON-schema
-/// validators built on it) count as white space: so a text is refused exactly when the API
-/// document's `\S` pattern says it is invalid.
+/// Whether a text is empty or only blanks. Blank is Unicode white space plus what one regex
+/// engine or another also counts as white space — the information separators U+001C..U+001F
+/// (Python's) and U+FEFF (ECMAScript's) —, so a text is refused exactly when the API
+/// document's pattern `[^\s\u001c-\u001f\u0085\ufeff]` (one character that is not blank)
+/// says it is invalid, whichever engine a validator uses.
 pub(crate) fn is_blank(s: &str) -> bool {
     s.chars()
-        .all(|c| c.is_whitespace() || ('\u{1c}'..='\u{1f}').contains(&c))
+        .all(|c| c.is_whitespace() || ('\u{1c}'..='\u{1f}').contains(&c) || c == '\u{feff}')
 }
 
 fn invalid<T>(msg: impl Into<String>) -> Result<T> {
@@ -113,8 +116,15 @@ fn parse_waited_ids(task_ids: &[String]) -> Result<Vec<Uuid>> {
     Ok(ids)
 }
 
+/// A UUID in its usual hyphenated form (the API documents `format: uuid`), surrounding blanks
+/// allowed.
+pub(crate) fn parse_uuid(s: &str) -> Option<Uuid> {
+    let s = s.trim();
+    (s.len() == 36).then(|| Uuid::try_parse(s).ok()).flatten()
+}
+
 pub fn parse_task_id(field: &str, s: &str) -> Result<Uuid> {
-    Uuid::parse_str(s.trim()).map_err(|_| {
+    parse_uuid(s).ok_or_else(|| {
         ServiceError::Invalid(format!(
             "{field}: {s:?} is not a task id; task ids are UUIDs such as \"0190f5c2-7b1e-7cc3-8a5e-3f1d2c4b5a69\", as returned by task_async"
         ))
@@ -139,10 +149,11 @@ fn in_range(field: &str, v: Option<i64>, lo: i64, hi: i64, default: i64) -> Resu
 }
 
 /// What a webhook URL must look like, as the API document says: http or https, optional user
-/// information, a host name (its last label starting with a letter) or an IPv4 address (not
-/// IPv6), an optional port, then printable ASCII. Everything it admits is a URL the HTTP client
+/// information, a host name (underscores allowed, its last label starting with a letter or an
+/// underscore, a trailing dot allowed) or an IPv4 address (not IPv6), an optional port, then
+/// printable ASCII. Everything it admits is a URL the HTTP client
 /// can call.
-pub const WEBHOOK_URL_PATTERN: &str = r"^[Hh][Tt][Tt][Pp][Ss]?://([A-Za-z0-9._~!$&'()*+,;=-]+(:[A-Za-z0-9._~!$&'()*+,;=-]*)?@)?(([A-Za-z0-9-]+\.)*[A-Za-z][A-Za-z0-9-]*|(25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])(\.(25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])){3})(:([0-9]{1,4}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5]))?([/?#][!-~]*)?$";
+pub const WEBHOOK_URL_PATTERN: &str = r"^[Hh][Tt][Tt][Pp][Ss]?://([A-Za-z0-9._~!$&'()*+,;=-]+(:[A-Za-z0-9._~!$&'()*+,;=-]*)?@)?(([A-Za-z0-9_-]+\.)*[A-Za-z_][A-Za-z0-9_-]*\.?|(25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])(\.(25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])){3})(:([0-9]{1,4}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5]))?([/?#][!-~]*)?$";
 
 fn webhook_url_shape() -> &'static regex::Regex {
     static SHAPE: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
@@ -375,7 +386,7 @@ impl Service {
         self.sched
             .runners()
             .for_agent(&agent)
-            .map_err(ServiceError::Invalid)?;
+            .map_err(ServiceError::Conflict)?;
         let id = Uuid::now_v7();
         let workspace = self
             .workspace_for(
@@ -458,11 +469,6 @@ impl Service {
             .transpose()?;
         let isolation = asked.or(agent_isolation).unwrap_or(Isolation::None);
         if let Some(r) = base_ref {
-            if isolation != Isolation::Worktree {
-                return Err(ServiceError::Conflict(
-                    "base_ref applies only to a task isolated in a worktree: add isolation: \"worktree\" (or leave base_ref out)".into(),
-                ));
-            }
             if r.is_empty()
                 || r.chars().count() > 256
                 || r.starts_with('-')
@@ -470,6 +476,11 @@ impl Service {
             {
                 return invalid(format!(
                     "base_ref {r:?} is not a git revision; use a branch, tag or commit id such as \"main\""
+                ));
+            }
+            if isolation != Isolation::Worktree {
+                return Err(ServiceError::Conflict(
+                    "base_ref applies only to a task isolated in a worktree: add isolation: \"worktree\" (or leave base_ref out)".into(),
                 ));
             }
         }
@@ -632,8 +643,9 @@ impl Service {
             .workflow_id
             .as_deref()
             .map(|w| {
-                Uuid::parse_str(w)
-                    .map_err(|_| ServiceError::Invalid(format!("workflow_id {w:?} is not a UUID")))
+                parse_uuid(w).ok_or_else(|| {
+                    ServiceError::Invalid(format!("workflow_id {w:?} is not a UUID"))
+                })
             })
             .transpose()?;
         let limit = in_range("limit", a.limit, 1, 1000, 50)? as u32;
@@ -688,6 +700,8 @@ mod tests {
             "HTTP://A",
             "http://user:pw@host.local:65535/",
             "https://hooks.slack.com/services/T0/B0/X",
+            "http://hook_rx:3000/",
+            "http://example.com./x",
         ] {
             assert!(validate_webhook_url(ok).is_ok(), "{ok}");
         }
@@ -710,6 +724,6 @@ mod tests {
         assert!(is_blank(" \t\n\u{a0}\u{3000}"));
         assert!(is_blank("\u{1c}\u{1f}"));
         assert!(!is_blank(" x "));
-        assert!(!is_blank("\u{feff}"));
+        assert!(is_blank("\u{feff}\u{85}"));
     }
 }

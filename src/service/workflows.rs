@@ -9,7 +9,7 @@ use crate::api::*;
 use crate::model::{now_us, rfc3339, Workflow, WorkflowStatus};
 
 pub(super) fn parse_workflow_id(s: &str) -> Result<Uuid> {
-    Uuid::parse_str(s.trim()).map_err(|_| {
+    super::parse_uuid(s).ok_or_else(|| {
         ServiceError::Invalid(format!(
             "workflow_id: {s:?} is not a workflow id; workflow ids are UUIDs as returned by workflow_create"
         ))
@@ -87,6 +87,8 @@ impl Service {
     pub async fn workflow_add_task(&self, a: WorkflowAddTaskArgs) -> Result<WorkflowTaskAdded> {
         let id = parse_workflow_id(&a.workflow_id)?;
         validate_name("phase_id", &a.phase_id).map_err(ServiceError::Invalid)?;
+        // A missing workflow is a 404 before anything its task names is looked up.
+        self.workflow_or_not_found(id).await?;
         let (mut task, instructions, _) = self
             .build_task(TaskAsyncArgs {
                 name: a.name,

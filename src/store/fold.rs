@@ -41,7 +41,14 @@ pub fn commit(conn: &Connection, records: &[(u64, Vec<WriteOp>)]) -> Result<(), 
         let mut updates: Vec<&Task> = Vec::new();
         let mut updated: HashMap<Uuid, usize> = HashMap::new();
         let mut logs: Vec<&NewLogLine> = Vec::new();
-        let mut prunes = Vec::new();
+        // Removals first: a prune frees idempotency keys that a later insert of this same fold
+        // may take again (the key is free for writers once the prune is journaled). Only
+        // finished work is pruned, so nothing else in the fold depends on its rows.
+        for op in records.iter().flat_map(|r| r.1.iter()) {
+            if let WriteOp::Prune(p) = op {
+                prune::apply(conn, p)?;
+            }
+        }
         for op in records.iter().flat_map(|r| r.1.iter()) {
             match op {
                 WriteOp::InsertTask { task, instructions } => {
@@ -69,7 +76,7 @@ pub fn commit(conn: &Connection, records: &[(u64, Vec<WriteOp>)]) -> Result<(), 
                 WriteOp::RecordWebhookAttempt(r) => {
                     webhooks::record_attempt(conn, &r.0, &r.1, now)?
                 }
-                WriteOp::Prune(p) => prunes.push(p),
+                WriteOp::Prune(_) => {}
             }
         }
         let t0 = Instant::now();
@@ -88,10 +95,6 @@ pub fn commit(conn: &Connection, records: &[(u64, Vec<WriteOp>)]) -> Result<(), 
         let t2 = Instant::now();
         if !logs.is_empty() {
             rows::append_logs(conn, &logs)?;
-        }
-        // Last: only finished work is pruned, so nothing earlier in the fold touches it.
-        for p in prunes {
-            prune::apply(conn, p)?;
         }
         conn.prepare_cached("UPDATE journal_state SET folded_seq = ?")?
             .execute([upto as i64])?;

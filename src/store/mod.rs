@@ -80,7 +80,7 @@ pub enum WriteOp {
     InsertWebhookEvent(Box<WebhookEvent>),
     /// A delivery attempt, and the event's state after it.
     RecordWebhookAttempt(Box<(WebhookAttempt, WebhookEvent)>),
-    /// Removes finished work (retention), applied after the rest of its fold.
+    /// Removes finished work (retention), applied before the rest of its fold.
     Prune(Box<prune::Prune>),
 }
 

@@ -180,3 +180,64 @@ pub(super) fn apply(conn: &Connection, prune: &Prune) -> Result<(), StoreError> 
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Task, TaskStatus};
+    use crate::store::{OpOutcome, WriteOp};
+
+    fn keyed(key: &str) -> Task {
+        let mut t = Task::sample_for_tests();
+        t.idempotency_key = Some(key.into());
+        t
+    }
+
+    /// A prune and an insert taking the key it frees, folded together: the fold removes first,
+    /// so the key's row is free for the insert (and a replay does the same).
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_key_freed_by_a_prune_can_be_taken_in_the_same_fold() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("o8.duckdb");
+        let store = Store::open(&path).unwrap();
+        let mut old = keyed("nightly");
+        old.status = TaskStatus::Completed;
+        old.completed_us = Some(1);
+        store
+            .write(vec![WriteOp::InsertTask {
+                task: Box::new(old.clone()),
+                instructions: "x".into(),
+            }])
+            .await
+            .unwrap();
+        store.settled().await.unwrap();
+        let new = keyed("nightly");
+        let prune = store.write(vec![WriteOp::Prune(Box::new(Prune {
+            tasks: vec![old.id],
+            workflows: vec![],
+        }))]);
+        let insert = store.write(vec![WriteOp::InsertTask {
+            task: Box::new(new.clone()),
+            instructions: "y".into(),
+        }]);
+        let (pruned, inserted) = tokio::join!(prune, insert);
+        pruned.unwrap();
+        assert_eq!(inserted.unwrap(), vec![OpOutcome::Done]);
+        store.settled().await.unwrap();
+        assert!(store.task(old.id).await.unwrap().is_none());
+        assert!(store.task(new.id).await.unwrap().is_some());
+        store.close();
+        // Reopened (the journal was emptied by the fold): the key belongs to the new task.
+        let store = Store::open(&path).unwrap();
+        let again = keyed("nightly");
+        let outcome = store
+            .write(vec![WriteOp::InsertTask {
+                task: Box::new(again),
+                instructions: "z".into(),
+            }])
+            .await
+            .unwrap();
+        assert_eq!(outcome, vec![OpOutcome::Existing(new.id)]);
+        store.close();
+    }
+}

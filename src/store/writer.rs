@@ -5,7 +5,7 @@
 //! `fdatasync` for the whole group, publishes the new states to [`Unfolded`], hands the records
 //! to the folder, and only then answers. So an answer means durable, and visible to every read.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::mpsc::{Receiver, Sender};
 use std::sync::{Arc, Mutex};
 
@@ -101,11 +101,13 @@ impl JournalThread {
         buf.clear();
         let first_seq = self.next_seq;
         let mut keys: HashMap<String, Uuid> = HashMap::new();
+        // Tasks pruned earlier in this group: their keys are free for later requests.
+        let mut freed: HashSet<Uuid> = HashSet::new();
         let mut decided = Vec::with_capacity(group.len());
         let mut replies = Vec::with_capacity(group.len());
         for req in group {
             replies.push(req.reply);
-            let d = self.decide(req.ops, &mut keys, buf);
+            let d = self.decide(req.ops, &mut keys, &mut freed, buf);
             decided.push(d);
         }
         let Some(last) = decided.iter().rev().find_map(|d| d.seq) else {
@@ -160,6 +162,7 @@ impl JournalThread {
         &mut self,
         ops: Vec<WriteOp>,
         keys: &mut HashMap<String, Uuid>,
+        freed: &mut HashSet<Uuid>,
         buf: &mut Vec<u8>,
     ) -> Decided {
         let mut kept = Vec::with_capacity(ops.len());
@@ -168,7 +171,7 @@ impl JournalThread {
         for op in ops {
             let owner = match &op {
                 WriteOp::InsertTask { task, .. } => match task.idempotency_key.as_deref() {
-                    Some(key) => match self.key_owner(key, keys, &new_keys) {
+                    Some(key) => match self.key_owner(key, keys, &new_keys, freed) {
                         Ok(owner) => {
                             if owner.is_none() {
                                 new_keys.push((key.to_string(), task.id));
@@ -202,6 +205,11 @@ impl JournalThread {
         }
         self.next_seq += 1;
         keys.extend(new_keys);
+        for op in &kept {
+            if let WriteOp::Prune(p) = op {
+                freed.extend(p.tasks.iter().copied());
+            }
+        }
         Decided {
             seq: Some(seq),
             ops: kept,
@@ -214,6 +222,7 @@ impl JournalThread {
         key: &str,
         group: &HashMap<String, Uuid>,
         request: &[(String, Uuid)],
+        freed: &HashSet<Uuid>,
     ) -> Result<Option<Uuid>, StoreError> {
         if let Some(id) = group
             .get(key)
@@ -227,7 +236,8 @@ impl JournalThread {
         // Not journaled since the last fold, so either folded or free. The lookup comes after
         // the overlay check: a key leaves the overlay only once its fold has committed. A key
         // whose task a prune has just removed is free already.
-        Ok(rows::idempotency_owner(&self.conn, key)?.filter(|id| !self.unfolded.is_pruned(*id)))
+        Ok(rows::idempotency_owner(&self.conn, key)?
+            .filter(|id| !self.unfolded.is_pruned(*id) && !freed.contains(id)))
     }
 }
 

@@ -771,6 +771,9 @@ pub fn npm_tool(cache: &str, package: &str, bin: &str) -> PathBuf {
 /// A Python package's executable, installed (once) into a virtual environment at
 /// `~/.cache/orchestr8-async/<venv>` — where `.ci/run` installs it ahead of the tests.
 pub fn pip_tool(venv: &str, requirement: &str, bin: &str) -> PathBuf {
+    // Tests run in parallel: one installs, the others wait for it.
+    static INSTALLING: Mutex<()> = Mutex::new(());
+    let _one_at_a_time = INSTALLING.lock().unwrap_or_else(|p| p.into_inner());
     let home = std::env::var("HOME").expect("HOME is set");
     let dir = PathBuf::from(home)
         .join(".cache/orchestr8-async")
