@@ -10,6 +10,7 @@ use duckdb::Connection;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use super::reads::id_list;
 use super::{Store, StoreError};
 
 /// What one prune removes (the journal's record of it).
@@ -36,14 +37,6 @@ impl Pruned {
         self.log_lines += other.log_lines;
         self.webhook_deliveries += other.webhook_deliveries;
     }
-}
-
-/// Quoted ids for an `IN (...)` list (UUIDs print as hex and dashes only).
-fn id_list(ids: &[Uuid]) -> String {
-    ids.iter()
-        .map(|id| format!("'{id}'"))
-        .collect::<Vec<_>>()
-        .join(",")
 }
 
 /// Ids per statement.

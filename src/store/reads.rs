@@ -5,16 +5,16 @@ use std::collections::HashMap;
 
 use uuid::Uuid;
 
+use super::unfolded::Overlaid;
 use super::{rows, Store, StoreError, TaskFilter};
 use crate::model::{LogLine, Task};
 
 impl Store {
     pub async fn task(&self, id: Uuid) -> Result<Option<Task>, StoreError> {
-        if let Some(t) = self.unfolded.task(id) {
-            return Ok(Some(t));
-        }
-        if self.unfolded.is_pruned(id) {
-            return Ok(None);
+        match self.unfolded.lookup(id) {
+            Overlaid::Task(t) => return Ok(Some(*t)),
+            Overlaid::Pruned => return Ok(None),
+            Overlaid::Folded => {}
         }
         self.read_folded(move |c| {
             let sql = format!("SELECT {} FROM tasks WHERE task_id = ?", rows::TASK_COLUMNS);
@@ -32,12 +32,13 @@ impl Store {
     pub async fn tasks(&self, ids: Vec<Uuid>) -> Result<Vec<Task>, StoreError> {
         let mut out = Vec::with_capacity(ids.len());
         let mut ids = ids;
-        ids.retain(|id| match self.unfolded.task(*id) {
-            Some(t) => {
-                out.push(t);
+        ids.retain(|id| match self.unfolded.lookup(*id) {
+            Overlaid::Task(t) => {
+                out.push(*t);
                 false
             }
-            None => !self.unfolded.is_pruned(*id),
+            Overlaid::Pruned => false,
+            Overlaid::Folded => true,
         });
         if ids.is_empty() {
             return Ok(out);
@@ -229,7 +230,8 @@ impl Store {
 
 /// `'id','id',...` for an `IN (...)` list. Ids are parsed Uuids, so formatting them into SQL
 /// cannot inject anything.
-fn id_list(ids: &[Uuid]) -> String {
+/// Quoted ids for an `IN (...)` list (UUIDs print as hex and dashes only).
+pub(super) fn id_list(ids: &[Uuid]) -> String {
     ids.iter()
         .map(|id| format!("'{id}'"))
         .collect::<Vec<_>>()

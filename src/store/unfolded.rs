@@ -26,6 +26,13 @@ pub enum FoldMsg {
     Stop,
 }
 
+/// See [`Unfolded::lookup`].
+pub enum Overlaid {
+    Task(Box<Task>),
+    Pruned,
+    Folded,
+}
+
 #[derive(Default)]
 struct Overlay {
     /// Latest journaled state of each task with unfolded changes, and the seq of that change.
@@ -84,8 +91,15 @@ impl Unfolded {
         lock(&self.overlay).keys.get(key).map(|(id, _)| *id)
     }
 
-    pub fn task(&self, id: Uuid) -> Option<Task> {
-        lock(&self.overlay).tasks.get(&id).map(|(t, _)| t.clone())
+    /// What the overlay knows of a task, in one look: its latest unfolded state, that an
+    /// unfolded prune removed it, or nothing (the tables answer).
+    pub fn lookup(&self, id: Uuid) -> Overlaid {
+        let o = lock(&self.overlay);
+        match o.tasks.get(&id) {
+            Some((t, _)) => Overlaid::Task(Box::new(t.clone())),
+            None if o.pruned.contains_key(&id) => Overlaid::Pruned,
+            None => Overlaid::Folded,
+        }
     }
 
     /// Records the tasks a journaled prune removes (before its writer is answered).
@@ -186,7 +200,7 @@ mod tests {
         u.put_task(&t, 1);
         u.put_pruned(&[t.id], 2);
         assert!(
-            u.task(t.id).is_none(),
+            matches!(u.lookup(t.id), Overlaid::Pruned),
             "a pruned task is not served from the overlay"
         );
         assert!(u.is_pruned(t.id));
