@@ -11,8 +11,12 @@ CREATE TABLE IF NOT EXISTS schema_version (
 
 -- One row per task. Hot (pending/running) tasks are mirrored in the scheduler's memory; this
 -- table is the durable record and the source of every read of finished tasks.
+-- No primary key: DuckDB keeps a primary key's index in memory whole once it has been read, and
+-- never gives that memory back (10,000,000 ids: over 500 MB, in the file too). Ids are UUIDv7,
+-- created by the engine alone and appended in about their time order, so the zone maps of
+-- `task_id` find a task in one row group without an index.
 CREATE TABLE IF NOT EXISTS tasks (
-    task_id          UUID PRIMARY KEY,      -- UUIDv7: time-ordered, so zone maps prune by id too
+    task_id          UUID NOT NULL,         -- UUIDv7: time-ordered, so zone maps prune by id
     name             VARCHAR NOT NULL,
     agent_name       VARCHAR NOT NULL,
     instructions     VARCHAR NOT NULL,

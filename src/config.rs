@@ -164,6 +164,12 @@ pub struct Config {
           value_parser = clap::value_parser!(u64).range(65_536..))]
     pub journal_max_bytes: u64,
 
+    /// Memory the database may use for its cache and its queries, in MiB; past it the least
+    /// used part of the cache is let go and a large query spills to `<db>.tmp`
+    #[arg(long, env = "ORCHESTR8_DB_MEMORY_MIB", default_value_t = crate::store::DEFAULT_MEMORY_MIB,
+          value_parser = clap::value_parser!(u32).range(32..))]
+    pub db_memory_mib: u32,
+
     /// tracing filter; logs go to stderr only (stdout belongs to MCP). Default: info for the
     /// server, warn for CLI commands
     #[arg(long, env = "ORCHESTR8_LOG", global = true)]
@@ -264,6 +270,7 @@ impl Config {
         push("idle-exit-seconds", self.idle_exit_seconds.to_string());
         push("retention", self.retention.to_string());
         push("journal-max-bytes", self.journal_max_bytes.to_string());
+        push("db-memory-mib", self.db_memory_mib.to_string());
         if let Some(l) = &self.log {
             push("log", l.clone());
         }
@@ -303,7 +310,7 @@ impl Config {
         };
         let env = |k: &str| std::env::var(k).unwrap_or_default();
         let http = matches!(self.mode, Mode::Api | Mode::Both);
-        let values: [(&str, String); 24] = [
+        let values: [(&str, String); 25] = [
             ("ORCHESTR8_WORKERS", self.workers.to_string()),
             (
                 "ORCHESTR8_WEBHOOK_SECRET",
@@ -357,6 +364,7 @@ impl Config {
                 "ORCHESTR8_JOURNAL_MAX_BYTES",
                 self.journal_max_bytes.to_string(),
             ),
+            ("ORCHESTR8_DB_MEMORY_MIB", self.db_memory_mib.to_string()),
             ("ANTHROPIC_API_KEY", env("ANTHROPIC_API_KEY")),
             ("ANTHROPIC_BASE_URL", self.anthropic_base_url.clone()),
             ("OPENAI_API_KEY", env("OPENAI_API_KEY")),

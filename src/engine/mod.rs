@@ -113,6 +113,7 @@ impl Engine {
         let db_path = cfg.db_path();
         let options = crate::store::StoreOptions {
             journal_max_bytes: cfg.journal_max_bytes,
+            memory_mib: cfg.db_memory_mib,
         };
         let store = match Store::open_with(&db_path, &options) {
             Ok(s) => Arc::new(s),

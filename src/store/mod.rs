@@ -125,15 +125,24 @@ pub struct StoreOptions {
     /// The journal's size past which new writes wait for the folder (and the most a replay after
     /// a crash reads).
     pub journal_max_bytes: u64,
+    /// DuckDB's memory limit in MiB: its cache of the file and what queries hold. Past it, the
+    /// cache gives back what is least used, and a large query spills to `<db>.tmp`.
+    pub memory_mib: u32,
 }
 
 /// The journal's bound unless set otherwise.
 pub const DEFAULT_JOURNAL_MAX_BYTES: u64 = 16 << 20;
 
+/// DuckDB's memory limit unless set otherwise. Its own default is 80% of the machine's memory,
+/// which it keeps once read: an engine that has read ten million tasks would hold a gigabyte for
+/// as long as it lives.
+pub const DEFAULT_MEMORY_MIB: u32 = 128;
+
 impl Default for StoreOptions {
     fn default() -> Self {
         StoreOptions {
             journal_max_bytes: DEFAULT_JOURNAL_MAX_BYTES,
+            memory_mib: DEFAULT_MEMORY_MIB,
         }
     }
 }
@@ -157,6 +166,8 @@ impl Store {
                 .create(parent)?;
         }
         let conn = Connection::open(path)?;
+        // Set before anything is read: the limit is the database's, shared by every connection.
+        conn.execute_batch(&format!("SET memory_limit = '{}MiB'", options.memory_mib))?;
         schema::apply(&conn)?;
         let folded: i64 = conn.query_row("SELECT max(folded_seq) FROM journal_state", [], |r| {
             r.get(0)

@@ -10,7 +10,7 @@ use duckdb::Connection;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::reads::id_list;
+use super::reads::{id_list, id_range};
 use super::{Store, StoreError};
 
 /// What one prune removes (the journal's record of it).
@@ -140,15 +140,6 @@ fn count(c: &Connection, sql: &str) -> Result<u64, StoreError> {
     Ok(n.max(0) as u64)
 }
 
-/// A range around the ids: task ids are time-ordered and so are the log rows, so the range lets
-/// DuckDB skip every block of lines outside it.
-fn id_range(ids: &[Uuid]) -> String {
-    match (ids.iter().min(), ids.iter().max()) {
-        (Some(lo), Some(hi)) => format!("AND task_id BETWEEN '{lo}' AND '{hi}'"),
-        _ => String::new(),
-    }
-}
-
 /// Removes what `prune` names, in the fold's transaction.
 pub(super) fn apply(conn: &Connection, prune: &Prune) -> Result<(), StoreError> {
     for chunk in prune.tasks.chunks(CHUNK) {
@@ -159,7 +150,7 @@ pub(super) fn apply(conn: &Connection, prune: &Prune) -> Result<(), StoreError> 
              DELETE FROM idempotency_keys WHERE task_id IN ({ids});
              DELETE FROM webhook_deliveries WHERE task_id IN ({ids});
              DELETE FROM webhook_events WHERE task_id IN ({ids});
-             DELETE FROM tasks WHERE task_id IN ({ids});"
+             DELETE FROM tasks WHERE task_id IN ({ids}) {range};"
         ))?;
     }
     for chunk in prune.workflows.chunks(CHUNK) {

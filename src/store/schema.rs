@@ -5,7 +5,7 @@ use duckdb::Connection;
 use super::StoreError;
 
 /// The version of `schema.sql` this build writes.
-pub const SCHEMA_VERSION: i32 = 4;
+pub const SCHEMA_VERSION: i32 = 5;
 
 const SCHEMA_SQL: &str = include_str!("../../schema.sql");
 
@@ -18,6 +18,10 @@ const SCHEMA_SQL: &str = include_str!("../../schema.sql");
 /// 3: each task records the session it came from (its directory and agent search path).
 ///
 /// 4: an isolated task records its git worktree (repository, branch, base and head commits).
+///
+/// 5: `tasks` loses its primary key (its index stayed in memory whole; see `schema.sql`). DuckDB
+/// cannot drop a constraint, so the table is made again from `schema.sql`'s statement (written
+/// `{create tasks}` here) and the rows are copied in their order.
 const MIGRATIONS: &[(i32, &str)] = &[
     (
         2,
@@ -33,7 +37,43 @@ const MIGRATIONS: &[(i32, &str)] = &[
         "ALTER TABLE tasks ADD COLUMN IF NOT EXISTS workspace VARCHAR; \
          ALTER TABLE task_updates ADD COLUMN IF NOT EXISTS workspace VARCHAR;",
     ),
+    (
+        5,
+        "ALTER TABLE tasks RENAME TO tasks_before_v5; \
+         {create tasks}; \
+         INSERT INTO tasks BY NAME SELECT * FROM tasks_before_v5; \
+         DROP TABLE tasks_before_v5;",
+    ),
 ];
+
+/// `sql` with `{create <table>}` replaced by that table's `CREATE TABLE` statement in
+/// `schema.sql` (without its `;`), so a step that rebuilds a table never repeats its columns.
+fn expand(sql: &str, schema: &str) -> Result<String, StoreError> {
+    let mut out = String::with_capacity(sql.len());
+    let mut rest = sql;
+    while let Some(at) = rest.find("{create ") {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + "{create ".len()..];
+        let close = after
+            .find('}')
+            .ok_or_else(|| StoreError::Schema(format!("unclosed {{create in {sql:?}")))?;
+        let table = &after[..close];
+        out.push_str(create_statement(schema, table).ok_or_else(|| {
+            StoreError::Schema(format!("schema.sql has no CREATE TABLE for {table}"))
+        })?);
+        rest = &after[close + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// The `CREATE TABLE IF NOT EXISTS <table> (...)` statement of `schema`, up to its `);`.
+fn create_statement<'a>(schema: &'a str, table: &str) -> Option<&'a str> {
+    let head = format!("CREATE TABLE IF NOT EXISTS {table} (");
+    let start = schema.find(&head)?;
+    let end = schema[start..].find("\n);")? + start + "\n)".len();
+    Some(&schema[start..end])
+}
 
 /// Creates missing tables, runs pending migrations, and refuses a file written by a newer release
 /// (rather than corrupting it).
@@ -56,7 +96,7 @@ pub fn apply(conn: &Connection) -> Result<(), StoreError> {
         Some(v) => {
             for (to, sql) in MIGRATIONS.iter().filter(|(to, _)| *to > v) {
                 conn.execute_batch("BEGIN")?;
-                conn.execute_batch(sql)?;
+                conn.execute_batch(&expand(sql, SCHEMA_SQL)?)?;
                 conn.execute(
                     "INSERT INTO schema_version VALUES (?, now()::TIMESTAMP)",
                     [to],
@@ -67,4 +107,35 @@ pub fn apply(conn: &Connection) -> Result<(), StoreError> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rebuild_step_gets_the_current_statement() {
+        let sql = expand("ALTER x; {create tasks}; DROP y;", SCHEMA_SQL).unwrap();
+        assert!(
+            sql.starts_with("ALTER x; CREATE TABLE IF NOT EXISTS tasks ("),
+            "{sql}"
+        );
+        assert!(sql.contains("workspace        VARCHAR"), "{sql}");
+        assert!(sql.ends_with("\n); DROP y;"), "{sql}");
+        assert!(!sql.contains("PRIMARY KEY ("), "{sql}");
+    }
+
+    #[test]
+    fn an_unknown_table_is_an_error() {
+        assert!(expand("{create nothing}", SCHEMA_SQL).is_err());
+        assert!(expand("{create tasks", SCHEMA_SQL).is_err());
+        assert_eq!(expand("no step", SCHEMA_SQL).unwrap(), "no step");
+    }
+
+    #[test]
+    fn every_step_expands() {
+        for (_, sql) in MIGRATIONS {
+            expand(sql, SCHEMA_SQL).unwrap();
+        }
+    }
 }

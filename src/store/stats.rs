@@ -5,6 +5,7 @@
 
 use uuid::Uuid;
 
+use super::reads::{id_list, id_range};
 use super::{rows, Store, StoreError};
 use crate::model::{Task, TaskStatus};
 
@@ -278,15 +279,12 @@ impl Store {
             if ids.is_empty() {
                 return Ok((Vec::new(), total.max(0) as u64));
             }
-            let list = ids
-                .iter()
-                .filter_map(|i| Uuid::parse_str(i).ok())
-                .map(|i| format!("'{i}'"))
-                .collect::<Vec<_>>()
-                .join(",");
+            let ids: Vec<Uuid> = ids.iter().filter_map(|i| Uuid::parse_str(i).ok()).collect();
             let mut st = c.prepare(&format!(
-                "SELECT {} FROM tasks WHERE task_id IN ({list})",
-                rows::TASK_COLUMNS
+                "SELECT {} FROM tasks WHERE task_id IN ({}) {}",
+                rows::TASK_COLUMNS,
+                id_list(&ids),
+                id_range(&ids)
             ))?;
             let mut r = st.query([])?;
             let mut out = Vec::new();

@@ -313,6 +313,14 @@ async fn a_version_2_database_is_migrated_and_keeps_its_tasks() {
         &schema[end..]
     );
     assert!(!v2.contains("agents_dir"), "{v2}");
+    // Files of those versions had a primary key on tasks; the migration rebuilds the table
+    // without it.
+    let v2 = v2.replacen(
+        "task_id          UUID NOT NULL,",
+        "task_id          UUID PRIMARY KEY,",
+        1,
+    );
+    assert!(v2.contains("UUID PRIMARY KEY"), "{v2}");
     let (done, waiting) = (
         "0190b8a0-0000-7000-8000-000000000001",
         "0190b8a0-0000-7000-8000-000000000002",
@@ -357,5 +365,18 @@ async fn a_version_2_database_is_migrated_and_keeps_its_tasks() {
     let v: i32 = conn
         .query_row("SELECT max(version) FROM schema_version", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(v, 4);
+    assert_eq!(v, 5);
+    let keys: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM duckdb_constraints() \
+             WHERE table_name = 'tasks' AND constraint_type = 'PRIMARY KEY'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(keys, 0);
+    let rows: i64 = conn
+        .query_row("SELECT count(*) FROM tasks", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(rows, 3, "the two tasks of version 2 and the new one");
 }
