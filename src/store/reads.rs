@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 
+use duckdb::Connection;
 use uuid::Uuid;
 
 use super::unfolded::Overlaid;
@@ -115,18 +116,12 @@ impl Store {
                 .prepare_cached(&format!("SELECT count(*) FROM tasks {filter}"))?
                 .query_row(duckdb::params_from_iter(args.iter()), |r| r.get(0))?;
             let sql = format!(
-                "SELECT {} FROM tasks {filter} ORDER BY created_at DESC, task_id DESC LIMIT {} OFFSET {}",
-                rows::TASK_COLUMNS,
-                f.limit,
-                f.offset
+                "SELECT task_id::VARCHAR FROM tasks {filter} \
+                 ORDER BY created_at DESC, task_id DESC LIMIT {} OFFSET {}",
+                f.limit, f.offset
             );
-            let mut st = c.prepare_cached(&sql)?;
-            let mut r = st.query(duckdb::params_from_iter(args.iter()))?;
-            let mut out = Vec::new();
-            while let Some(row) = r.next()? {
-                out.push(rows::task_from_row(row)?);
-            }
-            Ok((out, total.max(0) as u64))
+            let ids = ids_of(c, &sql, duckdb::params_from_iter(args.iter()))?;
+            Ok((newest_first(c, &ids)?, total.max(0) as u64))
         })
         .await
     }
@@ -229,9 +224,42 @@ impl Store {
     }
 }
 
-/// `'id','id',...` for an `IN (...)` list. Ids are parsed Uuids, so formatting them into SQL
-/// cannot inject anything.
-/// Quoted ids for an `IN (...)` list (UUIDs print as hex and dashes only).
+/// The ids a query selects (its only column, `task_id::VARCHAR`).
+pub(super) fn ids_of(
+    c: &Connection,
+    sql: &str,
+    params: impl duckdb::Params,
+) -> Result<Vec<Uuid>, StoreError> {
+    let mut st = c.prepare_cached(sql)?;
+    let ids = st
+        .query_map(params, |r| r.get::<_, String>(0))?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(ids.iter().filter_map(|i| Uuid::parse_str(i).ok()).collect())
+}
+
+/// The tasks of `ids` (a page), newest first; unknown ids are absent. A page is read in two
+/// steps: a sorted query of ids alone, then the rows by id. Sorting whole rows would carry every
+/// candidate's result (up to 1 MiB each) through the sort, and with tasks stored oldest first,
+/// nearly every row is a candidate of a newest-first page.
+pub(super) fn newest_first(c: &Connection, ids: &[Uuid]) -> Result<Vec<Task>, StoreError> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut st = c.prepare(&format!(
+        "SELECT {} FROM tasks WHERE task_id IN ({}) {}",
+        rows::TASK_COLUMNS,
+        id_list(ids),
+        id_range(ids)
+    ))?;
+    let mut r = st.query([])?;
+    let mut out = Vec::with_capacity(ids.len());
+    while let Some(row) = r.next()? {
+        out.push(rows::task_from_row(row)?);
+    }
+    out.sort_by_key(|t| std::cmp::Reverse((t.created_us, t.id)));
+    Ok(out)
+}
+
 /// A range around the ids, to go with their `IN` list: task ids are time-ordered and so are the
 /// rows of `tasks` and `task_logs`, so the range lets DuckDB skip every block outside it (an `IN`
 /// list alone is checked row by row).
@@ -242,6 +270,8 @@ pub(super) fn id_range(ids: &[Uuid]) -> String {
     }
 }
 
+/// `'id','id',...` for an `IN (...)` list. Ids are parsed Uuids (hex and dashes only), so
+/// formatting them into SQL cannot inject anything.
 pub(super) fn id_list(ids: &[Uuid]) -> String {
     ids.iter()
         .map(|id| format!("'{id}'"))

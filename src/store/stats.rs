@@ -5,7 +5,7 @@
 
 use uuid::Uuid;
 
-use super::reads::{id_list, id_range};
+use super::reads::{ids_of, newest_first};
 use super::{rows, Store, StoreError};
 use crate::model::{Task, TaskStatus};
 
@@ -263,35 +263,13 @@ impl Store {
                 args.push(id.to_string().into());
             }
             let filter = rows::where_all(&clauses);
-            // Ids first, then their rows by primary key: sorting only the two sort columns and
-            // the id keeps results (up to 1 MiB each) out of the sort, however many tasks match.
             let sql = format!(
                 "SELECT task_id::VARCHAR FROM tasks {filter} \
                  ORDER BY created_at DESC, task_id DESC LIMIT {}",
                 q.limit
             );
-            let mut st = c.prepare_cached(&sql)?;
-            let ids = st
-                .query_map(duckdb::params_from_iter(args.iter()), |r| {
-                    r.get::<_, String>(0)
-                })?
-                .collect::<Result<Vec<_>, _>>()?;
-            if ids.is_empty() {
-                return Ok((Vec::new(), total.max(0) as u64));
-            }
-            let ids: Vec<Uuid> = ids.iter().filter_map(|i| Uuid::parse_str(i).ok()).collect();
-            let mut st = c.prepare(&format!(
-                "SELECT {} FROM tasks WHERE task_id IN ({}) {}",
-                rows::TASK_COLUMNS,
-                id_list(&ids),
-                id_range(&ids)
-            ))?;
-            let mut r = st.query([])?;
-            let mut out = Vec::new();
-            while let Some(row) = r.next()? {
-                out.push(rows::task_from_row(row)?);
-            }
-            out.sort_by_key(|t| std::cmp::Reverse((t.created_us, t.id)));
+            let ids = ids_of(c, &sql, duckdb::params_from_iter(args.iter()))?;
+            let out = newest_first(c, &ids)?;
             Ok((out, total.max(0) as u64))
         })
         .await
