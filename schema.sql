@@ -51,8 +51,9 @@ CREATE TABLE IF NOT EXISTS tasks (
     workspace        VARCHAR                -- JSON: the git worktree of an isolated task
 );
 
--- A separate table, not a UNIQUE column of tasks, so that updating a task never touches an index
--- other than its primary key.
+-- A separate table, not a UNIQUE column of tasks, so that updating a task never touches an index.
+-- Its key's index stays in memory whole once read, like every primary key's in DuckDB: when it
+-- outgrows the database's memory limit, the engine raises the limit (src/store/memory.rs).
 CREATE TABLE IF NOT EXISTS idempotency_keys (
     key      VARCHAR PRIMARY KEY,
     task_id  UUID NOT NULL

@@ -131,6 +131,7 @@ pub fn folder_loop(
     rx: Receiver<FoldMsg>,
     unfolded: Arc<Unfolded>,
     journal: Arc<Mutex<Journal>>,
+    budget: Arc<super::memory::Budget>,
 ) {
     // However this thread ends (a panic included), nobody waits for it forever.
     struct Gone(Arc<Unfolded>);
@@ -176,7 +177,13 @@ pub fn folder_loop(
         };
         if due && !pending.is_empty() {
             let started = Instant::now();
-            match commit(&conn, &pending) {
+            let mut folded = commit(&conn, &pending);
+            if let Err(e) = &folded {
+                if budget.relieve(&conn, &e.to_string()) {
+                    folded = commit(&conn, &pending);
+                }
+            }
+            match folded {
                 Ok(()) => {
                     tracing::trace!(
                         records = pending.len(),

@@ -15,6 +15,7 @@
 pub mod feed;
 mod fold;
 mod journal;
+mod memory;
 pub mod prune;
 mod reads;
 mod rows;
@@ -117,6 +118,7 @@ pub struct Store {
     base: Mutex<Connection>,
     unfolded: Arc<Unfolded>,
     feed: feed::Feed,
+    budget: Arc<memory::Budget>,
 }
 
 /// How a store is opened.
@@ -167,7 +169,7 @@ impl Store {
         }
         let conn = Connection::open(path)?;
         // Set before anything is read: the limit is the database's, shared by every connection.
-        conn.execute_batch(&format!("SET memory_limit = '{}MiB'", options.memory_mib))?;
+        let budget = Arc::new(memory::Budget::apply(&conn, options.memory_mib)?);
         schema::apply(&conn)?;
         let folded: i64 = conn.query_row("SELECT max(folded_seq) FROM journal_state", [], |r| {
             r.get(0)
@@ -218,12 +220,14 @@ impl Store {
             fold_tx,
             next_seq: last + 1,
             feed: feed.clone(),
+            budget: budget.clone(),
         };
         let folder = {
             let unfolded = unfolded.clone();
+            let budget = budget.clone();
             std::thread::Builder::new()
                 .name("o8-store-fold".into())
-                .spawn(move || fold::folder_loop(folder_conn, fold_rx, unfolded, journal))?
+                .spawn(move || fold::folder_loop(folder_conn, fold_rx, unfolded, journal, budget))?
         };
         let writer = std::thread::Builder::new()
             .name("o8-store-journal".into())
@@ -235,6 +239,7 @@ impl Store {
             base: Mutex::new(conn),
             unfolded,
             feed,
+            budget,
         })
     }
 
@@ -346,8 +351,19 @@ impl Store {
             }
         };
         let readers = self.readers.clone();
+        let budget = self.budget.clone();
         tokio::task::spawn_blocking(move || {
-            let out = f(&conn);
+            let out = match f(&conn) {
+                // This read cannot be run twice; the next one has the room.
+                Err(e) if budget.relieve(&conn, &e.to_string()) => {
+                    Err(StoreError::Conflict(format!(
+                        "the database needed more memory than its limit; the limit is now {} \
+                         MiB (ORCHESTR8_DB_MEMORY_MIB): try again",
+                        budget.mib()
+                    )))
+                }
+                out => out,
+            };
             if let Ok(mut p) = readers.lock() {
                 if p.len() < 8 {
                     p.push(conn);

@@ -31,6 +31,7 @@ pub struct JournalThread {
     pub fold_tx: Sender<FoldMsg>,
     pub next_seq: u64,
     pub feed: super::feed::Feed,
+    pub budget: Arc<super::memory::Budget>,
 }
 
 /// Answers a whole group with an error; nothing of it is written.
@@ -236,8 +237,13 @@ impl JournalThread {
         // Not journaled since the last fold, so either folded or free. The lookup comes after
         // the overlay check: a key leaves the overlay only once its fold has committed. A key
         // whose task a prune has just removed is free already.
-        Ok(rows::idempotency_owner(&self.conn, key)?
-            .filter(|id| !self.unfolded.is_pruned(*id) && !freed.contains(id)))
+        let owner = match rows::idempotency_owner(&self.conn, key) {
+            Err(e) if self.budget.relieve(&self.conn, &e.to_string()) => {
+                rows::idempotency_owner(&self.conn, key)?
+            }
+            found => found?,
+        };
+        Ok(owner.filter(|id| !self.unfolded.is_pruned(*id) && !freed.contains(id)))
     }
 }
 

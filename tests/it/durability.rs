@@ -380,3 +380,68 @@ async fn a_version_2_database_is_migrated_and_keeps_its_tasks() {
         .unwrap();
     assert_eq!(rows, 3, "the two tasks of version 2 and the new one");
 }
+
+/// The index of the idempotency keys stays in the database's memory whole once read. When it
+/// outgrows the memory limit, the engine raises the limit and goes on: every keyed submit is
+/// accepted (one answered "try again" at most per raise), and the tasks run.
+#[tokio::test(flavor = "multi_thread")]
+async fn keys_outgrowing_the_memory_limit_raise_it_and_every_task_is_kept() {
+    let mut env = Env::new();
+    env.set("ORCHESTR8_DB_MEMORY_MIB", "32");
+    env.shell_agent("ok", "echo done", "");
+    let s = env.start().await;
+    s.stop().await;
+    env.stop_engines().await;
+    // Three million keys of earlier tasks, spread over the whole index; each new key extends an
+    // old one, so that looking it up walks the index down to a leaf.
+    let keys: Vec<String> = {
+        let conn = duckdb::Connection::open(env.db()).unwrap();
+        conn.execute_batch(
+            "INSERT INTO idempotency_keys SELECT md5(i::VARCHAR), uuid() FROM range(3000000) t(i);
+             CHECKPOINT;",
+        )
+        .unwrap();
+        let mut st = conn
+            .prepare("SELECT md5((i * 1499)::VARCHAR) || '-new' FROM range(2000) t(i)")
+            .unwrap();
+        st.query_map([], |r| r.get(0))
+            .unwrap()
+            .map(|k| k.unwrap())
+            .collect()
+    };
+    let s = env.start().await;
+    let mut ids = Vec::new();
+    let mut again = 0;
+    for (i, key) in keys.iter().enumerate() {
+        let args = json!({"name": format!("k{i}"), "agent_name": "ok", "agent_instructions": "x",
+                          "idempotency_key": key});
+        loop {
+            let r = s.raw("task_async", args.clone()).await;
+            let v = r.structured_content.clone().unwrap_or_default();
+            if r.is_error == Some(true) {
+                let e = v["error"].as_str().unwrap_or_default().to_string();
+                assert!(e.contains("try again"), "{e}");
+                again += 1;
+                assert!(again < 20, "refused again and again: {e}");
+                continue;
+            }
+            ids.push(v["task_id"].as_str().unwrap().to_string());
+            break;
+        }
+    }
+    let log = env.engine_log();
+    assert!(log.contains("raised to 64 MiB"), "{log}");
+    for t in s.wait_all(&ids, 120).await {
+        assert_eq!(t["status"], "completed", "{t}");
+    }
+    // A repeated key still finds its task.
+    let again = s
+        .call(
+            "task_async",
+            json!({"name": "k7", "agent_name": "ok", "agent_instructions": "x",
+                   "idempotency_key": keys[7]}),
+        )
+        .await;
+    assert_eq!(again["task_id"], ids[7]);
+    s.stop().await;
+}
