@@ -35,6 +35,22 @@ pub fn commit(conn: &Connection, records: &[(u64, Vec<WriteOp>)]) -> Result<(), 
     };
     conn.execute_batch("BEGIN TRANSACTION")?;
     let res = (|| {
+        // Records the tables already hold are skipped: `tasks` has no key that would refuse a
+        // task inserted twice, so a record is applied once whoever hands it over again.
+        let folded: i64 = conn
+            .prepare_cached("SELECT max(folded_seq) FROM journal_state")?
+            .query_row([], |r| r.get(0))?;
+        let fresh = records
+            .iter()
+            .position(|r| r.0 as i64 > folded)
+            .unwrap_or(records.len());
+        if fresh > 0 {
+            tracing::warn!("{fresh} journal records were folded already (up to {folded}); skipped");
+        }
+        let records = &records[fresh..];
+        if records.is_empty() {
+            return Ok(());
+        }
         let now = now_us();
         let mut inserts: Vec<(&Task, &str)> = Vec::new();
         let mut inserted: HashMap<Uuid, usize> = HashMap::new();
@@ -235,4 +251,39 @@ pub fn folder_loop(
         }
     }
     tracing::debug!("store folder stopped");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Task;
+
+    fn insert(t: &Task) -> Vec<WriteOp> {
+        vec![WriteOp::InsertTask {
+            task: Box::new(t.clone()),
+            instructions: "x".into(),
+        }]
+    }
+
+    #[test]
+    fn records_already_folded_are_not_applied_twice() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = Connection::open(dir.path().join("o8.duckdb")).unwrap();
+        super::super::schema::apply(&conn).unwrap();
+        let (a, b) = (Task::sample_for_tests(), Task::sample_for_tests());
+        commit(&conn, &[(1, insert(&a))]).unwrap();
+        // Handed over again together with a new one: only the new one is applied.
+        commit(&conn, &[(1, insert(&a)), (2, insert(&b))]).unwrap();
+        commit(&conn, &[(2, insert(&b))]).unwrap();
+        let n: i64 = conn
+            .query_row("SELECT count(*) FROM tasks", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 2);
+        let folded: i64 = conn
+            .query_row("SELECT max(folded_seq) FROM journal_state", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert_eq!(folded, 2);
+    }
 }
