@@ -52,8 +52,9 @@ CREATE TABLE IF NOT EXISTS tasks (
 );
 
 -- A separate table, not a UNIQUE column of tasks, so that updating a task never touches an index.
--- Its key's index stays in memory whole once read, like every primary key's in DuckDB: when it
--- outgrows the database's memory limit, the engine raises the limit (src/store/memory.rs).
+-- Its key's index stays in memory whole once read, like every primary key's in DuckDB: the
+-- engine keeps the database's memory limit at least twice what such indexes hold
+-- (src/store/memory.rs).
 CREATE TABLE IF NOT EXISTS idempotency_keys (
     key      VARCHAR PRIMARY KEY,
     task_id  UUID NOT NULL

@@ -126,7 +126,12 @@ pub fn commit(conn: &Connection, records: &[(u64, Vec<WriteOp>)]) -> Result<(), 
         Ok(())
     })();
     match res {
-        Ok(()) => conn.execute_batch("COMMIT").map_err(StoreError::from),
+        Ok(()) => conn.execute_batch("COMMIT").map_err(|e| {
+            // A commit that failed leaves nothing half done; make sure no transaction is left
+            // open for the next try (an error here only says there is none).
+            let _ = conn.execute_batch("ROLLBACK");
+            StoreError::from(e)
+        }),
         Err(e) => {
             let _ = conn.execute_batch("ROLLBACK");
             Err(e)
@@ -160,6 +165,7 @@ pub fn folder_loop(
     let mut pending: Vec<(u64, Vec<WriteOp>)> = Vec::new();
     let mut oldest = Instant::now();
     let mut retry: Option<(Instant, Duration)> = None;
+    let mut room_checked = Instant::now();
     loop {
         let wait = match retry {
             Some((at, _)) => at.saturating_duration_since(Instant::now()),
@@ -194,10 +200,11 @@ pub fn folder_loop(
         if due && !pending.is_empty() {
             let started = Instant::now();
             let mut folded = commit(&conn, &pending);
-            if let Err(e) = &folded {
-                if budget.relieve(&conn, &e.to_string()) {
-                    folded = commit(&conn, &pending);
+            while let Err(e) = &folded {
+                if !budget.relieve(&conn, &e.to_string()) {
+                    break;
                 }
+                folded = commit(&conn, &pending);
             }
             match folded {
                 Ok(()) => {
@@ -222,6 +229,10 @@ pub fn folder_loop(
                         }
                     }
                     unfolded.folded(upto);
+                    if room_checked.elapsed() >= Duration::from_secs(1) {
+                        room_checked = Instant::now();
+                        budget.keep_room(&conn);
+                    }
                 }
                 Err(e) if stop => {
                     // Closing: the journal keeps the writes; the next start replays them.

@@ -171,6 +171,7 @@ impl Store {
         // Set before anything is read: the limit is the database's, shared by every connection.
         let budget = Arc::new(memory::Budget::apply(&conn, options.memory_mib)?);
         schema::apply(&conn)?;
+        budget.fit_indexes(&conn)?;
         let folded: i64 = conn.query_row("SELECT max(folded_seq) FROM journal_state", [], |r| {
             r.get(0)
         })?;
@@ -194,7 +195,14 @@ impl Store {
         }
         if !replay.records.is_empty() {
             tracing::info!(records = replay.records.len(), "replaying the journal");
-            fold::commit(&folder_conn, &replay.records).map_err(|e| {
+            let mut replayed = fold::commit(&folder_conn, &replay.records);
+            while let Err(e) = &replayed {
+                if !budget.relieve(&folder_conn, &e.to_string()) {
+                    break;
+                }
+                replayed = fold::commit(&folder_conn, &replay.records);
+            }
+            replayed.map_err(|e| {
                 StoreError::Schema(format!(
                     "cannot apply the journal {} to the database: {e}. Its writes are kept; fix \
                      the cause (disk space, permissions) and start again",

@@ -237,12 +237,14 @@ impl JournalThread {
         // Not journaled since the last fold, so either folded or free. The lookup comes after
         // the overlay check: a key leaves the overlay only once its fold has committed. A key
         // whose task a prune has just removed is free already.
-        let owner = match rows::idempotency_owner(&self.conn, key) {
-            Err(e) if self.budget.relieve(&self.conn, &e.to_string()) => {
-                rows::idempotency_owner(&self.conn, key)?
+        let mut found = rows::idempotency_owner(&self.conn, key);
+        while let Err(e) = &found {
+            if !self.budget.relieve(&self.conn, &e.to_string()) {
+                break;
             }
-            found => found?,
-        };
+            found = rows::idempotency_owner(&self.conn, key);
+        }
+        let owner = found?;
         Ok(owner.filter(|id| !self.unfolded.is_pruned(*id) && !freed.contains(id)))
     }
 }
