@@ -57,6 +57,9 @@ impl Budget {
         }
         let mut raised_at = self.raised_at.lock().unwrap_or_else(|p| p.into_inner());
         if raised_at.is_some_and(|at| at.elapsed() < SETTLING) {
+            drop(raised_at);
+            // A caller that tries again at once would spin until the next raise is allowed.
+            std::thread::sleep(SETTLING / 20);
             return true;
         }
         let was = self.mib();
@@ -84,14 +87,7 @@ impl Budget {
             }
         }
     }
-}
 
-impl Budget {
-    /// Raises the limit ahead of need: while the indexes held in memory take more than half of
-    /// it. Meeting the limit mid-fold is to be avoided, not only survived: an appender that runs
-    /// out of memory halfway can leave DuckDB's index holding keys its rolled-back transaction
-    /// never kept, and every later fold then fails on them. Called after folds, at most once a
-    /// second.
     /// At open: room for the indexes the file's keyed tables will bring into memory, before
     /// anything reads them (an estimate of 128 bytes a key, generous for DuckDB's index).
     pub fn fit_indexes(&self, conn: &Connection) -> Result<(), StoreError> {
@@ -104,6 +100,11 @@ impl Budget {
         Ok(())
     }
 
+    /// Raises the limit ahead of need: while the indexes held in memory take more than half of
+    /// it. Meeting the limit mid-fold is to be avoided, not only survived: an appender that runs
+    /// out of memory halfway can leave DuckDB's index holding keys its rolled-back transaction
+    /// never kept, and every later fold then fails on them. Called after folds, at most once a
+    /// second.
     pub fn keep_room(&self, conn: &Connection) {
         let held: Result<i64, _> = conn.query_row(
             "SELECT coalesce(sum(memory_usage_bytes), 0)::BIGINT FROM duckdb_memory() \
