@@ -199,14 +199,7 @@ pub fn folder_loop(
         };
         if due && !pending.is_empty() {
             let started = Instant::now();
-            let mut folded = commit(&conn, &pending);
-            while let Err(e) = &folded {
-                if !budget.relieve(&conn, &e.to_string()) {
-                    break;
-                }
-                folded = commit(&conn, &pending);
-            }
-            match folded {
+            match budget.retrying(&conn, || commit(&conn, &pending)) {
                 Ok(()) => {
                     tracing::trace!(
                         records = pending.len(),

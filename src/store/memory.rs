@@ -70,20 +70,27 @@ impl Budget {
             );
             return false;
         };
-        match set(conn, to) {
-            Ok(()) => {
-                self.mib.store(to, Ordering::Relaxed);
-                *raised_at = Some(Instant::now());
-                tracing::warn!(
-                    "the database needed more than its memory limit of {was} MiB (what fills it \
-                     cannot be let go: the indexes of idempotency keys and webhook events); \
-                     raised to {to} MiB. Set ORCHESTR8_DB_MEMORY_MIB to at least that"
-                );
-                true
-            }
-            Err(e) => {
-                tracing::error!("cannot raise the database's memory limit to {to} MiB: {e}");
-                false
+        self.raise(
+            conn,
+            &mut raised_at,
+            to,
+            &format!(
+                "the database needed more than its memory limit of {was} MiB (what fills it \
+                 cannot be let go: the indexes of idempotency keys and webhook events)"
+            ),
+        )
+    }
+
+    /// Runs `op`, and again after each raise its out-of-memory error earns.
+    pub fn retrying<T>(
+        &self,
+        conn: &Connection,
+        mut op: impl FnMut() -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        loop {
+            match op() {
+                Err(e) if self.relieve(conn, &e.to_string()) => continue,
+                done => return done,
             }
         }
     }
@@ -123,18 +130,39 @@ impl Budget {
         let Some(to) = room_for(was, held, self.ceiling) else {
             return;
         };
+        self.raise(
+            conn,
+            &mut raised_at,
+            to,
+            &format!(
+                "the database {verb} about {} MiB of indexes in memory (idempotency keys, \
+                 webhook events), more than half of its limit of {was} MiB",
+                held >> 20
+            ),
+        );
+    }
+
+    /// Sets the limit to `to` (under the raise lock, whose time it updates) and says why.
+    fn raise(
+        &self,
+        conn: &Connection,
+        raised_at: &mut Option<Instant>,
+        to: u32,
+        why: &str,
+    ) -> bool {
         match set(conn, to) {
             Ok(()) => {
                 self.mib.store(to, Ordering::Relaxed);
                 *raised_at = Some(Instant::now());
                 tracing::warn!(
-                    "the database {verb} about {} MiB of indexes in memory (idempotency keys, \
-                     webhook events), more than half of its limit of {was} MiB; raised to {to} \
-                     MiB. Set ORCHESTR8_DB_MEMORY_MIB to at least that",
-                    held >> 20
+                    "{why}; raised to {to} MiB. Set ORCHESTR8_DB_MEMORY_MIB to at least that"
                 );
+                true
             }
-            Err(e) => tracing::error!("cannot raise the database's memory limit to {to} MiB: {e}"),
+            Err(e) => {
+                tracing::error!("cannot raise the database's memory limit to {to} MiB: {e}");
+                false
+            }
         }
     }
 }

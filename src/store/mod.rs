@@ -195,20 +195,15 @@ impl Store {
         }
         if !replay.records.is_empty() {
             tracing::info!(records = replay.records.len(), "replaying the journal");
-            let mut replayed = fold::commit(&folder_conn, &replay.records);
-            while let Err(e) = &replayed {
-                if !budget.relieve(&folder_conn, &e.to_string()) {
-                    break;
-                }
-                replayed = fold::commit(&folder_conn, &replay.records);
-            }
-            replayed.map_err(|e| {
-                StoreError::Schema(format!(
+            budget
+                .retrying(&folder_conn, || fold::commit(&folder_conn, &replay.records))
+                .map_err(|e| {
+                    StoreError::Schema(format!(
                     "cannot apply the journal {} to the database: {e}. Its writes are kept; fix \
                      the cause (disk space, permissions) and start again",
                     journal_path.display()
                 ))
-            })?;
+                })?;
         }
         let last = replay.last_seq.max(folded);
         let journal = Arc::new(Mutex::new(journal::Journal::open_empty(

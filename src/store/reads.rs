@@ -46,17 +46,7 @@ impl Store {
         }
         self.read_folded(move |c| {
             for chunk in ids.chunks(500) {
-                let sql = format!(
-                    "SELECT {} FROM tasks WHERE task_id IN ({}) {}",
-                    rows::TASK_COLUMNS,
-                    id_list(chunk),
-                    id_range(chunk)
-                );
-                let mut st = c.prepare(&sql)?;
-                let mut r = st.query([])?;
-                while let Some(row) = r.next()? {
-                    out.push(rows::task_from_row(row)?);
-                }
+                out.extend(newest_first(c, chunk)?);
             }
             Ok(out)
         })

@@ -237,14 +237,9 @@ impl JournalThread {
         // Not journaled since the last fold, so either folded or free. The lookup comes after
         // the overlay check: a key leaves the overlay only once its fold has committed. A key
         // whose task a prune has just removed is free already.
-        let mut found = rows::idempotency_owner(&self.conn, key);
-        while let Err(e) = &found {
-            if !self.budget.relieve(&self.conn, &e.to_string()) {
-                break;
-            }
-            found = rows::idempotency_owner(&self.conn, key);
-        }
-        let owner = found?;
+        let owner = self
+            .budget
+            .retrying(&self.conn, || rows::idempotency_owner(&self.conn, key))?;
         Ok(owner.filter(|id| !self.unfolded.is_pruned(*id) && !freed.contains(id)))
     }
 }
