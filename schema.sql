@@ -94,6 +94,16 @@ CREATE TABLE IF NOT EXISTS task_updates (
     workspace        VARCHAR
 );
 
+-- How many tasks there are of each status and agent, kept by every write of `tasks` in the same
+-- transaction (src/store/counts.rs): counting 10,000,000 rows for a filtered list's total or the
+-- overview's status counts would scan two columns of every row.
+CREATE TABLE IF NOT EXISTS task_counts (
+    status      VARCHAR NOT NULL,
+    agent_name  VARCHAR NOT NULL,
+    n           BIGINT NOT NULL,
+    PRIMARY KEY (status, agent_name)
+);
+
 -- One row per workflow. Its phases and tasks point at it by workflow_id.
 CREATE TABLE IF NOT EXISTS workflows (
     workflow_id   UUID PRIMARY KEY,

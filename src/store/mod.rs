@@ -12,6 +12,7 @@
 //! folded yet, other reads first wait for the folder to catch up (`unfolded.rs`), so every read
 //! sees every answered write.
 
+mod counts;
 pub mod feed;
 mod fold;
 mod journal;
@@ -89,7 +90,8 @@ pub enum WriteOp {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OpOutcome {
     Done,
-    /// An insert whose idempotency key already belonged to this task; nothing was written.
+    /// An insert whose idempotency key already belonged to this task; nothing was written. A
+    /// change to the refused task in the same write is dropped with it, with the same outcome.
     Existing(Uuid),
 }
 

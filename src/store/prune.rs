@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::reads::{id_list, id_range};
-use super::{Store, StoreError};
+use super::{counts, Store, StoreError};
 
 /// What one prune removes (the journal's record of it).
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -145,6 +145,7 @@ pub(super) fn apply(conn: &Connection, prune: &Prune) -> Result<(), StoreError> 
     for chunk in prune.tasks.chunks(CHUNK) {
         let ids = id_list(chunk);
         let range = id_range(chunk);
+        counts::remove_where(conn, &format!("task_id IN ({ids}) {range}"))?;
         conn.execute_batch(&format!(
             "DELETE FROM task_logs WHERE task_id IN ({ids}) {range};
              DELETE FROM idempotency_keys WHERE task_id IN ({ids});

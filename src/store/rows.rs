@@ -7,7 +7,7 @@ use duckdb::types::{TimeUnit, Value};
 use duckdb::{params, Connection, Row};
 use uuid::Uuid;
 
-use super::StoreError;
+use super::{counts, StoreError};
 use crate::model::{LogLine, NewLogLine, Priority, Task, TaskStatus, Usage};
 
 pub const TASK_COLUMNS: &str = "task_id::VARCHAR, name, agent_name, status, priority, \
@@ -15,18 +15,6 @@ pub const TASK_COLUMNS: &str = "task_id::VARCHAR, name, agent_name, status, prio
     attempt, max_retries, retry_floor, timeout_seconds, dependencies, workflow_id::VARCHAR, \
     phase_id, working_dir, metadata, webhook_url, idempotency_key, result, error, \
     input_tokens, output_tokens, cost_usd, pid, pid_start, project, agents_dir, workspace";
-
-/// How many tasks there are of each status (statuses without tasks are absent).
-pub(super) fn status_counts(c: &Connection) -> Result<Vec<(String, u64)>, StoreError> {
-    let mut st = c.prepare_cached("SELECT status, count(*) FROM tasks GROUP BY status")?;
-    let rows = st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
-    let mut out = Vec::new();
-    for r in rows {
-        let (s, n) = r?;
-        out.push((s, n.max(0) as u64));
-    }
-    Ok(out)
-}
 
 /// A `WHERE` clause requiring every condition (empty without any).
 pub(super) fn where_all(conditions: &[&str]) -> String {
@@ -192,6 +180,7 @@ pub fn insert_tasks(
     }
     app.flush()?;
     drop(app);
+    counts::add_inserted(conn, tasks.iter().map(|(t, _)| *t))?;
     let keyed: Vec<_> = tasks
         .iter()
         .filter_map(|(t, _)| t.idempotency_key.as_ref().map(|k| (k, t.id)))
@@ -257,6 +246,7 @@ pub fn update_tasks(conn: &Connection, tasks: &[&Task], now_us: i64) -> Result<u
             let mut v = update_values(t, now_us).to_vec();
             let id = v.remove(0);
             v.push(id);
+            counts::change_one(conn, t)?;
             let n = conn
                 .prepare_cached(
                     "UPDATE tasks SET status = ?, scheduled_at = ?, started_at = ?, \
@@ -278,6 +268,7 @@ pub fn update_tasks(conn: &Connection, tasks: &[&Task], now_us: i64) -> Result<u
         }
         app.flush()?;
     }
+    counts::change_staged(conn)?;
     let n = conn
         .prepare_cached(&format!(
             "UPDATE tasks SET {UPDATE_SET} FROM task_updates u WHERE tasks.task_id = u.task_id"

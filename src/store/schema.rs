@@ -2,10 +2,10 @@
 
 use duckdb::Connection;
 
-use super::StoreError;
+use super::{counts, StoreError};
 
 /// The version of `schema.sql` this build writes.
-pub const SCHEMA_VERSION: i32 = 5;
+pub const SCHEMA_VERSION: i32 = 6;
 
 const SCHEMA_SQL: &str = include_str!("../../schema.sql");
 
@@ -26,6 +26,9 @@ const SCHEMA_SQL: &str = include_str!("../../schema.sql");
 /// columns, never rename or drop them), or this step would break for files of version 4 and
 /// older. The copy needs free disk about the size of the table, and the file does not shrink
 /// afterwards: DuckDB reuses the space it freed for later writes.
+///
+/// 6: `task_counts` (created by `schema.sql`) is filled from the stored tasks; every write keeps
+/// it from then on, and an older build, which would not, refuses the file.
 const MIGRATIONS: &[(i32, &str)] = &[
     (
         2,
@@ -48,6 +51,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
          INSERT INTO tasks BY NAME SELECT * FROM tasks_before_v5; \
          DROP TABLE tasks_before_v5;",
     ),
+    (6, counts::RECOUNT),
 ];
 
 /// `sql` with `{create <table>}` replaced by that table's `CREATE TABLE` statement in

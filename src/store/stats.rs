@@ -6,7 +6,7 @@
 use uuid::Uuid;
 
 use super::reads::{ids_of, newest_first};
-use super::{rows, Store, StoreError};
+use super::{counts, rows, Store, StoreError};
 use crate::model::{Task, TaskStatus};
 
 /// Upper bounds (exclusive, in seconds) of the duration histogram's buckets; a last bucket
@@ -93,7 +93,7 @@ impl Store {
         } = since;
         self.read(move |c| {
             let mut s = Stats {
-                by_status: rows::status_counts(c)?,
+                by_status: counts::by_status(c)?,
                 ..Stats::default()
             };
             let mut st = c.prepare_cached(
@@ -227,6 +227,9 @@ impl Store {
     /// One page of tasks, newest first (at most `limit`), and how many match the filters in all.
     pub async fn task_page(&self, q: TaskQuery) -> Result<(Vec<Task>, u64), StoreError> {
         self.read(move |c| {
+            // Status and agent alone are counted already; other filters count rows.
+            let kept = (q.project.is_none() && q.workflow.is_none() && q.search.is_none())
+                .then(|| (q.status.map(|s| s.as_str()), q.agent.clone()));
             let mut clauses: Vec<&str> = Vec::new();
             let mut args: Vec<duckdb::types::Value> = Vec::new();
             if let Some(s) = q.status {
@@ -250,9 +253,15 @@ impl Store {
                 args.push(s.into());
             }
             let filter = rows::where_all(&clauses);
-            let total: i64 = c
-                .prepare_cached(&format!("SELECT count(*) FROM tasks {filter}"))?
-                .query_row(duckdb::params_from_iter(args.iter()), |r| r.get(0))?;
+            let total = match &kept {
+                Some((status, agent)) => counts::total(c, *status, agent.as_deref())?,
+                None => {
+                    let n: i64 = c
+                        .prepare_cached(&format!("SELECT count(*) FROM tasks {filter}"))?
+                        .query_row(duckdb::params_from_iter(args.iter()), |r| r.get(0))?;
+                    n.max(0) as u64
+                }
+            };
             if let Some((created_us, id)) = q.after {
                 clauses.push(
                     "(created_at < make_timestamp(?) OR \
@@ -270,7 +279,7 @@ impl Store {
             );
             let ids = ids_of(c, &sql, duckdb::params_from_iter(args.iter()))?;
             let out = newest_first(c, &ids)?;
-            Ok((out, total.max(0) as u64))
+            Ok((out, total))
         })
         .await
     }

@@ -365,7 +365,7 @@ async fn a_version_2_database_is_migrated_and_keeps_its_tasks() {
     let v: i32 = conn
         .query_row("SELECT max(version) FROM schema_version", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(v, 5);
+    assert_eq!(v, 6);
     let keys: i64 = conn
         .query_row(
             "SELECT count(*) FROM duckdb_constraints() \
@@ -379,6 +379,15 @@ async fn a_version_2_database_is_migrated_and_keeps_its_tasks() {
         .query_row("SELECT count(*) FROM tasks", [], |r| r.get(0))
         .unwrap();
     assert_eq!(rows, 3, "the two tasks of version 2 and the new one");
+    // The counts kept since the migration agree with the rows.
+    let counted: i64 = conn
+        .query_row(
+            "SELECT sum(n) FROM task_counts WHERE status = 'completed' AND agent_name = 'echo'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(counted, 3);
 }
 
 /// The index of the idempotency keys stays in the database's memory whole once read. An engine
