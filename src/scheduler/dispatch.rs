@@ -10,9 +10,10 @@ use uuid::Uuid;
 
 use super::state::{RunHandle, Wait, STOP_CANCEL, STOP_SHUTDOWN, STOP_TIMEOUT, STOP_WORKFLOW};
 use super::{Inner, Transition};
+use crate::agents::AgentDef;
 use crate::backoff;
 use crate::model::{now_us, NewLogLine, Task, TaskStatus};
-use crate::runner::{RunContext, RunJob, RunOutcome};
+use crate::runner::{RunContext, RunJob, RunOutcome, Runner};
 use crate::store::{StoreError, WriteOp};
 
 /// How long a process runs before its process group is written to the store.
@@ -174,15 +175,7 @@ async fn run_attempt(inner: Arc<Inner>, task: Task, handle: RunHandle) {
         instructions + &upstream
     };
 
-    let mut running = task.clone();
-    running.status = TaskStatus::Running;
-    running.attempt += 1;
-    running.started_us = Some(now_us());
-    running.completed_us = None;
-    running.result = None;
-    running.error = None;
-    running.pid = None;
-    running.pid_start = None;
+    let running = started(&task);
     let started = inner
         .store
         .write(vec![WriteOp::UpdateTask(Box::new(running.clone()))])
@@ -198,6 +191,53 @@ async fn run_attempt(inner: Arc<Inner>, task: Task, handle: RunHandle) {
     if let Some(h) = inner.lock().hot.get_mut(&id) {
         h.task = running.clone();
     }
+    run_started(
+        inner,
+        Started {
+            task: running,
+            handle,
+            agent,
+            runner,
+            instructions,
+        },
+    )
+    .await;
+}
+
+/// `task` as its next attempt starts.
+pub(super) fn started(task: &Task) -> Task {
+    let mut running = task.clone();
+    running.status = TaskStatus::Running;
+    running.attempt += 1;
+    running.started_us = Some(now_us());
+    running.completed_us = None;
+    running.result = None;
+    running.error = None;
+    running.pid = None;
+    running.pid_start = None;
+    running
+}
+
+/// An attempt whose start (`running`) is durable, with everything it runs with.
+pub(super) struct Started {
+    pub task: Task,
+    pub handle: RunHandle,
+    pub agent: AgentDef,
+    pub runner: Arc<dyn Runner>,
+    pub instructions: String,
+}
+
+/// The rest of an attempt once its start is durable: run it under its timeout, close its
+/// worktree, commit the outcome.
+pub(super) async fn run_started(inner: Arc<Inner>, s: Started) {
+    let Started {
+        task: running,
+        handle,
+        agent,
+        runner,
+        instructions,
+    } = s;
+    let id = running.id;
     // The log line is not part of the awaited commit: the process starts one appender sooner,
     // and the line joins the next group.
     inner.log(

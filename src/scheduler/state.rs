@@ -182,6 +182,44 @@ impl State {
         Some((h.task.clone(), handle))
     }
 
+    /// Whether a task being accepted may start at once, its start written with its insert (one
+    /// sync instead of two): it waits for nothing (dependencies, a time, a workflow's gate, a
+    /// worktree to prepare), no task is queued ahead of it, a worker is free and its agent is
+    /// under its `max_concurrency`. If so, the worker slot is taken now, so the dispatcher cannot
+    /// give it away meanwhile; the caller gives it back ([`Self::release_worker`]) if the insert
+    /// does not happen.
+    pub fn claim_at_submit(
+        &mut self,
+        task: &Task,
+        max_concurrency: Option<u32>,
+        workers: usize,
+        now_us: i64,
+    ) -> bool {
+        let waits_for_nothing = task.status == TaskStatus::Pending
+            && task.dependencies.is_empty()
+            && task.workflow_id.is_none()
+            && task.workspace.is_none()
+            && task.scheduled_us <= now_us;
+        let busy = self
+            .running_per_agent
+            .get(&task.agent_name)
+            .copied()
+            .unwrap_or(0);
+        if !waits_for_nothing
+            || !self.ready.is_empty()
+            || self.running >= workers
+            || max_concurrency.is_some_and(|limit| busy >= limit)
+        {
+            return false;
+        }
+        self.running += 1;
+        *self
+            .running_per_agent
+            .entry(task.agent_name.clone())
+            .or_default() += 1;
+        true
+    }
+
     /// An attempt's process has ended: its worker slot is free at once, and the outcome is
     /// counted as `finishing` until committed ([`Self::outcome_committed`]). Freeing the slot
     /// before the commit lets the next task's start share a group commit with this outcome.
@@ -314,6 +352,35 @@ mod tests {
         assert_eq!(st.promote_due(4_999), Some(5_000));
         assert_eq!(st.promote_due(5_000), None);
         assert_eq!(st.take_next().unwrap().0.id, id);
+    }
+
+    #[test]
+    fn a_task_starts_at_submit_only_when_nothing_is_ahead_of_it() {
+        let mut st = State::default();
+        let t = task(Priority::Normal, 1, "a");
+        assert!(st.claim_at_submit(&t, Some(2), 2, 1_000));
+        assert_eq!((st.running, st.running_per_agent["a"]), (1, 1));
+        // Its agent's limit, then the workers, are full.
+        assert!(!st.claim_at_submit(&task(Priority::Normal, 2, "a"), Some(1), 8, 1_000));
+        assert!(st.claim_at_submit(&task(Priority::Normal, 2, "b"), None, 2, 1_000));
+        assert!(!st.claim_at_submit(&task(Priority::Normal, 3, "c"), None, 2, 1_000));
+        st.release_worker(&t);
+        assert_eq!(st.running, 1);
+        assert!(!st.running_per_agent.contains_key("a"));
+        // Something waits for a time, another task, a workflow or a worktree.
+        let mut later = task(Priority::Normal, 4, "c");
+        later.scheduled_us = 2_000;
+        assert!(!st.claim_at_submit(&later, None, 8, 1_000));
+        let mut dependent = task(Priority::Normal, 4, "c");
+        dependent.dependencies = vec![Uuid::now_v7()];
+        assert!(!st.claim_at_submit(&dependent, None, 8, 1_000));
+        let mut phase = task(Priority::Normal, 4, "c");
+        phase.workflow_id = Some(Uuid::now_v7());
+        assert!(!st.claim_at_submit(&phase, None, 8, 1_000));
+        // A task already in the ready queue goes first.
+        add(&mut st, task(Priority::Low, 5, "d"), None);
+        assert!(!st.claim_at_submit(&task(Priority::Critical, 6, "c"), None, 8, 1_000));
+        assert_eq!(st.running, 1);
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use uuid::Uuid;
 
-use crate::agents::{validate_name, AgentError, AgentRegistry};
+use crate::agents::{validate_name, AgentDef, AgentError, AgentRegistry};
 use crate::api::*;
 use crate::limits;
 use crate::link::SessionContext;
@@ -272,22 +272,16 @@ impl Service {
     /// Accepts a task; returns it and whether an earlier task with the same idempotency key
     /// was returned instead of a new one.
     async fn submit_task(&self, a: TaskAsyncArgs) -> Result<(TaskView, bool)> {
-        let (task, instructions, max_concurrency) = self.build_task(a).await?;
-        Ok(
-            match self
-                .sched
-                .submit(task, instructions, max_concurrency)
-                .await?
-            {
-                Submitted::Created(t) => (t.view(), false),
-                Submitted::Existing(t) => (t.view(), true),
-            },
-        )
+        let (task, instructions, agent) = self.build_task(a).await?;
+        Ok(match self.sched.submit(task, instructions, agent).await? {
+            Submitted::Created(t) => (t.view(), false),
+            Submitted::Existing(t) => (t.view(), true),
+        })
     }
 
-    /// Validates task arguments into a new pending task, its instructions and its agent's
-    /// `max_concurrency`. The agent must exist and its runner be able to run it now.
-    async fn build_task(&self, a: TaskAsyncArgs) -> Result<(Task, String, Option<u32>)> {
+    /// Validates task arguments into a new pending task, its instructions and its agent. The
+    /// agent must exist and its runner be able to run it now.
+    async fn build_task(&self, a: TaskAsyncArgs) -> Result<(Task, String, AgentDef)> {
         let name = workflows::display_name("name", &a.name)?;
         validate_name("agent_name", &a.agent_name).map_err(ServiceError::Invalid)?;
         if is_blank(&a.agent_instructions) {
@@ -443,7 +437,7 @@ impl Service {
             pid_start: None,
             workspace,
         };
-        Ok((task, a.agent_instructions, agent.max_concurrency))
+        Ok((task, a.agent_instructions, agent))
     }
 
     /// The workspace of a new task: `None` unless it is isolated (`isolation` argument, else the

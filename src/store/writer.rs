@@ -169,8 +169,14 @@ impl JournalThread {
         let mut kept = Vec::with_capacity(ops.len());
         let mut outcomes = Vec::with_capacity(ops.len());
         let mut new_keys = Vec::new();
+        // Inserts refused for their key in this write, with the tasks that own those keys.
+        let mut refused: Vec<(Uuid, Uuid)> = Vec::new();
         for op in ops {
             let owner = match &op {
+                WriteOp::UpdateTask(task) => refused
+                    .iter()
+                    .find(|(id, _)| *id == task.id)
+                    .map(|(_, owner)| *owner),
                 WriteOp::InsertTask { task, .. } => match task.idempotency_key.as_deref() {
                     Some(key) => match self.key_owner(key, keys, &new_keys, freed) {
                         Ok(owner) => {
@@ -186,7 +192,12 @@ impl JournalThread {
                 _ => None,
             };
             match owner {
-                Some(existing) => outcomes.push(OpOutcome::Existing(existing)),
+                Some(existing) => {
+                    if let WriteOp::InsertTask { task, .. } = &op {
+                        refused.push((task.id, existing));
+                    }
+                    outcomes.push(OpOutcome::Existing(existing))
+                }
                 None => {
                     outcomes.push(OpOutcome::Done);
                     kept.push(op);
@@ -257,5 +268,48 @@ fn answer(replies: Vec<Option<super::Reply>>, decided: Vec<Decided>) {
     for (reply, d) in replies.into_iter().zip(decided) {
         let Some(reply) = reply else { continue };
         let _ = reply.send(d.outcomes.map_err(StoreError::Conflict));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::model::{Task, TaskStatus};
+    use crate::store::{OpOutcome, Store, WriteOp};
+
+    /// A task inserted with its start in one write: when its key belongs to another task, the
+    /// start goes with the refused insert, so no change is recorded for a task that is not there.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_start_written_with_a_refused_insert_is_dropped_with_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("o8.duckdb")).unwrap();
+        let mut first = Task::sample_for_tests();
+        first.idempotency_key = Some("deploy".into());
+        let mut second = Task::sample_for_tests();
+        second.idempotency_key = Some("deploy".into());
+        let with_start = |t: &Task| {
+            let mut running = t.clone();
+            running.status = TaskStatus::Running;
+            running.attempt = 1;
+            vec![
+                WriteOp::InsertTask {
+                    task: Box::new(t.clone()),
+                    instructions: "x".into(),
+                },
+                WriteOp::UpdateTask(Box::new(running)),
+            ]
+        };
+        let done = store.write(with_start(&first)).await.unwrap();
+        assert_eq!(done, vec![OpOutcome::Done, OpOutcome::Done]);
+        let refused = store.write(with_start(&second)).await.unwrap();
+        assert_eq!(
+            refused,
+            vec![OpOutcome::Existing(first.id), OpOutcome::Existing(first.id)]
+        );
+        assert!(store.task(second.id).await.unwrap().is_none());
+        store.settled().await.unwrap();
+        assert!(store.task(second.id).await.unwrap().is_none());
+        let kept = store.task(first.id).await.unwrap().unwrap();
+        assert_eq!((kept.status, kept.attempt), (TaskStatus::Running, 1));
+        store.close();
     }
 }
