@@ -200,7 +200,7 @@ impl Scheduler {
         Ok(ids.iter().filter_map(|id| found.remove(id)).collect())
     }
 
-    /// Accepts a new task: durable before this returns. `max_concurrency` is its agent's limit.
+    /// Accepts a new task: durable before this returns.
     ///
     /// `agent` is the task's agent as the caller just loaded and checked it. A task that can start
     /// at once (nothing queued ahead of it, a worker free) starts with it: its start is written
@@ -238,8 +238,11 @@ impl Scheduler {
             .then(|| Arc::<str>::from(instructions.as_str()));
         let at_once = {
             let mut st = inner.lock();
+            // Tasks whose time has come are queued first, so a new task never overtakes them.
+            let now = now_us();
+            st.promote_due(now);
             let at_once = runner.is_some()
-                && st.claim_at_submit(&task, max_concurrency, inner.cfg.workers, now_us());
+                && st.claim_at_submit(&task, max_concurrency, inner.cfg.workers, now);
             st.hot.insert(
                 id,
                 Box::new(Hot {

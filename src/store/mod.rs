@@ -350,7 +350,7 @@ impl Store {
                 None => {
                     let base = self.base.lock().map_err(|_| StoreError::Closed)?;
                     let c = base.try_clone()?;
-                    c.set_prepared_statement_cache_capacity(32);
+                    c.set_prepared_statement_cache_capacity(64);
                     c
                 }
             }

@@ -245,7 +245,7 @@ impl Store {
                 args.push(p.into());
             }
             if let Some(w) = q.workflow {
-                clauses.push("workflow_id = ?::UUID");
+                clauses.push("workflow_id = ?::VARCHAR::UUID");
                 args.push(w.to_string().into());
             }
             if let Some(s) = q.search {
@@ -265,7 +265,7 @@ impl Store {
             if let Some((created_us, id)) = q.after {
                 clauses.push(
                     "(created_at < make_timestamp(?) OR \
-                      (created_at = make_timestamp(?) AND task_id < ?::UUID))",
+                      (created_at = make_timestamp(?) AND task_id < ?::VARCHAR::UUID))",
                 );
                 args.push(created_us.into());
                 args.push(created_us.into());

@@ -89,7 +89,7 @@ pub(super) fn update_workflow(
 ) -> Result<(), StoreError> {
     conn.prepare_cached(
         "UPDATE workflows SET status = ?, error = ?, started_at = ?, completed_at = ?, \
-         updated_at = ? WHERE workflow_id = ?",
+         updated_at = ? WHERE workflow_id = ?::VARCHAR::UUID",
     )?
     .execute(params![
         w.status.as_str(),
@@ -124,7 +124,9 @@ pub(super) fn upsert_phase(conn: &Connection, p: &Phase) -> Result<(), StoreErro
 impl Store {
     pub async fn workflow(&self, id: Uuid) -> Result<Option<Workflow>, StoreError> {
         self.read(move |c| {
-            let sql = format!("SELECT {WORKFLOW_COLUMNS} FROM workflows WHERE workflow_id = ?");
+            let sql = format!(
+                "SELECT {WORKFLOW_COLUMNS} FROM workflows WHERE workflow_id = ?::VARCHAR::UUID"
+            );
             let mut st = c.prepare_cached(&sql)?;
             let mut r = st.query([id.to_string()])?;
             Ok(match r.next()? {
@@ -139,7 +141,7 @@ impl Store {
     pub async fn phases(&self, id: Uuid) -> Result<Vec<Phase>, StoreError> {
         self.read(move |c| {
             let sql = format!(
-                "SELECT {PHASE_COLUMNS} FROM workflow_phases WHERE workflow_id = ? ORDER BY position"
+                "SELECT {PHASE_COLUMNS} FROM workflow_phases WHERE workflow_id = ?::VARCHAR::UUID ORDER BY position"
             );
             let mut st = c.prepare_cached(&sql)?;
             let mut r = st.query([id.to_string()])?;
@@ -157,7 +159,7 @@ impl Store {
         self.read(move |c| {
             let mut st = c.prepare_cached(
                 "SELECT task_id::VARCHAR, phase_id, name, status, error, workspace FROM tasks \
-                 WHERE workflow_id = ? ORDER BY created_at, task_id",
+                 WHERE workflow_id = ?::VARCHAR::UUID ORDER BY created_at, task_id",
             )?;
             let mut r = st.query([id.to_string()])?;
             let mut out = Vec::new();
@@ -185,7 +187,7 @@ impl Store {
     pub async fn workflow_tasks(&self, id: Uuid) -> Result<Vec<Task>, StoreError> {
         self.read(move |c| {
             let sql = format!(
-                "SELECT {} FROM tasks WHERE workflow_id = ? ORDER BY created_at, task_id",
+                "SELECT {} FROM tasks WHERE workflow_id = ?::VARCHAR::UUID ORDER BY created_at, task_id",
                 rows::TASK_COLUMNS
             );
             let mut st = c.prepare_cached(&sql)?;

@@ -310,6 +310,11 @@ mod tests {
         assert!(store.task(second.id).await.unwrap().is_none());
         let kept = store.task(first.id).await.unwrap().unwrap();
         assert_eq!((kept.status, kept.attempt), (TaskStatus::Running, 1));
+        // Inserted and started in one fold: counted once, as running.
+        assert_eq!(
+            store.count_by_status().await.unwrap(),
+            vec![("running".to_string(), 1)]
+        );
         store.close();
     }
 }
