@@ -256,25 +256,14 @@ impl Scheduler {
             at_once.then(|| dispatch::started(&task))
         };
         // One record: an insert refused for its idempotency key takes the start with it.
-        let (kept, ops) = match &at_once {
-            Some(running) => (
-                Some(instructions.clone()),
-                vec![
-                    WriteOp::InsertTask {
-                        task: Box::new(task.clone()),
-                        instructions,
-                    },
-                    WriteOp::UpdateTask(Box::new(running.clone())),
-                ],
-            ),
-            None => (
-                None,
-                vec![WriteOp::InsertTask {
-                    task: Box::new(task.clone()),
-                    instructions,
-                }],
-            ),
-        };
+        let kept = at_once.as_ref().map(|_| instructions.clone());
+        let mut ops = vec![WriteOp::InsertTask {
+            task: Box::new(task.clone()),
+            instructions,
+        }];
+        if let Some(running) = &at_once {
+            ops.push(WriteOp::UpdateTask(Box::new(running.clone())));
+        }
         let written = inner.store.write(ops).await;
         let existing = match &written {
             Ok(outcomes) => match outcomes.first().copied() {

@@ -119,7 +119,10 @@ async fn list_tasks_pages_newest_first() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn idempotency_key_returns_the_first_task() {
-    let env = Env::new();
+    // One worker: a repeated key, refused while the worker is free, must give back the slot it
+    // claimed to start at once, or the next task would never run.
+    let mut env = Env::new();
+    env.set("ORCHESTR8_WORKERS", "1");
     env.shell_agent("ok", "echo done", "");
     let s = env.start().await;
     let args = json!({"name": "once", "agent_name": "ok", "agent_instructions": "x", "idempotency_key": "deploy-42"});
@@ -128,8 +131,25 @@ async fn idempotency_key_returns_the_first_task() {
     assert_eq!(first["task_id"], second["task_id"]);
     assert_eq!(first["existing"], false);
     assert_eq!(second["existing"], true);
-    s.wait_all(&[first["task_id"].as_str().unwrap().to_string()], 30)
+    let first_id = first["task_id"].as_str().unwrap().to_string();
+    s.wait_all(std::slice::from_ref(&first_id), 30).await;
+    let again = s.call("task_async", args.clone()).await;
+    assert_eq!(
+        (&again["task_id"], &again["existing"]),
+        (&first["task_id"], &json!(true))
+    );
+    let next = s.submit("next", "ok", "x", json!({})).await;
+    assert_eq!(s.wait_one(&next, 30).await["status"], "completed");
+    let listed = s
+        .call(
+            "list_tasks",
+            json!({"status": "completed", "agent_name": "ok"}),
+        )
         .await;
+    assert_eq!(
+        listed["total"], 2,
+        "the refused start left no task: {listed}"
+    );
     s.stop().await;
     env.stop_engines().await;
     // Still the same task after a restart.
@@ -138,7 +158,7 @@ async fn idempotency_key_returns_the_first_task() {
     assert_eq!(third["task_id"], first["task_id"]);
     assert_eq!(third["status"], "completed");
     let listed = s.call("list_tasks", json!({})).await;
-    assert_eq!(listed["total"], 1);
+    assert_eq!(listed["total"], 2);
     s.stop().await;
 }
 
