@@ -27,7 +27,17 @@ fn main() {
         Some(f) => builder.with_writer(f).log_internal_errors(false).init(),
         None => builder.with_writer(std::io::stderr).init(),
     }
-    let runtime = match tokio::runtime::Runtime::new() {
+    // Only an engine runs tasks, reads the database and serves many callers at once: it gets a
+    // worker thread per core. A session or a CLI command forwards calls over one socket, and on
+    // one thread it does so without handing every message between threads.
+    let engine = matches!(command, Some(Command::Engine { .. }))
+        || (command.is_none() && cfg.mode == orchestr8_async::config::Mode::Api);
+    let mut builder = if engine {
+        tokio::runtime::Builder::new_multi_thread()
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("orchestr8-async-server: cannot start the async runtime: {e}");

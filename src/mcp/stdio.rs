@@ -33,9 +33,78 @@ pub struct LineTransport<R, W> {
     write: Arc<Mutex<Option<W>>>,
 }
 
+type Reader = Box<dyn tokio::io::AsyncRead + Send + Unpin>;
+type Writer = Box<dyn AsyncWrite + Send + Unpin>;
+
 /// The session's transport on the process's stdin and stdout.
-pub fn stdio() -> LineTransport<tokio::io::Stdin, tokio::io::Stdout> {
-    LineTransport::new(tokio::io::stdin(), tokio::io::stdout())
+///
+/// An MCP client connects them to pipes (or, from Node.js, to a socket pair). Those are read and
+/// written through the runtime's reactor, like any socket: tokio's own stdin and stdout hand
+/// every read and write to a thread of its blocking pool and back, two thread switches per
+/// message. Anything else (a terminal, a file) keeps tokio's, so a terminal shared with a
+/// shell is never made non-blocking.
+pub fn stdio() -> LineTransport<Reader, Writer> {
+    let read = reactor_stdin().unwrap_or_else(|| Box::new(tokio::io::stdin()));
+    let write = reactor_stdout().unwrap_or_else(|| Box::new(tokio::io::stdout()));
+    LineTransport::new(read, write)
+}
+
+/// What an inherited descriptor is connected to, when the reactor can drive it.
+enum Channel {
+    Pipe(std::os::fd::OwnedFd),
+    Socket(std::os::unix::net::UnixStream),
+}
+
+/// A duplicate of `fd` (stdin or stdout), if it is a pipe or a socket. The duplicate shares the
+/// open file with the original, so making it non-blocking makes that file non-blocking: fine
+/// for a pipe end or a socket this process alone reads (or writes), never done to a terminal.
+fn channel(fd: std::os::fd::BorrowedFd<'_>) -> Option<Channel> {
+    use std::os::unix::fs::FileTypeExt;
+    let owned = fd.try_clone_to_owned().ok()?;
+    let kind = std::fs::File::from(owned.try_clone().ok()?)
+        .metadata()
+        .ok()?
+        .file_type();
+    if kind.is_fifo() {
+        Some(Channel::Pipe(owned))
+    } else if kind.is_socket() {
+        let stream = std::os::unix::net::UnixStream::from(owned);
+        stream.set_nonblocking(true).ok()?;
+        Some(Channel::Socket(stream))
+    } else {
+        None
+    }
+}
+
+fn reactor_stdin() -> Option<Reader> {
+    use std::os::fd::AsFd;
+    match channel(std::io::stdin().as_fd())? {
+        Channel::Pipe(fd) => Some(Box::new(
+            tokio::net::unix::pipe::Receiver::from_owned_fd(fd).ok()?,
+        )),
+        Channel::Socket(s) => Some(Box::new(tokio::net::UnixStream::from_std(s).ok()?)),
+    }
+}
+
+fn reactor_stdout() -> Option<Writer> {
+    use std::os::fd::AsFd;
+    use std::os::unix::fs::MetadataExt;
+    // Logs go to stderr with blocking writes: when it is the same pipe (`2>&1`), it stays as is.
+    let id = |fd: std::os::fd::BorrowedFd<'_>| {
+        let m = std::fs::File::from(fd.try_clone_to_owned().ok()?)
+            .metadata()
+            .ok()?;
+        Some((m.dev(), m.ino()))
+    };
+    if id(std::io::stdout().as_fd()) == id(std::io::stderr().as_fd()) {
+        return None;
+    }
+    match channel(std::io::stdout().as_fd())? {
+        Channel::Pipe(fd) => Some(Box::new(
+            tokio::net::unix::pipe::Sender::from_owned_fd(fd).ok()?,
+        )),
+        Channel::Socket(s) => Some(Box::new(tokio::net::UnixStream::from_std(s).ok()?)),
+    }
 }
 
 impl<R, W> LineTransport<R, W>

@@ -221,3 +221,63 @@ async fn tools_are_listed_with_schemas_and_descriptions() {
     assert_eq!(r["agents"], json!([]));
     s.stop().await;
 }
+
+/// Node.js (Claude Code) connects a server's stdin and stdout to one end of a socket pair, not
+/// to pipes. Calls are served over it — an answer larger than the socket's buffer included —
+/// and the end of its input ends the session.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_session_on_a_socket_pair_serves_calls_and_ends_at_eof() {
+    use std::os::fd::OwnedFd;
+    let env = Env::new();
+    // 600 KB of output: the answer carrying it does not fit in a socket buffer at once.
+    env.shell_agent("big", "head -c 600000 /dev/zero | tr '\\0' x", "");
+    let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+    let child_in = OwnedFd::from(theirs.try_clone().unwrap());
+    let child_out = OwnedFd::from(theirs);
+    let mut child = tokio::process::Command::new(BIN)
+        .current_dir(env.dir.path())
+        .env("ORCHESTR8_DB_PATH", env.path("db/o8.duckdb"))
+        .env("ORCHESTR8_AGENTS_DIR", env.path("agents"))
+        .stdin(Stdio::from(child_in))
+        .stdout(Stdio::from(child_out))
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    ours.set_nonblocking(true).unwrap();
+    let (read, mut write) = tokio::net::UnixStream::from_std(ours).unwrap().into_split();
+    let mut out = BufReader::new(read).lines();
+    for m in [
+        json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": "2025-06-18", "capabilities": {},
+            "clientInfo": {"name": "socketpair", "version": "0"}}}),
+        json!({"jsonrpc": "2.0", "method": "notifications/initialized"}),
+        json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "task_run",
+            "arguments": {"name": "big", "agent_name": "big", "agent_instructions": "go",
+                          "timeout_seconds": 60}}}),
+    ] {
+        write.write_all(format!("{m}\n").as_bytes()).await.unwrap();
+    }
+    let mut result = None;
+    while let Ok(Ok(Some(line))) =
+        tokio::time::timeout(Duration::from_secs(60), out.next_line()).await
+    {
+        let v: Value = serde_json::from_str(&line)
+            .unwrap_or_else(|e| panic!("stdout line is not JSON ({e}): {}", &line[..200]));
+        if v["id"] == 2 {
+            result = Some(v);
+            break;
+        }
+    }
+    let v = result.expect("no answer to task_run over the socket");
+    let task = &v["result"]["structuredContent"];
+    assert_eq!(task["status"], "completed", "{}", &v.to_string()[..300]);
+    assert_eq!(task["result"].as_str().map(str::len), Some(600_000));
+    // The end of input, as when the client closes its side: the session exits on its own.
+    write.shutdown().await.unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(20), child.wait())
+        .await
+        .expect("the session did not exit at the end of its input")
+        .unwrap();
+    assert!(status.success(), "session exited with {status}");
+}
