@@ -7,18 +7,20 @@
 //! statements: one appender for new tasks, one staged `UPDATE ... FROM` for changed ones, one
 //! appender for log lines. `journal_state.folded_seq` moves in the same transaction.
 //!
-//! A reader that needs the tables current asks for a fold at once (`FoldMsg::Now`).
+//! Records reach it through a [`Handoff`](super::handoff::Handoff) that wakes it only when a
+//! fold is due; a reader that needs the tables current asks for one at once (`urge`).
 
 use std::collections::HashMap;
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use duckdb::Connection;
 use uuid::Uuid;
 
+use super::handoff::Taken;
 use super::journal::Journal;
-use super::unfolded::{FoldMsg, Unfolded};
+use super::unfolded::Unfolded;
+use super::writer::Records;
 use super::{prune, rows, webhooks, workflows, StoreError, WriteOp};
 use crate::model::{now_us, NewLogLine, Task};
 
@@ -26,7 +28,7 @@ use crate::model::{now_us, NewLogLine, Task};
 pub const FOLD_DELAY: Duration = Duration::from_millis(100);
 
 /// Fold at once when this many records are waiting.
-const FOLD_RECORDS: usize = 4096;
+pub const FOLD_RECORDS: usize = 4096;
 
 /// Applies `records` (in journal order) in one transaction, with `folded_seq` set to the last.
 pub fn commit(conn: &Connection, records: &[(u64, Vec<WriteOp>)]) -> Result<(), StoreError> {
@@ -149,7 +151,7 @@ pub fn commit(conn: &Connection, records: &[(u64, Vec<WriteOp>)]) -> Result<(), 
 /// permissions); a replay at the next start would meet them too.
 pub fn folder_loop(
     conn: Connection,
-    rx: Receiver<FoldMsg>,
+    records: Arc<Records>,
     unfolded: Arc<Unfolded>,
     journal: Arc<Mutex<Journal>>,
     budget: Arc<super::memory::Budget>,
@@ -163,41 +165,15 @@ pub fn folder_loop(
     }
     let _gone = Gone(unfolded.clone());
     let mut pending: Vec<(u64, Vec<WriteOp>)> = Vec::new();
-    let mut oldest = Instant::now();
     let mut retry: Option<(Instant, Duration)> = None;
     let mut room_checked = Instant::now();
     loop {
-        let wait = match retry {
-            Some((at, _)) => at.saturating_duration_since(Instant::now()),
-            None => FOLD_DELAY.saturating_sub(oldest.elapsed()),
-        };
-        let msg = if pending.is_empty() {
-            rx.recv().map_err(|_| RecvTimeoutError::Disconnected)
-        } else {
-            rx.recv_timeout(wait)
-        };
-        let mut now = false;
-        let mut stop = matches!(msg, Err(RecvTimeoutError::Disconnected));
-        for m in msg
-            .into_iter()
-            .chain(std::iter::from_fn(|| rx.try_recv().ok()))
-        {
-            match m {
-                FoldMsg::Batch(seq, ops) => {
-                    if pending.is_empty() {
-                        oldest = Instant::now();
-                    }
-                    pending.push((seq, ops));
-                }
-                FoldMsg::Now => now = true,
-                FoldMsg::Stop => stop = true,
-            }
-        }
-        let due = match retry {
-            Some((at, _)) => Instant::now() >= at || stop,
-            None => now || stop || pending.len() >= FOLD_RECORDS || oldest.elapsed() >= FOLD_DELAY,
-        };
-        if due && !pending.is_empty() {
+        // Due: FOLD_DELAY after the oldest record, at once when a reader asks or FOLD_RECORDS
+        // have gathered; after a failure, at the retry's time whatever happens.
+        let Taken { items, closed } = records.take(usize::MAX, retry.map(|(at, _)| at));
+        let stop = closed;
+        pending.extend(items);
+        if !pending.is_empty() {
             let started = Instant::now();
             match budget.retrying(&conn, || commit(&conn, &pending)) {
                 Ok(()) => {

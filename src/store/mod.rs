@@ -15,6 +15,7 @@
 mod counts;
 pub mod feed;
 mod fold;
+mod handoff;
 mod journal;
 mod memory;
 pub mod prune;
@@ -113,7 +114,8 @@ pub struct TaskFilter {
 }
 
 pub struct Store {
-    tx: Mutex<Option<std::sync::mpsc::Sender<WriteRequest>>>,
+    /// Write requests, to the journal thread.
+    requests: Arc<handoff::Handoff<WriteRequest>>,
     /// The journal thread, then the folder: joined in that order.
     threads: Mutex<Vec<JoinHandle<()>>>,
     readers: Arc<Mutex<Vec<Connection>>>,
@@ -212,17 +214,20 @@ impl Store {
             &journal_path,
             last,
         )?));
-        let (fold_tx, fold_rx) = std::sync::mpsc::channel();
-        let unfolded = Arc::new(Unfolded::new(last, fold_tx.clone()));
-        let (tx, rx) = std::sync::mpsc::channel();
+        let records = Arc::new(handoff::Handoff::new(fold::FOLD_DELAY, fold::FOLD_RECORDS));
+        let unfolded = Arc::new(Unfolded::new(last, records.clone()));
+        let requests = Arc::new(handoff::Handoff::new(
+            writer::DEFERRED_DELAY,
+            writer::MAX_GROUP,
+        ));
         let feed = feed::Feed::default();
         let journal_thread = writer::JournalThread {
             max_bytes: options.journal_max_bytes,
             conn: conn.try_clone()?,
-            rx,
+            requests: requests.clone(),
             journal: journal.clone(),
             unfolded: unfolded.clone(),
-            fold_tx,
+            records: records.clone(),
             next_seq: last + 1,
             feed: feed.clone(),
             budget: budget.clone(),
@@ -232,13 +237,13 @@ impl Store {
             let budget = budget.clone();
             std::thread::Builder::new()
                 .name("o8-store-fold".into())
-                .spawn(move || fold::folder_loop(folder_conn, fold_rx, unfolded, journal, budget))?
+                .spawn(move || fold::folder_loop(folder_conn, records, unfolded, journal, budget))?
         };
         let writer = std::thread::Builder::new()
             .name("o8-store-journal".into())
             .spawn(move || journal_thread.run())?;
         Ok(Store {
-            tx: Mutex::new(Some(tx)),
+            requests,
             threads: Mutex::new(vec![writer, folder]),
             readers: Arc::new(Mutex::new(Vec::new())),
             base: Mutex::new(conn),
@@ -278,20 +283,20 @@ impl Store {
     }
 
     fn send(&self, req: WriteRequest) -> Result<(), StoreError> {
-        let guard = self.tx.lock().map_err(|_| StoreError::Closed)?;
-        guard
-            .as_ref()
-            .ok_or(StoreError::Closed)?
-            .send(req)
-            .map_err(|_| StoreError::Closed)
+        // Someone waits for an answered write: the journal thread takes it at once. A deferred
+        // one waits for the next answered write, or a few milliseconds.
+        let urgent = req.reply.is_some();
+        if self.requests.push([req], urgent) {
+            Ok(())
+        } else {
+            Err(StoreError::Closed)
+        }
     }
 
     /// Stops the threads after everything queued so far is journaled and folded (the journal is
     /// then empty).
     pub fn close(&self) {
-        if let Ok(mut tx) = self.tx.lock() {
-            tx.take();
-        }
+        self.requests.close();
         let handles = self
             .threads
             .lock()

@@ -9,22 +9,11 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::Sender;
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use uuid::Uuid;
 
 use crate::model::Task;
-
-/// A message to the folder.
-pub enum FoldMsg {
-    /// Journaled ops, in journal order.
-    Batch(u64, Vec<super::WriteOp>),
-    /// A reader is waiting: fold what you have now.
-    Now,
-    /// The journal thread has stopped: fold the rest and stop.
-    Stop,
-}
 
 /// See [`Unfolded::lookup`].
 pub enum Overlaid {
@@ -51,7 +40,8 @@ pub struct Unfolded {
     folded: Mutex<u64>,
     folded_cv: Condvar,
     overlay: Mutex<Overlay>,
-    wake: Mutex<Option<Sender<FoldMsg>>>,
+    /// The folder's records, to ask it for a fold at once.
+    records: Arc<super::writer::Records>,
     /// Why the last fold failed, until one succeeds.
     failing: Mutex<Option<String>>,
     gone: AtomicBool,
@@ -64,13 +54,13 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Unfolded {
-    pub fn new(folded: u64, wake: Sender<FoldMsg>) -> Unfolded {
+    pub fn new(folded: u64, records: Arc<super::writer::Records>) -> Unfolded {
         Unfolded {
             journaled: AtomicU64::new(folded),
             folded: Mutex::new(folded),
             folded_cv: Condvar::new(),
             overlay: Mutex::new(Overlay::default()),
-            wake: Mutex::new(Some(wake)),
+            records,
             failing: Mutex::new(None),
             gone: AtomicBool::new(false),
         }
@@ -160,7 +150,6 @@ impl Unfolded {
     /// The folder has stopped: release every waiter.
     pub fn folder_gone(&self) {
         self.gone.store(true, Ordering::Release);
-        lock(&self.wake).take();
         *lock(&self.folded) = u64::MAX;
         self.folded_cv.notify_all();
     }
@@ -172,9 +161,7 @@ impl Unfolded {
         if *folded >= target {
             return Ok(());
         }
-        if let Some(wake) = lock(&self.wake).as_ref() {
-            let _ = wake.send(FoldMsg::Now);
-        }
+        self.records.urge();
         while *folded < target {
             if let Some(why) = lock(&self.failing).clone() {
                 return Err(why);
@@ -194,8 +181,11 @@ mod tests {
 
     #[test]
     fn a_journaled_prune_hides_its_tasks_until_it_is_folded() {
-        let (tx, _rx) = std::sync::mpsc::channel();
-        let u = Unfolded::new(0, tx);
+        let records = Arc::new(super::super::handoff::Handoff::new(
+            std::time::Duration::from_millis(100),
+            10,
+        ));
+        let u = Unfolded::new(0, records);
         let t = Task::sample_for_tests();
         u.put_task(&t, 1);
         u.put_pruned(&[t.id], 2);

@@ -6,18 +6,26 @@
 //! to the folder, and only then answers. So an answer means durable, and visible to every read.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::mpsc::{Receiver, Sender};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use duckdb::Connection;
 use uuid::Uuid;
 
+use super::handoff::{Handoff, Taken};
 use super::journal::{self, Journal};
-use super::unfolded::{FoldMsg, Unfolded};
+use super::unfolded::Unfolded;
 use super::{rows, OpOutcome, StoreError, WriteOp, WriteRequest};
 
 /// Most requests journaled in one group.
-const MAX_GROUP: usize = 1024;
+pub const MAX_GROUP: usize = 1024;
+
+/// How long a deferred write (log lines, which nobody waits for) may wait for an answered one
+/// to travel with: it costs no wake-up of its own then, and no record write of its own.
+pub const DEFERRED_DELAY: Duration = Duration::from_millis(20);
+
+/// Journaled records on their way to the folder, in journal order.
+pub type Records = Handoff<(u64, Vec<WriteOp>)>;
 
 pub struct JournalThread {
     /// Past this size the journal thread waits for the folder to catch up, which lets it empty
@@ -25,10 +33,10 @@ pub struct JournalThread {
     pub max_bytes: u64,
     /// A reader connection, for idempotency keys already folded.
     pub conn: Connection,
-    pub rx: Receiver<WriteRequest>,
+    pub requests: Arc<Handoff<WriteRequest>>,
     pub journal: Arc<Mutex<Journal>>,
     pub unfolded: Arc<Unfolded>,
-    pub fold_tx: Sender<FoldMsg>,
+    pub records: Arc<Records>,
     pub next_seq: u64,
     pub feed: super::feed::Feed,
     pub budget: Arc<super::memory::Budget>,
@@ -44,11 +52,11 @@ fn refuse(replies: impl IntoIterator<Item = super::Reply>, why: &str) {
     }
 }
 
-struct StopFolder(Sender<FoldMsg>);
+struct StopFolder(Arc<Records>);
 
 impl Drop for StopFolder {
     fn drop(&mut self) {
-        let _ = self.0.send(FoldMsg::Stop);
+        self.0.close();
     }
 }
 
@@ -63,35 +71,43 @@ struct Decided {
 impl JournalThread {
     pub fn run(mut self) {
         // However this thread ends (a panic included), the folder is told to finish.
-        let _stop = StopFolder(self.fold_tx.clone());
+        let _stop = StopFolder(self.records.clone());
         let mut buf = Vec::new();
-        while let Ok(first) = self.rx.recv() {
-            let mut group = vec![first];
-            while group.len() < MAX_GROUP {
-                match self.rx.try_recv() {
-                    Ok(r) => group.push(r),
-                    Err(_) => break,
-                }
+        loop {
+            let Taken {
+                items: group,
+                closed,
+            } = self.requests.take(MAX_GROUP, None);
+            if !group.is_empty() {
+                self.accept(group, &mut buf);
             }
-            let bytes = self.lock_journal().bytes();
-            let accepting = self.unfolded.accepting().and_then(|()| {
-                if bytes > self.max_bytes {
-                    tracing::debug!(
-                        bytes,
-                        bound = self.max_bytes,
-                        "the journal reached its bound; writes wait for the fold"
-                    );
-                    self.unfolded.wait_folded()
-                } else {
-                    Ok(())
-                }
-            });
-            match accepting {
-                Ok(()) => self.journal_group(group, &mut buf),
-                Err(why) => refuse(group.into_iter().filter_map(|r| r.reply), &why),
+            if closed {
+                break;
             }
         }
         tracing::debug!("store journal stopped");
+    }
+
+    /// Journals one group, unless the journal is full and cannot be emptied, or the tables
+    /// cannot be written.
+    fn accept(&mut self, group: Vec<WriteRequest>, buf: &mut Vec<u8>) {
+        let bytes = self.lock_journal().bytes();
+        let accepting = self.unfolded.accepting().and_then(|()| {
+            if bytes > self.max_bytes {
+                tracing::debug!(
+                    bytes,
+                    bound = self.max_bytes,
+                    "the journal reached its bound; writes wait for the fold"
+                );
+                self.unfolded.wait_folded()
+            } else {
+                Ok(())
+            }
+        });
+        match accepting {
+            Ok(()) => self.journal_group(group, buf),
+            Err(why) => refuse(group.into_iter().filter_map(|r| r.reply), &why),
+        }
     }
 
     fn lock_journal(&self) -> std::sync::MutexGuard<'_, Journal> {
@@ -130,6 +146,7 @@ impl JournalThread {
         }
         let watched = self.feed.watched();
         let mut published = Vec::new();
+        let mut records = Vec::with_capacity(decided.len());
         for d in &mut decided {
             let Some(seq) = d.seq else { continue };
             for op in &d.ops {
@@ -148,10 +165,11 @@ impl JournalThread {
             if watched {
                 published.extend(d.ops.iter().flat_map(|op| self.feed.changes_of(op)));
             }
-            let _ = self
-                .fold_tx
-                .send(FoldMsg::Batch(seq, std::mem::take(&mut d.ops)));
+            records.push((seq, std::mem::take(&mut d.ops)));
         }
+        // Nobody waits for the fold: reads by id find these states in `unfolded`, and any
+        // other read asks the folder to hurry.
+        self.records.push(records, false);
         self.unfolded.journaled(last);
         answer(replies, decided);
         // After the answers: whoever reads on an event sees the change.
