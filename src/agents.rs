@@ -278,7 +278,7 @@ const SETTLED: Duration = Duration::from_secs(2);
 impl FileStamp {
     fn of(path: &Path) -> Option<FileStamp> {
         use std::os::unix::fs::MetadataExt;
-        let m = std::fs::metadata(path).ok()?;
+        let m = std::fs::metadata(path).ok().filter(|m| m.is_file())?;
         Some(FileStamp {
             modified: m.modified().ok()?,
             len: m.len(),
@@ -349,6 +349,21 @@ impl AgentRegistry {
             .unwrap_or_default();
         files.sort();
         files
+    }
+
+    /// The agent `name` when it takes no file read: its `<name>.md` in the first directory of the
+    /// search path, parsed before and unchanged since (one `stat`). An async caller tries this
+    /// first, where it is, and hands [`load`](Self::load) to the blocking pool only otherwise —
+    /// a hop to another thread and back costs more than the `stat`.
+    pub fn load_parsed(&self, name: &str) -> Option<AgentDef> {
+        validate_name("agent_name", name).ok()?;
+        let direct = self.dirs.first()?.join(format!("{name}.md"));
+        let stamp = FileStamp::of(&direct)?;
+        let cache = self.parsed.lock().unwrap_or_else(|p| p.into_inner());
+        match cache.get(&direct) {
+            Some((s, Ok(def))) if *s == stamp && def.name == name => Some(def.clone()),
+            _ => None,
+        }
     }
 
     /// Loads the agent `name`: in each directory of the search path, `<name>.md` first, then any

@@ -52,32 +52,42 @@ async fn run(job: RunJob, ctx: RunContext, prompts: &PromptFiles) -> RunOutcome 
         Ok(c) => c,
         Err(e) => return RunOutcome::fatal(e),
     };
-    let writer = process::feed_stdin(&mut child, job.instructions);
+    // Feeding stdin, reading stdout and stderr and waiting for the exit go on together in this
+    // one task: a task of their own each would cost three more hand-offs between threads for
+    // every attempt, which is most of what a short one costs.
+    let stdin = child.stdin.take();
+    let cancel = ctx.cancel.clone();
+    let write = async move {
+        tokio::select! {
+            () = process::write_stdin(stdin, job.instructions) => {}
+            // Stopped: the process may never read it.
+            () = cancel.cancelled() => {}
+        }
+    };
     let stdout = child.stdout.take();
-    let out_reader = tokio::spawn(async move {
+    let read_out = async move {
         match stdout {
             Some(s) => process::read_capped(s, limits::MAX_RESULT_BYTES).await,
             None => String::new(),
         }
-    });
+    };
     let stderr = child.stderr.take();
     let log = ctx.log.clone();
-    let err_reader = tokio::spawn(async move {
+    let read_err = async move {
         match stderr {
             Some(s) => process::stream_lines(s, |line| log("info", line)).await,
             None => String::new(),
         }
-    });
-
-    let Some(status) = process::wait_or_stop(&mut child, pgid, &ctx.cancel).await else {
-        writer.abort();
-        let _ = out_reader.await;
-        let _ = err_reader.await;
+    };
+    let (status, (), stdout, stderr_tail) = tokio::join!(
+        process::wait_or_stop(&mut child, pgid, &ctx.cancel),
+        write,
+        read_out,
+        read_err
+    );
+    let Some(status) = status else {
         return RunOutcome::Stopped;
     };
-    let _ = writer.await;
-    let stdout = out_reader.await.unwrap_or_default();
-    let stderr_tail = err_reader.await.unwrap_or_default();
     match status {
         Ok(s) if s.success() => RunOutcome::Completed {
             result: stdout,

@@ -47,8 +47,8 @@ pub struct RunJob {
 
 /// Sink for task log lines: `(level, message)`.
 pub type LogFn = Arc<dyn Fn(&'static str, String) + Send + Sync>;
-/// Told the process group id and its start time once a process is running, for crash recovery.
-pub type SpawnFn = Arc<dyn Fn(i64, Option<i64>) + Send + Sync>;
+/// Told the process group id once a process is running, for crash recovery.
+pub type SpawnFn = Arc<dyn Fn(i64) + Send + Sync>;
 
 #[derive(Clone)]
 pub struct RunContext {

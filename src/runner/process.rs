@@ -64,7 +64,7 @@ pub fn spawn(cmd: &mut Command, ctx: &RunContext, what: &str) -> Result<(Child, 
         format!("could not start {what:?}: {e}{hint}")
     })?;
     let pgid = child.id().map(i64::from).unwrap_or(0);
-    (ctx.on_spawn)(pgid, start_time(pgid));
+    (ctx.on_spawn)(pgid);
     (ctx.log)("info", format!("started {what:?} (pid {pgid})"));
     Ok((child, pgid))
 }
@@ -72,13 +72,16 @@ pub fn spawn(cmd: &mut Command, ctx: &RunContext, what: &str) -> Result<(Child, 
 /// Writes `text` to the child's stdin and closes it, in the background (a large text must not
 /// block reading the child's output). An agent that never reads its stdin is fine.
 pub fn feed_stdin(child: &mut Child, text: String) -> JoinHandle<()> {
-    let stdin = child.stdin.take();
-    tokio::spawn(async move {
-        if let Some(mut stdin) = stdin {
-            let _ = stdin.write_all(text.as_bytes()).await;
-            let _ = stdin.shutdown().await;
-        }
-    })
+    tokio::spawn(write_stdin(child.stdin.take(), text))
+}
+
+/// Writes `text` to a child's stdin and closes it; a child that exits without reading it only
+/// ends the write early.
+pub async fn write_stdin(stdin: Option<tokio::process::ChildStdin>, text: String) {
+    if let Some(mut stdin) = stdin {
+        let _ = stdin.write_all(text.as_bytes()).await;
+        let _ = stdin.shutdown().await;
+    }
 }
 
 /// Describes how a process ended, for an error message.
@@ -158,17 +161,19 @@ pub fn alive(pid: u32) -> bool {
 /// Reads a stream to its end, keeping at most `cap` bytes; returns the kept text (lossy UTF-8,
 /// with a marker when cut).
 pub async fn read_capped(stream: impl AsyncRead + Unpin, cap: usize) -> String {
+    // Read straight into what is kept, which grows with the output: most processes print
+    // little, and a large zeroed buffer per attempt would cost more than their whole output.
     let mut kept = Vec::new();
-    let mut total = 0usize;
-    let mut buf = vec![0u8; 64 * 1024];
     let mut reader = stream;
-    loop {
-        match reader.read(&mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => {
-                total += n;
-                let room = cap.saturating_sub(kept.len());
-                kept.extend_from_slice(&buf[..n.min(room)]);
+    let _ = (&mut reader).take(cap as u64).read_to_end(&mut kept).await;
+    let mut total = kept.len();
+    if total >= cap {
+        // Past the cap the rest is only counted.
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            match reader.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => total += n,
             }
         }
     }

@@ -13,7 +13,7 @@ use super::{Inner, Transition};
 use crate::agents::AgentDef;
 use crate::backoff;
 use crate::model::{now_us, NewLogLine, Task, TaskStatus};
-use crate::runner::{RunContext, RunJob, RunOutcome, Runner};
+use crate::runner::{process, RunContext, RunJob, RunOutcome, Runner};
 use crate::store::{StoreError, WriteOp};
 
 /// How long a process runs before its process group is written to the store.
@@ -117,17 +117,22 @@ async fn run_attempt(inner: Arc<Inner>, task: Task, handle: RunHandle) {
     let id = task.id;
     // The agent file is read again at start, so an edited agent takes effect without a restart.
     let agents = inner.agents_for(&task);
-    let agent_name = task.agent_name.clone();
-    let loaded = tokio::task::spawn_blocking(move || agents.load(&agent_name))
-        .await
-        .map_err(|e| e.to_string())
-        .and_then(|r| r.map_err(|e| e.to_string()))
-        .and_then(|agent| {
-            inner
-                .runners
-                .for_agent(&agent)
-                .map(|runner| (agent, runner))
-        });
+    let loaded = match agents.load_parsed(&task.agent_name) {
+        Some(agent) => Ok(agent),
+        None => {
+            let agent_name = task.agent_name.clone();
+            tokio::task::spawn_blocking(move || agents.load(&agent_name))
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|r| r.map_err(|e| e.to_string()))
+        }
+    }
+    .and_then(|agent| {
+        inner
+            .runners
+            .for_agent(&agent)
+            .map(|runner| (agent, runner))
+    });
     let cached = inner
         .lock()
         .hot
@@ -254,10 +259,9 @@ pub(super) async fn run_started(inner: Arc<Inner>, s: Started) {
     let ctx = RunContext {
         cancel: handle.cancel.clone(),
         log: Arc::new(move |level, message| log_inner.log(id, level, message)),
-        on_spawn: Arc::new(move |pid, pid_start| {
+        on_spawn: Arc::new(move |pid| {
             if let Some(h) = pid_inner.lock().hot.get_mut(&id) {
                 h.task.pid = Some(pid);
-                h.task.pid_start = pid_start;
             }
             // The process group is recorded only once the process has lived a while: DuckDB
             // charges about a millisecond per updated row, and most short tasks would pay it
@@ -265,14 +269,22 @@ pub(super) async fn run_started(inner: Arc<Inner>, s: Started) {
             let inner = pid_inner.clone();
             tokio::spawn(async move {
                 tokio::time::sleep(RECORD_PID_AFTER).await;
+                // The start time, which tells this process from a later one with the same pid,
+                // is read only now, for the few processes that live this long. A process that
+                // has gone meanwhile has none, and is not recorded; its pid cannot have been
+                // given to another yet (the kernel goes through every free pid first).
+                let Some(pid_start) = process::start_time(pid) else {
+                    return;
+                };
                 // Sent under the lock: the attempt's end marks the task `Finishing` under the
                 // same lock before it queues its own write, so this never lands after it.
-                let st = inner.lock();
+                let mut st = inner.lock();
                 let running = st
                     .hot
-                    .get(&id)
+                    .get_mut(&id)
                     .filter(|h| matches!(h.wait, Wait::Running(_)) && h.task.pid == Some(pid));
                 if let Some(h) = running {
+                    h.task.pid_start = Some(pid_start);
                     inner
                         .store
                         .write_later(vec![WriteOp::UpdateTask(Box::new(h.task.clone()))]);

@@ -373,10 +373,15 @@ impl Service {
 
         // The agent must exist and be runnable now, not only when a worker picks the task up.
         let agents = self.agents();
-        let agent_name = a.agent_name.clone();
-        let agent = tokio::task::spawn_blocking(move || agents.load(&agent_name))
-            .await
-            .map_err(|e| ServiceError::Internal(e.to_string()))??;
+        let agent = match agents.load_parsed(&a.agent_name) {
+            Some(agent) => agent,
+            None => {
+                let agent_name = a.agent_name.clone();
+                tokio::task::spawn_blocking(move || agents.load(&agent_name))
+                    .await
+                    .map_err(|e| ServiceError::Internal(e.to_string()))??
+            }
+        };
         self.sched
             .runners()
             .for_agent(&agent)
