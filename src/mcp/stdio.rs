@@ -8,6 +8,7 @@
 //! a valid message an invalid-request error for its id. Notifications are never answered, as
 //! JSON-RPC requires.
 
+use std::os::fd::{BorrowedFd, OwnedFd};
 use std::sync::Arc;
 
 use futures_util::StreamExt;
@@ -38,27 +39,50 @@ type Writer = Box<dyn AsyncWrite + Send + Unpin>;
 
 /// The session's transport on the process's stdin and stdout.
 ///
-/// An MCP client connects them to pipes (or, from Node.js, to a socket pair). Those are read and
-/// written through the runtime's reactor, like any socket: tokio's own stdin and stdout hand
+/// An MCP client connects them to pipes (or, from Node.js, to a socket pair each). Those are read
+/// and written through the runtime's reactor, like any socket: tokio's own stdin and stdout hand
 /// every read and write to a thread of its blocking pool and back, two thread switches per
 /// message. Anything else (a terminal, a file) keeps tokio's, so a terminal shared with a
-/// shell is never made non-blocking.
+/// shell is never made non-blocking; so does a descriptor whose file another of the three
+/// shares (`2>&1`, one socket for all), since the others are written with blocking writes.
 pub fn stdio() -> LineTransport<Reader, Writer> {
-    let read = reactor_stdin().unwrap_or_else(|| Box::new(tokio::io::stdin()));
-    let write = reactor_stdout().unwrap_or_else(|| Box::new(tokio::io::stdout()));
+    use std::os::fd::AsFd;
+    let ids = [
+        file_id(std::io::stdin().as_fd()),
+        file_id(std::io::stdout().as_fd()),
+        file_id(std::io::stderr().as_fd()),
+    ];
+    let alone = |i: usize| ids[i].is_some() && (0..3).all(|j| j == i || ids[j] != ids[i]);
+    let read = alone(0)
+        .then(|| reactor_stdin(std::io::stdin().as_fd()))
+        .flatten()
+        .unwrap_or_else(|| Box::new(tokio::io::stdin()));
+    let write = alone(1)
+        .then(|| reactor_stdout(std::io::stdout().as_fd()))
+        .flatten()
+        .unwrap_or_else(|| Box::new(tokio::io::stdout()));
     LineTransport::new(read, write)
+}
+
+/// Which file a descriptor is open on.
+fn file_id(fd: std::os::fd::BorrowedFd<'_>) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::File::from(fd.try_clone_to_owned().ok()?)
+        .metadata()
+        .ok()?;
+    Some((m.dev(), m.ino()))
 }
 
 /// What an inherited descriptor is connected to, when the reactor can drive it.
 enum Channel {
-    Pipe(std::os::fd::OwnedFd),
+    Pipe(OwnedFd),
     Socket(std::os::unix::net::UnixStream),
 }
 
 /// A duplicate of `fd` (stdin or stdout), if it is a pipe or a socket. The duplicate shares the
 /// open file with the original, so making it non-blocking makes that file non-blocking: fine
-/// for a pipe end or a socket this process alone reads (or writes), never done to a terminal.
-fn channel(fd: std::os::fd::BorrowedFd<'_>) -> Option<Channel> {
+/// for a pipe end or a socket only this descriptor uses, never done to a terminal.
+fn channel(fd: BorrowedFd<'_>) -> Option<Channel> {
     use std::os::unix::fs::FileTypeExt;
     let owned = fd.try_clone_to_owned().ok()?;
     let kind = std::fs::File::from(owned.try_clone().ok()?)
@@ -68,43 +92,51 @@ fn channel(fd: std::os::fd::BorrowedFd<'_>) -> Option<Channel> {
     if kind.is_fifo() {
         Some(Channel::Pipe(owned))
     } else if kind.is_socket() {
-        let stream = std::os::unix::net::UnixStream::from(owned);
-        stream.set_nonblocking(true).ok()?;
-        Some(Channel::Socket(stream))
+        Some(Channel::Socket(std::os::unix::net::UnixStream::from(owned)))
     } else {
         None
     }
 }
 
-fn reactor_stdin() -> Option<Reader> {
-    use std::os::fd::AsFd;
-    match channel(std::io::stdin().as_fd())? {
-        Channel::Pipe(fd) => Some(Box::new(
-            tokio::net::unix::pipe::Receiver::from_owned_fd(fd).ok()?,
-        )),
-        Channel::Socket(s) => Some(Box::new(tokio::net::UnixStream::from_std(s).ok()?)),
+/// `fd` on the reactor through `make`; if that fails, the file is made blocking again for
+/// tokio's own stdin or stdout, which the caller falls back to.
+fn on_reactor<T>(
+    fd: BorrowedFd<'_>,
+    make: impl FnOnce(Channel) -> std::io::Result<T>,
+) -> Option<T> {
+    let made = make(channel(fd)?);
+    if made.is_err() {
+        // The flag belongs to the open file, so any descriptor of it clears it (FIONBIO works
+        // on pipes as on sockets).
+        if let Ok(dup) = fd.try_clone_to_owned() {
+            let _ = std::os::unix::net::UnixStream::from(dup).set_nonblocking(false);
+        }
     }
+    made.ok()
 }
 
-fn reactor_stdout() -> Option<Writer> {
-    use std::os::fd::AsFd;
-    use std::os::unix::fs::MetadataExt;
-    // Logs go to stderr with blocking writes: when it is the same pipe (`2>&1`), it stays as is.
-    let id = |fd: std::os::fd::BorrowedFd<'_>| {
-        let m = std::fs::File::from(fd.try_clone_to_owned().ok()?)
-            .metadata()
-            .ok()?;
-        Some((m.dev(), m.ino()))
-    };
-    if id(std::io::stdout().as_fd()) == id(std::io::stderr().as_fd()) {
-        return None;
-    }
-    match channel(std::io::stdout().as_fd())? {
-        Channel::Pipe(fd) => Some(Box::new(
-            tokio::net::unix::pipe::Sender::from_owned_fd(fd).ok()?,
-        )),
-        Channel::Socket(s) => Some(Box::new(tokio::net::UnixStream::from_std(s).ok()?)),
-    }
+fn reactor_stdin(fd: BorrowedFd<'_>) -> Option<Reader> {
+    on_reactor(fd, |c| -> std::io::Result<Reader> {
+        Ok(match c {
+            Channel::Pipe(fd) => Box::new(tokio::net::unix::pipe::Receiver::from_owned_fd(fd)?),
+            Channel::Socket(s) => {
+                s.set_nonblocking(true)?;
+                Box::new(tokio::net::UnixStream::from_std(s)?)
+            }
+        })
+    })
+}
+
+fn reactor_stdout(fd: BorrowedFd<'_>) -> Option<Writer> {
+    on_reactor(fd, |c| -> std::io::Result<Writer> {
+        Ok(match c {
+            Channel::Pipe(fd) => Box::new(tokio::net::unix::pipe::Sender::from_owned_fd(fd)?),
+            Channel::Socket(s) => {
+                s.set_nonblocking(true)?;
+                Box::new(tokio::net::UnixStream::from_std(s)?)
+            }
+        })
+    })
 }
 
 impl<R, W> LineTransport<R, W>

@@ -56,12 +56,13 @@ async fn run(job: RunJob, ctx: RunContext, prompts: &PromptFiles) -> RunOutcome 
     // one task: a task of their own each would cost three more hand-offs between threads for
     // every attempt, which is most of what a short one costs.
     let stdin = child.stdin.take();
-    let cancel = ctx.cancel.clone();
+    let reaped = tokio_util::sync::CancellationToken::new();
+    let reaped_write = reaped.clone();
     let write = async move {
         tokio::select! {
             () = process::write_stdin(stdin, job.instructions) => {}
-            // Stopped: the process may never read it.
-            () = cancel.cancelled() => {}
+            // Its reader has gone (and a process that escaped its group may never read it).
+            () = reaped_write.cancelled() => {}
         }
     };
     let stdout = child.stdout.take();
@@ -79,12 +80,12 @@ async fn run(job: RunJob, ctx: RunContext, prompts: &PromptFiles) -> RunOutcome 
             None => String::new(),
         }
     };
-    let (status, (), stdout, stderr_tail) = tokio::join!(
-        process::wait_or_stop(&mut child, pgid, &ctx.cancel),
-        write,
-        read_out,
-        read_err
-    );
+    let wait = async {
+        let status = process::wait_or_stop(&mut child, pgid, &ctx.cancel).await;
+        reaped.cancel();
+        status
+    };
+    let (status, (), stdout, stderr_tail) = tokio::join!(wait, write, read_out, read_err);
     let Some(status) = status else {
         return RunOutcome::Stopped;
     };

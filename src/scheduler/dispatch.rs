@@ -262,6 +262,8 @@ pub(super) async fn run_started(inner: Arc<Inner>, s: Started) {
         on_spawn: Arc::new(move |pid| {
             if let Some(h) = pid_inner.lock().hot.get_mut(&id) {
                 h.task.pid = Some(pid);
+                // Until read for this process (an attempt's `worktree_setup` ran before it).
+                h.task.pid_start = None;
             }
             // The process group is recorded only once the process has lived a while: DuckDB
             // charges about a millisecond per updated row, and most short tasks would pay it

@@ -52,6 +52,16 @@ fn refuse(replies: impl IntoIterator<Item = super::Reply>, why: &str) {
     }
 }
 
+/// Closes the requests and drops what is left of them: their writers are answered `Closed`.
+struct RefuseRest(Arc<Handoff<WriteRequest>>);
+
+impl Drop for RefuseRest {
+    fn drop(&mut self) {
+        self.0.close();
+        drop(self.0.take(usize::MAX, None));
+    }
+}
+
 struct StopFolder(Arc<Records>);
 
 impl Drop for StopFolder {
@@ -70,8 +80,10 @@ struct Decided {
 
 impl JournalThread {
     pub fn run(mut self) {
-        // However this thread ends (a panic included), the folder is told to finish.
+        // However this thread ends (a panic included), the folder is told to finish, and no
+        // writer waits for an answer that will not come.
         let _stop = StopFolder(self.records.clone());
+        let _refuse = RefuseRest(self.requests.clone());
         let mut buf = Vec::new();
         loop {
             let Taken {

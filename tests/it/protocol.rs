@@ -222,8 +222,7 @@ async fn tools_are_listed_with_schemas_and_descriptions() {
     s.stop().await;
 }
 
-/// Node.js (Claude Code) connects a server's stdin and stdout to one end of a socket pair, not
-/// to pipes. Calls are served over it — an answer larger than the socket's buffer included —
+/// Node.js (Claude Code) connects a server's stdin and stdout to socket pairs, not to pipes. Calls are served over it — an answer larger than the socket's buffer included —
 /// and the end of its input ends the session.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_session_on_a_socket_pair_serves_calls_and_ends_at_eof() {
@@ -231,9 +230,11 @@ async fn a_session_on_a_socket_pair_serves_calls_and_ends_at_eof() {
     let env = Env::new();
     // 600 KB of output: the answer carrying it does not fit in a socket buffer at once.
     env.shell_agent("big", "head -c 600000 /dev/zero | tr '\\0' x", "");
-    let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
-    let child_in = OwnedFd::from(theirs.try_clone().unwrap());
-    let child_out = OwnedFd::from(theirs);
+    // A pair each for stdin and stdout, as libuv makes them.
+    let (our_in, their_in) = std::os::unix::net::UnixStream::pair().unwrap();
+    let (our_out, their_out) = std::os::unix::net::UnixStream::pair().unwrap();
+    let child_in = OwnedFd::from(their_in);
+    let child_out = OwnedFd::from(their_out);
     let mut child = tokio::process::Command::new(BIN)
         .current_dir(env.dir.path())
         .env("ORCHESTR8_DB_PATH", env.path("db/o8.duckdb"))
@@ -244,8 +245,10 @@ async fn a_session_on_a_socket_pair_serves_calls_and_ends_at_eof() {
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    ours.set_nonblocking(true).unwrap();
-    let (read, mut write) = tokio::net::UnixStream::from_std(ours).unwrap().into_split();
+    our_in.set_nonblocking(true).unwrap();
+    our_out.set_nonblocking(true).unwrap();
+    let mut write = tokio::net::UnixStream::from_std(our_in).unwrap();
+    let read = tokio::net::UnixStream::from_std(our_out).unwrap();
     let mut out = BufReader::new(read).lines();
     for m in [
         json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
