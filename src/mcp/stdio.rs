@@ -115,14 +115,17 @@ fn on_reactor<T>(
     made.ok()
 }
 
+/// A socket on the reactor (tokio's pipe types make a pipe non-blocking themselves).
+fn reactor_socket(s: std::os::unix::net::UnixStream) -> std::io::Result<tokio::net::UnixStream> {
+    s.set_nonblocking(true)?;
+    tokio::net::UnixStream::from_std(s)
+}
+
 fn reactor_stdin(fd: BorrowedFd<'_>) -> Option<Reader> {
     on_reactor(fd, |c| -> std::io::Result<Reader> {
         Ok(match c {
             Channel::Pipe(fd) => Box::new(tokio::net::unix::pipe::Receiver::from_owned_fd(fd)?),
-            Channel::Socket(s) => {
-                s.set_nonblocking(true)?;
-                Box::new(tokio::net::UnixStream::from_std(s)?)
-            }
+            Channel::Socket(s) => Box::new(reactor_socket(s)?),
         })
     })
 }
@@ -131,10 +134,7 @@ fn reactor_stdout(fd: BorrowedFd<'_>) -> Option<Writer> {
     on_reactor(fd, |c| -> std::io::Result<Writer> {
         Ok(match c {
             Channel::Pipe(fd) => Box::new(tokio::net::unix::pipe::Sender::from_owned_fd(fd)?),
-            Channel::Socket(s) => {
-                s.set_nonblocking(true)?;
-                Box::new(tokio::net::UnixStream::from_std(s)?)
-            }
+            Channel::Socket(s) => Box::new(reactor_socket(s)?),
         })
     })
 }
