@@ -30,7 +30,7 @@ use crate::rest::{self, RestSettings};
 use crate::runner::Runners;
 use crate::scheduler::{SchedConfig, Scheduler};
 use crate::service::Service;
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 
 /// Why this process did not become the engine.
 #[derive(Debug, thiserror::Error)]
@@ -117,7 +117,7 @@ impl Engine {
         };
         let store = match Store::open_with(&db_path, &options) {
             Ok(s) => Arc::new(s),
-            Err(e) if e.is_locked() => return Err(OpenError::Locked(e.to_string())),
+            Err(StoreError::Locked(why)) => return Err(OpenError::Locked(why)),
             Err(e) => {
                 return Err(OpenError::Failed(
                     anyhow::Error::new(e)

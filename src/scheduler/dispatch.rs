@@ -99,7 +99,7 @@ async fn stored_instructions(
         match inner.store.instructions(id).await {
             Ok(Some(i)) => return Ok(i),
             Ok(None) => return Err(format!("task {id} has no stored instructions")),
-            Err(e @ StoreError::Conflict(_)) => {
+            Err(e @ StoreError::Unavailable(_)) => {
                 tracing::warn!(task_id = %id, "cannot read the task's instructions yet ({e}); trying again in {pause:?}");
                 tokio::select! {
                     _ = stop.cancelled() => return Ok(String::new()),

@@ -43,24 +43,60 @@ use crate::model::{NewLogLine, Phase, Task, TaskStatus, WebhookAttempt, WebhookE
 pub use schema::SCHEMA_VERSION;
 use unfolded::Unfolded;
 
+/// What can go wrong in storage, named for what it means to the caller rather than for the
+/// database underneath (each driver maps its own errors onto these).
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("database error: {0}")]
-    Db(#[from] duckdb::Error),
+    /// Another process holds the database (a DuckDB file has one owner at a time).
     #[error("{0}")]
-    Schema(String),
+    Locked(String),
+    /// The database cannot do this now — a full disk, memory, a lost connection, writes held
+    /// back while a fold fails. Nothing was changed; the same call may succeed later.
+    #[error("{0}")]
+    Unavailable(String),
+    /// The change collides with another one: a key already taken, or a row that changed
+    /// meanwhile (an attempt that no longer owns its task).
     #[error("{0}")]
     Conflict(String),
+    /// What is stored cannot be read as this build expects.
+    #[error("{0}")]
+    Corrupt(String),
+    /// Written by another version of orchestr8-async (a newer schema, journal records this build
+    /// cannot read): refused rather than misread.
+    #[error("{0}")]
+    Incompatible(String),
     #[error("the store has shut down")]
     Closed,
-    #[error("database I/O error: {0}")]
-    Io(#[from] std::io::Error),
 }
 
-impl StoreError {
-    /// Another process holds the file (DuckDB allows one writer process per file).
-    pub fn is_locked(&self) -> bool {
-        matches!(self, StoreError::Db(e) if e.to_string().contains("Could not set lock on file"))
+/// DuckDB's errors, sorted by what they mean. Its messages are kept whole: the store's memory
+/// relief recognises an out-of-memory error by its text.
+impl From<duckdb::Error> for StoreError {
+    fn from(e: duckdb::Error) -> StoreError {
+        use duckdb::Error as E;
+        let text = e.to_string();
+        match e {
+            E::FromSqlConversionFailure(..)
+            | E::IntegralValueOutOfRange(..)
+            | E::InvalidColumnType(..)
+            | E::Utf8Error(..) => {
+                StoreError::Corrupt(format!("a stored value cannot be read: {text}"))
+            }
+            _ if text.contains("Could not set lock on file") => StoreError::Locked(text),
+            _ if text.contains("Constraint Error") || text.contains("Duplicate key") => {
+                StoreError::Conflict(format!("database error: {text}"))
+            }
+            _ if text.to_ascii_lowercase().contains("corrupt") => {
+                StoreError::Corrupt(format!("database error: {text}"))
+            }
+            _ => StoreError::Unavailable(format!("database error: {text}")),
+        }
+    }
+}
+
+impl From<std::io::Error> for StoreError {
+    fn from(e: std::io::Error) -> StoreError {
+        StoreError::Unavailable(format!("database I/O error: {e}"))
     }
 }
 
@@ -185,7 +221,7 @@ impl Store {
         let folder_conn = conn.try_clone()?;
         folder_conn.set_prepared_statement_cache_capacity(64);
         if let Some(why) = &replay.unreadable {
-            return Err(StoreError::Schema(format!(
+            return Err(StoreError::Incompatible(format!(
                 "the journal {} holds writes this build cannot read ({why}); start the \
                  orchestr8-async that wrote them, or move the journal aside to give them up",
                 journal_path.display()
@@ -202,7 +238,7 @@ impl Store {
             budget
                 .retrying(&folder_conn, || fold::commit(&folder_conn, &replay.records))
                 .map_err(|e| {
-                    StoreError::Schema(format!(
+                    StoreError::Unavailable(format!(
                     "cannot apply the journal {} to the database: {e}. Its writes are kept; fix \
                      the cause (disk space, permissions) and start again",
                     journal_path.display()
@@ -335,7 +371,7 @@ impl Store {
     {
         let unfolded = self.unfolded.clone();
         self.read_folded(move |c| {
-            unfolded.wait_folded().map_err(StoreError::Conflict)?;
+            unfolded.wait_folded().map_err(StoreError::Unavailable)?;
             f(c)
         })
         .await
@@ -366,7 +402,7 @@ impl Store {
             let out = match f(&conn) {
                 // This read cannot be run twice; the next one has the room.
                 Err(e) if budget.relieve(&conn, &e.to_string()) => {
-                    Err(StoreError::Conflict(format!(
+                    Err(StoreError::Unavailable(format!(
                         "the database needed more memory than its limit; the limit is now {} \
                          MiB (ORCHESTR8_DB_MEMORY_MIB): try again",
                         budget.mib()
@@ -388,7 +424,7 @@ impl Store {
     /// Returns once every write answered so far is in the tables (a prune's rows are gone).
     pub async fn settled(&self) -> Result<(), StoreError> {
         let unfolded = self.unfolded.clone();
-        tokio::task::spawn_blocking(move || unfolded.wait_folded().map_err(StoreError::Conflict))
+        tokio::task::spawn_blocking(move || unfolded.wait_folded().map_err(StoreError::Unavailable))
             .await
             .map_err(|_| StoreError::Closed)?
     }

@@ -132,7 +132,7 @@ impl Store {
 
 fn parse_id(s: String) -> Result<Uuid, StoreError> {
     Uuid::parse_str(&s)
-        .map_err(|e| StoreError::Schema(format!("a stored id {s:?} is not a UUID: {e}")))
+        .map_err(|e| StoreError::Corrupt(format!("a stored id {s:?} is not a UUID: {e}")))
 }
 
 fn count(c: &Connection, sql: &str) -> Result<u64, StoreError> {

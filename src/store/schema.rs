@@ -64,10 +64,10 @@ fn expand(sql: &str, schema: &str) -> Result<String, StoreError> {
         let after = &rest[at + "{create ".len()..];
         let close = after
             .find('}')
-            .ok_or_else(|| StoreError::Schema(format!("unclosed {{create in {sql:?}")))?;
+            .ok_or_else(|| StoreError::Corrupt(format!("unclosed {{create in {sql:?}")))?;
         let table = &after[..close];
         out.push_str(create_statement(schema, table).ok_or_else(|| {
-            StoreError::Schema(format!("schema.sql has no CREATE TABLE for {table}"))
+            StoreError::Corrupt(format!("schema.sql has no CREATE TABLE for {table}"))
         })?);
         rest = &after[close + 1..];
     }
@@ -97,7 +97,7 @@ pub fn apply(conn: &Connection) -> Result<(), StoreError> {
             )?;
         }
         Some(v) if v > SCHEMA_VERSION => {
-            return Err(StoreError::Schema(format!(
+            return Err(StoreError::Incompatible(format!(
                 "the database was written by a newer orchestr8-async (schema version {v}, this build knows {SCHEMA_VERSION}); upgrade orchestr8-async or point ORCHESTR8_DB_PATH at another file"
             )));
         }

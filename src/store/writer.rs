@@ -46,7 +46,7 @@ pub struct JournalThread {
 fn refuse(replies: impl IntoIterator<Item = super::Reply>, why: &str) {
     tracing::error!("write refused: {why}");
     for reply in replies {
-        let _ = reply.send(Err(StoreError::Conflict(format!(
+        let _ = reply.send(Err(StoreError::Unavailable(format!(
             "nothing was written: {why}"
         ))));
     }
@@ -243,7 +243,7 @@ impl JournalThread {
         }
         let seq = self.next_seq;
         if let Err(e) = journal::encode(seq, &kept, buf) {
-            return failed(StoreError::Conflict(format!("cannot encode: {e}")));
+            return failed(StoreError::Corrupt(format!("cannot encode: {e}")));
         }
         self.next_seq += 1;
         keys.extend(new_keys);
@@ -297,7 +297,7 @@ fn failed(e: StoreError) -> Decided {
 fn answer(replies: Vec<Option<super::Reply>>, decided: Vec<Decided>) {
     for (reply, d) in replies.into_iter().zip(decided) {
         let Some(reply) = reply else { continue };
-        let _ = reply.send(d.outcomes.map_err(StoreError::Conflict));
+        let _ = reply.send(d.outcomes.map_err(StoreError::Unavailable));
     }
 }
 
