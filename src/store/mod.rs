@@ -18,6 +18,7 @@ mod fold;
 mod handoff;
 mod journal;
 mod memory;
+pub mod postgres;
 pub mod prune;
 mod reads;
 mod rows;

@@ -3,6 +3,7 @@
 //! project links one test binary.
 
 mod cli;
+mod cluster_store;
 mod dashboard;
 mod disk_full;
 mod durability;
@@ -10,6 +11,7 @@ mod engines;
 mod harness;
 mod mcp_http;
 mod openapi;
+mod pg;
 mod plugin;
 mod progress;
 mod protocol;

@@ -1,0 +1,342 @@
+//! Tasks in, tasks claimed, outcomes recorded: the set-based core of a cluster node.
+//!
+//! - **Insert many** in one statement; a task whose idempotency key another task holds is not
+//!   inserted, and the holder is named. A new task counts its dependencies that have not
+//!   completed, reading them under a share lock, so a dependency finishing at the same moment
+//!   either sees the new dependent or is seen completed by it — never neither.
+//! - **Claim up to N** ready tasks: highest priority first, oldest first, from the queues the
+//!   node serves and not bound to another host, with `FOR UPDATE SKIP LOCKED` in a CTE so
+//!   claimers never wait on each other's rows. An agent's `max_concurrency` and a workflow's
+//!   `max_parallel` count the tasks running on every node: claims take one advisory lock for
+//!   the moment they count and claim, so two nodes never both see the last free slot.
+//! - **Finish many**, fenced: an outcome is recorded only where the task is still `running` the
+//!   same attempt on the same node. A node that was given up and has come back gets `Fenced`.
+
+use serde_json::Value;
+use uuid::Uuid;
+
+use super::rows::{new_task_json, task_from_row, task_state_json, TASK_COLUMNS};
+use super::Postgres;
+use crate::model::{Task, TaskStatus};
+use crate::store::{OpOutcome, StoreError};
+
+/// The advisory lock of claiming ("o8claim!" read as a number).
+const CLAIM_LOCK: i64 = 0x6f38_636c_6169_6d21;
+
+/// How many candidates a claim of N looks at: room to skip tasks whose agent or workflow is at
+/// its limit without reading the whole queue.
+const SCAN_FACTOR: i64 = 4;
+
+/// A task to insert, with where it may run.
+#[derive(Debug, Clone)]
+pub struct NewClusterTask {
+    pub task: Task,
+    pub instructions: String,
+    pub queue: String,
+    /// Only nodes on this host may run it (`None`: any node serving its queue).
+    pub host: Option<String>,
+    /// Its agent's `max_concurrency`, held across the cluster.
+    pub max_concurrency: Option<u32>,
+}
+
+/// What a node asks for when it has free workers.
+#[derive(Debug, Clone)]
+pub struct ClaimRequest<'a> {
+    pub node_id: &'a str,
+    pub host: &'a str,
+    pub queues: &'a [String],
+    pub limit: u32,
+}
+
+/// Whether an outcome was recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recorded {
+    Done,
+    /// The task is no longer this node's attempt (rescued, or changed): nothing was written.
+    Fenced,
+}
+
+/// How many of `deps` are not completed, given the status of those that exist (a dependency
+/// that no longer exists was removed by retention after it finished, so it counts as
+/// completed).
+pub fn open_dependencies(deps: &[Uuid], found: &[(Uuid, TaskStatus)]) -> i32 {
+    deps.iter()
+        .filter(|d| {
+            found
+                .iter()
+                .any(|(id, st)| id == *d && *st != TaskStatus::Completed)
+        })
+        .count() as i32
+}
+
+impl Postgres {
+    /// Inserts tasks in one transaction. Each gets `Done`, or `Existing(holder)` when its
+    /// idempotency key belongs to another task (then nothing of it is written).
+    pub async fn insert_tasks(
+        &self,
+        tasks: &[NewClusterTask],
+    ) -> Result<Vec<OpOutcome>, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let all_deps: Vec<Uuid> = tasks
+            .iter()
+            .flat_map(|t| t.task.dependencies.iter().copied())
+            .collect();
+        let found: Vec<(Uuid, TaskStatus)> = if all_deps.is_empty() {
+            Vec::new()
+        } else {
+            tx.query(
+                "SELECT task_id, status FROM tasks WHERE task_id = ANY($1) FOR SHARE",
+                &[&all_deps],
+            )
+            .await?
+            .iter()
+            .map(|r| {
+                let st: String = r.try_get(1)?;
+                Ok((
+                    r.try_get(0)?,
+                    TaskStatus::parse(&st).unwrap_or(TaskStatus::Failed),
+                ))
+            })
+            .collect::<Result<_, StoreError>>()?
+        };
+        let rows: Vec<Value> = tasks
+            .iter()
+            .map(|n| {
+                new_task_json(
+                    &n.task,
+                    &n.instructions,
+                    &n.queue,
+                    n.host.as_deref(),
+                    n.max_concurrency,
+                    open_dependencies(&n.task.dependencies, &found),
+                )
+            })
+            .collect();
+        let inserted: Vec<Uuid> = tx
+            .query(
+                "INSERT INTO tasks
+                 SELECT (r).* FROM (
+                     SELECT jsonb_populate_record(NULL::tasks,
+                                e.v || jsonb_build_object('updated_at', now())) AS r
+                     FROM jsonb_array_elements($1) AS e(v)
+                 ) AS rows
+                 ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+                 RETURNING task_id",
+                &[&Value::Array(rows)],
+            )
+            .await?
+            .iter()
+            .map(|r| r.try_get(0))
+            .collect::<Result<_, _>>()?;
+        let refused_keys: Vec<&str> = tasks
+            .iter()
+            .filter(|n| !inserted.contains(&n.task.id))
+            .filter_map(|n| n.task.idempotency_key.as_deref())
+            .collect();
+        let holders: Vec<(String, Uuid)> = if refused_keys.is_empty() {
+            Vec::new()
+        } else {
+            tx.query(
+                "SELECT idempotency_key, task_id FROM tasks WHERE idempotency_key = ANY($1)",
+                &[&refused_keys],
+            )
+            .await?
+            .iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+            .collect::<Result<_, StoreError>>()?
+        };
+        let edges: Vec<(Uuid, Uuid)> = tasks
+            .iter()
+            .filter(|n| inserted.contains(&n.task.id))
+            .flat_map(|n| n.task.dependencies.iter().map(move |d| (n.task.id, *d)))
+            .collect();
+        if !edges.is_empty() {
+            let (from, to): (Vec<Uuid>, Vec<Uuid>) = edges.into_iter().unzip();
+            tx.execute(
+                "INSERT INTO task_dependencies (task_id, depends_on)
+                 SELECT * FROM unnest($1::uuid[], $2::uuid[]) ON CONFLICT DO NOTHING",
+                &[&from, &to],
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        tasks
+            .iter()
+            .map(|n| {
+                if inserted.contains(&n.task.id) {
+                    return Ok(OpOutcome::Done);
+                }
+                let key = n.task.idempotency_key.as_deref();
+                holders
+                    .iter()
+                    .find(|(k, _)| Some(k.as_str()) == key)
+                    .map(|(_, holder)| OpOutcome::Existing(*holder))
+                    .ok_or_else(|| {
+                        StoreError::Conflict(format!(
+                            "task {} was not inserted: a task with its id already exists",
+                            n.task.id
+                        ))
+                    })
+            })
+            .collect()
+    }
+
+    /// Claims up to `req.limit` ready tasks for `req.node_id`: each is `running` with its
+    /// attempt counted, owned by the node, returned with its instructions, in claim order.
+    pub async fn claim(&self, req: &ClaimRequest<'_>) -> Result<Vec<(Task, String)>, StoreError> {
+        if req.limit == 0 || req.queues.is_empty() {
+            return Ok(Vec::new());
+        }
+        let sql = format!(
+            "WITH running_agents AS (
+                 SELECT agent_name, count(*) AS n FROM tasks
+                 WHERE status = 'running' GROUP BY agent_name
+             ),
+             running_workflows AS (
+                 SELECT workflow_id, count(*) AS n FROM tasks
+                 WHERE status = 'running' AND workflow_id IS NOT NULL GROUP BY workflow_id
+             ),
+             candidates AS (
+                 SELECT c.task_id, c.agent_name, c.workflow_id, c.priority, c.created_at,
+                        c.max_concurrency
+                 FROM tasks c
+                 WHERE c.status = 'pending' AND c.deps_open = 0 AND NOT c.gated
+                   AND c.scheduled_at <= now()
+                   AND c.queue = ANY($3) AND (c.host IS NULL OR c.host = $2)
+                   AND (c.max_concurrency IS NULL OR c.max_concurrency >
+                        coalesce((SELECT n FROM running_agents r
+                                  WHERE r.agent_name = c.agent_name), 0))
+                 ORDER BY c.priority DESC, c.created_at, c.task_id
+                 LIMIT $5
+                 FOR UPDATE OF c SKIP LOCKED
+             ),
+             ranked AS (
+                 SELECT c.*,
+                        row_number() OVER (PARTITION BY c.agent_name
+                            ORDER BY c.priority DESC, c.created_at, c.task_id) AS agent_rank,
+                        row_number() OVER (PARTITION BY c.workflow_id
+                            ORDER BY c.priority DESC, c.created_at, c.task_id) AS workflow_rank
+                 FROM candidates c
+             ),
+             picked AS (
+                 SELECT r.task_id FROM ranked r
+                 LEFT JOIN running_agents ra ON ra.agent_name = r.agent_name
+                 LEFT JOIN running_workflows rw ON rw.workflow_id = r.workflow_id
+                 LEFT JOIN workflows w ON w.workflow_id = r.workflow_id
+                 WHERE (r.max_concurrency IS NULL
+                        OR coalesce(ra.n, 0) + r.agent_rank <= r.max_concurrency)
+                   AND (w.max_parallel IS NULL
+                        OR coalesce(rw.n, 0) + r.workflow_rank <= w.max_parallel)
+                 ORDER BY r.priority DESC, r.created_at, r.task_id
+                 LIMIT $4
+             )
+             UPDATE tasks t SET status = 'running', attempt = t.attempt + 1, node_id = $1,
+                 started_at = now(), completed_at = NULL, result = NULL, error = NULL,
+                 pid = NULL, pid_start = NULL, updated_at = now()
+             FROM picked WHERE t.task_id = picked.task_id
+             RETURNING {TASK_COLUMNS}, t.instructions"
+        );
+        let limit = i64::from(req.limit);
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        // Its own statement, so that the claim's snapshot, taken after it, sees every claim
+        // committed before this one.
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&CLAIM_LOCK])
+            .await?;
+        let rows = tx
+            .query(
+                &sql,
+                &[
+                    &req.node_id,
+                    &req.host,
+                    &req.queues,
+                    &limit,
+                    &(limit * SCAN_FACTOR),
+                ],
+            )
+            .await?;
+        tx.commit().await?;
+        let mut claimed = rows
+            .iter()
+            .map(|r| Ok((task_from_row(r)?, r.try_get::<_, String>(30)?)))
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        claimed.sort_by_key(|(t, _)| (std::cmp::Reverse(t.priority.rank()), t.created_us, t.id));
+        Ok(claimed)
+    }
+
+    /// Records outcomes of attempts `node_id` owns, in one statement: each task's new state
+    /// (its `attempt` is the attempt that ended). An outcome for a task that is no longer that
+    /// attempt of this node's is not written (`Fenced`).
+    pub async fn finish(
+        &self,
+        node_id: &str,
+        outcomes: &[Task],
+    ) -> Result<Vec<Recorded>, StoreError> {
+        if outcomes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows: Vec<Value> = outcomes.iter().map(task_state_json).collect();
+        let written: Vec<Uuid> = self
+            .client()
+            .await?
+            .query(
+                "UPDATE tasks t SET status = o.status, scheduled_at = o.scheduled_at,
+                     started_at = o.started_at, completed_at = o.completed_at,
+                     retry_floor = o.retry_floor, metadata = o.metadata, result = o.result,
+                     error = o.error, input_tokens = o.input_tokens,
+                     output_tokens = o.output_tokens, cost_usd = o.cost_usd,
+                     workspace = o.workspace, pid = NULL, pid_start = NULL, updated_at = now()
+                 FROM jsonb_populate_recordset(NULL::tasks, $1) AS o
+                 WHERE t.task_id = o.task_id AND t.status = 'running'
+                   AND t.attempt = o.attempt AND t.node_id = $2
+                 RETURNING t.task_id",
+                &[&Value::Array(rows), &node_id],
+            )
+            .await?
+            .iter()
+            .map(|r| r.try_get(0))
+            .collect::<Result<_, _>>()?;
+        Ok(outcomes
+            .iter()
+            .map(|t| {
+                if written.contains(&t.id) {
+                    Recorded::Done
+                } else {
+                    Recorded::Fenced
+                }
+            })
+            .collect())
+    }
+
+    /// A task as stored now, with where it runs.
+    pub async fn task(&self, id: Uuid) -> Result<Option<(Task, Option<String>)>, StoreError> {
+        let sql = format!("SELECT {TASK_COLUMNS}, t.node_id FROM tasks t WHERE t.task_id = $1");
+        let row = self.client().await?.query_opt(&sql, &[&id]).await?;
+        row.map(|r| Ok((task_from_row(&r)?, r.try_get(30)?)))
+            .transpose()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_existing_unfinished_dependencies_are_open() {
+        let (a, b, c, gone) = (
+            Uuid::now_v7(),
+            Uuid::now_v7(),
+            Uuid::now_v7(),
+            Uuid::now_v7(),
+        );
+        let found = [
+            (a, TaskStatus::Completed),
+            (b, TaskStatus::Running),
+            (c, TaskStatus::Pending),
+        ];
+        assert_eq!(open_dependencies(&[a, b, c, gone], &found), 2);
+        assert_eq!(open_dependencies(&[a, gone], &found), 0);
+        assert_eq!(open_dependencies(&[], &found), 0);
+    }
+}

@@ -1,0 +1,513 @@
+//! The PostgreSQL driver against a real PostgreSQL server: migrations that run once however many
+//! nodes start together, claiming that never hands one task to two nodes and holds limits across
+//! them, leases and the leader by the database's clock, and fencing after a rescue.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use orchestr8_async::model::{Priority, Task, TaskStatus, Usage};
+use orchestr8_async::store::postgres::{
+    migrate, ClaimRequest, Lease, NewClusterTask, NodeInfo, PgOptions, Postgres, Recorded,
+};
+use orchestr8_async::store::{OpOutcome, StoreError};
+use uuid::Uuid;
+
+use crate::pg;
+
+async fn connect(url: &str) -> Result<Postgres, StoreError> {
+    Postgres::connect(&PgOptions {
+        url: url.to_string(),
+        pool_size: 8,
+    })
+    .await
+}
+
+async fn fresh() -> (Postgres, String) {
+    let url = pg::server().fresh_database().await;
+    (connect(&url).await.expect("connect"), url)
+}
+
+/// A raw connection to the test database, its search path the driver's schema.
+async fn raw(url: &str) -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .expect("raw connection");
+    tokio::spawn(conn);
+    client
+        .batch_execute(&format!(
+            "CREATE SCHEMA IF NOT EXISTS {s}; SET search_path = {s}",
+            s = orchestr8_async::store::postgres::SCHEMA
+        ))
+        .await
+        .expect("search path");
+    client
+}
+
+fn task(agent: &str, priority: Priority, created_us: i64) -> Task {
+    Task {
+        id: Uuid::now_v7(),
+        name: format!("{agent}-{created_us}"),
+        agent_name: agent.into(),
+        status: TaskStatus::Pending,
+        priority,
+        created_us,
+        scheduled_us: created_us,
+        started_us: None,
+        completed_us: None,
+        attempt: 0,
+        max_retries: 2,
+        retry_floor: 0,
+        timeout_seconds: 60,
+        dependencies: vec![],
+        workflow_id: None,
+        phase_id: None,
+        working_dir: None,
+        project: None,
+        agents_dir: None,
+        metadata: None,
+        webhook_url: None,
+        idempotency_key: None,
+        result: None,
+        error: None,
+        usage: Usage::default(),
+        pid: None,
+        pid_start: None,
+        workspace: None,
+    }
+}
+
+fn new(t: Task) -> NewClusterTask {
+    NewClusterTask {
+        task: t,
+        instructions: "do it".into(),
+        queue: "default".into(),
+        host: None,
+        max_concurrency: None,
+    }
+}
+
+fn queues(q: &[&str]) -> Vec<String> {
+    q.iter().map(|s| s.to_string()).collect()
+}
+
+async fn claim(db: &Postgres, node: &str, host: &str, q: &[String], limit: u32) -> Vec<Task> {
+    db.claim(&ClaimRequest {
+        node_id: node,
+        host,
+        queues: q,
+        limit,
+    })
+    .await
+    .expect("claim")
+    .into_iter()
+    .map(|(t, instructions)| {
+        assert_eq!(instructions, "do it");
+        t
+    })
+    .collect()
+}
+
+fn node(id: &str) -> NodeInfo {
+    NodeInfo {
+        node_id: id.into(),
+        host: "h1".into(),
+        pid: std::process::id(),
+        version: "test".into(),
+        queues: queues(&["default"]),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn migrations_run_once_however_many_nodes_start_together() {
+    let url = pg::server().fresh_database().await;
+    let mut clients = Vec::new();
+    for _ in 0..6 {
+        clients.push(raw(&url).await);
+    }
+    let runs = clients
+        .into_iter()
+        .map(|mut c| tokio::spawn(async move { migrate::migrate(&mut c).await.expect("migrate") }));
+    let applied: Vec<Vec<i32>> = futures_util::future::join_all(runs)
+        .await
+        .into_iter()
+        .map(|r| r.expect("join"))
+        .collect();
+    let all: Vec<i32> = migrate::MIGRATIONS.iter().map(|m| m.version).collect();
+    assert_eq!(
+        applied.iter().filter(|a| !a.is_empty()).count(),
+        1,
+        "exactly one node migrates: {applied:?}"
+    );
+    assert!(applied.contains(&all));
+
+    // Nodes that connect later find the schema current, all at once too.
+    let nodes = (0..4).map(|_| {
+        let url = url.clone();
+        tokio::spawn(async move { connect(&url).await.map(|_| ()) })
+    });
+    for r in futures_util::future::join_all(nodes).await {
+        r.expect("join").expect("a later node connects");
+    }
+    let c = raw(&url).await;
+    let rows = c
+        .query(
+            "SELECT version FROM schema_migrations ORDER BY version",
+            &[],
+        )
+        .await
+        .unwrap();
+    let recorded: Vec<i32> = rows.iter().map(|r| r.get(0)).collect();
+    assert_eq!(recorded, all);
+}
+
+#[tokio::test]
+async fn a_database_migrated_by_a_newer_release_is_refused() {
+    let (_db, url) = fresh().await;
+    let newer = migrate::latest() + 1;
+    raw(&url)
+        .await
+        .execute(
+            "INSERT INTO schema_migrations (version, name) VALUES ($1, 'from the future')",
+            &[&newer],
+        )
+        .await
+        .unwrap();
+    let err = match connect(&url).await {
+        Ok(_) => panic!("a newer schema must be refused"),
+        Err(e) => e,
+    };
+    assert!(matches!(err, StoreError::Incompatible(_)), "{err:?}");
+    assert!(
+        err.to_string().contains(&format!("schema version {newer}")),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn an_unreachable_database_is_unavailable_and_a_bad_url_says_how_to_write_it() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let err = match connect(&format!("postgres://nobody@127.0.0.1:{port}/none")).await {
+        Ok(_) => panic!("nothing listens there"),
+        Err(e) => e,
+    };
+    assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
+    let err = match connect("postgres://u@h:notaport/db").await {
+        Ok(_) => panic!("not a URL"),
+        Err(e) => e,
+    };
+    assert!(
+        err.to_string().contains("postgres://user:password@host"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn claims_go_by_priority_then_age_and_an_idempotency_key_names_its_task() {
+    let (db, _) = fresh().await;
+    let low = task("a", Priority::Low, 1);
+    let old = task("a", Priority::Normal, 2);
+    let young = task("a", Priority::Normal, 3);
+    let critical = task("a", Priority::Critical, 4);
+    let mut keyed = task("a", Priority::Low, 5);
+    keyed.idempotency_key = Some("k1".into());
+    let mut again = task("a", Priority::Low, 6);
+    again.idempotency_key = Some("k1".into());
+    let outcomes = db
+        .insert_tasks(&[
+            new(low.clone()),
+            new(young.clone()),
+            new(old.clone()),
+            new(critical.clone()),
+            new(keyed.clone()),
+            new(again.clone()),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(outcomes[..5], [OpOutcome::Done; 5]);
+    assert_eq!(outcomes[5], OpOutcome::Existing(keyed.id));
+    // A later submit with the key is answered the same way.
+    let mut later = task("a", Priority::Low, 7);
+    later.idempotency_key = Some("k1".into());
+    assert_eq!(
+        db.insert_tasks(&[new(later)]).await.unwrap(),
+        [OpOutcome::Existing(keyed.id)]
+    );
+
+    let q = queues(&["default"]);
+    let first = claim(&db, "n1", "h1", &q, 3).await;
+    let ids: Vec<Uuid> = first.iter().map(|t| t.id).collect();
+    assert_eq!(ids, [critical.id, old.id, young.id]);
+    for t in &first {
+        assert_eq!(t.status, TaskStatus::Running);
+        assert_eq!(t.attempt, 1);
+        assert!(t.started_us.is_some());
+    }
+    let rest: Vec<Uuid> = claim(&db, "n1", "h1", &q, 10)
+        .await
+        .iter()
+        .map(|t| t.id)
+        .collect();
+    assert_eq!(rest, [low.id, keyed.id]);
+    assert!(claim(&db, "n1", "h1", &q, 10).await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_claimers_never_get_the_same_task() {
+    let (db, _) = fresh().await;
+    let tasks: Vec<NewClusterTask> = (0..300)
+        .map(|i| new(task("a", Priority::Normal, i)))
+        .collect();
+    let all: HashSet<Uuid> = tasks.iter().map(|n| n.task.id).collect();
+    for chunk in tasks.chunks(100) {
+        db.insert_tasks(chunk).await.unwrap();
+    }
+    let claimers = (0..4).map(|n| {
+        let db = db.clone();
+        tokio::spawn(async move {
+            let q = queues(&["default"]);
+            let node = format!("n{n}");
+            let mut mine = Vec::new();
+            loop {
+                let got = claim(&db, &node, "h1", &q, 7).await;
+                if got.is_empty() {
+                    break mine;
+                }
+                mine.extend(got.into_iter().map(|t| t.id));
+            }
+        })
+    });
+    let mut seen = HashSet::new();
+    let mut per_node = Vec::new();
+    for r in futures_util::future::join_all(claimers).await {
+        let mine = r.unwrap();
+        per_node.push(mine.len());
+        for id in mine {
+            assert!(seen.insert(id), "task {id} was claimed twice");
+        }
+    }
+    assert_eq!(seen, all, "every task was claimed once");
+    assert!(
+        per_node.iter().filter(|n| **n > 0).count() >= 2,
+        "claims spread over the nodes: {per_node:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_agents_limit_holds_across_nodes() {
+    let (db, _) = fresh().await;
+    let mut batch = Vec::new();
+    for i in 0..20 {
+        let mut n = new(task("solo", Priority::High, i));
+        n.max_concurrency = Some(2);
+        batch.push(n);
+    }
+    for i in 0..5 {
+        batch.push(new(task("free", Priority::Normal, 100 + i)));
+    }
+    db.insert_tasks(&batch).await.unwrap();
+    let claimers = (0..3).map(|n| {
+        let db = db.clone();
+        tokio::spawn(async move {
+            let q = queues(&["default"]);
+            let mut got = Vec::new();
+            for _ in 0..5 {
+                got.extend(claim(&db, &format!("n{n}"), "h1", &q, 4).await);
+            }
+            got
+        })
+    });
+    let claimed: Vec<Task> = futures_util::future::join_all(claimers)
+        .await
+        .into_iter()
+        .flat_map(|r| r.unwrap())
+        .collect();
+    let solo: Vec<&Task> = claimed.iter().filter(|t| t.agent_name == "solo").collect();
+    assert_eq!(
+        solo.len(),
+        2,
+        "two of solo's tasks run, whichever nodes took them"
+    );
+    assert_eq!(claimed.iter().filter(|t| t.agent_name == "free").count(), 5);
+
+    // One ends on its node: exactly one more may start, on any node.
+    let mut done = solo[0].clone();
+    done.status = TaskStatus::Completed;
+    done.completed_us = Some(done.started_us.unwrap() + 1);
+    let owner = claimed_by(&db, done.id).await;
+    assert_eq!(db.finish(&owner, &[done]).await.unwrap(), [Recorded::Done]);
+    let q = queues(&["default"]);
+    let next = claim(&db, "n9", "h1", &q, 10).await;
+    assert_eq!(next.len(), 1);
+    assert_eq!(next[0].agent_name, "solo");
+}
+
+async fn claimed_by(db: &Postgres, id: Uuid) -> String {
+    db.task(id).await.unwrap().unwrap().1.expect("a node")
+}
+
+#[tokio::test]
+async fn queues_hosts_times_and_dependencies_decide_what_is_claimable() {
+    let (db, _) = fresh().await;
+    let mut gpu = new(task("a", Priority::Normal, 1));
+    gpu.queue = "gpu".into();
+    let mut pinned = new(task("a", Priority::Normal, 2));
+    pinned.host = Some("h2".into());
+    let mut later = new(task("a", Priority::Normal, 3));
+    later.task.scheduled_us = chrono::Utc::now().timestamp_micros() + 3_600_000_000;
+    let finished = task("a", Priority::Normal, 4);
+    let unfinished = task("a", Priority::Normal, 5);
+    let gone = Uuid::now_v7();
+    let mut waits = new(task("a", Priority::Normal, 6));
+    waits.task.dependencies = vec![unfinished.id, gone];
+    let mut free = new(task("a", Priority::Normal, 7));
+    free.task.dependencies = vec![gone];
+    let mut done = finished.clone();
+    done.status = TaskStatus::Completed;
+    done.completed_us = Some(10);
+    db.insert_tasks(&[
+        gpu.clone(),
+        pinned.clone(),
+        later.clone(),
+        new(done),
+        new(unfinished.clone()),
+    ])
+    .await
+    .unwrap();
+    let mut waits_on_finished = new(task("a", Priority::Normal, 8));
+    waits_on_finished.task.dependencies = vec![finished.id];
+    db.insert_tasks(&[waits.clone(), free.clone(), waits_on_finished.clone()])
+        .await
+        .unwrap();
+
+    let default = queues(&["default"]);
+    let got: HashSet<Uuid> = claim(&db, "n1", "h1", &default, 100)
+        .await
+        .iter()
+        .map(|t| t.id)
+        .collect();
+    let expected: HashSet<Uuid> = [unfinished.id, free.task.id, waits_on_finished.task.id]
+        .into_iter()
+        .collect();
+    assert_eq!(
+        got, expected,
+        "not the gpu queue, another host's, a later one, or a waiting one"
+    );
+    let on_h2: Vec<Uuid> = claim(&db, "n2", "h2", &default, 100)
+        .await
+        .iter()
+        .map(|t| t.id)
+        .collect();
+    assert_eq!(on_h2, [pinned.task.id]);
+    let gpu_node: Vec<Uuid> = claim(&db, "n3", "h1", &queues(&["gpu", "default"]), 100)
+        .await
+        .iter()
+        .map(|t| t.id)
+        .collect();
+    assert_eq!(gpu_node, [gpu.task.id]);
+}
+
+#[tokio::test]
+async fn leases_and_the_leader_follow_the_databases_clock() {
+    let (db, _) = fresh().await;
+    let lease = Duration::from_secs(1);
+    db.join(&node("a"), lease).await.unwrap();
+    db.join(&node("b"), Duration::from_secs(30)).await.unwrap();
+    assert_eq!(db.elect("a", lease).await.unwrap(), Some(1));
+    assert_eq!(db.elect("b", lease).await.unwrap(), None, "a holds it");
+    assert_eq!(
+        db.elect("a", lease).await.unwrap(),
+        Some(1),
+        "renewed, same term"
+    );
+    assert_eq!(db.heartbeat("a", lease).await.unwrap(), Lease::Held(lease));
+    let live: Vec<String> = db
+        .live_nodes()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|n| n.node_id)
+        .collect();
+    assert_eq!(live, ["a", "b"]);
+
+    tokio::time::sleep(Duration::from_millis(1_300)).await;
+    assert_eq!(
+        db.heartbeat("a", lease).await.unwrap(),
+        Lease::Lost,
+        "a was given up"
+    );
+    assert_eq!(db.elect("b", lease).await.unwrap(), Some(2), "b takes over");
+    assert_eq!(db.elect("a", lease).await.unwrap(), None);
+    let live: Vec<String> = db
+        .live_nodes()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|n| n.node_id)
+        .collect();
+    assert_eq!(live, ["b"]);
+
+    // A node that leaves hands the leadership on at once.
+    db.leave("b").await.unwrap();
+    db.join(&node("c"), lease).await.unwrap();
+    assert_eq!(db.elect("c", lease).await.unwrap(), Some(3));
+}
+
+#[tokio::test]
+async fn a_node_given_up_cannot_record_the_outcome_of_a_rescued_task() {
+    let (db, _) = fresh().await;
+    let short = Duration::from_secs(1);
+    db.join(&node("a"), short).await.unwrap();
+    db.join(&node("b"), Duration::from_secs(30)).await.unwrap();
+    let t = task("a", Priority::Normal, 1);
+    db.insert_tasks(&[new(t.clone())]).await.unwrap();
+    let q = queues(&["default"]);
+    let claimed = claim(&db, "a", "h1", &q, 1).await;
+    assert_eq!(claimed.len(), 1);
+    assert!(
+        db.take_over_orphans("b", 100).await.unwrap().is_empty(),
+        "a is alive: nothing to rescue"
+    );
+
+    tokio::time::sleep(Duration::from_millis(1_300)).await;
+    let rescued = db.take_over_orphans("b", 100).await.unwrap();
+    assert_eq!(rescued.len(), 1);
+    assert_eq!(rescued[0].id, t.id);
+    assert_eq!(rescued[0].status, TaskStatus::Running);
+    assert_eq!(rescued[0].attempt, 1);
+    assert!(
+        db.take_over_orphans("b", 100).await.unwrap().is_empty(),
+        "taken once"
+    );
+
+    // a comes back with its outcome: refused.
+    let mut stale = claimed[0].clone();
+    stale.status = TaskStatus::Completed;
+    stale.result = Some("stale".into());
+    stale.completed_us = Some(stale.started_us.unwrap() + 1);
+    assert_eq!(db.finish("a", &[stale]).await.unwrap(), [Recorded::Fenced]);
+
+    // b records what recovery decides: pending again, the attempt counted.
+    let mut requeued = rescued[0].clone();
+    requeued.status = TaskStatus::Pending;
+    assert_eq!(
+        db.finish("b", std::slice::from_ref(&requeued))
+            .await
+            .unwrap(),
+        [Recorded::Done]
+    );
+    assert_eq!(
+        db.finish("b", &[requeued]).await.unwrap(),
+        [Recorded::Fenced],
+        "only once"
+    );
+    let again = claim(&db, "b", "h1", &q, 1).await;
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].attempt, 2);
+    let (stored, owner) = db.task(t.id).await.unwrap().unwrap();
+    assert_eq!(stored.result, None, "the stale outcome never landed");
+    assert_eq!(owner.as_deref(), Some("b"));
+}
