@@ -11,6 +11,7 @@
 //! recovery); `wait` implements `task_wait`; `workflow` and `phases` drive workflows.
 
 mod dispatch;
+pub mod interrupted;
 mod isolation;
 mod phases;
 mod prune;

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use uuid::Uuid;
 
+use super::interrupted;
 use super::state::{Hot, Wait, WfHot};
 use super::workflow::phase_index;
 use super::{Inner, SchedError, Transition};
@@ -188,34 +189,16 @@ pub(super) async fn recover(inner: &Arc<Inner>) -> Result<(), SchedError> {
                 for line in kill_logs.remove(&id).unwrap_or_default() {
                     logs.push(("warn", line));
                 }
-                t.pid = None;
-                t.pid_start = None;
                 if matches!(gate, Gate::Ended) {
                     // Handled below with the pending ones.
-                } else if t.has_retries_left() {
-                    t.status = TaskStatus::Pending;
-                    t.scheduled_us = now;
-                    if survivors.contains(&id) {
-                        // Never two runs at once: wait for the old one to be gone for sure.
-                        t.scheduled_us = now + HOLD_SURVIVORS_US;
-                        logs.push((
-                            "error",
-                            format!("processes of attempt {} survived SIGKILL; the task waits {} s before it runs again", t.attempt, HOLD_SURVIVORS_US / 1_000_000),
-                        ));
-                    }
-                    logs.push((
-                        "warn",
-                        format!("the server stopped unexpectedly during attempt {}; requeued (the attempt counts)", t.attempt),
-                    ));
+                    t.pid = None;
+                    t.pid_start = None;
                 } else {
-                    t.status = TaskStatus::Failed;
-                    t.completed_us = Some(now);
-                    let msg = format!(
-                        "the server stopped unexpectedly during attempt {} and no retries are left",
-                        t.attempt
-                    );
-                    t.error = Some(msg.clone());
-                    logs.push(("error", msg));
+                    let hold = survivors.contains(&id).then_some(now + HOLD_SURVIVORS_US);
+                    let (settled, why) =
+                        interrupted::settle(&t, interrupted::Cause::ServerStopped, now, hold);
+                    t = settled;
+                    logs.extend(why);
                 }
             }
             let ended = matches!(gate, Gate::Ended);
