@@ -9,6 +9,7 @@ pub mod api;
 pub mod app;
 pub mod backoff;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod dashboard;
 pub mod engine;

@@ -475,9 +475,11 @@ async fn a_node_given_up_cannot_record_the_outcome_of_a_rescued_task() {
     tokio::time::sleep(Duration::from_millis(1_300)).await;
     let rescued = db.take_over_orphans("b", 100).await.unwrap();
     assert_eq!(rescued.len(), 1);
-    assert_eq!(rescued[0].id, t.id);
-    assert_eq!(rescued[0].status, TaskStatus::Running);
-    assert_eq!(rescued[0].attempt, 1);
+    let (rescued, was_on) = rescued.into_iter().next().unwrap();
+    assert_eq!(was_on.as_deref(), Some("a"));
+    assert_eq!(rescued.id, t.id);
+    assert_eq!(rescued.status, TaskStatus::Running);
+    assert_eq!(rescued.attempt, 1);
     assert!(
         db.take_over_orphans("b", 100).await.unwrap().is_empty(),
         "taken once"
@@ -491,7 +493,7 @@ async fn a_node_given_up_cannot_record_the_outcome_of_a_rescued_task() {
     assert_eq!(db.finish("a", &[stale]).await.unwrap(), [Recorded::Fenced]);
 
     // b records what recovery decides: pending again, the attempt counted.
-    let mut requeued = rescued[0].clone();
+    let mut requeued = rescued.clone();
     requeued.status = TaskStatus::Pending;
     assert_eq!(
         db.finish("b", std::slice::from_ref(&requeued))
@@ -510,4 +512,102 @@ async fn a_node_given_up_cannot_record_the_outcome_of_a_rescued_task() {
     let (stored, owner) = db.task(t.id).await.unwrap().unwrap();
     assert_eq!(stored.result, None, "the stale outcome never landed");
     assert_eq!(owner.as_deref(), Some("b"));
+}
+
+#[tokio::test]
+async fn the_leader_requeues_or_fails_the_tasks_of_a_node_given_up() {
+    use orchestr8_async::cluster::rescuer;
+    let (db, _) = fresh().await;
+    db.join(&node("a"), Duration::from_secs(1)).await.unwrap();
+    db.join(&node("b"), Duration::from_secs(30)).await.unwrap();
+    let retried = task("a", Priority::High, 1);
+    let mut last_chance = task("a", Priority::Normal, 2);
+    last_chance.max_retries = 0;
+    db.insert_tasks(&[new(retried.clone()), new(last_chance.clone())])
+        .await
+        .unwrap();
+    let q = queues(&["default"]);
+    assert_eq!(claim(&db, "a", "h1", &q, 2).await.len(), 2);
+    assert_eq!(
+        rescuer::rescue_round(&db, "b").await.unwrap(),
+        0,
+        "a is alive"
+    );
+
+    tokio::time::sleep(Duration::from_millis(1_300)).await;
+    assert_eq!(rescuer::rescue_round(&db, "b").await.unwrap(), 2);
+    let (requeued, _) = db.task(retried.id).await.unwrap().unwrap();
+    assert_eq!(requeued.status, TaskStatus::Pending);
+    assert_eq!(requeued.attempt, 1);
+    let (failed, _) = db.task(last_chance.id).await.unwrap().unwrap();
+    assert_eq!(failed.status, TaskStatus::Failed);
+    assert_eq!(
+        failed.error.as_deref(),
+        Some("node a stopped answering during attempt 1 and no retries are left")
+    );
+    let logs = db.logs_after(retried.id, 0).await.unwrap();
+    assert_eq!(
+        logs,
+        [(
+            1,
+            "warn".to_string(),
+            "node a stopped answering during attempt 1; requeued (the attempt counts)".to_string()
+        )]
+    );
+    // The log goes on after the rescue's line, whichever node writes next.
+    db.append_logs(&[orchestr8_async::store::postgres::LogEntry {
+        task_id: retried.id,
+        level: "info",
+        message: "next".into(),
+    }])
+    .await
+    .unwrap();
+    assert_eq!(db.logs_after(retried.id, 1).await.unwrap()[0].0, 2);
+    let again = claim(&db, "b", "h1", &q, 5).await;
+    assert_eq!(again.len(), 1);
+    assert_eq!((again[0].id, again[0].attempt), (retried.id, 2));
+}
+
+#[tokio::test]
+async fn a_lifeline_keeps_its_node_alive_says_when_it_was_given_up_and_leaves() {
+    use orchestr8_async::cluster::Lifeline;
+    let (db, url) = fresh().await;
+    let lease = Duration::from_millis(900);
+    let kept = Lifeline::start(db.clone(), node("kept"), lease)
+        .await
+        .unwrap();
+    let cut = Lifeline::start(db.clone(), node("cut"), lease)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    let live: Vec<String> = db
+        .live_nodes()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|n| n.node_id)
+        .collect();
+    assert_eq!(live, ["kept", "cut"], "renewed past several leases");
+    assert!(!kept.given_up().is_cancelled());
+
+    // The cluster gives `cut` up (as it would after a partition longer than its lease).
+    raw(&url)
+        .await
+        .execute(
+            "UPDATE nodes SET expires_at = now() - interval '1 second' WHERE node_id = 'cut'",
+            &[],
+        )
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(3), cut.given_up().cancelled())
+        .await
+        .expect("the node learns it was given up within a renewal");
+    assert_eq!(
+        db.heartbeat("cut", lease).await.unwrap(),
+        Lease::Lost,
+        "and it stays given up"
+    );
+
+    kept.leave().await;
+    assert!(db.live_nodes().await.unwrap().is_empty(), "left at once");
 }

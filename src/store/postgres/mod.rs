@@ -12,6 +12,7 @@
 //! other applications.
 
 mod claim;
+mod logs;
 pub mod migrate;
 mod nodes;
 mod rows;
@@ -25,6 +26,7 @@ use tokio_postgres::NoTls;
 use super::StoreError;
 
 pub use claim::{ClaimRequest, NewClusterTask, Recorded};
+pub use logs::LogEntry;
 pub use nodes::{Lease, NodeInfo};
 
 /// The PostgreSQL schema holding every table.

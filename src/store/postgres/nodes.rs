@@ -131,17 +131,17 @@ impl Postgres {
     }
 
     /// Gives `rescuer` the running tasks of nodes whose lease has expired (at most `limit`),
-    /// and returns them, still `running`: the rescuer then records their outcome as crash
-    /// recovery decides (pending again with the attempt counted, or failed). From here on the
-    /// dead node can record nothing for them, should it come back.
+    /// and returns them, still `running`, each with the node it was taken from: the rescuer then
+    /// records their outcome as crash recovery decides (pending again with the attempt counted,
+    /// or failed). From here on the dead node can record nothing for them, should it come back.
     pub async fn take_over_orphans(
         &self,
         rescuer: &str,
         limit: i64,
-    ) -> Result<Vec<Task>, StoreError> {
+    ) -> Result<Vec<(Task, Option<String>)>, StoreError> {
         let sql = format!(
             "WITH orphans AS (
-                 SELECT o.task_id FROM tasks o
+                 SELECT o.task_id, o.node_id AS was_on FROM tasks o
                  WHERE o.status = 'running'
                    AND NOT EXISTS (SELECT 1 FROM nodes n
                                    WHERE n.node_id = o.node_id AND n.expires_at > now())
@@ -151,14 +151,16 @@ impl Postgres {
              )
              UPDATE tasks t SET node_id = $1, pid = NULL, pid_start = NULL, updated_at = now()
              FROM orphans WHERE t.task_id = orphans.task_id
-             RETURNING {TASK_COLUMNS}"
+             RETURNING {TASK_COLUMNS}, orphans.was_on"
         );
         let rows = self
             .client()
             .await?
             .query(&sql, &[&rescuer, &limit])
             .await?;
-        rows.iter().map(task_from_row).collect()
+        rows.iter()
+            .map(|r| Ok((task_from_row(r)?, r.try_get(30)?)))
+            .collect()
     }
 
     /// The nodes alive now (their lease unexpired), oldest first.

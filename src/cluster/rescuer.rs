@@ -1,0 +1,83 @@
+//! The leader's chore: the running tasks of nodes the cluster gave up go back to pending (or
+//! fail), as crash recovery would have done on their own engine.
+//!
+//! A round records each task's new state and the log lines that explain it. What a task's end
+//! sets off beyond itself — its dependents, its workflow, its webhook — comes with the cluster's
+//! settle path, which is not built yet.
+
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::scheduler::interrupted::{self, Cause};
+use crate::store::postgres::{LogEntry, Postgres, Recorded};
+use crate::store::StoreError;
+
+/// Tasks taken over per statement.
+const BATCH: i64 = 100;
+
+/// How often the rescuer tries for the leadership, and how often the leader looks for orphans:
+/// a dead node's tasks run again at most this long after its lease expired.
+pub fn period(lease: Duration) -> Duration {
+    (lease / 3).max(Duration::from_millis(200))
+}
+
+/// One round: takes over every orphaned running task and records what becomes of it. Returns
+/// how many were settled. Only the leader should call it (any node could, safely: a task is
+/// taken over once, and only its new owner can record its outcome).
+pub async fn rescue_round(db: &Postgres, me: &str) -> Result<usize, StoreError> {
+    let mut settled = 0;
+    loop {
+        let orphans = db.take_over_orphans(me, BATCH).await?;
+        if orphans.is_empty() {
+            return Ok(settled);
+        }
+        let now = db.now_us().await?;
+        let mut outcomes = Vec::with_capacity(orphans.len());
+        let mut lines = Vec::new();
+        for (task, was_on) in &orphans {
+            let cause = Cause::NodeLost(was_on.as_deref().unwrap_or("unknown"));
+            let (next, why) = interrupted::settle(task, cause, now, None);
+            lines.extend(why.into_iter().map(|(level, message)| LogEntry {
+                task_id: task.id,
+                level,
+                message,
+            }));
+            outcomes.push(next);
+        }
+        let recorded = db.finish(me, &outcomes).await?;
+        db.append_logs(&lines).await?;
+        for (t, r) in outcomes.iter().zip(&recorded) {
+            match r {
+                Recorded::Done => {
+                    settled += 1;
+                    tracing::warn!(task_id = %t.id, status = t.status.as_str(), "rescued a task of a node the cluster gave up");
+                }
+                Recorded::Fenced => {
+                    tracing::warn!(task_id = %t.id, "a rescued task changed before its rescue was recorded")
+                }
+            }
+        }
+    }
+}
+
+/// The background duty: tries for the leadership every period and, while it holds it, runs a
+/// rescue round each time. Ends when `stop` fires.
+pub async fn run(db: Postgres, me: String, lease: Duration, stop: CancellationToken) {
+    let every = period(lease);
+    loop {
+        match db.elect(&me, lease).await {
+            Ok(Some(_term)) => {
+                if let Err(e) = rescue_round(&db, &me).await {
+                    tracing::warn!("rescuing the tasks of dead nodes failed ({e}); trying again");
+                }
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!("could not take part in the leader election: {e}"),
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+    }
+}

@@ -1,0 +1,62 @@
+//! Task log lines in the cluster's database.
+
+use uuid::Uuid;
+
+use super::Postgres;
+use crate::store::StoreError;
+
+/// One line to append to a task's log.
+#[derive(Debug, Clone)]
+pub struct LogEntry {
+    pub task_id: Uuid,
+    pub level: &'static str,
+    pub message: String,
+}
+
+impl Postgres {
+    /// Appends lines in one statement, each task's after its last: `seq` continues across
+    /// attempts and nodes, and lines keep their order. Times are the database's.
+    pub async fn append_logs(&self, lines: &[LogEntry]) -> Result<(), StoreError> {
+        if lines.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<Uuid> = lines.iter().map(|l| l.task_id).collect();
+        let levels: Vec<&str> = lines.iter().map(|l| l.level).collect();
+        let messages: Vec<&str> = lines.iter().map(|l| l.message.as_str()).collect();
+        self.client()
+            .await?
+            .execute(
+                "INSERT INTO task_logs (task_id, seq, ts, level, message)
+                 SELECT l.task_id,
+                        coalesce((SELECT max(x.seq) FROM task_logs x WHERE x.task_id = l.task_id),
+                                 0)
+                          + row_number() OVER (PARTITION BY l.task_id ORDER BY l.ord),
+                        now(), l.level, l.message
+                 FROM unnest($1::uuid[], $2::text[], $3::text[])
+                      WITH ORDINALITY AS l(task_id, level, message, ord)",
+                &[&ids, &levels, &messages],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// A task's log lines after `after_seq`, oldest first: `(seq, level, message)`.
+    pub async fn logs_after(
+        &self,
+        task_id: Uuid,
+        after_seq: i64,
+    ) -> Result<Vec<(i64, String, String)>, StoreError> {
+        let rows = self
+            .client()
+            .await?
+            .query(
+                "SELECT seq, level, message FROM task_logs
+                 WHERE task_id = $1 AND seq > $2 ORDER BY seq",
+                &[&task_id, &after_seq],
+            )
+            .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
+            .collect()
+    }
+}
