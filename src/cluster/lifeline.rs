@@ -43,9 +43,9 @@ impl Lifeline {
         })
     }
 
-    /// Fired once the cluster has given this node up (its lease expired before a renewal, or
-    /// the database could not be reached for a whole lease): its attempts must stop, as their
-    /// tasks may already run elsewhere.
+    /// Fired once the cluster has given this node up (its lease expired before a renewal), or
+    /// is about to (no renewal succeeded, and the next would come after the lease ends): its
+    /// attempts must stop, as their tasks may run elsewhere next.
     pub fn given_up(&self) -> CancellationToken {
         self.given_up.clone()
     }
@@ -66,8 +66,9 @@ async fn renew(
     stop: CancellationToken,
 ) {
     let every = lease / RENEWALS_PER_LEASE;
-    // When the last renewal was asked for: the lease it got runs from no earlier than that, so
-    // past `lease` since then the node is surely expired, by any clock.
+    // When the last successful renewal was asked for: the lease it got runs from no earlier than
+    // that. A node that could not renew in time gives itself up before the cluster can: once the
+    // next renewal would come after its lease ends, its attempts stop.
     let mut renewed_at = Instant::now();
     loop {
         tokio::select! {
@@ -75,9 +76,14 @@ async fn renew(
             _ = tokio::time::sleep(every) => {}
         }
         let asked = Instant::now();
-        match db.heartbeat(&node_id, lease).await {
-            Ok(Lease::Held(_)) => renewed_at = asked,
-            Ok(Lease::Lost) => {
+        // A heartbeat that hangs (a network dropping packets) is given up after one period.
+        let beat = tokio::time::timeout(every, db.heartbeat(&node_id, lease)).await;
+        let why = match beat {
+            Ok(Ok(Lease::Held(_))) => {
+                renewed_at = asked;
+                continue;
+            }
+            Ok(Ok(Lease::Lost)) => {
                 tracing::error!(
                     node = %node_id,
                     "the cluster gave this node up (its lease expired before it was renewed); \
@@ -86,18 +92,18 @@ async fn renew(
                 given_up.cancel();
                 return;
             }
-            Err(e) => {
-                tracing::warn!(node = %node_id, "could not renew the node's lease: {e}");
-                if renewed_at.elapsed() >= lease {
-                    tracing::error!(
-                        node = %node_id,
-                        "no renewal of the node's lease for {lease:?}: the cluster has given it \
-                         up; its attempts stop"
-                    );
-                    given_up.cancel();
-                    return;
-                }
-            }
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => format!("no answer within {every:?}"),
+        };
+        tracing::warn!(node = %node_id, "could not renew the node's lease: {why}");
+        if renewed_at.elapsed() + every >= lease {
+            tracing::error!(
+                node = %node_id,
+                "the node's lease could not be renewed before it ends: the cluster will give \
+                 the node up; its attempts stop"
+            );
+            given_up.cancel();
+            return;
         }
     }
     if let Err(e) = db.leave(&node_id).await {

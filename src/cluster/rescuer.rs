@@ -10,7 +10,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use crate::scheduler::interrupted::{self, Cause};
-use crate::store::postgres::{LogEntry, Postgres, Recorded};
+use crate::store::postgres::Postgres;
 use crate::store::StoreError;
 
 /// Tasks taken over per statement.
@@ -22,42 +22,25 @@ pub fn period(lease: Duration) -> Duration {
     (lease / 3).max(Duration::from_millis(200))
 }
 
-/// One round: takes over every orphaned running task and records what becomes of it. Returns
-/// how many were settled. Only the leader should call it (any node could, safely: a task is
-/// taken over once, and only its new owner can record its outcome).
-pub async fn rescue_round(db: &Postgres, me: &str) -> Result<usize, StoreError> {
+/// One round: settles every orphaned running task (see `Postgres::rescue_orphans`). Returns
+/// how many. Only the leader should call it; any node could, safely: each task is settled once,
+/// in the transaction that locks it.
+pub async fn rescue_round(db: &Postgres) -> Result<usize, StoreError> {
     let mut settled = 0;
     loop {
-        let orphans = db.take_over_orphans(me, BATCH).await?;
-        if orphans.is_empty() {
+        let rescued = db
+            .rescue_orphans(BATCH, |task, was_on, now| {
+                let cause = Cause::NodeLost(was_on.unwrap_or("unknown"));
+                interrupted::settle(task, cause, now, None)
+            })
+            .await?;
+        if rescued.is_empty() {
             return Ok(settled);
         }
-        let now = db.now_us().await?;
-        let mut outcomes = Vec::with_capacity(orphans.len());
-        let mut lines = Vec::new();
-        for (task, was_on) in &orphans {
-            let cause = Cause::NodeLost(was_on.as_deref().unwrap_or("unknown"));
-            let (next, why) = interrupted::settle(task, cause, now, None);
-            lines.extend(why.into_iter().map(|(level, message)| LogEntry {
-                task_id: task.id,
-                level,
-                message,
-            }));
-            outcomes.push(next);
+        for t in &rescued {
+            tracing::warn!(task_id = %t.id, status = t.status.as_str(), "rescued a task of a node the cluster gave up");
         }
-        let recorded = db.finish(me, &outcomes).await?;
-        db.append_logs(&lines).await?;
-        for (t, r) in outcomes.iter().zip(&recorded) {
-            match r {
-                Recorded::Done => {
-                    settled += 1;
-                    tracing::warn!(task_id = %t.id, status = t.status.as_str(), "rescued a task of a node the cluster gave up");
-                }
-                Recorded::Fenced => {
-                    tracing::warn!(task_id = %t.id, "a rescued task changed before its rescue was recorded")
-                }
-            }
-        }
+        settled += rescued.len();
     }
 }
 
@@ -68,7 +51,7 @@ pub async fn run(db: Postgres, me: String, lease: Duration, stop: CancellationTo
     loop {
         match db.elect(&me, lease).await {
             Ok(Some(_term)) => {
-                if let Err(e) = rescue_round(&db, &me).await {
+                if let Err(e) = rescue_round(&db).await {
                     tracing::warn!("rescuing the tasks of dead nodes failed ({e}); trying again");
                 }
             }

@@ -66,6 +66,10 @@ pub enum StoreError {
     /// cannot read): refused rather than misread.
     #[error("{0}")]
     Incompatible(String),
+    /// The database refused the operation for a reason none of the above names (a bug, or a
+    /// database in a state this build does not expect): not worth trying again as it is.
+    #[error("{0}")]
+    Unexpected(String),
     #[error("the store has shut down")]
     Closed,
 }
@@ -90,7 +94,13 @@ impl From<duckdb::Error> for StoreError {
             _ if text.to_ascii_lowercase().contains("corrupt") => {
                 StoreError::Corrupt(format!("database error: {text}"))
             }
-            _ => StoreError::Unavailable(format!("database error: {text}")),
+            _ if text.contains("IO Error")
+                || text.contains("Out of Memory")
+                || text.contains("No space left") =>
+            {
+                StoreError::Unavailable(format!("database error: {text}"))
+            }
+            _ => StoreError::Unexpected(format!("database error: {text}")),
         }
     }
 }

@@ -107,6 +107,10 @@ async fn claim(db: &Postgres, node: &str, host: &str, q: &[String], limit: u32) 
     .collect()
 }
 
+/// A lease short enough for a test to outlive, long enough for a busy machine to renew in time.
+const LEASE: Duration = Duration::from_secs(2);
+const PAST_LEASE: Duration = Duration::from_millis(2_400);
+
 fn node(id: &str) -> NodeInfo {
     NodeInfo {
         node_id: id.into(),
@@ -235,6 +239,11 @@ async fn claims_go_by_priority_then_age_and_an_idempotency_key_names_its_task() 
     assert_eq!(
         db.insert_tasks(&[new(later)]).await.unwrap(),
         [OpOutcome::Existing(keyed.id)]
+    );
+    // A submit repeated after a lost answer finds its own task.
+    assert_eq!(
+        db.insert_tasks(&[new(low.clone())]).await.unwrap(),
+        [OpOutcome::Existing(low.id)]
     );
 
     let q = queues(&["default"]);
@@ -377,6 +386,13 @@ async fn queues_hosts_times_and_dependencies_decide_what_is_claimable() {
     ])
     .await
     .unwrap();
+    // A dependency in the same batch is as new as its dependent.
+    let first = task("a", Priority::Normal, 9);
+    let mut second = new(task("a", Priority::Normal, 10));
+    second.task.dependencies = vec![first.id];
+    db.insert_tasks(&[new(first.clone()), second.clone()])
+        .await
+        .unwrap();
     let mut waits_on_finished = new(task("a", Priority::Normal, 8));
     waits_on_finished.task.dependencies = vec![finished.id];
     db.insert_tasks(&[waits.clone(), free.clone(), waits_on_finished.clone()])
@@ -389,9 +405,14 @@ async fn queues_hosts_times_and_dependencies_decide_what_is_claimable() {
         .iter()
         .map(|t| t.id)
         .collect();
-    let expected: HashSet<Uuid> = [unfinished.id, free.task.id, waits_on_finished.task.id]
-        .into_iter()
-        .collect();
+    let expected: HashSet<Uuid> = [
+        unfinished.id,
+        free.task.id,
+        waits_on_finished.task.id,
+        first.id,
+    ]
+    .into_iter()
+    .collect();
     assert_eq!(
         got, expected,
         "not the gpu queue, another host's, a later one, or a waiting one"
@@ -413,9 +434,9 @@ async fn queues_hosts_times_and_dependencies_decide_what_is_claimable() {
 #[tokio::test]
 async fn leases_and_the_leader_follow_the_databases_clock() {
     let (db, _) = fresh().await;
-    let lease = Duration::from_secs(1);
+    let lease = LEASE;
     db.join(&node("a"), lease).await.unwrap();
-    db.join(&node("b"), Duration::from_secs(30)).await.unwrap();
+    db.join(&node("b"), Duration::from_secs(60)).await.unwrap();
     assert_eq!(db.elect("a", lease).await.unwrap(), Some(1));
     assert_eq!(db.elect("b", lease).await.unwrap(), None, "a holds it");
     assert_eq!(
@@ -433,7 +454,7 @@ async fn leases_and_the_leader_follow_the_databases_clock() {
         .collect();
     assert_eq!(live, ["a", "b"]);
 
-    tokio::time::sleep(Duration::from_millis(1_300)).await;
+    tokio::time::sleep(PAST_LEASE).await;
     assert_eq!(
         db.heartbeat("a", lease).await.unwrap(),
         Lease::Lost,
@@ -458,59 +479,62 @@ async fn leases_and_the_leader_follow_the_databases_clock() {
 
 #[tokio::test]
 async fn a_node_given_up_cannot_record_the_outcome_of_a_rescued_task() {
+    use orchestr8_async::cluster::rescuer;
     let (db, _) = fresh().await;
-    let short = Duration::from_secs(1);
-    db.join(&node("a"), short).await.unwrap();
-    db.join(&node("b"), Duration::from_secs(30)).await.unwrap();
+    db.join(&node("a"), LEASE).await.unwrap();
+    db.join(&node("b"), Duration::from_secs(60)).await.unwrap();
     let t = task("a", Priority::Normal, 1);
     db.insert_tasks(&[new(t.clone())]).await.unwrap();
     let q = queues(&["default"]);
     let claimed = claim(&db, "a", "h1", &q, 1).await;
     assert_eq!(claimed.len(), 1);
-    assert!(
-        db.take_over_orphans("b", 100).await.unwrap().is_empty(),
+    assert_eq!(
+        rescuer::rescue_round(&db).await.unwrap(),
+        0,
         "a is alive: nothing to rescue"
     );
 
-    tokio::time::sleep(Duration::from_millis(1_300)).await;
-    let rescued = db.take_over_orphans("b", 100).await.unwrap();
-    assert_eq!(rescued.len(), 1);
-    let (rescued, was_on) = rescued.into_iter().next().unwrap();
-    assert_eq!(was_on.as_deref(), Some("a"));
-    assert_eq!(rescued.id, t.id);
-    assert_eq!(rescued.status, TaskStatus::Running);
-    assert_eq!(rescued.attempt, 1);
-    assert!(
-        db.take_over_orphans("b", 100).await.unwrap().is_empty(),
-        "taken once"
+    tokio::time::sleep(PAST_LEASE).await;
+    assert_eq!(rescuer::rescue_round(&db).await.unwrap(), 1);
+    assert_eq!(rescuer::rescue_round(&db).await.unwrap(), 0, "rescued once");
+    assert_eq!(
+        db.heartbeat("a", LEASE).await.unwrap(),
+        Lease::Lost,
+        "a, back, learns it was given up"
     );
 
-    // a comes back with its outcome: refused.
+    // a comes back with its outcome: refused, before and after the task runs again.
     let mut stale = claimed[0].clone();
     stale.status = TaskStatus::Completed;
     stale.result = Some("stale".into());
     stale.completed_us = Some(stale.started_us.unwrap() + 1);
-    assert_eq!(db.finish("a", &[stale]).await.unwrap(), [Recorded::Fenced]);
-
-    // b records what recovery decides: pending again, the attempt counted.
-    let mut requeued = rescued.clone();
-    requeued.status = TaskStatus::Pending;
     assert_eq!(
-        db.finish("b", std::slice::from_ref(&requeued))
-            .await
-            .unwrap(),
-        [Recorded::Done]
-    );
-    assert_eq!(
-        db.finish("b", &[requeued]).await.unwrap(),
-        [Recorded::Fenced],
-        "only once"
+        db.finish("a", std::slice::from_ref(&stale)).await.unwrap(),
+        [Recorded::Fenced]
     );
     let again = claim(&db, "b", "h1", &q, 1).await;
     assert_eq!(again.len(), 1);
-    assert_eq!(again[0].attempt, 2);
+    assert_eq!(again[0].attempt, 2, "the interrupted attempt counts");
+    assert_eq!(db.finish("a", &[stale]).await.unwrap(), [Recorded::Fenced]);
+    let mut done = again[0].clone();
+    done.status = TaskStatus::Completed;
+    done.result = Some("fresh".into());
+    done.completed_us = Some(done.started_us.unwrap() + 1);
+    assert_eq!(
+        db.finish("b", std::slice::from_ref(&done)).await.unwrap(),
+        [Recorded::Done]
+    );
+    assert_eq!(
+        db.finish("b", &[done]).await.unwrap(),
+        [Recorded::Fenced],
+        "only once"
+    );
     let (stored, owner) = db.task(t.id).await.unwrap().unwrap();
-    assert_eq!(stored.result, None, "the stale outcome never landed");
+    assert_eq!(
+        stored.result.as_deref(),
+        Some("fresh"),
+        "the stale outcome never landed"
+    );
     assert_eq!(owner.as_deref(), Some("b"));
 }
 
@@ -518,8 +542,8 @@ async fn a_node_given_up_cannot_record_the_outcome_of_a_rescued_task() {
 async fn the_leader_requeues_or_fails_the_tasks_of_a_node_given_up() {
     use orchestr8_async::cluster::rescuer;
     let (db, _) = fresh().await;
-    db.join(&node("a"), Duration::from_secs(1)).await.unwrap();
-    db.join(&node("b"), Duration::from_secs(30)).await.unwrap();
+    db.join(&node("a"), LEASE).await.unwrap();
+    db.join(&node("b"), Duration::from_secs(60)).await.unwrap();
     let retried = task("a", Priority::High, 1);
     let mut last_chance = task("a", Priority::Normal, 2);
     last_chance.max_retries = 0;
@@ -528,14 +552,10 @@ async fn the_leader_requeues_or_fails_the_tasks_of_a_node_given_up() {
         .unwrap();
     let q = queues(&["default"]);
     assert_eq!(claim(&db, "a", "h1", &q, 2).await.len(), 2);
-    assert_eq!(
-        rescuer::rescue_round(&db, "b").await.unwrap(),
-        0,
-        "a is alive"
-    );
+    assert_eq!(rescuer::rescue_round(&db).await.unwrap(), 0, "a is alive");
 
-    tokio::time::sleep(Duration::from_millis(1_300)).await;
-    assert_eq!(rescuer::rescue_round(&db, "b").await.unwrap(), 2);
+    tokio::time::sleep(PAST_LEASE).await;
+    assert_eq!(rescuer::rescue_round(&db).await.unwrap(), 2);
     let (requeued, _) = db.task(retried.id).await.unwrap().unwrap();
     assert_eq!(requeued.status, TaskStatus::Pending);
     assert_eq!(requeued.attempt, 1);
@@ -572,14 +592,14 @@ async fn the_leader_requeues_or_fails_the_tasks_of_a_node_given_up() {
 async fn a_lifeline_keeps_its_node_alive_says_when_it_was_given_up_and_leaves() {
     use orchestr8_async::cluster::Lifeline;
     let (db, url) = fresh().await;
-    let lease = Duration::from_millis(900);
+    let lease = LEASE;
     let kept = Lifeline::start(db.clone(), node("kept"), lease)
         .await
         .unwrap();
     let cut = Lifeline::start(db.clone(), node("cut"), lease)
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    tokio::time::sleep(lease * 2 + lease / 2).await;
     let live: Vec<String> = db
         .live_nodes()
         .await
@@ -599,7 +619,7 @@ async fn a_lifeline_keeps_its_node_alive_says_when_it_was_given_up_and_leaves() 
         )
         .await
         .unwrap();
-    tokio::time::timeout(Duration::from_secs(3), cut.given_up().cancelled())
+    tokio::time::timeout(lease, cut.given_up().cancelled())
         .await
         .expect("the node learns it was given up within a renewal");
     assert_eq!(

@@ -107,7 +107,10 @@ fn start() -> Result<PgServer, String> {
         .map_err(|e| format!("no free port: {e}"))?
         .port();
     // The server does not sync to disk: it is thrown away, and no test kills it.
+    // The shell ignores the signals a terminal or a CI time-out sends the whole process group,
+    // so it still stops the server and removes the folder (postgres sets its own handlers).
     let script = r#"
+        trap '' INT TERM HUP
         "$1/postgres" -D "$2/data" -p "$3" -k "$2" -c listen_addresses=127.0.0.1 \
             -c fsync=off -c synchronous_commit=off -c full_page_writes=off \
             -c max_connections=300 >"$2/server.log" 2>&1 &
@@ -143,7 +146,10 @@ fn start() -> Result<PgServer, String> {
             if let Some(stdin) = guard.stdin.as_mut() {
                 let _ = stdin.write_all(b"\n");
             }
-            return Err("postgres did not accept connections within 30 s".into());
+            let log = std::fs::read_to_string(root.join("server.log")).unwrap_or_default();
+            return Err(format!(
+                "postgres did not accept connections on port {port} within 30 s: {log}"
+            ));
         }
         std::thread::sleep(Duration::from_millis(100));
     }

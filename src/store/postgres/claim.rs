@@ -23,9 +23,22 @@ use crate::store::{OpOutcome, StoreError};
 /// The advisory lock of claiming ("o8claim!" read as a number).
 const CLAIM_LOCK: i64 = 0x6f38_636c_6169_6d21;
 
+/// How long a claim waits for the claim lock, and how long a claimer may stall holding it.
+const CLAIM_STALL: &str = "30s";
+
 /// How many candidates a claim of N looks at: room to skip tasks whose agent or workflow is at
 /// its limit without reading the whole queue.
 const SCAN_FACTOR: i64 = 4;
+
+/// Writes outcomes (`$1`: their rows as JSON) where the task is still `running` the attempt
+/// that ended; callers add what else fences it.
+pub(super) const RECORD_OUTCOMES: &str = "UPDATE tasks t SET status = o.status,
+        scheduled_at = o.scheduled_at, started_at = o.started_at, completed_at = o.completed_at,
+        retry_floor = o.retry_floor, metadata = o.metadata, result = o.result, error = o.error,
+        input_tokens = o.input_tokens, output_tokens = o.output_tokens, cost_usd = o.cost_usd,
+        workspace = o.workspace, pid = NULL, pid_start = NULL, updated_at = now()
+    FROM jsonb_populate_recordset(NULL::tasks, $1) AS o
+    WHERE t.task_id = o.task_id AND t.status = 'running' AND t.attempt = o.attempt";
 
 /// A task to insert, with where it may run.
 #[derive(Debug, Clone)]
@@ -100,6 +113,11 @@ impl Postgres {
             })
             .collect::<Result<_, StoreError>>()?
         };
+        // A dependency in the same batch is as new as its dependent: not completed.
+        let found: Vec<(Uuid, TaskStatus)> = found
+            .into_iter()
+            .chain(tasks.iter().map(|n| (n.task.id, n.task.status)))
+            .collect();
         let rows: Vec<Value> = tasks
             .iter()
             .map(|n| {
@@ -116,12 +134,10 @@ impl Postgres {
         let inserted: Vec<Uuid> = tx
             .query(
                 "INSERT INTO tasks
-                 SELECT (r).* FROM (
-                     SELECT jsonb_populate_record(NULL::tasks,
-                                e.v || jsonb_build_object('updated_at', now())) AS r
-                     FROM jsonb_array_elements($1) AS e(v)
-                 ) AS rows
-                 ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+                 SELECT r.* FROM jsonb_array_elements($1) AS e(v),
+                      LATERAL jsonb_populate_record(NULL::tasks,
+                                  e.v || jsonb_build_object('updated_at', now())) AS r
+                 ON CONFLICT DO NOTHING
                  RETURNING task_id",
                 &[&Value::Array(rows)],
             )
@@ -129,17 +145,24 @@ impl Postgres {
             .iter()
             .map(|r| r.try_get(0))
             .collect::<Result<_, _>>()?;
-        let refused_keys: Vec<&str> = tasks
+        // Not inserted: its key belongs to another task, or the task itself exists already (a
+        // submit repeated after an answer that was lost).
+        let refused: Vec<&NewClusterTask> = tasks
             .iter()
             .filter(|n| !inserted.contains(&n.task.id))
+            .collect();
+        let refused_keys: Vec<&str> = refused
+            .iter()
             .filter_map(|n| n.task.idempotency_key.as_deref())
             .collect();
-        let holders: Vec<(String, Uuid)> = if refused_keys.is_empty() {
+        let refused_ids: Vec<Uuid> = refused.iter().map(|n| n.task.id).collect();
+        let holders: Vec<(Option<String>, Uuid)> = if refused.is_empty() {
             Vec::new()
         } else {
             tx.query(
-                "SELECT idempotency_key, task_id FROM tasks WHERE idempotency_key = ANY($1)",
-                &[&refused_keys],
+                "SELECT idempotency_key, task_id FROM tasks
+                 WHERE idempotency_key = ANY($1) OR task_id = ANY($2)",
+                &[&refused_keys, &refused_ids],
             )
             .await?
             .iter()
@@ -170,11 +193,13 @@ impl Postgres {
                 let key = n.task.idempotency_key.as_deref();
                 holders
                     .iter()
-                    .find(|(k, _)| Some(k.as_str()) == key)
+                    .find(|(k, _)| key.is_some() && k.as_deref() == key)
+                    .or_else(|| holders.iter().find(|(_, id)| *id == n.task.id))
                     .map(|(_, holder)| OpOutcome::Existing(*holder))
                     .ok_or_else(|| {
                         StoreError::Conflict(format!(
-                            "task {} was not inserted: a task with its id already exists",
+                            "task {} was not inserted, and neither it nor a holder of its key \
+                             is there now; submit it again",
                             n.task.id
                         ))
                     })
@@ -207,6 +232,11 @@ impl Postgres {
                    AND (c.max_concurrency IS NULL OR c.max_concurrency >
                         coalesce((SELECT n FROM running_agents r
                                   WHERE r.agent_name = c.agent_name), 0))
+                   AND (c.workflow_id IS NULL OR NOT EXISTS (
+                        SELECT 1 FROM workflows w
+                        WHERE w.workflow_id = c.workflow_id AND w.max_parallel IS NOT NULL
+                          AND w.max_parallel <= coalesce((SELECT n FROM running_workflows rw
+                                                 WHERE rw.workflow_id = c.workflow_id), 0)))
                  ORDER BY c.priority DESC, c.created_at, c.task_id
                  LIMIT $5
                  FOR UPDATE OF c SKIP LOCKED
@@ -241,9 +271,14 @@ impl Postgres {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
         // Its own statement, so that the claim's snapshot, taken after it, sees every claim
-        // committed before this one.
-        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&CLAIM_LOCK])
-            .await?;
+        // committed before this one. A claimer stalled while holding the lock loses its
+        // transaction (and the lock) after a while, rather than stopping every node's claims.
+        tx.batch_execute(&format!(
+            "SET LOCAL idle_in_transaction_session_timeout = '{CLAIM_STALL}';
+             SET LOCAL lock_timeout = '{CLAIM_STALL}';
+             SELECT pg_advisory_xact_lock({CLAIM_LOCK})"
+        ))
+        .await?;
         let rows = tx
             .query(
                 &sql,
@@ -281,16 +316,7 @@ impl Postgres {
             .client()
             .await?
             .query(
-                "UPDATE tasks t SET status = o.status, scheduled_at = o.scheduled_at,
-                     started_at = o.started_at, completed_at = o.completed_at,
-                     retry_floor = o.retry_floor, metadata = o.metadata, result = o.result,
-                     error = o.error, input_tokens = o.input_tokens,
-                     output_tokens = o.output_tokens, cost_usd = o.cost_usd,
-                     workspace = o.workspace, pid = NULL, pid_start = NULL, updated_at = now()
-                 FROM jsonb_populate_recordset(NULL::tasks, $1) AS o
-                 WHERE t.task_id = o.task_id AND t.status = 'running'
-                   AND t.attempt = o.attempt AND t.node_id = $2
-                 RETURNING t.task_id",
+                &format!("{RECORD_OUTCOMES} AND t.node_id = $2 RETURNING t.task_id"),
                 &[&Value::Array(rows), &node_id],
             )
             .await?

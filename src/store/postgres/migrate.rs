@@ -54,9 +54,21 @@ pub async fn migrate(client: &mut Client) -> Result<Vec<i32>, StoreError> {
     let tx = client.transaction().await?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
         .await?;
+    // Created only when missing: creating needs a privilege on the database that a node of a
+    // cluster someone else set up need not have.
+    let has_schema = tx
+        .query_opt(
+            "SELECT 1 FROM pg_namespace WHERE nspname = $1",
+            &[&super::SCHEMA],
+        )
+        .await?
+        .is_some();
+    if !has_schema {
+        tx.batch_execute(&format!("CREATE SCHEMA {}", super::SCHEMA))
+            .await?;
+    }
     tx.batch_execute(&format!(
-        "CREATE SCHEMA IF NOT EXISTS {schema};
-         CREATE TABLE IF NOT EXISTS schema_migrations (
+        "CREATE TABLE IF NOT EXISTS {schema}.schema_migrations (
              version     integer PRIMARY KEY,
              name        text NOT NULL,
              applied_at  timestamptz NOT NULL DEFAULT now()

@@ -128,23 +128,30 @@ impl From<tokio_postgres::Error> for StoreError {
     fn from(e: tokio_postgres::Error) -> StoreError {
         let text = describe(&e);
         let Some(code) = e.code() else {
-            return StoreError::Unavailable(format!("PostgreSQL cannot be reached: {text}"));
+            // No SQLSTATE: the connection failed, or a value did not decode.
+            let io = e.is_closed()
+                || std::error::Error::source(&e).is_some_and(|s| s.is::<std::io::Error>());
+            return if io {
+                StoreError::Unavailable(format!("PostgreSQL cannot be reached: {text}"))
+            } else {
+                StoreError::Unexpected(format!("PostgreSQL: {text}"))
+            };
         };
         let class = &code.code()[..2];
-        if *code == SqlState::T_R_SERIALIZATION_FAILURE
-            || *code == SqlState::T_R_DEADLOCK_DETECTED
-            || *code == SqlState::UNIQUE_VIOLATION
-            || *code == SqlState::FOREIGN_KEY_VIOLATION
-        {
+        if *code == SqlState::UNIQUE_VIOLATION || *code == SqlState::FOREIGN_KEY_VIOLATION {
             StoreError::Conflict(format!("PostgreSQL: {text}"))
         } else if *code == SqlState::LOCK_NOT_AVAILABLE {
             StoreError::Locked(format!("PostgreSQL: {text}"))
         } else if *code == SqlState::DATA_CORRUPTED || *code == SqlState::INDEX_CORRUPTED {
             StoreError::Corrupt(format!("PostgreSQL: {text}"))
-        } else if class == "08" || class == "53" || class == "57" || class == "58" {
+        } else if *code == SqlState::T_R_SERIALIZATION_FAILURE
+            || *code == SqlState::T_R_DEADLOCK_DETECTED
+            || *code == SqlState::IDLE_IN_TRANSACTION_SESSION_TIMEOUT
+            || ["08", "53", "57", "58"].contains(&class)
+        {
             StoreError::Unavailable(format!("PostgreSQL is unavailable: {text}"))
         } else {
-            StoreError::Unavailable(format!("PostgreSQL: {text}"))
+            StoreError::Unexpected(format!("PostgreSQL: {text}"))
         }
     }
 }

@@ -1,15 +1,17 @@
 //! Nodes, their leases, and the cluster's leader.
 //!
 //! A node is alive while its lease has not expired by the database's clock. It renews the lease
-//! with each heartbeat; a heartbeat that finds it expired tells the node it has been given up
-//! (its tasks may already be running elsewhere), and the node must stop its attempts — their
-//! outcomes would be refused anyway (fencing, `claim.rs`). The leader is a lease too, on one row:
+//! with each heartbeat; a heartbeat that finds it expired (or its node given up) tells the node
+//! its tasks may already be running elsewhere, and it must stop its attempts — once its tasks
+//! are rescued, their outcomes are refused (fencing, `claim.rs`). The leader is a lease too, on one row:
 //! its holder renews it, anyone may take it once it has expired, and each new holder gets a
 //! higher term.
 
 use std::time::Duration;
 
-use super::rows::{task_from_row, TASK_COLUMNS};
+use super::claim::RECORD_OUTCOMES;
+use super::logs::{append_in, LogEntry};
+use super::rows::{task_from_row, task_state_json, us, TASK_COLUMNS};
 use super::Postgres;
 use crate::model::Task;
 use crate::store::StoreError;
@@ -130,37 +132,58 @@ impl Postgres {
         Ok(row.map(|r| r.get(0)))
     }
 
-    /// Gives `rescuer` the running tasks of nodes whose lease has expired (at most `limit`),
-    /// and returns them, still `running`, each with the node it was taken from: the rescuer then
-    /// records their outcome as crash recovery decides (pending again with the attempt counted,
-    /// or failed). From here on the dead node can record nothing for them, should it come back.
-    pub async fn take_over_orphans(
-        &self,
-        rescuer: &str,
-        limit: i64,
-    ) -> Result<Vec<(Task, Option<String>)>, StoreError> {
+    /// Settles up to `limit` running tasks of nodes the cluster has given up, in one
+    /// transaction: `decide` turns each (with the node it ran on and the database's time) into
+    /// its next state and the log lines that explain it, and both are written before the task is
+    /// let go. Returns the new states. From here on the given-up node can record nothing for
+    /// these tasks, should it come back: they are no longer `running` its attempt.
+    ///
+    /// Nodes whose lease has expired are marked given up first, in the same transaction: a
+    /// heartbeat racing this either renewed the lease before (and its node keeps its tasks) or
+    /// finds its node given up.
+    pub async fn rescue_orphans<F>(&self, limit: i64, decide: F) -> Result<Vec<Task>, StoreError>
+    where
+        F: Fn(&Task, Option<&str>, i64) -> (Task, Vec<(&'static str, String)>),
+    {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        tx.execute(
+            "UPDATE nodes SET stopped_at = now() WHERE stopped_at IS NULL AND expires_at <= now()",
+            &[],
+        )
+        .await?;
         let sql = format!(
-            "WITH orphans AS (
-                 SELECT o.task_id, o.node_id AS was_on FROM tasks o
-                 WHERE o.status = 'running'
-                   AND NOT EXISTS (SELECT 1 FROM nodes n
-                                   WHERE n.node_id = o.node_id AND n.expires_at > now())
-                 ORDER BY o.started_at
-                 LIMIT $2
-                 FOR UPDATE OF o SKIP LOCKED
-             )
-             UPDATE tasks t SET node_id = $1, pid = NULL, pid_start = NULL, updated_at = now()
-             FROM orphans WHERE t.task_id = orphans.task_id
-             RETURNING {TASK_COLUMNS}, orphans.was_on"
+            "SELECT {TASK_COLUMNS}, t.node_id, now() FROM tasks t
+             WHERE t.status = 'running'
+               AND NOT EXISTS (SELECT 1 FROM nodes n WHERE n.node_id = t.node_id
+                               AND n.stopped_at IS NULL AND n.expires_at > now())
+             ORDER BY t.started_at
+             LIMIT $1
+             FOR UPDATE OF t SKIP LOCKED"
         );
-        let rows = self
-            .client()
-            .await?
-            .query(&sql, &[&rescuer, &limit])
-            .await?;
-        rows.iter()
-            .map(|r| Ok((task_from_row(r)?, r.try_get(30)?)))
-            .collect()
+        let rows = tx.query(&sql, &[&limit]).await?;
+        let mut outcomes = Vec::with_capacity(rows.len());
+        let mut lines = Vec::new();
+        for r in &rows {
+            let task = task_from_row(r)?;
+            let was_on: Option<String> = r.try_get(30)?;
+            let now = us(r.try_get(31)?);
+            let (next, why) = decide(&task, was_on.as_deref(), now);
+            lines.extend(why.into_iter().map(|(level, message)| LogEntry {
+                task_id: task.id,
+                level,
+                message,
+            }));
+            outcomes.push(next);
+        }
+        if !outcomes.is_empty() {
+            let json: Vec<serde_json::Value> = outcomes.iter().map(task_state_json).collect();
+            tx.execute(RECORD_OUTCOMES, &[&serde_json::Value::Array(json)])
+                .await?;
+            append_in(&tx, &lines).await?;
+        }
+        tx.commit().await?;
+        Ok(outcomes)
     }
 
     /// The nodes alive now (their lease unexpired), oldest first.
