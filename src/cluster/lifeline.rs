@@ -26,6 +26,9 @@ impl Lifeline {
         node: NodeInfo,
         lease: Duration,
     ) -> Result<Lifeline, StoreError> {
+        // The lease runs from no earlier than this: the clock the node fences itself by starts
+        // before the database's does.
+        let asked = Instant::now();
         db.join(&node, lease).await?;
         let given_up = CancellationToken::new();
         let stop = CancellationToken::new();
@@ -33,6 +36,7 @@ impl Lifeline {
             db,
             node.node_id,
             lease,
+            asked,
             given_up.clone(),
             stop.clone(),
         ));
@@ -62,6 +66,7 @@ async fn renew(
     db: Postgres,
     node_id: String,
     lease: Duration,
+    joined_at: Instant,
     given_up: CancellationToken,
     stop: CancellationToken,
 ) {
@@ -69,7 +74,7 @@ async fn renew(
     // When the last successful renewal was asked for: the lease it got runs from no earlier than
     // that. A node that could not renew in time gives itself up before the cluster can: once the
     // next renewal would come after its lease ends, its attempts stop.
-    let mut renewed_at = Instant::now();
+    let mut renewed_at = joined_at;
     loop {
         tokio::select! {
             _ = stop.cancelled() => break,
