@@ -84,7 +84,7 @@ async fn renew(
         // A heartbeat that hangs (a network dropping packets) is given up after one period.
         let beat = tokio::time::timeout(every, db.heartbeat(&node_id, lease)).await;
         let why = match beat {
-            Ok(Ok(Lease::Held(_))) => {
+            Ok(Ok(Lease::Held)) => {
                 renewed_at = asked;
                 continue;
             }

@@ -248,18 +248,13 @@ async fn claims_go_by_priority_then_age_and_an_idempotency_key_names_its_task() 
 
     let q = queues(&["default"]);
     let first = claim(&db, "n1", "h1", &q, 3).await;
-    let ids: Vec<Uuid> = first.iter().map(|t| t.id).collect();
-    assert_eq!(ids, [critical.id, old.id, young.id]);
+    assert_eq!(ids(first.clone()), [critical.id, old.id, young.id]);
     for t in &first {
         assert_eq!(t.status, TaskStatus::Running);
         assert_eq!(t.attempt, 1);
         assert!(t.started_us.is_some());
     }
-    let rest: Vec<Uuid> = claim(&db, "n1", "h1", &q, 10)
-        .await
-        .iter()
-        .map(|t| t.id)
-        .collect();
+    let rest: Vec<Uuid> = ids(claim(&db, "n1", "h1", &q, 10).await);
     assert_eq!(rest, [low.id, keyed.id]);
     assert!(claim(&db, "n1", "h1", &q, 10).await.is_empty());
 }
@@ -354,6 +349,21 @@ async fn an_agents_limit_holds_across_nodes() {
     assert_eq!(next[0].agent_name, "solo");
 }
 
+/// The ids of claimed tasks, in claim order.
+fn ids(tasks: Vec<Task>) -> Vec<Uuid> {
+    tasks.iter().map(|t| t.id).collect()
+}
+
+/// The ids of the nodes alive now.
+async fn live(db: &Postgres) -> Vec<String> {
+    db.live_nodes()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|n| n.node_id)
+        .collect()
+}
+
 async fn claimed_by(db: &Postgres, id: Uuid) -> String {
     db.task(id).await.unwrap().unwrap().1.expect("a node")
 }
@@ -400,10 +410,8 @@ async fn queues_hosts_times_and_dependencies_decide_what_is_claimable() {
         .unwrap();
 
     let default = queues(&["default"]);
-    let got: HashSet<Uuid> = claim(&db, "n1", "h1", &default, 100)
-        .await
-        .iter()
-        .map(|t| t.id)
+    let got: HashSet<Uuid> = ids(claim(&db, "n1", "h1", &default, 100).await)
+        .into_iter()
         .collect();
     let expected: HashSet<Uuid> = [
         unfinished.id,
@@ -417,17 +425,9 @@ async fn queues_hosts_times_and_dependencies_decide_what_is_claimable() {
         got, expected,
         "not the gpu queue, another host's, a later one, or a waiting one"
     );
-    let on_h2: Vec<Uuid> = claim(&db, "n2", "h2", &default, 100)
-        .await
-        .iter()
-        .map(|t| t.id)
-        .collect();
+    let on_h2: Vec<Uuid> = ids(claim(&db, "n2", "h2", &default, 100).await);
     assert_eq!(on_h2, [pinned.task.id]);
-    let gpu_node: Vec<Uuid> = claim(&db, "n3", "h1", &queues(&["gpu", "default"]), 100)
-        .await
-        .iter()
-        .map(|t| t.id)
-        .collect();
+    let gpu_node = ids(claim(&db, "n3", "h1", &queues(&["gpu", "default"]), 100).await);
     assert_eq!(gpu_node, [gpu.task.id]);
 }
 
@@ -444,15 +444,8 @@ async fn leases_and_the_leader_follow_the_databases_clock() {
         Some(1),
         "renewed, same term"
     );
-    assert_eq!(db.heartbeat("a", lease).await.unwrap(), Lease::Held(lease));
-    let live: Vec<String> = db
-        .live_nodes()
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|n| n.node_id)
-        .collect();
-    assert_eq!(live, ["a", "b"]);
+    assert_eq!(db.heartbeat("a", lease).await.unwrap(), Lease::Held);
+    assert_eq!(live(&db).await, ["a", "b"]);
 
     tokio::time::sleep(PAST_LEASE).await;
     assert_eq!(
@@ -462,14 +455,7 @@ async fn leases_and_the_leader_follow_the_databases_clock() {
     );
     assert_eq!(db.elect("b", lease).await.unwrap(), Some(2), "b takes over");
     assert_eq!(db.elect("a", lease).await.unwrap(), None);
-    let live: Vec<String> = db
-        .live_nodes()
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|n| n.node_id)
-        .collect();
-    assert_eq!(live, ["b"]);
+    assert_eq!(live(&db).await, ["b"]);
 
     // A node that leaves hands the leadership on at once.
     db.leave("b").await.unwrap();
@@ -600,14 +586,11 @@ async fn a_lifeline_keeps_its_node_alive_says_when_it_was_given_up_and_leaves() 
         .await
         .unwrap();
     tokio::time::sleep(lease * 2 + lease / 2).await;
-    let live: Vec<String> = db
-        .live_nodes()
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|n| n.node_id)
-        .collect();
-    assert_eq!(live, ["kept", "cut"], "renewed past several leases");
+    assert_eq!(
+        live(&db).await,
+        ["kept", "cut"],
+        "renewed past several leases"
+    );
     assert!(!kept.given_up().is_cancelled());
 
     // The cluster gives `cut` up (as it would after a partition longer than its lease).

@@ -12,6 +12,8 @@
 //! - **Finish many**, fenced: an outcome is recorded only where the task is still `running` the
 //!   same attempt on the same node. A node that was given up and has come back gets `Fenced`.
 
+use std::sync::LazyLock;
+
 use serde_json::Value;
 use uuid::Uuid;
 
@@ -39,6 +41,71 @@ pub(super) const RECORD_OUTCOMES: &str = "UPDATE tasks t SET status = o.status,
         workspace = o.workspace, pid = NULL, pid_start = NULL, updated_at = now()
     FROM jsonb_populate_recordset(NULL::tasks, $1) AS o
     WHERE t.task_id = o.task_id AND t.status = 'running' AND t.attempt = o.attempt";
+
+/// The claim (see the module's doc); built once, prepared once per connection.
+static CLAIM_SQL: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "WITH running_agents AS (
+                 SELECT agent_name, count(*) AS n FROM tasks
+                 WHERE status = 'running' GROUP BY agent_name
+             ),
+             running_workflows AS (
+                 SELECT workflow_id, count(*) AS n FROM tasks
+                 WHERE status = 'running' AND workflow_id IS NOT NULL GROUP BY workflow_id
+             ),
+             candidates AS (
+                 SELECT c.task_id, c.agent_name, c.workflow_id, c.priority, c.created_at,
+                        c.max_concurrency
+                 FROM tasks c
+                 WHERE c.status = 'pending' AND c.deps_open = 0 AND NOT c.gated
+                   AND c.scheduled_at <= now()
+                   AND c.queue = ANY($3) AND (c.host IS NULL OR c.host = $2)
+                   AND (c.max_concurrency IS NULL OR c.max_concurrency >
+                        coalesce((SELECT n FROM running_agents r
+                                  WHERE r.agent_name = c.agent_name), 0))
+                   AND (c.workflow_id IS NULL OR NOT EXISTS (
+                        SELECT 1 FROM workflows w
+                        WHERE w.workflow_id = c.workflow_id AND w.max_parallel IS NOT NULL
+                          AND w.max_parallel <= coalesce((SELECT n FROM running_workflows rw
+                                                 WHERE rw.workflow_id = c.workflow_id), 0)))
+                 ORDER BY c.priority DESC, c.created_at, c.task_id
+                 LIMIT $5
+                 FOR UPDATE OF c SKIP LOCKED
+             ),
+             ranked AS (
+                 SELECT c.*,
+                        row_number() OVER (PARTITION BY c.agent_name
+                            ORDER BY c.priority DESC, c.created_at, c.task_id) AS agent_rank,
+                        row_number() OVER (PARTITION BY c.workflow_id
+                            ORDER BY c.priority DESC, c.created_at, c.task_id) AS workflow_rank
+                 FROM candidates c
+             ),
+             picked AS (
+                 SELECT r.task_id FROM ranked r
+                 LEFT JOIN running_agents ra ON ra.agent_name = r.agent_name
+                 LEFT JOIN running_workflows rw ON rw.workflow_id = r.workflow_id
+                 LEFT JOIN workflows w ON w.workflow_id = r.workflow_id
+                 WHERE (r.max_concurrency IS NULL
+                        OR coalesce(ra.n, 0) + r.agent_rank <= r.max_concurrency)
+                   AND (w.max_parallel IS NULL
+                        OR coalesce(rw.n, 0) + r.workflow_rank <= w.max_parallel)
+                 ORDER BY r.priority DESC, r.created_at, r.task_id
+                 LIMIT $4
+             )
+             UPDATE tasks t SET status = 'running', attempt = t.attempt + 1, node_id = $1,
+                 started_at = now(), completed_at = NULL, result = NULL, error = NULL,
+                 pid = NULL, pid_start = NULL, updated_at = now()
+             FROM picked WHERE t.task_id = picked.task_id
+             RETURNING {TASK_COLUMNS}, t.instructions"
+    )
+});
+
+/// Outcomes fenced to the node that owns their attempts.
+static FINISH_SQL: LazyLock<String> =
+    LazyLock::new(|| format!("{RECORD_OUTCOMES} AND t.node_id = $2 RETURNING t.task_id"));
+
+static TASK_SQL: LazyLock<String> =
+    LazyLock::new(|| format!("SELECT {TASK_COLUMNS}, t.node_id FROM tasks t WHERE t.task_id = $1"));
 
 /// A task to insert, with where it may run.
 #[derive(Debug, Clone)]
@@ -84,7 +151,8 @@ pub fn open_dependencies(deps: &[Uuid], found: &[(Uuid, TaskStatus)]) -> i32 {
 
 impl Postgres {
     /// Inserts tasks in one transaction. Each gets `Done`, or `Existing(holder)` when its
-    /// idempotency key belongs to another task (then nothing of it is written).
+    /// idempotency key belongs to another task or the task itself is there already (a submit
+    /// repeated after a lost answer); then nothing of it is written.
     pub async fn insert_tasks(
         &self,
         tasks: &[NewClusterTask],
@@ -98,20 +166,22 @@ impl Postgres {
         let found: Vec<(Uuid, TaskStatus)> = if all_deps.is_empty() {
             Vec::new()
         } else {
-            tx.query(
-                "SELECT task_id, status FROM tasks WHERE task_id = ANY($1) FOR SHARE",
-                &[&all_deps],
-            )
-            .await?
-            .iter()
-            .map(|r| {
-                let st: String = r.try_get(1)?;
-                Ok((
-                    r.try_get(0)?,
-                    TaskStatus::parse(&st).unwrap_or(TaskStatus::Failed),
-                ))
-            })
-            .collect::<Result<_, StoreError>>()?
+            let lock = tx
+                .prepare_cached(
+                    "SELECT task_id, status FROM tasks WHERE task_id = ANY($1) FOR SHARE",
+                )
+                .await?;
+            tx.query(&lock, &[&all_deps])
+                .await?
+                .iter()
+                .map(|r| {
+                    let st: String = r.try_get(1)?;
+                    let status = TaskStatus::parse(&st).ok_or_else(|| {
+                        StoreError::Corrupt(format!("a stored task's status cannot be read: {st}"))
+                    })?;
+                    Ok((r.try_get(0)?, status))
+                })
+                .collect::<Result<_, StoreError>>()?
         };
         // A dependency in the same batch is as new as its dependent: not completed.
         let found: Vec<(Uuid, TaskStatus)> = found
@@ -131,16 +201,18 @@ impl Postgres {
                 )
             })
             .collect();
-        let inserted: Vec<Uuid> = tx
-            .query(
+        let insert = tx
+            .prepare_cached(
                 "INSERT INTO tasks
                  SELECT r.* FROM jsonb_array_elements($1) AS e(v),
                       LATERAL jsonb_populate_record(NULL::tasks,
                                   e.v || jsonb_build_object('updated_at', now())) AS r
                  ON CONFLICT DO NOTHING
                  RETURNING task_id",
-                &[&Value::Array(rows)],
             )
+            .await?;
+        let inserted: Vec<Uuid> = tx
+            .query(&insert, &[&Value::Array(rows)])
             .await?
             .iter()
             .map(|r| r.try_get(0))
@@ -213,60 +285,6 @@ impl Postgres {
         if req.limit == 0 || req.queues.is_empty() {
             return Ok(Vec::new());
         }
-        let sql = format!(
-            "WITH running_agents AS (
-                 SELECT agent_name, count(*) AS n FROM tasks
-                 WHERE status = 'running' GROUP BY agent_name
-             ),
-             running_workflows AS (
-                 SELECT workflow_id, count(*) AS n FROM tasks
-                 WHERE status = 'running' AND workflow_id IS NOT NULL GROUP BY workflow_id
-             ),
-             candidates AS (
-                 SELECT c.task_id, c.agent_name, c.workflow_id, c.priority, c.created_at,
-                        c.max_concurrency
-                 FROM tasks c
-                 WHERE c.status = 'pending' AND c.deps_open = 0 AND NOT c.gated
-                   AND c.scheduled_at <= now()
-                   AND c.queue = ANY($3) AND (c.host IS NULL OR c.host = $2)
-                   AND (c.max_concurrency IS NULL OR c.max_concurrency >
-                        coalesce((SELECT n FROM running_agents r
-                                  WHERE r.agent_name = c.agent_name), 0))
-                   AND (c.workflow_id IS NULL OR NOT EXISTS (
-                        SELECT 1 FROM workflows w
-                        WHERE w.workflow_id = c.workflow_id AND w.max_parallel IS NOT NULL
-                          AND w.max_parallel <= coalesce((SELECT n FROM running_workflows rw
-                                                 WHERE rw.workflow_id = c.workflow_id), 0)))
-                 ORDER BY c.priority DESC, c.created_at, c.task_id
-                 LIMIT $5
-                 FOR UPDATE OF c SKIP LOCKED
-             ),
-             ranked AS (
-                 SELECT c.*,
-                        row_number() OVER (PARTITION BY c.agent_name
-                            ORDER BY c.priority DESC, c.created_at, c.task_id) AS agent_rank,
-                        row_number() OVER (PARTITION BY c.workflow_id
-                            ORDER BY c.priority DESC, c.created_at, c.task_id) AS workflow_rank
-                 FROM candidates c
-             ),
-             picked AS (
-                 SELECT r.task_id FROM ranked r
-                 LEFT JOIN running_agents ra ON ra.agent_name = r.agent_name
-                 LEFT JOIN running_workflows rw ON rw.workflow_id = r.workflow_id
-                 LEFT JOIN workflows w ON w.workflow_id = r.workflow_id
-                 WHERE (r.max_concurrency IS NULL
-                        OR coalesce(ra.n, 0) + r.agent_rank <= r.max_concurrency)
-                   AND (w.max_parallel IS NULL
-                        OR coalesce(rw.n, 0) + r.workflow_rank <= w.max_parallel)
-                 ORDER BY r.priority DESC, r.created_at, r.task_id
-                 LIMIT $4
-             )
-             UPDATE tasks t SET status = 'running', attempt = t.attempt + 1, node_id = $1,
-                 started_at = now(), completed_at = NULL, result = NULL, error = NULL,
-                 pid = NULL, pid_start = NULL, updated_at = now()
-             FROM picked WHERE t.task_id = picked.task_id
-             RETURNING {TASK_COLUMNS}, t.instructions"
-        );
         let limit = i64::from(req.limit);
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
@@ -279,9 +297,10 @@ impl Postgres {
              SELECT pg_advisory_xact_lock({CLAIM_LOCK})"
         ))
         .await?;
+        let claim = tx.prepare_cached(&CLAIM_SQL).await?;
         let rows = tx
             .query(
-                &sql,
+                &claim,
                 &[
                     &req.node_id,
                     &req.host,
@@ -312,13 +331,10 @@ impl Postgres {
             return Ok(Vec::new());
         }
         let rows: Vec<Value> = outcomes.iter().map(task_state_json).collect();
-        let written: Vec<Uuid> = self
-            .client()
-            .await?
-            .query(
-                &format!("{RECORD_OUTCOMES} AND t.node_id = $2 RETURNING t.task_id"),
-                &[&Value::Array(rows), &node_id],
-            )
+        let client = self.client().await?;
+        let finish = client.prepare_cached(&FINISH_SQL).await?;
+        let written: Vec<Uuid> = client
+            .query(&finish, &[&Value::Array(rows), &node_id])
             .await?
             .iter()
             .map(|r| r.try_get(0))
@@ -337,8 +353,9 @@ impl Postgres {
 
     /// A task as stored now, with where it runs.
     pub async fn task(&self, id: Uuid) -> Result<Option<(Task, Option<String>)>, StoreError> {
-        let sql = format!("SELECT {TASK_COLUMNS}, t.node_id FROM tasks t WHERE t.task_id = $1");
-        let row = self.client().await?.query_opt(&sql, &[&id]).await?;
+        let client = self.client().await?;
+        let read = client.prepare_cached(&TASK_SQL).await?;
+        let row = client.query_opt(&read, &[&id]).await?;
         row.map(|r| Ok((task_from_row(&r)?, r.try_get(30)?)))
             .transpose()
     }

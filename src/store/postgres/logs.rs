@@ -27,23 +27,25 @@ pub(super) async fn append_in(
     let ids: Vec<Uuid> = lines.iter().map(|l| l.task_id).collect();
     let levels: Vec<&str> = lines.iter().map(|l| l.level).collect();
     let messages: Vec<&str> = lines.iter().map(|l| l.message.as_str()).collect();
-    tx.execute(
-        "SELECT pg_advisory_xact_lock(hashtextextended(id::text, 7)) \
-         FROM (SELECT DISTINCT id FROM unnest($1::uuid[]) AS id ORDER BY id) AS ids",
-        &[&ids],
-    )
-    .await?;
-    tx.execute(
-        "INSERT INTO task_logs (task_id, seq, ts, level, message)
+    let lock = tx
+        .prepare_cached(
+            "SELECT pg_advisory_xact_lock(hashtextextended(id::text, 7)) \
+             FROM (SELECT DISTINCT id FROM unnest($1::uuid[]) AS id ORDER BY id) AS ids",
+        )
+        .await?;
+    tx.execute(&lock, &[&ids]).await?;
+    let insert = tx
+        .prepare_cached(
+            "INSERT INTO task_logs (task_id, seq, ts, level, message)
          SELECT l.task_id,
                 coalesce((SELECT max(x.seq) FROM task_logs x WHERE x.task_id = l.task_id), 0)
                   + row_number() OVER (PARTITION BY l.task_id ORDER BY l.ord),
                 now(), l.level, l.message
          FROM unnest($1::uuid[], $2::text[], $3::text[])
               WITH ORDINALITY AS l(task_id, level, message, ord)",
-        &[&ids, &levels, &messages],
-    )
-    .await?;
+        )
+        .await?;
+    tx.execute(&insert, &[&ids, &levels, &messages]).await?;
     Ok(())
 }
 

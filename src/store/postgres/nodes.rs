@@ -33,8 +33,8 @@ pub struct NodeInfo {
 /// What a heartbeat found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Lease {
-    /// Renewed: the node is alive to the others for this long from now.
-    Held(Duration),
+    /// Renewed: the node is alive to the others for the lease asked for, from now.
+    Held,
     /// Expired before it was renewed (or the node left): the cluster has given the node up.
     Lost,
 }
@@ -84,7 +84,7 @@ impl Postgres {
             )
             .await?;
         Ok(if renewed == 1 {
-            Lease::Held(lease)
+            Lease::Held
         } else {
             Lease::Lost
         })
