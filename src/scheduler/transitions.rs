@@ -254,9 +254,15 @@ impl Inner {
                             tracing::error!("could not commit task state before stopping ({e})");
                             return false;
                         }
+                        delay = delay.min(Duration::from_millis(200));
                     }
                     tracing::error!("could not commit task state ({e}); retrying in {delay:?}");
-                    tokio::time::sleep(delay).await;
+                    // A stop cuts the wait short: the engine has little time left, and the
+                    // outcome is better tried now than lost in a pause.
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = self.stopping.cancelled(), if tries_while_stopping == 0 => {}
+                    }
                     delay = (delay * 2).min(Duration::from_secs(5));
                 }
             }

@@ -141,6 +141,11 @@ async fn a_full_disk_refuses_new_writes_keeps_the_answered_ones_and_recovers() {
     assert_eq!(slow_done["result"], "slow-result\n");
     answered.push(after);
     answered.push(slow);
+    // Every answered task ends once there is room again (an outcome waits in a backoff).
+    for id in &answered {
+        let t = s.wait_one(id, 60).await;
+        assert_eq!(t["status"], "completed", "{t}");
+    }
 
     // Nothing answered was lost, across a crash too.
     s.stop().await;
