@@ -8,10 +8,9 @@ use std::time::Duration;
 
 use uuid::Uuid;
 
-use super::state::{RunHandle, Wait, STOP_CANCEL, STOP_SHUTDOWN, STOP_TIMEOUT, STOP_WORKFLOW};
-use super::{Inner, Transition};
+use super::state::{RunHandle, Wait, STOP_TIMEOUT};
+use super::{outcome, Inner, Transition};
 use crate::agents::AgentDef;
-use crate::backoff;
 use crate::model::{now_us, NewLogLine, Task, TaskStatus};
 use crate::runner::{process, RunContext, RunJob, RunOutcome, Runner};
 use crate::store::{StoreError, WriteOp};
@@ -355,7 +354,13 @@ pub(super) async fn run_started(inner: Arc<Inner>, s: Started) {
     if let Some(ws) = closed {
         current.workspace = Some(ws);
     }
-    let mut tr = settle(&inner, current, outcome, handle.reason());
+    let mut tr = outcome::settle(
+        current,
+        outcome,
+        handle.reason(),
+        inner.cfg.retry_backoff_base_ms,
+        now_us(),
+    );
     if let (TaskStatus::Completed, Some(ws), Some(result)) = (
         tr.task.status,
         tr.task.workspace.as_ref(),
@@ -375,121 +380,4 @@ pub(super) async fn run_started(inner: Arc<Inner>, s: Started) {
     // store.
     inner.commit(vec![tr]).await;
     inner.lock().outcome_committed(&ended);
-}
-
-/// Turns an attempt's outcome into the task's next state.
-fn settle(inner: &Inner, mut t: Task, outcome: RunOutcome, reason: u8) -> Transition {
-    let now = now_us();
-    t.pid = None;
-    t.pid_start = None;
-    let mut logs = Vec::new();
-    let failure = match outcome {
-        RunOutcome::Completed {
-            result,
-            usage,
-            metadata,
-        } => {
-            t.status = TaskStatus::Completed;
-            t.completed_us = Some(now);
-            t.result = Some(result);
-            t.error = None;
-            t.usage = usage;
-            if let Some(extra) = metadata {
-                let mut m = match t.metadata.take() {
-                    Some(serde_json::Value::Object(m)) => m,
-                    _ => serde_json::Map::new(),
-                };
-                m.extend(extra);
-                t.metadata = Some(serde_json::Value::Object(m));
-            }
-            logs.push(("info", format!("attempt {} completed", t.attempt)));
-            None
-        }
-        RunOutcome::Failed {
-            error,
-            retryable,
-            retry_after,
-        } => Some((error, retryable, retry_after)),
-        RunOutcome::Stopped => match reason {
-            STOP_TIMEOUT => Some((
-                format!("timed out after {}s (timeout_seconds)", t.timeout_seconds),
-                true,
-                None,
-            )),
-            STOP_SHUTDOWN => {
-                t.status = TaskStatus::Pending;
-                t.attempt = t.attempt.saturating_sub(1);
-                t.scheduled_us = now;
-                logs.push((
-                    "warn",
-                    "interrupted by server shutdown; it will run again when the server starts (this attempt does not count)".to_string(),
-                ));
-                None
-            }
-            STOP_CANCEL => {
-                t.status = TaskStatus::Cancelled;
-                t.completed_us = Some(now);
-                t.error =
-                    Some("cancelled by request while running; its process was stopped".into());
-                logs.push((
-                    "info",
-                    "cancelled by request; process group stopped".to_string(),
-                ));
-                None
-            }
-            STOP_WORKFLOW => {
-                t.status = TaskStatus::Cancelled;
-                t.completed_us = Some(now);
-                let why =
-                    "stopped because its workflow ended (failed or cancelled; see workflow_status)";
-                t.error = Some(why.into());
-                logs.push(("warn", format!("{why}; process group stopped")));
-                None
-            }
-            _ => Some((
-                "the runner stopped without a result".to_string(),
-                true,
-                None,
-            )),
-        },
-    };
-    if let Some((error, retryable, retry_after)) = failure {
-        if retryable && t.has_retries_left() {
-            let retry = t.attempt.saturating_sub(t.retry_floor);
-            // The back-off, or later if the other side asked for that (an HTTP retry-after),
-            // within the same cap.
-            let delay = backoff::delay_ms(
-                inner.cfg.retry_backoff_base_ms,
-                retry,
-                backoff::TASK_RETRY_CAP_MS,
-            )
-            .max(retry_after.map_or(0, |d| d.as_millis() as u64))
-            .min(backoff::TASK_RETRY_CAP_MS);
-            t.status = TaskStatus::Pending;
-            t.scheduled_us = now + (delay as i64) * 1000;
-            logs.push((
-                "warn",
-                format!(
-                    "attempt {} failed: {error}; retry {retry} of {} in {:.1}s",
-                    t.attempt,
-                    t.max_retries,
-                    delay as f64 / 1000.0
-                ),
-            ));
-        } else {
-            t.status = TaskStatus::Failed;
-            t.completed_us = Some(now);
-            let spent = if retryable {
-                format!(" (no retries left of {})", t.max_retries)
-            } else {
-                String::new()
-            };
-            logs.push((
-                "error",
-                format!("attempt {} failed{spent}: {error}", t.attempt),
-            ));
-        }
-        t.error = Some(error);
-    }
-    Transition { task: t, logs }
 }

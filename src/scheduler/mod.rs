@@ -13,6 +13,7 @@
 mod dispatch;
 pub mod interrupted;
 mod isolation;
+pub mod outcome;
 mod phases;
 mod prune;
 mod recovery;
@@ -79,7 +80,7 @@ pub struct SchedConfig {
 
 /// A state change on its way to the store, with the log lines that explain it.
 #[derive(Debug)]
-pub(crate) struct Transition {
+pub struct Transition {
     pub task: Task,
     pub logs: Vec<(&'static str, String)>,
 }
