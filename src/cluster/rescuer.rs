@@ -1,14 +1,14 @@
 //! The leader's chore: the running tasks of nodes the cluster gave up go back to pending (or
 //! fail), as crash recovery would have done on their own engine.
 //!
-//! A round records each task's new state and the log lines that explain it. What a task's end
-//! sets off beyond itself — its dependents, its workflow, its webhook — comes with the cluster's
-//! settle path, which is not built yet.
+//! A round records each task's new state and the log lines that explain it, and what a task
+//! that failed for good sets off among its dependents (they are cancelled).
 
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::model::{Task, TaskStatus};
 use crate::scheduler::interrupted::{self, Cause};
 use crate::store::postgres::Postgres;
 use crate::store::StoreError;
@@ -29,9 +29,8 @@ pub async fn rescue_round(db: &Postgres) -> Result<usize, StoreError> {
     let mut settled = 0;
     loop {
         let rescued = db
-            .rescue_orphans(BATCH, |task, was_on, now| {
-                let cause = Cause::NodeLost(was_on.unwrap_or("unknown"));
-                interrupted::settle(task, cause, now, None)
+            .rescue_orphans(BATCH, |task, was_on, cancel, now| {
+                settle_orphan(task, was_on.unwrap_or("unknown"), cancel, now)
             })
             .await?;
         if rescued.is_empty() {
@@ -42,6 +41,30 @@ pub async fn rescue_round(db: &Postgres) -> Result<usize, StoreError> {
         }
         settled += rescued.len();
     }
+}
+
+/// The next state of a task whose node was given up while it ran: as crash recovery decides,
+/// unless a cancel was asked for and the node died before it could stop the task (its warden
+/// did): then it is cancelled, as asked.
+pub fn settle_orphan(
+    task: &Task,
+    was_on: &str,
+    cancel_requested: bool,
+    now: i64,
+) -> (Task, Vec<(&'static str, String)>) {
+    if !cancel_requested {
+        return interrupted::settle(task, Cause::NodeLost(was_on), now, None);
+    }
+    let mut t = task.clone();
+    t.status = TaskStatus::Cancelled;
+    t.completed_us = Some(now);
+    t.pid = None;
+    t.pid_start = None;
+    let why = format!(
+        "cancelled by request; node {was_on} stopped answering before it had stopped the task"
+    );
+    t.error = Some(why.clone());
+    (t, vec![("info", why)])
 }
 
 /// The background duty: tries for the leadership every period and, while it holds it, runs a
@@ -62,5 +85,26 @@ pub async fn run(db: Postgres, me: String, lease: Duration, stop: CancellationTo
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(every) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_orphan_is_requeued_unless_its_cancel_was_asked_for() {
+        let running = Task {
+            status: TaskStatus::Running,
+            attempt: 1,
+            max_retries: 1,
+            ..Task::sample_for_tests()
+        };
+        let (t, _) = settle_orphan(&running, "n1", false, 9);
+        assert_eq!((t.status, t.attempt), (TaskStatus::Pending, 1));
+        let (t, logs) = settle_orphan(&running, "n1", true, 9);
+        assert_eq!(t.status, TaskStatus::Cancelled);
+        assert_eq!(t.completed_us, Some(9));
+        assert!(logs[0].1.contains("node n1 stopped answering"));
     }
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use orchestr8_async::model::{Priority, Task, TaskStatus, Usage};
 use orchestr8_async::store::postgres::{
-    migrate, ClaimRequest, Lease, NewClusterTask, NodeInfo, PgOptions, Postgres, Recorded,
+    migrate, ClaimRequest, Ended, Lease, NewClusterTask, NodeInfo, PgOptions, Postgres, Recorded,
 };
 use orchestr8_async::store::{OpOutcome, StoreError};
 use uuid::Uuid;
@@ -342,7 +342,10 @@ async fn an_agents_limit_holds_across_nodes() {
     done.status = TaskStatus::Completed;
     done.completed_us = Some(done.started_us.unwrap() + 1);
     let owner = claimed_by(&db, done.id).await;
-    assert_eq!(db.finish(&owner, &[done]).await.unwrap(), [Recorded::Done]);
+    assert_eq!(
+        db.finish(&owner, &[ended(&done)]).await.unwrap(),
+        [Recorded::Done]
+    );
     let q = queues(&["default"]);
     let next = claim(&db, "n9", "h1", &q, 10).await;
     assert_eq!(next.len(), 1);
@@ -495,23 +498,26 @@ async fn a_node_given_up_cannot_record_the_outcome_of_a_rescued_task() {
     stale.result = Some("stale".into());
     stale.completed_us = Some(stale.started_us.unwrap() + 1);
     assert_eq!(
-        db.finish("a", std::slice::from_ref(&stale)).await.unwrap(),
+        db.finish("a", &[ended(&stale)]).await.unwrap(),
         [Recorded::Fenced]
     );
     let again = claim(&db, "b", "h1", &q, 1).await;
     assert_eq!(again.len(), 1);
     assert_eq!(again[0].attempt, 2, "the interrupted attempt counts");
-    assert_eq!(db.finish("a", &[stale]).await.unwrap(), [Recorded::Fenced]);
+    assert_eq!(
+        db.finish("a", &[ended(&stale)]).await.unwrap(),
+        [Recorded::Fenced]
+    );
     let mut done = again[0].clone();
     done.status = TaskStatus::Completed;
     done.result = Some("fresh".into());
     done.completed_us = Some(done.started_us.unwrap() + 1);
     assert_eq!(
-        db.finish("b", std::slice::from_ref(&done)).await.unwrap(),
+        db.finish("b", &[ended(&done)]).await.unwrap(),
         [Recorded::Done]
     );
     assert_eq!(
-        db.finish("b", &[done]).await.unwrap(),
+        db.finish("b", &[ended(&done)]).await.unwrap(),
         [Recorded::Fenced],
         "only once"
     );
@@ -551,7 +557,13 @@ async fn the_leader_requeues_or_fails_the_tasks_of_a_node_given_up() {
         failed.error.as_deref(),
         Some("node a stopped answering during attempt 1 and no retries are left")
     );
-    let logs = db.logs_after(retried.id, 0).await.unwrap();
+    let logs: Vec<_> = db
+        .logs(retried.id, 0, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|l| (l.seq, l.level, l.message))
+        .collect();
     assert_eq!(
         logs,
         [(
@@ -568,7 +580,7 @@ async fn the_leader_requeues_or_fails_the_tasks_of_a_node_given_up() {
     }])
     .await
     .unwrap();
-    assert_eq!(db.logs_after(retried.id, 1).await.unwrap()[0].0, 2);
+    assert_eq!(db.logs(retried.id, 1, 100).await.unwrap()[0].seq, 2);
     let again = claim(&db, "b", "h1", &q, 5).await;
     assert_eq!(again.len(), 1);
     assert_eq!((again[0].id, again[0].attempt), (retried.id, 2));
@@ -613,4 +625,13 @@ async fn a_lifeline_keeps_its_node_alive_says_when_it_was_given_up_and_leaves() 
 
     kept.leave().await;
     assert!(db.live_nodes().await.unwrap().is_empty(), "left at once");
+}
+
+/// The end of `t`'s current attempt, as its node would record it.
+fn ended(t: &Task) -> Ended {
+    Ended {
+        next: t.clone(),
+        attempt: t.attempt,
+        logs: vec![("info", format!("attempt {} ended", t.attempt))],
+    }
 }

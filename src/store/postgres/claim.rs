@@ -9,15 +9,15 @@
 //!   claimers never wait on each other's rows. An agent's `max_concurrency` and a workflow's
 //!   `max_parallel` count the tasks running on every node: claims take one advisory lock for
 //!   the moment they count and claim, so two nodes never both see the last free slot.
-//! - **Finish many**, fenced: an outcome is recorded only where the task is still `running` the
-//!   same attempt on the same node. A node that was given up and has come back gets `Fenced`.
+//!
+//! What an ended attempt changes is in `settle.rs`.
 
 use std::sync::LazyLock;
 
 use serde_json::Value;
 use uuid::Uuid;
 
-use super::rows::{new_task_json, task_from_row, task_state_json, TASK_COLUMNS};
+use super::rows::{new_task_json, task_from_row, TASK_COLUMNS};
 use super::Postgres;
 use crate::model::{Task, TaskStatus};
 use crate::store::{OpOutcome, StoreError};
@@ -31,16 +31,6 @@ const CLAIM_STALL: &str = "30s";
 /// How many candidates a claim of N looks at: room to skip tasks whose agent or workflow is at
 /// its limit without reading the whole queue.
 const SCAN_FACTOR: i64 = 4;
-
-/// Writes outcomes (`$1`: their rows as JSON) where the task is still `running` the attempt
-/// that ended; callers add what else fences it.
-pub(super) const RECORD_OUTCOMES: &str = "UPDATE tasks t SET status = o.status,
-        scheduled_at = o.scheduled_at, started_at = o.started_at, completed_at = o.completed_at,
-        retry_floor = o.retry_floor, metadata = o.metadata, result = o.result, error = o.error,
-        input_tokens = o.input_tokens, output_tokens = o.output_tokens, cost_usd = o.cost_usd,
-        workspace = o.workspace, pid = NULL, pid_start = NULL, updated_at = now()
-    FROM jsonb_populate_recordset(NULL::tasks, $1) AS o
-    WHERE t.task_id = o.task_id AND t.status = 'running' AND t.attempt = o.attempt";
 
 /// The claim (see the module's doc); built once, prepared once per connection.
 static CLAIM_SQL: LazyLock<String> = LazyLock::new(|| {
@@ -93,16 +83,12 @@ static CLAIM_SQL: LazyLock<String> = LazyLock::new(|| {
                  LIMIT $4
              )
              UPDATE tasks t SET status = 'running', attempt = t.attempt + 1, node_id = $1,
-                 started_at = now(), completed_at = NULL, result = NULL, error = NULL,
+                 started_at = statement_timestamp(), completed_at = NULL, result = NULL, error = NULL,
                  pid = NULL, pid_start = NULL, updated_at = now()
              FROM picked WHERE t.task_id = picked.task_id
              RETURNING {TASK_COLUMNS}, t.instructions"
     )
 });
-
-/// Outcomes fenced to the node that owns their attempts.
-static FINISH_SQL: LazyLock<String> =
-    LazyLock::new(|| format!("{RECORD_OUTCOMES} AND t.node_id = $2 RETURNING t.task_id"));
 
 static TASK_SQL: LazyLock<String> =
     LazyLock::new(|| format!("SELECT {TASK_COLUMNS}, t.node_id FROM tasks t WHERE t.task_id = $1"));
@@ -126,14 +112,6 @@ pub struct ClaimRequest<'a> {
     pub host: &'a str,
     pub queues: &'a [String],
     pub limit: u32,
-}
-
-/// Whether an outcome was recorded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Recorded {
-    Done,
-    /// The task is no longer this node's attempt (rescued, or changed): nothing was written.
-    Fenced,
 }
 
 /// How many of `deps` are not completed, given the status of those that exist (a dependency
@@ -183,6 +161,17 @@ impl Postgres {
                 })
                 .collect::<Result<_, StoreError>>()?
         };
+        // Checked under the share lock: a dependency that failed or was cancelled has already
+        // cancelled its dependents, so a new one would wait for ever.
+        if let Some((id, st)) = found
+            .iter()
+            .find(|(_, st)| matches!(st, TaskStatus::Failed | TaskStatus::Cancelled))
+        {
+            return Err(StoreError::Conflict(format!(
+                "dependencies: task {id} is {}, so this task could never start; task_retry it first or leave it out",
+                st.as_str()
+            )));
+        }
         // A dependency in the same batch is as new as its dependent: not completed.
         let found: Vec<(Uuid, TaskStatus)> = found
             .into_iter()
@@ -317,38 +306,6 @@ impl Postgres {
             .collect::<Result<Vec<_>, StoreError>>()?;
         claimed.sort_by_key(|(t, _)| (std::cmp::Reverse(t.priority.rank()), t.created_us, t.id));
         Ok(claimed)
-    }
-
-    /// Records outcomes of attempts `node_id` owns, in one statement: each task's new state
-    /// (its `attempt` is the attempt that ended). An outcome for a task that is no longer that
-    /// attempt of this node's is not written (`Fenced`).
-    pub async fn finish(
-        &self,
-        node_id: &str,
-        outcomes: &[Task],
-    ) -> Result<Vec<Recorded>, StoreError> {
-        if outcomes.is_empty() {
-            return Ok(Vec::new());
-        }
-        let rows: Vec<Value> = outcomes.iter().map(task_state_json).collect();
-        let client = self.client().await?;
-        let finish = client.prepare_cached(&FINISH_SQL).await?;
-        let written: Vec<Uuid> = client
-            .query(&finish, &[&Value::Array(rows), &node_id])
-            .await?
-            .iter()
-            .map(|r| r.try_get(0))
-            .collect::<Result<_, _>>()?;
-        Ok(outcomes
-            .iter()
-            .map(|t| {
-                if written.contains(&t.id) {
-                    Recorded::Done
-                } else {
-                    Recorded::Fenced
-                }
-            })
-            .collect())
     }
 
     /// A task as stored now, with where it runs.

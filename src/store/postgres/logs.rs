@@ -62,24 +62,4 @@ impl Postgres {
         tx.commit().await?;
         Ok(())
     }
-
-    /// A task's log lines after `after_seq`, oldest first: `(seq, level, message)`.
-    pub async fn logs_after(
-        &self,
-        task_id: Uuid,
-        after_seq: i64,
-    ) -> Result<Vec<(i64, String, String)>, StoreError> {
-        let rows = self
-            .client()
-            .await?
-            .query(
-                "SELECT seq, level, message FROM task_logs
-                 WHERE task_id = $1 AND seq > $2 ORDER BY seq",
-                &[&task_id, &after_seq],
-            )
-            .await?;
-        rows.iter()
-            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
-            .collect()
-    }
 }

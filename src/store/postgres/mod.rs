@@ -15,7 +15,9 @@ mod claim;
 mod logs;
 pub mod migrate;
 mod nodes;
+mod reads;
 mod rows;
+mod settle;
 
 use std::time::Duration;
 
@@ -25,9 +27,10 @@ use tokio_postgres::NoTls;
 
 use super::StoreError;
 
-pub use claim::{ClaimRequest, NewClusterTask, Recorded};
+pub use claim::{ClaimRequest, NewClusterTask};
 pub use logs::LogEntry;
 pub use nodes::{Lease, NodeInfo};
+pub use settle::{Cancel, Ended, Recorded};
 
 /// The PostgreSQL schema holding every table.
 pub const SCHEMA: &str = "orchestr8";

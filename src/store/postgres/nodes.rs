@@ -9,12 +9,23 @@
 
 use std::time::Duration;
 
-use super::claim::RECORD_OUTCOMES;
 use super::logs::{append_in, LogEntry};
 use super::rows::{task_from_row, task_state_json, us, TASK_COLUMNS};
+use super::settle::settle_dependents;
 use super::Postgres;
 use crate::model::Task;
 use crate::store::StoreError;
+
+/// Writes outcomes (`$1`: their rows as JSON) where the task is still `running` the attempt
+/// that ended; callers add what else fences it.
+const RECORD_OUTCOMES: &str = "UPDATE tasks t SET status = o.status,
+        scheduled_at = o.scheduled_at, started_at = o.started_at, completed_at = o.completed_at,
+        retry_floor = o.retry_floor, metadata = o.metadata, result = o.result, error = o.error,
+        input_tokens = o.input_tokens, output_tokens = o.output_tokens, cost_usd = o.cost_usd,
+        workspace = o.workspace, pid = NULL, pid_start = NULL, cancel_requested = false,
+        updated_at = now()
+    FROM jsonb_populate_recordset(NULL::tasks, $1) AS o
+    WHERE t.task_id = o.task_id AND t.status = 'running' AND t.attempt = o.attempt";
 
 /// What a node tells the others about itself.
 #[derive(Debug, Clone)]
@@ -133,8 +144,8 @@ impl Postgres {
     }
 
     /// Settles up to `limit` running tasks of nodes the cluster has given up, in one
-    /// transaction: `decide` turns each (with the node it ran on and the database's time) into
-    /// its next state and the log lines that explain it, and both are written before the task is
+    /// transaction: `decide` turns each (with the node it ran on, whether a cancel was asked for,
+    /// and the database's time) into its next state and the log lines that explain it, and both are written before the task is
     /// let go. Returns the new states. From here on the given-up node can record nothing for
     /// these tasks, should it come back: they are no longer `running` its attempt.
     ///
@@ -143,7 +154,7 @@ impl Postgres {
     /// finds its node given up.
     pub async fn rescue_orphans<F>(&self, limit: i64, decide: F) -> Result<Vec<Task>, StoreError>
     where
-        F: Fn(&Task, Option<&str>, i64) -> (Task, Vec<(&'static str, String)>),
+        F: Fn(&Task, Option<&str>, bool, i64) -> (Task, Vec<(&'static str, String)>),
     {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
@@ -153,7 +164,7 @@ impl Postgres {
         )
         .await?;
         let sql = format!(
-            "SELECT {TASK_COLUMNS}, t.node_id, now() FROM tasks t
+            "SELECT {TASK_COLUMNS}, t.node_id, now(), t.cancel_requested FROM tasks t
              WHERE t.status = 'running'
                AND NOT EXISTS (SELECT 1 FROM nodes n WHERE n.node_id = t.node_id
                                AND n.stopped_at IS NULL AND n.expires_at > now())
@@ -168,7 +179,8 @@ impl Postgres {
             let task = task_from_row(r)?;
             let was_on: Option<String> = r.try_get(30)?;
             let now = us(r.try_get(31)?);
-            let (next, why) = decide(&task, was_on.as_deref(), now);
+            let cancel: bool = r.try_get(32)?;
+            let (next, why) = decide(&task, was_on.as_deref(), cancel, now);
             lines.extend(why.into_iter().map(|(level, message)| LogEntry {
                 task_id: task.id,
                 level,
@@ -180,6 +192,12 @@ impl Postgres {
             let json: Vec<serde_json::Value> = outcomes.iter().map(task_state_json).collect();
             tx.execute(RECORD_OUTCOMES, &[&serde_json::Value::Array(json)])
                 .await?;
+            let ended: Vec<_> = outcomes
+                .iter()
+                .filter(|t| t.status.is_terminal())
+                .map(|t| (t.id, t.status))
+                .collect();
+            lines.extend(settle_dependents(&tx, &ended).await?);
             append_in(&tx, &lines).await?;
         }
         tx.commit().await?;

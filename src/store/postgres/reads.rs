@@ -1,0 +1,127 @@
+//! What the service reads from the cluster's database: tasks by id, pages of tasks, log lines.
+//! Every node reads the same rows, so a task is seen alike from wherever it is asked about.
+
+use uuid::Uuid;
+
+use super::rows::{task_from_row, us, TASK_COLUMNS};
+use super::Postgres;
+use crate::model::{rfc3339, LogLine, Task};
+use crate::store::{StoreError, TaskFilter};
+
+fn log_from_row(r: &tokio_postgres::Row) -> Result<LogLine, StoreError> {
+    Ok(LogLine {
+        seq: r.try_get(0)?,
+        ts: rfc3339(us(r.try_get(1)?)),
+        level: r.try_get(2)?,
+        message: r.try_get(3)?,
+    })
+}
+
+impl Postgres {
+    /// The tasks of `ids` that exist, in no particular order.
+    pub async fn tasks(&self, ids: &[Uuid]) -> Result<Vec<Task>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let client = self.client().await?;
+        let read = client
+            .prepare_cached(&format!(
+                "SELECT {TASK_COLUMNS} FROM tasks t WHERE t.task_id = ANY($1)"
+            ))
+            .await?;
+        client
+            .query(&read, &[&ids])
+            .await?
+            .iter()
+            .map(task_from_row)
+            .collect()
+    }
+
+    /// A page of tasks, newest first, and how many match in all.
+    pub async fn list_tasks(&self, f: &TaskFilter) -> Result<(Vec<Task>, u64), StoreError> {
+        let status = f.status.map(|s| s.as_str());
+        let filter = "($1::text IS NULL OR t.status = $1)
+                      AND ($2::text IS NULL OR t.agent_name = $2)
+                      AND ($3::uuid IS NULL OR t.workflow_id = $3)";
+        let client = self.client().await?;
+        let page = client
+            .prepare_cached(&format!(
+                "SELECT {TASK_COLUMNS} FROM tasks t WHERE {filter}
+                 ORDER BY t.created_at DESC, t.task_id DESC LIMIT $4 OFFSET $5"
+            ))
+            .await?;
+        let count = client
+            .prepare_cached(&format!("SELECT count(*) FROM tasks t WHERE {filter}"))
+            .await?;
+        let (limit, offset) = (i64::from(f.limit), f.offset as i64);
+        let tasks = client
+            .query(
+                &page,
+                &[&status, &f.agent_name, &f.workflow_id, &limit, &offset],
+            )
+            .await?
+            .iter()
+            .map(task_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        let total: i64 = client
+            .query_one(&count, &[&status, &f.agent_name, &f.workflow_id])
+            .await?
+            .try_get(0)?;
+        Ok((tasks, total.max(0) as u64))
+    }
+
+    /// Up to `limit` log lines of a task after `after_seq`, oldest first.
+    pub async fn logs(
+        &self,
+        id: Uuid,
+        after_seq: i64,
+        limit: u32,
+    ) -> Result<Vec<LogLine>, StoreError> {
+        let client = self.client().await?;
+        let read = client
+            .prepare_cached(
+                "SELECT seq, ts, level, message FROM task_logs
+                 WHERE task_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+            )
+            .await?;
+        client
+            .query(&read, &[&id, &after_seq, &i64::from(limit)])
+            .await?
+            .iter()
+            .map(log_from_row)
+            .collect()
+    }
+
+    /// The last `n` log lines of a task, oldest first.
+    pub async fn last_logs(&self, id: Uuid, n: u32) -> Result<Vec<LogLine>, StoreError> {
+        let client = self.client().await?;
+        let read = client
+            .prepare_cached(
+                "SELECT * FROM (SELECT seq, ts, level, message FROM task_logs
+                                WHERE task_id = $1 ORDER BY seq DESC LIMIT $2) l
+                 ORDER BY seq",
+            )
+            .await?;
+        client
+            .query(&read, &[&id, &i64::from(n)])
+            .await?
+            .iter()
+            .map(log_from_row)
+            .collect()
+    }
+
+    /// How many tasks are pending and running across the cluster.
+    pub async fn hot_counts(&self) -> Result<(u64, u64), StoreError> {
+        let client = self.client().await?;
+        let row = client
+            .query_one(
+                "SELECT count(*) FILTER (WHERE status = 'pending'),
+                        count(*) FILTER (WHERE status = 'running')
+                 FROM tasks WHERE status IN ('pending', 'running')",
+                &[],
+            )
+            .await?;
+        let (p, r): (i64, i64) = (row.try_get(0)?, row.try_get(1)?);
+        Ok((p.max(0) as u64, r.max(0) as u64))
+    }
+}

@@ -1,0 +1,251 @@
+//! What an ended attempt changes, in one transaction: the task's new state (fenced to the node
+//! that owns the attempt), its dependents released or cancelled, and the log lines that say so.
+//! A cancel by request goes the same way.
+//!
+//! Dependents are released in a later statement than the one that records the outcome. A
+//! dependent inserted at the same moment counts its open dependencies under a share lock
+//! (`claim.rs`), which the outcome's row lock waits for: once the outcome is written, the next
+//! statement's snapshot sees that dependent and its edge, or the dependent saw the dependency
+//! completed. Never neither, so no task waits for ever.
+
+use serde_json::Value;
+use uuid::Uuid;
+
+use super::logs::{append_in, LogEntry};
+use super::rows::{task_from_row, task_state_json, TASK_COLUMNS};
+use super::Postgres;
+use crate::model::{Task, TaskStatus};
+use crate::store::StoreError;
+
+/// An attempt's end as its node decided it.
+#[derive(Debug, Clone)]
+pub struct Ended {
+    /// The task's next state.
+    pub next: Task,
+    /// The attempt that ended (a stop by shutdown gives it back, so `next.attempt` may be one
+    /// less).
+    pub attempt: u32,
+    /// Why, for the task's log.
+    pub logs: Vec<(&'static str, String)>,
+}
+
+/// Whether an outcome was recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recorded {
+    Done,
+    /// The task is no longer this node's attempt (rescued, or changed): nothing was written.
+    Fenced,
+}
+
+/// What a cancel by request found.
+#[derive(Debug, Clone)]
+pub enum Cancel {
+    /// It was pending: it is cancelled now (and so are the tasks waiting on it).
+    Cancelled(Task),
+    /// It is running on `node`: asked to stop. Its node stops its process group and records
+    /// the end.
+    Asked { node: Option<String> },
+    /// It had ended already.
+    Ended(Task),
+}
+
+/// Outcomes fenced to the node and attempt that own them (`$2`: the node, `$3`/`$4`: each task's
+/// ended attempt). An end is timed by the database's clock, like the start: a task's times
+/// compare across nodes whatever their clocks say, and a dependent never seems to start before
+/// its dependency ended.
+const FINISH_SQL: &str = "UPDATE tasks t SET status = o.status, attempt = o.attempt,
+        scheduled_at = o.scheduled_at, started_at = o.started_at,
+        completed_at = CASE WHEN o.completed_at IS NULL THEN NULL ELSE statement_timestamp() END,
+        retry_floor = o.retry_floor, metadata = o.metadata, result = o.result, error = o.error,
+        input_tokens = o.input_tokens, output_tokens = o.output_tokens, cost_usd = o.cost_usd,
+        workspace = o.workspace, pid = NULL, pid_start = NULL, cancel_requested = false,
+        updated_at = now()
+    FROM jsonb_populate_recordset(NULL::tasks, $1) AS o
+    JOIN unnest($3::uuid[], $4::int[]) AS e(task_id, attempt) ON e.task_id = o.task_id
+    WHERE t.task_id = o.task_id AND t.status = 'running' AND t.attempt = e.attempt
+      AND t.node_id = $2
+    RETURNING t.task_id";
+
+/// One level of the cascade: pending tasks waiting on any of `$1` are cancelled, naming the
+/// dependency that ended them.
+const CASCADE_SQL: &str = "UPDATE tasks t SET status = 'cancelled', completed_at = now(),
+        error = 'cancelled because its dependency ' || d.depends_on || ' (' || u.name || ') '
+                || u.status,
+        updated_at = now()
+    FROM (SELECT DISTINCT ON (td.task_id) td.task_id, td.depends_on
+          FROM task_dependencies td WHERE td.depends_on = ANY($1)
+          ORDER BY td.task_id, td.depends_on) d
+    JOIN tasks u ON u.task_id = d.depends_on
+    WHERE t.task_id = d.task_id AND t.status = 'pending'
+    RETURNING t.task_id, t.error";
+
+/// Completed tasks release their dependents: one open dependency fewer each.
+const RELEASE_SQL: &str = "UPDATE tasks t SET deps_open = greatest(t.deps_open - d.n, 0),
+        updated_at = now()
+    FROM (SELECT task_id, count(*)::int AS n FROM task_dependencies
+          WHERE depends_on = ANY($1) GROUP BY task_id) d
+    WHERE t.task_id = d.task_id AND t.status = 'pending'";
+
+/// What finished tasks set off among the tasks waiting on them (see the module's doc). Returns
+/// the log lines of the cancellations.
+pub(super) async fn settle_dependents(
+    tx: &deadpool_postgres::Transaction<'_>,
+    ended: &[(Uuid, TaskStatus)],
+) -> Result<Vec<LogEntry>, StoreError> {
+    let completed: Vec<Uuid> = ended
+        .iter()
+        .filter(|(_, st)| *st == TaskStatus::Completed)
+        .map(|(id, _)| *id)
+        .collect();
+    if !completed.is_empty() {
+        let release = tx.prepare_cached(RELEASE_SQL).await?;
+        tx.execute(&release, &[&completed]).await?;
+    }
+    let mut doomed: Vec<Uuid> = ended
+        .iter()
+        .filter(|(_, st)| matches!(st, TaskStatus::Failed | TaskStatus::Cancelled))
+        .map(|(id, _)| *id)
+        .collect();
+    let mut lines = Vec::new();
+    if doomed.is_empty() {
+        return Ok(lines);
+    }
+    let cascade = tx.prepare_cached(CASCADE_SQL).await?;
+    while !doomed.is_empty() {
+        let rows = tx.query(&cascade, &[&doomed]).await?;
+        doomed = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let id: Uuid = r.try_get(0)?;
+            let why: Option<String> = r.try_get(1)?;
+            lines.push(LogEntry {
+                task_id: id,
+                level: "warn",
+                message: why.unwrap_or_default(),
+            });
+            doomed.push(id);
+        }
+    }
+    Ok(lines)
+}
+
+impl Postgres {
+    /// Records the ends of attempts `node_id` owns, with what they set off, in one transaction.
+    /// An end for a task that is no longer that attempt of this node's (the cluster gave the
+    /// node up and rescued it) is not written: `Fenced`, and neither are its log lines.
+    pub async fn finish(&self, node_id: &str, ends: &[Ended]) -> Result<Vec<Recorded>, StoreError> {
+        if ends.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows: Vec<Value> = ends.iter().map(|e| task_state_json(&e.next)).collect();
+        let ids: Vec<Uuid> = ends.iter().map(|e| e.next.id).collect();
+        let attempts: Vec<i32> = ends.iter().map(|e| e.attempt as i32).collect();
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let finish = tx.prepare_cached(FINISH_SQL).await?;
+        let written: Vec<Uuid> = tx
+            .query(&finish, &[&Value::Array(rows), &node_id, &ids, &attempts])
+            .await?
+            .iter()
+            .map(|r| r.try_get(0))
+            .collect::<Result<_, _>>()?;
+        let recorded: Vec<&Ended> = ends
+            .iter()
+            .filter(|e| written.contains(&e.next.id))
+            .collect();
+        let statuses: Vec<(Uuid, TaskStatus)> = recorded
+            .iter()
+            .map(|e| (e.next.id, e.next.status))
+            .collect();
+        let mut lines: Vec<LogEntry> = recorded
+            .iter()
+            .flat_map(|e| {
+                e.logs.iter().map(|(level, message)| LogEntry {
+                    task_id: e.next.id,
+                    level,
+                    message: message.clone(),
+                })
+            })
+            .collect();
+        lines.extend(settle_dependents(&tx, &statuses).await?);
+        append_in(&tx, &lines).await?;
+        tx.commit().await?;
+        Ok(ends
+            .iter()
+            .map(|e| {
+                if written.contains(&e.next.id) {
+                    Recorded::Done
+                } else {
+                    Recorded::Fenced
+                }
+            })
+            .collect())
+    }
+
+    /// A cancel by request: a pending task is cancelled now (with the tasks waiting on it); a
+    /// running one is marked, and its node stops it. `None`: no such task.
+    pub async fn cancel(&self, id: Uuid) -> Result<Option<Cancel>, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let read = format!(
+            "SELECT {TASK_COLUMNS}, t.node_id FROM tasks t WHERE t.task_id = $1 FOR UPDATE"
+        );
+        let Some(row) = tx.query_opt(&read, &[&id]).await? else {
+            return Ok(None);
+        };
+        let mut task = task_from_row(&row)?;
+        let node: Option<String> = row.try_get(30)?;
+        let answer = match task.status {
+            TaskStatus::Pending => {
+                tx.execute(
+                    "UPDATE tasks SET status = 'cancelled', completed_at = now(),
+                         error = 'cancelled by request before it started', updated_at = now()
+                     WHERE task_id = $1",
+                    &[&id],
+                )
+                .await?;
+                let mut lines = vec![LogEntry {
+                    task_id: id,
+                    level: "info",
+                    message: "cancelled by request".into(),
+                }];
+                lines.extend(settle_dependents(&tx, &[(id, TaskStatus::Cancelled)]).await?);
+                append_in(&tx, &lines).await?;
+                let now: chrono::DateTime<chrono::Utc> =
+                    tx.query_one("SELECT now()", &[]).await?.try_get(0)?;
+                task.status = TaskStatus::Cancelled;
+                task.completed_us = Some(super::rows::us(now));
+                task.error = Some("cancelled by request before it started".into());
+                Cancel::Cancelled(task)
+            }
+            TaskStatus::Running => {
+                tx.execute(
+                    "UPDATE tasks SET cancel_requested = true, updated_at = now()
+                     WHERE task_id = $1",
+                    &[&id],
+                )
+                .await?;
+                Cancel::Asked { node }
+            }
+            _ => Cancel::Ended(task),
+        };
+        tx.commit().await?;
+        Ok(Some(answer))
+    }
+
+    /// The tasks `node_id` runs that somebody asked to cancel.
+    pub async fn cancels_for(&self, node_id: &str) -> Result<Vec<Uuid>, StoreError> {
+        let client = self.client().await?;
+        let read = client
+            .prepare_cached(
+                "SELECT task_id FROM tasks
+                 WHERE node_id = $1 AND status = 'running' AND cancel_requested",
+            )
+            .await?;
+        client
+            .query(&read, &[&node_id])
+            .await?
+            .iter()
+            .map(|r| r.try_get(0).map_err(StoreError::from))
+            .collect()
+    }
+}
