@@ -170,6 +170,27 @@ pub struct Config {
           value_parser = clap::value_parser!(u32).range(32..))]
     pub db_memory_mib: u32,
 
+    /// A PostgreSQL database to share with other engines, as one cluster
+    /// (`postgres://user:password@host:5432/database`); unset: the DuckDB file of this machine
+    #[arg(long, env = "ORCHESTR8_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+
+    /// The queues this engine takes tasks from, comma-separated (with a database URL)
+    #[arg(long, env = "ORCHESTR8_QUEUES")]
+    pub queues: Option<String>,
+
+    /// Seconds a cluster node stays alive to the others without renewing its lease; a node
+    /// silent for longer is given up and its running tasks run again elsewhere
+    #[arg(long, env = "ORCHESTR8_NODE_LEASE_SECONDS", default_value_t = 15,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub node_lease_seconds: u64,
+
+    /// How often a cluster node with free workers looks for tasks submitted on other nodes,
+    /// in milliseconds
+    #[arg(long, env = "ORCHESTR8_CLAIM_POLL_MS", default_value_t = 250,
+          value_parser = clap::value_parser!(u64).range(10..=60_000))]
+    pub claim_poll_ms: u64,
+
     /// tracing filter; logs go to stderr only (stdout belongs to MCP). Default: info for the
     /// server, warn for CLI commands
     #[arg(long, env = "ORCHESTR8_LOG", global = true)]
@@ -271,6 +292,11 @@ impl Config {
         push("retention", self.retention.to_string());
         push("journal-max-bytes", self.journal_max_bytes.to_string());
         push("db-memory-mib", self.db_memory_mib.to_string());
+        if let Some(q) = &self.queues {
+            push("queues", q.clone());
+        }
+        push("node-lease-seconds", self.node_lease_seconds.to_string());
+        push("claim-poll-ms", self.claim_poll_ms.to_string());
         if let Some(l) = &self.log {
             push("log", l.clone());
         }
@@ -279,10 +305,12 @@ impl Config {
 
     /// The secret settings as environment variables for a process this one starts (never as
     /// flags: a command line is visible to every user in `ps`). Unset ones are removed.
-    pub fn secret_env(&self) -> [(&'static str, Option<String>); 2] {
+    pub fn secret_env(&self) -> [(&'static str, Option<String>); 3] {
         [
             ("ORCHESTR8_API_TOKEN", self.api_token.clone()),
             ("ORCHESTR8_WEBHOOK_SECRET", self.webhook_secret.clone()),
+            // A URL may carry a password.
+            ("ORCHESTR8_DATABASE_URL", self.database_url.clone()),
         ]
     }
 
@@ -310,7 +338,7 @@ impl Config {
         };
         let env = |k: &str| std::env::var(k).unwrap_or_default();
         let http = matches!(self.mode, Mode::Api | Mode::Both);
-        let values: [(&str, String); 25] = [
+        let values: [(&str, String); 27] = [
             ("ORCHESTR8_WORKERS", self.workers.to_string()),
             (
                 "ORCHESTR8_WEBHOOK_SECRET",
@@ -365,6 +393,11 @@ impl Config {
                 self.journal_max_bytes.to_string(),
             ),
             ("ORCHESTR8_DB_MEMORY_MIB", self.db_memory_mib.to_string()),
+            (
+                "ORCHESTR8_DATABASE_URL",
+                self.database_url.clone().unwrap_or_default(),
+            ),
+            ("ORCHESTR8_QUEUES", self.queues.clone().unwrap_or_default()),
             ("ANTHROPIC_API_KEY", env("ANTHROPIC_API_KEY")),
             ("ANTHROPIC_BASE_URL", self.anthropic_base_url.clone()),
             ("OPENAI_API_KEY", env("OPENAI_API_KEY")),

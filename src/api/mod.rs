@@ -74,6 +74,11 @@ pub struct TaskAsyncArgs {
     /// Do not start before this time (RFC 3339, e.g. "2026-01-01T09:00:00Z").
     #[schema(format = DateTime)]
     pub run_at: Option<String>,
+    /// The queue the task waits in (default: the agent's `queue`, else "default"). Engines of a
+    /// cluster take tasks only from the queues they serve (ORCHESTR8_QUEUES); a single engine
+    /// serves every queue.
+    #[schema(pattern = "^[A-Za-z0-9._-]{1,64}$")]
+    pub queue: Option<String>,
 }
 
 /// A task priority as the API accepts it ("medium" means normal). Documentation only: the

@@ -67,6 +67,13 @@ pub enum Command {
         #[arg(long, hide = true)]
         detached: bool,
     },
+    /// Started by an engine of a cluster: stops the engine's agent processes once the engine
+    /// is gone, however it went
+    #[command(hide = true)]
+    Warden {
+        /// The node whose processes to stop
+        node: String,
+    },
     /// Ask the running engine to stop: running tasks get the grace period, then go back to
     /// pending (without using an attempt) for the next engine
     Stop {
@@ -272,7 +279,7 @@ async fn execute(cfg: &Config, cmd: Command, conn: &mut Conn) -> anyhow::Result<
     let now = chrono::Utc::now();
     match cmd {
         // Run before a connection is opened (`main`, `run`).
-        Command::Engine { .. } | Command::Stop { .. } => {
+        Command::Engine { .. } | Command::Stop { .. } | Command::Warden { .. } => {
             anyhow::bail!("this command does not talk to an engine")
         }
         Command::Status(out) => {

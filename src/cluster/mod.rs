@@ -6,12 +6,18 @@
 //!   at shutdown.
 //! - [`rescuer`]: while this node is the leader, takes over the running tasks of nodes whose
 //!   lease expired and settles them as crash recovery does.
-//!
-//! Not yet used by the engine: claiming and running tasks on a cluster is the next step.
+//! - [`Cluster`] (`scheduler.rs`): what the service asks of a node — submit, read, cancel,
+//!   wait, all on the shared database — and `attempts.rs`, the claim loop and the attempts this
+//!   node runs.
+//! - [`warden`]: the process beside each node that stops its agents if the node dies.
 
+mod attempts;
 mod lifeline;
 mod node;
 pub mod rescuer;
+mod scheduler;
+pub mod warden;
 
 pub use lifeline::Lifeline;
-pub use node::{node_id, parse_queues, QueueError};
+pub use node::{host_binding, node_id, parse_queues, valid_queue, QueueError, DEFAULT_QUEUE};
+pub use scheduler::{Cluster, ClusterConfig};

@@ -49,6 +49,16 @@ pub fn parse_queues(setting: Option<&str>) -> Result<Vec<String>, QueueError> {
     Ok(queues)
 }
 
+/// The host a new task is bound to, if any. A task that runs a process (the claude and command
+/// runners) works in a directory of the host it came from — its `working_dir`, or its session's
+/// — so in the default queue it runs only there: nobody sends it to another machine by accident.
+/// Naming a queue says the nodes serving it are fit for the task (the same checkout at the
+/// same path, say), so a task in a named queue runs on any of them; so does a task of an HTTP
+/// runner, which needs no files.
+pub fn host_binding(queue: &str, runs_a_process: bool, host: &str) -> Option<String> {
+    (queue == DEFAULT_QUEUE && runs_a_process).then(|| host.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -73,6 +83,13 @@ mod tests {
         assert_eq!(e, QueueError::Invalid("gpu farm".into()));
         assert!(e.to_string().contains("letters, digits"));
         assert!(parse_queues(Some(&"q".repeat(65))).is_err());
+    }
+
+    #[test]
+    fn processes_in_the_default_queue_stay_on_their_host() {
+        assert_eq!(host_binding("default", true, "h1").as_deref(), Some("h1"));
+        assert_eq!(host_binding("gpu", true, "h1"), None);
+        assert_eq!(host_binding("default", false, "h1"), None);
     }
 
     #[test]

@@ -193,7 +193,7 @@ fn feed(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let follow = Follow {
         rx: d.service.changes(),
-        _lines: watched.map(|t| d.service.follow_lines(t)),
+        _lines: watched.and_then(|t| d.service.follow_lines(t)),
         d,
         watched,
         gathered: Gathered::default(),

@@ -113,6 +113,7 @@ pub fn decide(
 /// Runs until the engine should stop; returns why. `signal` is SIGTERM/SIGINT.
 pub async fn watch(engine: &mut Engine, policy: Policy, signal: &CancellationToken) -> String {
     let requests = engine.stop_requests().clone();
+    let given_up = engine.given_up();
     let started = Instant::now();
     let mut idle_since: Option<Instant> = None;
     let mut last = String::new();
@@ -158,6 +159,11 @@ pub async fn watch(engine: &mut Engine, policy: Policy, signal: &CancellationTok
             _ = signal.cancelled() => return "signal received".into(),
             _ = requests.now.cancelled() => return "asked to stop".into(),
             _ = engine.http_stopped() => return "the HTTP server stopped".into(),
+            _ = given_up.cancelled() => {
+                return "the cluster gave this node up (it could not renew its lease in time); \
+                        its tasks run elsewhere, and a new engine joins as a new node"
+                    .into()
+            }
         }
     }
 }

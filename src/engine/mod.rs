@@ -19,6 +19,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::agents::AgentRegistry;
+use crate::cluster::{Cluster, ClusterConfig};
 use crate::config::Config;
 use crate::dashboard::Door;
 use crate::link::rpc::{Frontends, StopRequests};
@@ -29,7 +30,8 @@ use crate::notifier::EngineNotifier;
 use crate::rest::{self, RestSettings};
 use crate::runner::Runners;
 use crate::scheduler::{SchedConfig, Scheduler};
-use crate::service::Service;
+use crate::service::{Core, Service};
+use crate::store::postgres::{NodeInfo, PgOptions, Postgres};
 use crate::store::{Store, StoreError};
 
 /// Why this process did not become the engine.
@@ -60,10 +62,40 @@ pub struct EngineOptions {
     pub http_required: bool,
 }
 
+/// What the engine runs tasks with.
+enum Running {
+    /// The single engine: its DuckDB file, scheduler and webhook deliverer.
+    Local {
+        store: Arc<Store>,
+        sched: Scheduler,
+        deliverer: Deliverer,
+        /// Removes finished work past the retention period (none without one).
+        pruner: Option<pruner::Pruner>,
+    },
+    /// A node of a cluster on PostgreSQL; the lock file keeps one engine per path here.
+    Cluster {
+        cluster: Cluster,
+        _lock: nix::fcntl::Flock<std::fs::File>,
+    },
+}
+
+/// The database, held and not yet used: the point where this process has become the engine.
+enum Held {
+    Local(Arc<Store>),
+    Cluster(Postgres, nix::fcntl::Flock<std::fs::File>),
+}
+
+impl Held {
+    /// Lets go, so that another process can be the engine.
+    fn release(self) {
+        if let Held::Local(store) = self {
+            store.close();
+        }
+    }
+}
+
 pub struct Engine {
-    store: Arc<Store>,
-    sched: Scheduler,
-    deliverer: Deliverer,
+    running: Running,
     service: Service,
     frontends: Frontends,
     requests: StopRequests,
@@ -74,8 +106,6 @@ pub struct Engine {
     /// Ends the sessions' attach streams (before the servers stop: see `shutdown`).
     doors: CancellationToken,
     dashboard: Door,
-    /// Removes finished work past the retention period (none without one).
-    pruner: Option<pruner::Pruner>,
     grace: Duration,
     db_path: PathBuf,
 }
@@ -111,25 +141,15 @@ impl Engine {
     pub async fn open(cfg: &Config, opts: EngineOptions) -> Result<Engine, OpenError> {
         let Checked { secret, runners } = opts.checked;
         let db_path = cfg.db_path();
-        let options = crate::store::StoreOptions {
-            journal_max_bytes: cfg.journal_max_bytes,
-            memory_mib: cfg.db_memory_mib,
-        };
-        let store = match Store::open_with(&db_path, &options) {
-            Ok(s) => Arc::new(s),
-            Err(StoreError::Locked(why)) => return Err(OpenError::Locked(why)),
-            Err(e) => {
-                return Err(OpenError::Failed(
-                    anyhow::Error::new(e)
-                        .context(format!("opening database {}", db_path.display())),
-                ))
-            }
+        let held = match cfg.database_url.as_deref().filter(|u| !u.trim().is_empty()) {
+            Some(url) => hold_cluster(cfg, url, &db_path).await?,
+            None => hold_file(cfg, &db_path)?,
         };
         let listener = match &opts.http {
             Some(settings) => match rest::bind(settings).await {
                 Ok(l) => Some((l, settings)),
                 Err(e) if opts.http_required => {
-                    store.close();
+                    held.release();
                     return Err(OpenError::Failed(e));
                 }
                 Err(e) => {
@@ -144,55 +164,45 @@ impl Engine {
         let mut socket = match crate::link::server::bind(&crate::link::socket_path(&db_path)) {
             Ok(s) => s,
             Err(e) => {
-                store.close();
+                held.release();
                 return Err(OpenError::Failed(e.context("serving the engine's socket")));
             }
         };
-        let deliverer = Deliverer::start(
-            store.clone(),
-            WebhookSettings {
-                max_attempts: cfg.webhook_max_attempts,
-                backoff_base_ms: cfg.webhook_backoff_base_ms,
-                backoff_max_ms: cfg.webhook_backoff_max_ms,
-                timeout_ms: cfg.webhook_timeout_ms,
-                secret,
-            },
-        )
-        .map_err(|e| OpenError::Failed(anyhow::anyhow!(e)))?;
         let agents = AgentRegistry::new(cfg.agent_dirs(), cfg.default_runner.clone());
         let frontends = Frontends::default();
-        let sched = Scheduler::start(
-            SchedConfig {
-                workers: cfg.workers as usize,
-                retry_backoff_base_ms: cfg.retry_backoff_base_ms,
-                instance: std::fs::canonicalize(&db_path)
-                    .unwrap_or_else(|_| db_path.clone())
-                    .display()
-                    .to_string(),
-                retention: cfg.retention.period(),
-            },
-            store.clone(),
-            agents,
-            runners,
-            crate::workspace::Workspaces::new(crate::link::worktrees_path(&db_path)),
-            Arc::new(EngineNotifier::new(
-                Some(deliverer.clone()),
-                frontends.channels().clone(),
-            )),
-        )
-        .await;
-        let sched = match sched {
-            Ok(s) => s,
-            Err(e) => {
-                // Let go of the file, so that another process can be the engine.
-                deliverer.shutdown(Duration::ZERO).await;
-                store.close();
-                return Err(OpenError::Failed(
-                    anyhow::Error::new(e).context("starting the scheduler"),
-                ));
+        let (running, core) = match held {
+            Held::Local(store) => {
+                start_local(cfg, store, secret, agents, runners, &frontends, &db_path).await?
+            }
+            Held::Cluster(db, lock) => {
+                let node = this_node(cfg)?;
+                let cluster = Cluster::start(
+                    db,
+                    node,
+                    ClusterConfig {
+                        workers: cfg.workers as usize,
+                        retry_backoff_base_ms: cfg.retry_backoff_base_ms,
+                        lease: Duration::from_secs(cfg.node_lease_seconds),
+                        poll: Duration::from_millis(cfg.claim_poll_ms),
+                        instance: cluster_instance(cfg),
+                    },
+                    agents,
+                    runners,
+                )
+                .await
+                .map_err(|e| {
+                    OpenError::Failed(anyhow::Error::new(e).context("joining the cluster"))
+                })?;
+                (
+                    Running::Cluster {
+                        cluster: cluster.clone(),
+                        _lock: lock,
+                    },
+                    Core::Cluster(cluster),
+                )
             }
         };
-        let service = Service::new(sched.clone());
+        let service = Service::new(core);
         let http_stop = CancellationToken::new();
         let doors = CancellationToken::new();
         let requests = StopRequests::default();
@@ -235,17 +245,29 @@ impl Engine {
             crate::link::server::serve(&mut socket, service.clone(), rpc, http_stop.clone());
         tracing::info!(
             db = %db_path.display(),
+            cluster = matches!(running, Running::Cluster { .. }),
             workers = cfg.workers,
-            agents = %sched.agents().search_path(),
+            agents = %cfg.agents_dir,
             version = crate::link::version(),
             pid = std::process::id(),
             "orchestr8-async engine ready"
         );
-        let pruner = pruner::Pruner::start(sched.clone());
+        let running = match running {
+            Running::Local {
+                store,
+                sched,
+                deliverer,
+                pruner: _,
+            } => Running::Local {
+                pruner: pruner::Pruner::start(sched.clone()),
+                store,
+                sched,
+                deliverer,
+            },
+            cluster => cluster,
+        };
         Ok(Engine {
-            store,
-            sched,
-            deliverer,
+            running,
             service,
             frontends,
             requests,
@@ -255,7 +277,6 @@ impl Engine {
             http_stop,
             doors,
             dashboard,
-            pruner,
             grace: Duration::from_secs(cfg.shutdown_grace_seconds),
             db_path,
         })
@@ -271,11 +292,17 @@ impl Engine {
 
     /// What keeps this engine needed right now.
     pub async fn needs(&self) -> lifetime::Needs {
+        let (tasks, webhooks) = match &self.running {
+            Running::Local {
+                sched, deliverer, ..
+            } => (sched.in_flight(), deliverer.owed().await),
+            Running::Cluster { cluster, .. } => (cluster.in_flight(), false),
+        };
         lifetime::Needs {
             sessions: self.frontends.count(),
             viewers: self.dashboard.needed(),
-            tasks: self.sched.in_flight(),
-            webhooks: self.deliverer.owed().await,
+            tasks,
+            webhooks,
         }
     }
 
@@ -292,6 +319,15 @@ impl Engine {
                 self.http = None;
             }
             None => std::future::pending().await,
+        }
+    }
+
+    /// Fired once the cluster has given this node up (never for the single engine): its
+    /// attempts were stopped, and it must make way for a new node.
+    pub fn given_up(&self) -> CancellationToken {
+        match &self.running {
+            Running::Cluster { cluster, .. } => cluster.given_up(),
+            Running::Local { .. } => CancellationToken::new(),
         }
     }
 
@@ -320,14 +356,182 @@ impl Engine {
             }
         }
         drop(self.socket.take());
-        if let Some(p) = self.pruner.take() {
-            p.stop().await;
+        match self.running {
+            Running::Local {
+                store,
+                sched,
+                deliverer,
+                pruner,
+            } => {
+                if let Some(p) = pruner {
+                    p.stop().await;
+                }
+                sched.shutdown(self.grace).await;
+                // Webhooks of tasks that ended during the grace period may be in flight;
+                // whatever is still owed after this stays in the store and goes out at the
+                // next start.
+                deliverer.shutdown(Duration::from_secs(2)).await;
+                store.close();
+            }
+            Running::Cluster { cluster, _lock } => cluster.shutdown(self.grace).await,
         }
-        self.sched.shutdown(self.grace).await;
-        // Webhooks of tasks that ended during the grace period may be in flight; whatever is
-        // still owed after this stays in the store and goes out at the next start.
-        self.deliverer.shutdown(Duration::from_secs(2)).await;
-        self.store.close();
         tracing::info!("engine stopped");
+    }
+}
+
+/// Opens the DuckDB file: this process is the engine once it holds it.
+fn hold_file(cfg: &Config, db_path: &std::path::Path) -> Result<Held, OpenError> {
+    let options = crate::store::StoreOptions {
+        journal_max_bytes: cfg.journal_max_bytes,
+        memory_mib: cfg.db_memory_mib,
+    };
+    match Store::open_with(db_path, &options) {
+        Ok(s) => Ok(Held::Local(Arc::new(s))),
+        Err(StoreError::Locked(why)) => Err(OpenError::Locked(why)),
+        Err(e) => Err(OpenError::Failed(
+            anyhow::Error::new(e).context(format!("opening database {}", db_path.display())),
+        )),
+    }
+}
+
+/// Takes this path's node lock (one engine per path serves the sessions here), then connects
+/// to the cluster's database, migrating it if this is the first node of a newer release.
+async fn hold_cluster(
+    cfg: &Config,
+    url: &str,
+    db_path: &std::path::Path,
+) -> Result<Held, OpenError> {
+    let path = crate::link::node_lock_path(db_path);
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| OpenError::Failed(anyhow::anyhow!("creating {}: {e}", dir.display())))?;
+    }
+    let lock = std::fs::File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| OpenError::Failed(anyhow::anyhow!("opening {}: {e}", path.display())))?;
+    let lock = match nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+        Ok(l) => l,
+        Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
+            return Err(OpenError::Locked(format!(
+                "another engine holds {}",
+                path.display()
+            )))
+        }
+        Err((_, e)) => {
+            return Err(OpenError::Failed(anyhow::anyhow!(
+                "locking {}: {e}",
+                path.display()
+            )))
+        }
+    };
+    let db = Postgres::connect(&PgOptions {
+        url: url.to_string(),
+        pool_size: (cfg.workers as usize) + 4,
+    })
+    .await
+    .map_err(|e| {
+        OpenError::Failed(
+            anyhow::Error::new(e)
+                .context("connecting to the cluster's database (ORCHESTR8_DATABASE_URL)"),
+        )
+    })?;
+    Ok(Held::Cluster(db, lock))
+}
+
+/// This engine as a node: its host, a fresh id, and the queues it serves.
+fn this_node(cfg: &Config) -> Result<NodeInfo, OpenError> {
+    let queues = crate::cluster::parse_queues(cfg.queues.as_deref())
+        .map_err(|e| OpenError::Failed(e.into()))?;
+    let host = nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".to_string());
+    let pid = std::process::id();
+    Ok(NodeInfo {
+        node_id: crate::cluster::node_id(&host, pid, rand::random()),
+        host,
+        pid,
+        version: crate::link::version().to_string(),
+        queues,
+    })
+}
+
+/// What the processes of a cluster's tasks are told their database is: the database URL
+/// without its password.
+fn cluster_instance(cfg: &Config) -> String {
+    let url = cfg.database_url.clone().unwrap_or_default();
+    match url::Url::parse(&url) {
+        Ok(mut u) => {
+            let _ = u.set_password(None);
+            u.to_string()
+        }
+        Err(_) => "postgres".to_string(),
+    }
+}
+
+/// Starts the single engine on its file: webhook delivery, then the scheduler with crash
+/// recovery.
+async fn start_local(
+    cfg: &Config,
+    store: Arc<Store>,
+    secret: Option<WebhookSecret>,
+    agents: AgentRegistry,
+    runners: Runners,
+    frontends: &Frontends,
+    db_path: &std::path::Path,
+) -> Result<(Running, Core), OpenError> {
+    let deliverer = Deliverer::start(
+        store.clone(),
+        WebhookSettings {
+            max_attempts: cfg.webhook_max_attempts,
+            backoff_base_ms: cfg.webhook_backoff_base_ms,
+            backoff_max_ms: cfg.webhook_backoff_max_ms,
+            timeout_ms: cfg.webhook_timeout_ms,
+            secret,
+        },
+    )
+    .map_err(|e| OpenError::Failed(anyhow::anyhow!(e)))?;
+    let sched = Scheduler::start(
+        SchedConfig {
+            workers: cfg.workers as usize,
+            retry_backoff_base_ms: cfg.retry_backoff_base_ms,
+            instance: std::fs::canonicalize(db_path)
+                .unwrap_or_else(|_| db_path.to_path_buf())
+                .display()
+                .to_string(),
+            retention: cfg.retention.period(),
+        },
+        store.clone(),
+        agents,
+        runners,
+        crate::workspace::Workspaces::new(crate::link::worktrees_path(db_path)),
+        Arc::new(EngineNotifier::new(
+            Some(deliverer.clone()),
+            frontends.channels().clone(),
+        )),
+    )
+    .await;
+    match sched {
+        Ok(sched) => Ok((
+            Running::Local {
+                store,
+                sched: sched.clone(),
+                deliverer,
+                pruner: None,
+            },
+            Core::Local(sched),
+        )),
+        Err(e) => {
+            // Let go of the file, so that another process can be the engine.
+            deliverer.shutdown(Duration::ZERO).await;
+            store.close();
+            Err(OpenError::Failed(
+                anyhow::Error::new(e).context("starting the scheduler"),
+            ))
+        }
     }
 }

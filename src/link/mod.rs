@@ -53,6 +53,12 @@ pub fn worktrees_path(db: &Path) -> PathBuf {
     with_suffix(db, ".worktrees")
 }
 
+/// `<db>.node.lock`: held by the engine of a cluster node, which opens no DuckDB file, so that
+/// one engine per path serves its sessions all the same.
+pub fn node_lock_path(db: &Path) -> PathBuf {
+    with_suffix(db, ".node.lock")
+}
+
 fn with_suffix(db: &Path, suffix: &str) -> PathBuf {
     let mut p = db.as_os_str().to_owned();
     p.push(suffix);

@@ -119,6 +119,35 @@ pub async fn stop_attempts(
     }
 }
 
+/// Process groups holding a live process whose environment has `name=value` (other users'
+/// processes and this process's own group are skipped). A cluster node's warden finds the
+/// node's agents by their `ORCHESTR8_NODE_ID`.
+pub fn groups_with_env(name: &str, value: &str) -> Vec<i64> {
+    let own_group = i64::from(nix::unistd::getpgrp().as_raw());
+    let wanted = format!("{name}={value}");
+    let mut found = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return found;
+    };
+    for entry in entries.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i64>() else {
+            continue;
+        };
+        let Ok(environ) = std::fs::read(entry.path().join("environ")) else {
+            continue;
+        };
+        if !environ.split(|b| *b == 0).any(|kv| kv == wanted.as_bytes()) {
+            continue;
+        }
+        if let Some(pgid) = process_group(pid).filter(|g| *g > 1 && *g != own_group) {
+            if !found.contains(&pgid) {
+                found.push(pgid);
+            }
+        }
+    }
+    found
+}
+
 /// Process group of a process (field 5 of `/proc/<pid>/stat`).
 fn process_group(pid: i64) -> Option<i64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;

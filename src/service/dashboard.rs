@@ -31,13 +31,17 @@ const FIRST_LOG_LINES: u32 = 500;
 
 impl Service {
     /// What the stored data changes from now on.
+    /// A cluster node has no change feed yet: its stream is closed at once.
     pub fn changes(&self) -> broadcast::Receiver<Change> {
-        self.sched.store().changes()
+        match self.sched() {
+            Ok(s) => s.store().changes(),
+            Err(_) => broadcast::channel(1).1,
+        }
     }
 
     /// The change feed carries `task`'s log lines too, while the answer lives.
-    pub fn follow_lines(&self, task: Uuid) -> Following {
-        self.sched.store().follow_lines(task)
+    pub fn follow_lines(&self, task: Uuid) -> Option<Following> {
+        self.sched().ok().map(|s| s.store().follow_lines(task))
     }
 
     pub async fn dashboard_overview(&self) -> Result<DashOverview> {
@@ -47,7 +51,7 @@ impl Service {
         let ended_since = this_hour - (ENDED_HOURS - 1) * HOUR_US;
         let cost_since = today - (COST_DAYS - 1) * DAY_US;
         let s = self
-            .sched
+            .sched()?
             .store()
             .stats(
                 StatsSince {
@@ -159,7 +163,7 @@ impl Service {
             .transpose()?;
         let limit = in_range("limit", a.limit, 1, 200, 50)? as u32;
         let (tasks, total) = self
-            .sched
+            .sched()?
             .store()
             .task_page(TaskQuery {
                 status,
@@ -188,7 +192,7 @@ impl Service {
 
     pub async fn dashboard_facets(&self) -> Result<TaskFacets> {
         let (agents, projects) = self
-            .sched
+            .sched()?
             .store()
             .task_facets()
             .await
@@ -198,7 +202,7 @@ impl Service {
 
     pub async fn dashboard_task(&self, id: &str) -> Result<DashTask> {
         let id = parse_task_id("task_id", id)?;
-        let store = self.sched.store();
+        let store = self.sched()?.store();
         let internal = |e: crate::store::StoreError| ServiceError::Internal(e.to_string());
         // From the store, not the scheduler's memory: the page reads on the change feed's
         // events, which are published once the store has the change (memory follows a moment
@@ -233,7 +237,7 @@ impl Service {
         let listed = self.list_agents().await?.agents;
         let since = now_us() - AGENT_DAYS * DAY_US;
         let records = self
-            .sched
+            .sched()?
             .store()
             .agent_records(since)
             .await

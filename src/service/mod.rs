@@ -12,6 +12,7 @@ use uuid::Uuid;
 
 use crate::agents::{validate_name, AgentDef, AgentError, AgentRegistry};
 use crate::api::*;
+use crate::cluster::Cluster;
 use crate::limits;
 use crate::link::SessionContext;
 use crate::model::{now_us, Isolation, Priority, Task, TaskStatus, TaskView, Usage, Workspace};
@@ -82,6 +83,28 @@ impl From<AgentError> for ServiceError {
 }
 
 type Result<T> = std::result::Result<T, ServiceError>;
+
+/// The queue of a new task: the argument, else its agent's `queue`, else the default queue.
+fn queue_of(asked: Option<&str>, agent: &AgentDef) -> Result<String> {
+    use crate::cluster::{valid_queue, DEFAULT_QUEUE};
+    if let Some(q) = asked {
+        if !valid_queue(q) {
+            return invalid(format!(
+                "queue {q:?} is not a queue name: use 1 to 64 letters, digits, '-', '_' or '.'"
+            ));
+        }
+        return Ok(q.to_string());
+    }
+    match agent.extra.get("queue") {
+        None => Ok(DEFAULT_QUEUE.to_string()),
+        Some(serde_json::Value::String(q)) if valid_queue(q) => Ok(q.clone()),
+        Some(other) => Err(ServiceError::Conflict(format!(
+            "agent file {}: queue {other} is not a queue name: use 1 to 64 letters, digits, '-', \
+             '_' or '.'",
+            agent.path.display()
+        ))),
+    }
+}
 
 /// Whether a text is empty or only blanks. Blank is Unicode white space plus what one regex
 /// engine or another also counts as white space — the information separators U+001C..U+001F
@@ -202,18 +225,68 @@ struct Session {
 /// in a session's context.
 #[derive(Clone)]
 pub struct Service {
-    sched: Scheduler,
+    core: Core,
     session: Option<Arc<Session>>,
     /// What each project has been told of its ended tasks.
     told: Arc<told::ToldBook>,
 }
 
+/// What runs the tasks the service accepts: this engine's own scheduler on its DuckDB file, or
+/// a node of a cluster of engines sharing one PostgreSQL database.
+#[derive(Clone)]
+pub enum Core {
+    Local(Scheduler),
+    Cluster(Cluster),
+}
+
+impl Core {
+    fn agents(&self) -> &AgentRegistry {
+        match self {
+            Core::Local(s) => s.agents(),
+            Core::Cluster(c) => c.agents(),
+        }
+    }
+
+    fn runners(&self) -> &crate::runner::Runners {
+        match self {
+            Core::Local(s) => s.runners(),
+            Core::Cluster(c) => c.runners(),
+        }
+    }
+
+    fn instance(&self) -> &str {
+        match self {
+            Core::Local(s) => s.instance(),
+            Core::Cluster(c) => c.instance(),
+        }
+    }
+}
+
+/// The refusal of what a cluster node does not offer yet.
+fn not_on_a_cluster() -> ServiceError {
+    ServiceError::Conflict(
+        "this engine is a node of a cluster (ORCHESTR8_DATABASE_URL), which does not offer this \
+         yet: task_async, task_run, task_status, task_wait, task_cancel, task_logs, list_tasks \
+         and list_agents work there; workflows, task_retry, task_diff, worktrees, webhooks and \
+         the dashboard need the single engine (unset ORCHESTR8_DATABASE_URL) for now"
+            .to_string(),
+    )
+}
+
 impl Service {
-    pub fn new(sched: Scheduler) -> Self {
+    pub fn new(core: Core) -> Self {
         Service {
-            told: told::ToldBook::new(sched.instance()),
-            sched,
+            told: told::ToldBook::new(core.instance()),
+            core,
             session: None,
+        }
+    }
+
+    /// The single engine's scheduler, for what a cluster node does not offer yet.
+    fn sched(&self) -> Result<&Scheduler> {
+        match &self.core {
+            Core::Local(s) => Ok(s),
+            Core::Cluster(_) => Err(not_on_a_cluster()),
         }
     }
 
@@ -222,12 +295,12 @@ impl Service {
     pub fn for_session(&self, ctx: &SessionContext) -> Service {
         let agents_dir = ctx.agents_dir.join(":");
         Service {
-            sched: self.sched.clone(),
+            core: self.core.clone(),
             told: self.told.clone(),
             session: Some(Arc::new(Session {
                 cwd: Arc::from(ctx.cwd.as_str()),
                 agents: self
-                    .sched
+                    .core
                     .agents()
                     .with_search_path(Some(agents_dir.as_str())),
                 agents_dir: Arc::from(agents_dir),
@@ -239,18 +312,25 @@ impl Service {
     fn agents(&self) -> AgentRegistry {
         match &self.session {
             Some(s) => s.agents.clone(),
-            None => self.sched.agents().clone(),
+            None => self.core.agents().clone(),
         }
     }
 
     /// Whether the database answers (for health checks); the error says why not.
     pub async fn db_health(&self) -> std::result::Result<(), String> {
-        self.sched.store().ping().await.map_err(|e| e.to_string())
+        match &self.core {
+            Core::Local(s) => s.store().ping().await.map_err(|e| e.to_string()),
+            Core::Cluster(c) => c.ping().await.map_err(|e| e.to_string()),
+        }
     }
 
-    /// Tasks pending and running right now (for the metrics gauges).
+    /// Tasks pending and running right now (for the metrics gauges). A cluster node counts
+    /// the attempts it runs itself; the cluster's queue is in the database.
     pub fn hot_counts(&self) -> (usize, usize) {
-        self.sched.hot_counts()
+        match &self.core {
+            Core::Local(s) => s.hot_counts(),
+            Core::Cluster(c) => (0, c.running_here()),
+        }
     }
 
     /// The task object and `existing` (the REST answer to `POST /api/tasks`).
@@ -272,8 +352,28 @@ impl Service {
     /// Accepts a task; returns it and whether an earlier task with the same idempotency key
     /// was returned instead of a new one.
     async fn submit_task(&self, a: TaskAsyncArgs) -> Result<(TaskView, bool)> {
+        let asked_queue = a.queue.clone();
         let (task, instructions, agent) = self.build_task(a).await?;
-        Ok(match self.sched.submit(task, instructions, agent).await? {
+        let queue = queue_of(asked_queue.as_deref(), &agent)?;
+        let submitted = match &self.core {
+            Core::Local(s) => s.submit(task, instructions, agent).await?,
+            Core::Cluster(c) => {
+                if task.workspace.is_some() || task.webhook_url.is_some() {
+                    return Err(not_on_a_cluster());
+                }
+                let runs_a_process = matches!(agent.runner.as_str(), "claude" | "command");
+                let host = crate::cluster::host_binding(&queue, runs_a_process, &c.node().host);
+                c.submit(crate::store::postgres::NewClusterTask {
+                    task,
+                    instructions,
+                    queue,
+                    host,
+                    max_concurrency: agent.max_concurrency,
+                })
+                .await?
+            }
+        };
+        Ok(match submitted {
             Submitted::Created(t) => (t.view(), false),
             Submitted::Existing(t) => (t.view(), true),
         })
@@ -382,7 +482,7 @@ impl Service {
                     .map_err(|e| ServiceError::Internal(e.to_string()))??
             }
         };
-        self.sched
+        self.core
             .runners()
             .for_agent(&agent)
             .map_err(ServiceError::Conflict)?;
@@ -526,7 +626,7 @@ impl Service {
             ));
         }
         let task = self
-            .sched
+            .sched()?
             .task(id)
             .await?
             .ok_or_else(|| ServiceError::NotFound(not_found(id)))?;
@@ -537,7 +637,7 @@ impl Service {
         };
         let running = task.status == TaskStatus::Running;
         let diff = self
-            .sched
+            .sched()?
             .workspaces()
             .diff(id, ws, running, &paths, max)
             .await
@@ -569,17 +669,23 @@ impl Service {
 
     pub async fn task_status(&self, a: TaskIdArgs) -> Result<TaskWithLogs> {
         let id = parse_task_id("task_id", &a.task_id)?;
-        let task = self
-            .sched
-            .task(id)
-            .await?
-            .ok_or_else(|| ServiceError::NotFound(not_found(id)))?;
-        let logs = self
-            .sched
-            .store()
-            .last_logs(id, 20)
-            .await
-            .map_err(|e| ServiceError::Internal(e.to_string()))?;
+        let (task, logs) = match &self.core {
+            Core::Local(s) => {
+                let task = s.task(id).await?;
+                let task = task.ok_or_else(|| ServiceError::NotFound(not_found(id)))?;
+                let logs = s
+                    .store()
+                    .last_logs(id, 20)
+                    .await
+                    .map_err(|e| ServiceError::Internal(e.to_string()))?;
+                (task, logs)
+            }
+            Core::Cluster(c) => {
+                let task = c.task(id).await?;
+                let task = task.ok_or_else(|| ServiceError::NotFound(not_found(id)))?;
+                (task, c.last_logs(id, 20).await?)
+            }
+        };
         Ok(TaskWithLogs {
             task: task.view(),
             logs,
@@ -588,27 +694,39 @@ impl Service {
 
     pub async fn task_cancel(&self, a: TaskIdArgs) -> Result<crate::model::TaskView> {
         let id = parse_task_id("task_id", &a.task_id)?;
-        Ok(self.sched.cancel(id).await?.view())
+        Ok(match &self.core {
+            Core::Local(s) => s.cancel(id).await?,
+            Core::Cluster(c) => c.cancel(id).await?,
+        }
+        .view())
     }
 
     pub async fn task_retry(&self, a: TaskIdArgs) -> Result<crate::model::TaskView> {
         let id = parse_task_id("task_id", &a.task_id)?;
-        Ok(self.sched.retry(id).await?.view())
+        Ok(self.sched()?.retry(id).await?.view())
     }
 
     pub async fn task_logs(&self, a: TaskLogsArgs) -> Result<TaskLogs> {
         let id = parse_task_id("task_id", &a.task_id)?;
         let after = in_range("after_seq", a.after_seq, 0, i64::MAX, 0)?;
         let limit = in_range("limit", a.limit, 1, 1000, 100)? as u32;
-        if self.sched.task(id).await?.is_none() {
-            return Err(ServiceError::NotFound(not_found(id)));
-        }
-        let logs = self
-            .sched
-            .store()
-            .logs(id, after, limit)
-            .await
-            .map_err(|e| ServiceError::Internal(e.to_string()))?;
+        let logs = match &self.core {
+            Core::Local(s) => {
+                if s.task(id).await?.is_none() {
+                    return Err(ServiceError::NotFound(not_found(id)));
+                }
+                s.store()
+                    .logs(id, after, limit)
+                    .await
+                    .map_err(|e| ServiceError::Internal(e.to_string()))?
+            }
+            Core::Cluster(c) => {
+                if c.task(id).await?.is_none() {
+                    return Err(ServiceError::NotFound(not_found(id)));
+                }
+                c.logs(id, after, limit).await?
+            }
+        };
         Ok(TaskLogs {
             task_id: id.to_string(),
             logs,
@@ -623,10 +741,11 @@ impl Service {
             Some(m) => return invalid(format!("mode {m:?} must be \"any\" or \"all\"")),
         };
         let timeout = in_range("timeout_seconds", a.timeout_seconds, 1, 600, 60)? as u64;
-        let (tasks, timed_out) = self
-            .sched
-            .wait(ids, any, Duration::from_secs(timeout))
-            .await?;
+        let timeout = Duration::from_secs(timeout);
+        let (tasks, timed_out) = match &self.core {
+            Core::Local(s) => s.wait(ids, any, timeout).await?,
+            Core::Cluster(c) => c.wait(ids, any, timeout).await?,
+        };
         Ok(TaskWaitResult {
             tasks: tasks.iter().map(Task::view).collect(),
             timed_out,
@@ -649,18 +768,21 @@ impl Service {
             .transpose()?;
         let limit = in_range("limit", a.limit, 1, 1000, 50)? as u32;
         let offset = in_range("offset", a.offset, 0, MAX_OFFSET, 0)? as u64;
-        let (tasks, total) = self
-            .sched
-            .store()
-            .list_tasks(TaskFilter {
-                status,
-                agent_name: a.agent_name,
-                workflow_id,
-                limit,
-                offset,
-            })
-            .await
-            .map_err(|e| ServiceError::Internal(e.to_string()))?;
+        let filter = TaskFilter {
+            status,
+            agent_name: a.agent_name,
+            workflow_id,
+            limit,
+            offset,
+        };
+        let (tasks, total) = match &self.core {
+            Core::Local(s) => s
+                .store()
+                .list_tasks(filter)
+                .await
+                .map_err(|e| ServiceError::Internal(e.to_string()))?,
+            Core::Cluster(c) => c.list_tasks(&filter).await?,
+        };
         Ok(TaskList {
             tasks: tasks.iter().map(|t| t.view().into()).collect(),
             total,

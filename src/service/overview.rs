@@ -6,7 +6,7 @@ use crate::model::TaskStatus;
 
 impl Service {
     pub async fn overview(&self) -> Result<EngineOverview> {
-        let store = self.sched.store();
+        let store = self.sched()?.store();
         let internal = |e: crate::store::StoreError| ServiceError::Internal(e.to_string());
         let mut counts: std::collections::BTreeMap<String, u64> = [
             TaskStatus::Pending,
@@ -30,13 +30,13 @@ impl Service {
             .await?
             .tasks;
         running.sort_by(|a, b| a.started_at.cmp(&b.started_at));
-        let (_, busy) = self.sched.hot_counts();
+        let (_, busy) = self.sched()?.hot_counts();
         Ok(EngineOverview {
             pid: std::process::id(),
-            db_path: self.sched.instance().to_string(),
+            db_path: self.sched()?.instance().to_string(),
             dispatching: true,
             counts,
-            workers: self.sched.workers(),
+            workers: self.sched()?.workers(),
             workers_busy: busy,
             webhooks_owed: store.webhooks_owed().await.map_err(internal)?,
             running,
@@ -61,7 +61,7 @@ impl Service {
                         "--older-than forever removes nothing; give a period such as 30d".into(),
                     )
                 })?,
-            None => self.sched.retention().ok_or_else(|| {
+            None => self.sched()?.retention().ok_or_else(|| {
                 ServiceError::Invalid(
                     "no retention period is set (ORCHESTR8_RETENTION), so nothing is old enough \
                      to remove; give one: prune --older-than 30d"
@@ -70,7 +70,7 @@ impl Service {
             })?,
         };
         let cutoff = crate::model::now_us() - period.as_micros() as i64;
-        let p = self.sched.prune_before(cutoff).await?;
+        let p = self.sched()?.prune_before(cutoff).await?;
         Ok(crate::api::PruneReport {
             ended_before: crate::model::rfc3339(cutoff),
             older_than_seconds: period.as_secs(),

@@ -4,7 +4,7 @@
 
 use uuid::Uuid;
 
-use super::{parse_waited_ids, Result, Service, ServiceError};
+use super::{parse_waited_ids, Core, Result, Service, ServiceError};
 use crate::api::{ProgressTask, WaitProgress};
 use crate::model::{now_us, Task, TaskStatus};
 
@@ -14,18 +14,23 @@ const WITH_LOG: usize = 3;
 impl Service {
     pub async fn task_progress(&self, task_ids: &[String]) -> Result<WaitProgress> {
         let ids = parse_waited_ids(task_ids)?;
-        let tasks = self.sched.tasks(&ids).await?;
+        let tasks = match &self.core {
+            Core::Local(s) => s.tasks(&ids).await?,
+            Core::Cluster(c) => c.tasks(&ids).await?,
+        };
         let mut p = summarize(ids.len(), &tasks, now_us());
         for r in p.running.iter_mut().take(WITH_LOG) {
             let Ok(id) = Uuid::parse_str(&r.task_id) else {
                 continue;
             };
-            let last = self
-                .sched
-                .store()
-                .last_logs(id, 1)
-                .await
-                .map_err(|e| ServiceError::Internal(e.to_string()))?;
+            let last = match &self.core {
+                Core::Local(s) => s
+                    .store()
+                    .last_logs(id, 1)
+                    .await
+                    .map_err(|e| ServiceError::Internal(e.to_string()))?,
+                Core::Cluster(c) => c.last_logs(id, 1).await?,
+            };
             r.last_log = last.into_iter().next().map(|l| l.message);
         }
         Ok(p)

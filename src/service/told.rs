@@ -130,7 +130,7 @@ impl Service {
         };
         let cursor = cursors.get(project).cloned().unwrap_or_default();
         let (ended, total) = self
-            .sched
+            .sched()?
             .store()
             .ended_in_project(project.to_string(), cursor.look_after(), BATCH)
             .await

@@ -12,7 +12,7 @@ impl Service {
     /// `GET /api/webhooks/{id}/history`).
     pub async fn webhook_history_of(&self, id: &str) -> Result<WebhookHistory> {
         let uuid = parse_task_id("id", id)?;
-        if self.sched.task(uuid).await?.is_some() {
+        if self.sched()?.task(uuid).await?.is_some() {
             return self.history_rows(Some(uuid), None).await;
         }
         if self.workflow_or_not_found(uuid).await.is_ok() {
@@ -34,7 +34,7 @@ impl Service {
             }
         };
         if let Some(t) = task_id {
-            if self.sched.task(t).await?.is_none() {
+            if self.sched()?.task(t).await?.is_none() {
                 return Err(ServiceError::NotFound(not_found(t)));
             }
         }
@@ -51,7 +51,7 @@ impl Service {
         workflow_id: Option<Uuid>,
     ) -> Result<WebhookHistory> {
         let attempts = self
-            .sched
+            .sched()?
             .store()
             .webhook_history(task_id, workflow_id)
             .await

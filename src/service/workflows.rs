@@ -57,7 +57,7 @@ impl Service {
             started_us: None,
             completed_us: None,
         };
-        let wf = self.sched.create_workflow(wf).await?;
+        let wf = self.sched()?.create_workflow(wf).await?;
         Ok(WorkflowCreated {
             workflow_id: wf.id.to_string(),
             name: wf.name,
@@ -74,7 +74,7 @@ impl Service {
         for d in &deps {
             validate_name("phase_id in depends_on", d).map_err(ServiceError::Invalid)?;
         }
-        let p = self.sched.add_phase(id, a.phase_id, name, deps).await?;
+        let p = self.sched()?.add_phase(id, a.phase_id, name, deps).await?;
         Ok(PhaseView {
             workflow_id: p.workflow_id.to_string(),
             phase_id: p.phase_id,
@@ -113,7 +113,7 @@ impl Service {
             })?;
         task.workflow_id = Some(id);
         task.phase_id = Some(a.phase_id);
-        let t = self.sched.add_workflow_task(task, instructions).await?;
+        let t = self.sched()?.add_workflow_task(task, instructions).await?;
         Ok(WorkflowTaskAdded {
             task_id: t.id.to_string(),
             workflow_id: id.to_string(),
@@ -124,7 +124,7 @@ impl Service {
 
     pub async fn workflow_start(&self, a: WorkflowIdArgs) -> Result<WorkflowStatusView> {
         let id = parse_workflow_id(&a.workflow_id)?;
-        self.sched.start_workflow(id).await?;
+        self.sched()?.start_workflow(id).await?;
         self.workflow_view(id).await
     }
 
@@ -135,7 +135,7 @@ impl Service {
 
     pub async fn workflow_cancel(&self, a: WorkflowIdArgs) -> Result<WorkflowStatusView> {
         let id = parse_workflow_id(&a.workflow_id)?;
-        self.sched.cancel_workflow(id).await?;
+        self.sched()?.cancel_workflow(id).await?;
         self.workflow_view(id).await
     }
 
@@ -151,7 +151,7 @@ impl Service {
         let limit = in_range("limit", a.limit, 1, 1000, 50)? as u32;
         let offset = in_range("offset", a.offset, 0, MAX_OFFSET, 0)? as u64;
         let (rows, total) = self
-            .sched
+            .sched()?
             .store()
             .list_workflows(status, limit, offset)
             .await
@@ -195,7 +195,7 @@ impl Service {
     }
 
     pub(super) async fn workflow_or_not_found(&self, id: Uuid) -> Result<Workflow> {
-        self.sched
+        self.sched()?
             .store()
             .workflow(id)
             .await
@@ -209,7 +209,7 @@ impl Service {
 
     /// The workflow status object, read from the store (the durable truth).
     async fn workflow_view(&self, id: Uuid) -> Result<WorkflowStatusView> {
-        let store = self.sched.store();
+        let store = self.sched()?.store();
         let internal = |e: crate::store::StoreError| ServiceError::Internal(e.to_string());
         let wf = self.workflow_or_not_found(id).await?;
         let phases = store.phases(id).await.map_err(internal)?;

@@ -3,6 +3,7 @@
 //! project links one test binary.
 
 mod cli;
+mod cluster;
 mod cluster_store;
 mod dashboard;
 mod disk_full;

@@ -1,0 +1,385 @@
+//! The scheduler of a cluster node: what the service asks of it (submit, read, cancel, wait)
+//! and the duties it starts (the lease, the leader's rescue, claiming and running tasks).
+//!
+//! Unlike the single engine's scheduler, it keeps no hot tasks in memory: every node reads and
+//! changes the same rows, so a task submitted on one node is waited for on another and runs on
+//! a third. What it keeps is what only this node knows: the attempts it runs now.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use super::attempts::{self, LogSink};
+use super::{rescuer, Lifeline};
+use crate::agents::AgentRegistry;
+use crate::model::{Task, TaskStatus};
+use crate::runner::Runners;
+use crate::scheduler::state::{RunHandle, STOP_CANCEL, STOP_SHUTDOWN};
+use crate::scheduler::{not_found, SchedError, Submitted};
+use crate::store::postgres::{Cancel, NewClusterTask, NodeInfo, Postgres};
+use crate::store::{OpOutcome, StoreError, TaskFilter};
+
+/// How a node runs.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    pub workers: usize,
+    pub retry_backoff_base_ms: u64,
+    /// How long the node stays alive to the others without a heartbeat.
+    pub lease: Duration,
+    /// How often a node with free workers looks for ready tasks when nothing woke it sooner.
+    pub poll: Duration,
+    /// Names the cluster to the processes it starts (`ORCHESTR8_TASK_DB`).
+    pub instance: String,
+}
+
+pub(super) struct Inner {
+    pub db: Postgres,
+    pub me: NodeInfo,
+    pub cfg: ClusterConfig,
+    pub agents: AgentRegistry,
+    pub runners: Runners,
+    /// The attempts this node runs now, by task.
+    pub running: Mutex<HashMap<Uuid, RunHandle>>,
+    /// Wakes the claim loop: a task was submitted here, or a worker became free.
+    pub wake: Notify,
+    /// Fired at shutdown: nothing new is claimed or accepted.
+    pub stopping: CancellationToken,
+    /// Fired when the cluster has given this node up: its attempts stop, unrecorded.
+    pub given_up: CancellationToken,
+    pub logs: LogSink,
+}
+
+impl Inner {
+    pub fn running(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, RunHandle>> {
+        self.running.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Cheap to clone; every clone drives the same node.
+#[derive(Clone)]
+pub struct Cluster {
+    inner: Arc<Inner>,
+    duties: Arc<Mutex<Option<Duties>>>,
+}
+
+struct Duties {
+    lifeline: Lifeline,
+    warden: super::warden::Warden,
+    claims: JoinHandle<()>,
+    rescuer: JoinHandle<()>,
+    rescuer_stop: CancellationToken,
+}
+
+fn store(e: StoreError) -> SchedError {
+    SchedError::Store(e)
+}
+
+impl Cluster {
+    /// Joins the cluster as `me` and starts claiming and running tasks.
+    pub async fn start(
+        db: Postgres,
+        me: NodeInfo,
+        cfg: ClusterConfig,
+        agents: AgentRegistry,
+        runners: Runners,
+    ) -> Result<Cluster, StoreError> {
+        // Before anything can run: without its warden a node killed with -9 would leave its
+        // attempts running beside their next ones.
+        let warden = super::warden::Warden::start(&me.node_id).map_err(|e| {
+            StoreError::Unavailable(format!("cannot start the node's warden process: {e}"))
+        })?;
+        let lifeline = Lifeline::start(db.clone(), me.clone(), cfg.lease).await?;
+        let inner = Arc::new(Inner {
+            logs: LogSink::start(db.clone()),
+            db: db.clone(),
+            me: me.clone(),
+            cfg: cfg.clone(),
+            agents,
+            runners,
+            running: Mutex::new(HashMap::new()),
+            wake: Notify::new(),
+            stopping: CancellationToken::new(),
+            given_up: lifeline.given_up(),
+        });
+        let rescuer_stop = CancellationToken::new();
+        let rescuer = tokio::spawn(rescuer::run(
+            db,
+            me.node_id.clone(),
+            cfg.lease,
+            rescuer_stop.clone(),
+        ));
+        let claims = tokio::spawn(attempts::claim_loop(inner.clone()));
+        tracing::info!(node = %me.node_id, queues = %me.queues.join(","), "joined the cluster");
+        Ok(Cluster {
+            inner,
+            duties: Arc::new(Mutex::new(Some(Duties {
+                lifeline,
+                warden,
+                claims,
+                rescuer,
+                rescuer_stop,
+            }))),
+        })
+    }
+
+    pub fn agents(&self) -> &AgentRegistry {
+        &self.inner.agents
+    }
+
+    pub fn runners(&self) -> &Runners {
+        &self.inner.runners
+    }
+
+    pub fn node(&self) -> &NodeInfo {
+        &self.inner.me
+    }
+
+    pub fn instance(&self) -> &str {
+        &self.inner.cfg.instance
+    }
+
+    pub fn workers(&self) -> usize {
+        self.inner.cfg.workers
+    }
+
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        self.inner.db.ping().await
+    }
+
+    /// Fired once the cluster has given this node up.
+    pub fn given_up(&self) -> CancellationToken {
+        self.inner.given_up.clone()
+    }
+
+    /// Attempts running on this node.
+    pub fn running_here(&self) -> usize {
+        self.inner.running().len()
+    }
+
+    /// Accepts a new task: durable before this returns. Another task holding its idempotency
+    /// key is answered instead.
+    pub async fn submit(&self, new: NewClusterTask) -> Result<Submitted, SchedError> {
+        if self.inner.stopping.is_cancelled() {
+            return Err(SchedError::ShuttingDown);
+        }
+        self.check_dependencies(&new.task).await?;
+        let outcome = self
+            .inner
+            .db
+            .insert_tasks(std::slice::from_ref(&new))
+            .await
+            .map_err(|e| match e {
+                // A dependency that failed between the check and the insert.
+                StoreError::Conflict(m) => SchedError::Conflict(m),
+                e => store(e),
+            })?;
+        let submitted = match outcome.first() {
+            Some(OpOutcome::Existing(holder)) => {
+                Submitted::Existing(self.task_or_not_found(*holder).await?)
+            }
+            _ => Submitted::Created(new.task),
+        };
+        self.inner.wake.notify_one();
+        Ok(submitted)
+    }
+
+    /// Refuses dependencies that do not exist or have already failed or been cancelled.
+    async fn check_dependencies(&self, task: &Task) -> Result<(), SchedError> {
+        if task.dependencies.is_empty() {
+            return Ok(());
+        }
+        let found = self
+            .inner
+            .db
+            .tasks(&task.dependencies)
+            .await
+            .map_err(store)?;
+        for dep in &task.dependencies {
+            match found.iter().find(|t| t.id == *dep) {
+                None => {
+                    return Err(SchedError::NotFound(format!(
+                        "dependencies: task {dep} does not exist; list only task ids returned by task_async"
+                    )))
+                }
+                Some(t) if matches!(t.status, TaskStatus::Failed | TaskStatus::Cancelled) => {
+                    return Err(SchedError::Conflict(format!(
+                        "dependencies: task {dep} ({}) is {}, so this task could never start; task_retry it first or leave it out",
+                        t.name,
+                        t.status.as_str()
+                    )))
+                }
+                Some(_) => {}
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn task(&self, id: Uuid) -> Result<Option<Task>, SchedError> {
+        Ok(self.inner.db.task(id).await.map_err(store)?.map(|(t, _)| t))
+    }
+
+    async fn task_or_not_found(&self, id: Uuid) -> Result<Task, SchedError> {
+        self.task(id)
+            .await?
+            .ok_or_else(|| SchedError::NotFound(not_found(id)))
+    }
+
+    pub async fn tasks(&self, ids: &[Uuid]) -> Result<Vec<Task>, SchedError> {
+        self.inner.db.tasks(ids).await.map_err(store)
+    }
+
+    pub async fn list_tasks(&self, f: &TaskFilter) -> Result<(Vec<Task>, u64), SchedError> {
+        self.inner.db.list_tasks(f).await.map_err(store)
+    }
+
+    pub async fn logs(
+        &self,
+        id: Uuid,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<crate::model::LogLine>, SchedError> {
+        self.inner.db.logs(id, after, limit).await.map_err(store)
+    }
+
+    pub async fn last_logs(
+        &self,
+        id: Uuid,
+        n: u32,
+    ) -> Result<Vec<crate::model::LogLine>, SchedError> {
+        self.inner.db.last_logs(id, n).await.map_err(store)
+    }
+
+    /// Cancels a pending task at once, or has the node running it stop it, and waits (a
+    /// while) until it has stopped.
+    pub async fn cancel(&self, id: Uuid) -> Result<Task, SchedError> {
+        let inner = &self.inner;
+        if let Some(t) = self.task(id).await? {
+            if let (Some(w), false) = (t.workflow_id, t.status.is_terminal()) {
+                return Err(SchedError::Conflict(format!(
+                    "task {id} belongs to workflow {w}, whose tasks are cancelled together: use workflow_cancel"
+                )));
+            }
+        }
+        match inner.db.cancel(id).await.map_err(store)? {
+            None => Err(SchedError::NotFound(not_found(id))),
+            Some(Cancel::Cancelled(t)) => Ok(t),
+            Some(Cancel::Ended(t)) => Err(SchedError::Conflict(format!(
+                "task {id} is already {}; only pending or running tasks can be cancelled",
+                t.status.as_str()
+            ))),
+            Some(Cancel::Asked { node }) => {
+                // Running here: stopped at once. Elsewhere: its node sees the request at its
+                // next look (within its poll period).
+                if node.as_deref() == Some(inner.me.node_id.as_str()) {
+                    if let Some(h) = inner.running().get(&id) {
+                        h.stop(STOP_CANCEL);
+                    }
+                }
+                let (tasks, _) = self.wait(vec![id], true, Duration::from_secs(30)).await?;
+                tasks
+                    .into_iter()
+                    .next()
+                    .ok_or_else(|| SchedError::NotFound(not_found(id)))
+            }
+        }
+    }
+
+    /// Waits for `any` or all of `ids` to finish, up to `timeout`, by looking at the database
+    /// (every node's outcomes land there); returns the tasks in the order asked, duplicates
+    /// removed, and whether the time ran out.
+    pub async fn wait(
+        &self,
+        ids: Vec<Uuid>,
+        any: bool,
+        timeout: Duration,
+    ) -> Result<(Vec<Task>, bool), SchedError> {
+        let mut seen = std::collections::HashSet::new();
+        let ids: Vec<Uuid> = ids.into_iter().filter(|id| seen.insert(*id)).collect();
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut pause = Duration::from_millis(20);
+        loop {
+            let found = self.tasks(&ids).await?;
+            let missing: Vec<String> = ids
+                .iter()
+                .filter(|id| !found.iter().any(|t| t.id == **id))
+                .map(Uuid::to_string)
+                .collect();
+            if !missing.is_empty() {
+                return Err(SchedError::NotFound(format!(
+                    "unknown task_ids: {}{}; pass ids returned by task_async",
+                    missing
+                        .iter()
+                        .take(5)
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    if missing.len() > 5 {
+                        format!(" and {} more", missing.len() - 5)
+                    } else {
+                        String::new()
+                    }
+                )));
+            }
+            let ended = found.iter().filter(|t| t.status.is_terminal()).count();
+            let done = ended == ids.len() || (any && ended > 0);
+            let now = tokio::time::Instant::now();
+            if done || now >= deadline {
+                let mut by_id: HashMap<Uuid, Task> = found.into_iter().map(|t| (t.id, t)).collect();
+                let tasks = ids.iter().filter_map(|id| by_id.remove(id)).collect();
+                return Ok((tasks, !done));
+            }
+            // Quick at first (a short task is answered promptly), then easy on the database.
+            tokio::time::sleep(pause.min(deadline - now)).await;
+            pause = (pause * 2).min(Duration::from_millis(250));
+        }
+    }
+
+    /// Whether this node has attempts under way.
+    pub fn in_flight(&self) -> bool {
+        self.running_here() > 0
+    }
+
+    /// Graceful shutdown: nothing new is claimed; running attempts get `grace` to end, then are
+    /// stopped and put back to pending without using up an attempt (any node may take them).
+    /// Then the node leaves the cluster.
+    pub async fn shutdown(&self, grace: Duration) {
+        let inner = &self.inner;
+        inner.stopping.cancel();
+        inner.wake.notify_one();
+        let deadline = tokio::time::Instant::now() + grace;
+        while self.in_flight() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        let handles: Vec<RunHandle> = inner.running().values().cloned().collect();
+        if !handles.is_empty() {
+            tracing::info!(
+                "shutdown grace over; stopping {} running task(s), another node (or the next start) runs them again",
+                handles.len()
+            );
+        }
+        for h in &handles {
+            h.stop(STOP_SHUTDOWN);
+        }
+        let hard = tokio::time::Instant::now()
+            + crate::runner::process::KILL_GRACE
+            + Duration::from_secs(5);
+        while self.in_flight() && tokio::time::Instant::now() < hard {
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        inner.logs.flush().await;
+        let duties = self.duties.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(d) = duties {
+            d.rescuer_stop.cancel();
+            let _ = d.rescuer.await;
+            let _ = d.claims.await;
+            d.warden.release().await;
+            d.lifeline.leave().await;
+        }
+        tracing::info!(node = %inner.me.node_id, "left the cluster");
+    }
+}

@@ -1,0 +1,271 @@
+//! Engines on several "machines" sharing one PostgreSQL: each node is its own environment (its
+//! own folder, session and detached engine) pointed at the same database, driven over stdio MCP
+//! as a user's Claude Code would. Tasks spread over the nodes, are waited for and cancelled from
+//! any node, and outlive a node killed with -9 or frozen past its lease.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use serde_json::{json, Value};
+
+use crate::harness::*;
+use crate::pg;
+
+/// Seconds a node stays alive to the others without a heartbeat (short, so tests are quick).
+const LEASE_SECONDS: &str = "2";
+
+/// A node: an environment of its own on the shared database.
+fn node(url: &str, workers: &str) -> Env {
+    let mut env = Env::new();
+    env.set("ORCHESTR8_DATABASE_URL", url)
+        .set("ORCHESTR8_NODE_LEASE_SECONDS", LEASE_SECONDS)
+        .set("ORCHESTR8_CLAIM_POLL_MS", "100")
+        .set("ORCHESTR8_WORKERS", workers);
+    env
+}
+
+/// The node an attempt started on, from its log line.
+fn started_on(logs: &[String]) -> Vec<String> {
+    logs.iter()
+        .filter_map(|l| l.split(" started on node ").nth(1))
+        .filter_map(|rest| rest.split(' ').next())
+        .map(str::to_string)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tasks_spread_over_every_node_and_are_seen_alike_from_each() {
+    let url = pg::server().fresh_database().await;
+    let nodes: Vec<Env> = (0..3).map(|_| node(&url, "2")).collect();
+    for env in &nodes {
+        env.shell_agent("work", "sleep 0.4; echo \"done $ORCHESTR8_ATTEMPT\"", "");
+    }
+    let sessions = futures_util::future::join_all(nodes.iter().map(|e| e.start())).await;
+    let (a, b, c) = (&sessions[0], &sessions[1], &sessions[2]);
+
+    let mut ids = Vec::new();
+    for i in 0..12 {
+        ids.push(a.submit(&format!("t{i}"), "work", "x", json!({})).await);
+    }
+    // A dependent waits for its dependency, whichever nodes run them.
+    let after = a
+        .submit("after", "work", "x", json!({"dependencies": [ids[11]]}))
+        .await;
+    // Waited for on another node than the one it was submitted to.
+    let done = b.wait_all(&ids, 60).await;
+    for t in &done {
+        assert_eq!(t["status"], "completed", "{t}");
+        assert_eq!(t["result"], "done 1\n");
+        assert_eq!(t["attempt"], 1);
+    }
+    let last = c.wait_one(&after, 30).await;
+    assert_eq!(last["status"], "completed", "{last}");
+    assert!(time(&last, "started_at") >= time(&done[11], "completed_at"));
+
+    let mut ran_on = HashSet::new();
+    for id in &ids {
+        let on = started_on(&c.log_messages(id).await);
+        assert_eq!(on.len(), 1, "one attempt each: {on:?}");
+        ran_on.extend(on);
+    }
+    assert_eq!(ran_on.len(), 3, "every node took tasks: {ran_on:?}");
+
+    // Every node lists the same tasks.
+    for s in &sessions {
+        let listed = s.call("list_tasks", json!({"limit": 100})).await;
+        assert_eq!(listed["total"], 13, "{listed}");
+    }
+    // A failure cancels its dependents on every node's view.
+    nodes[0].shell_agent("broken", "sleep 1; echo no >&2; exit 3", "");
+    let broken = a.submit("broken", "broken", "x", json!({})).await;
+    let child = a
+        .submit("child", "work", "x", json!({"dependencies": [broken]}))
+        .await;
+    let grandchild = a
+        .submit("grandchild", "work", "x", json!({"dependencies": [child]}))
+        .await;
+    let ended = b.wait_all(&[broken.clone(), child, grandchild], 30).await;
+    assert_eq!(ended[0]["status"], "failed");
+    assert_eq!(ended[1]["status"], "cancelled");
+    assert!(
+        ended[1]["error"].as_str().unwrap().contains(&broken),
+        "{}",
+        ended[1]
+    );
+    assert_eq!(ended[2]["status"], "cancelled");
+    let refused = c
+        .call_err(
+            "task_async",
+            json!({"name": "late", "agent_name": "work", "agent_instructions": "x",
+                   "dependencies": [broken]}),
+        )
+        .await;
+    assert!(refused.contains("could never start"), "{refused}");
+    let bad_queue = c
+        .call_err(
+            "task_async",
+            json!({"name": "q", "agent_name": "work", "agent_instructions": "x",
+                   "queue": "no spaces"}),
+        )
+        .await;
+    assert!(bad_queue.contains("queue"), "{bad_queue}");
+    for s in sessions {
+        s.stop().await;
+    }
+    for env in &nodes {
+        env.stop_engines().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_killed_with_9_has_its_running_tasks_run_again_elsewhere_never_twice_at_once() {
+    let url = pg::server().fresh_database().await;
+    let doomed = node(&url, "4");
+    let survivor = node(&url, "4");
+    // Each run holds its task's lock while it works (the torture test's technique): a run that
+    // finds the lock taken means two runs of one task at once.
+    let locks = doomed.path("locks");
+    std::fs::create_dir_all(&locks).unwrap();
+    let script = format!(
+        "echo $$ >> {locks}/pids; exec 9>{locks}/$ORCHESTR8_TASK_ID.lock; \
+         flock -n 9 || {{ echo $ORCHESTR8_TASK_ID >> {locks}/twice; exit 1; }}; \
+         sleep 5; echo \"attempt $ORCHESTR8_ATTEMPT\"",
+        locks = locks.display()
+    );
+    for env in [&doomed, &survivor] {
+        env.shell_agent("slow", &script, "max_retries: 1");
+    }
+    let a = doomed.start().await;
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        ids.push(a.submit(&format!("s{i}"), "slow", "x", json!({})).await);
+    }
+    for id in &ids {
+        a.until(id, "running", |t| t["status"] == "running").await;
+    }
+    let pids = || -> Vec<u32> {
+        read_lines(&locks.join("pids"))
+            .iter()
+            .filter_map(|p| p.trim().parse().ok())
+            .collect()
+    };
+    while pids().len() < 3 {
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let first_runs = pids();
+    let b = survivor.start().await;
+    let killed_at = std::time::Instant::now();
+    // The machine's engine dies without a word; its session is left, as a crashed window's.
+    a.kill9_session_only().await;
+    doomed.kill9_engines().await;
+    // Its warden stops what it ran at once, long before the cluster gives the node up.
+    for pid in &first_runs {
+        wait_gone(*pid).await;
+    }
+    let stopped_after = killed_at.elapsed();
+    assert!(
+        stopped_after < Duration::from_secs(2),
+        "the dead node's agents ran on for {stopped_after:?}"
+    );
+    let done = b.wait_all(&ids, 60).await;
+    let rerun_after = killed_at.elapsed();
+    for t in &done {
+        assert_eq!(t["status"], "completed", "{t}");
+        assert_eq!(t["attempt"], 2, "the interrupted attempt counts: {t}");
+        assert_eq!(t["result"], "attempt 2\n");
+    }
+    assert!(
+        read_lines(&locks.join("twice")).is_empty(),
+        "a task ran twice at once"
+    );
+    let logs = b.log_messages(&ids[0]).await;
+    assert!(
+        logs.iter()
+            .any(|l| l.contains("stopped answering during attempt 1")),
+        "{logs:?}"
+    );
+    let on = started_on(&logs);
+    assert_eq!(on.len(), 2, "{logs:?}");
+    assert_ne!(on[0], on[1], "attempt 2 ran on the other node");
+    eprintln!(
+        "agents stopped {stopped_after:?} after the kill; tasks done again after {rerun_after:?}"
+    );
+    b.stop().await;
+    survivor.stop_engines().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_task_running_on_one_node_is_cancelled_from_another() {
+    let url = pg::server().fresh_database().await;
+    let runs = node(&url, "2");
+    let asks = node(&url, "2");
+    runs.shell_agent(
+        "long",
+        &format!("echo $$ > {}; exec sleep 60", runs.path("pid").display()),
+        "",
+    );
+    let a = runs.start().await;
+    // The asking node serves another queue, so the task can only run on the first.
+    let mut asks = asks;
+    asks.set("ORCHESTR8_QUEUES", "elsewhere");
+    let b = asks.start().await;
+    let id = a.submit("long", "long", "x", json!({})).await;
+    a.until(&id, "running", |t| t["status"] == "running").await;
+    let pid_file = runs.path("pid");
+    for _ in 0..200 {
+        if std::fs::read_to_string(&pid_file).is_ok_and(|p| !p.trim().is_empty()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let pid: u32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let cancelled = b.call("task_cancel", json!({"task_id": id})).await;
+    assert_eq!(cancelled["status"], "cancelled", "{cancelled}");
+    wait_gone(pid).await;
+    let again = b.call_err("task_cancel", json!({"task_id": id})).await;
+    assert!(again.contains("already cancelled"), "{again}");
+    a.stop().await;
+    b.stop().await;
+    runs.stop_engines().await;
+    asks.stop_engines().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_frozen_past_its_lease_cannot_record_a_stale_outcome() {
+    let url = pg::server().fresh_database().await;
+    let frozen = node(&url, "2");
+    let other = node(&url, "2");
+    for env in [&frozen, &other] {
+        env.shell_agent(
+            "echoes",
+            "sleep 2; echo \"attempt $ORCHESTR8_ATTEMPT\"",
+            "max_retries: 2",
+        );
+    }
+    let a = frozen.start().await;
+    let id = a.submit("t", "echoes", "x", json!({})).await;
+    a.until(&id, "running", |t| t["status"] == "running").await;
+    let b = other.start().await;
+    let engine = frozen.engine_pid().await;
+    kill(Pid::from_raw(engine as i32), Signal::SIGSTOP).unwrap();
+    // Past the lease: the cluster gives the node up and the task runs again on the other node.
+    let done = b.wait_one(&id, 60).await;
+    kill(Pid::from_raw(engine as i32), Signal::SIGCONT).unwrap();
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(done["result"], "attempt 2\n");
+    // Thawed, the old node's attempt 1 ends; its outcome must not replace attempt 2's.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after: Value = b.status(&id).await;
+    assert_eq!(after["result"], "attempt 2\n", "{after}");
+    assert_eq!(after["attempt"], 2);
+    a.kill9_session_only().await;
+    b.stop().await;
+    frozen.kill9_engines().await;
+    other.stop_engines().await;
+}
