@@ -514,6 +514,10 @@ mod tests {
             "--webhook-backoff-max-ms=15",
             "--webhook-timeout-ms=16",
             "--idle-exit-seconds=17",
+            "--database-url=postgres://u:pw@db.example/o8",
+            "--queues=gpu,default",
+            "--node-lease-seconds=7",
+            "--claim-poll-ms=33",
             "--log=debug",
         ])
         .unwrap()
@@ -523,7 +527,7 @@ mod tests {
         // A command line is visible to every user: secrets never travel on it.
         assert!(!args
             .iter()
-            .any(|a| a.contains("tok") || a.contains("whsec")));
+            .any(|a| a.contains("tok") || a.contains("whsec") || a.contains("pw@")));
         for (k, v) in c.secret_env() {
             let flag = k
                 .trim_start_matches("ORCHESTR8_")

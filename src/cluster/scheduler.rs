@@ -45,8 +45,9 @@ pub(super) struct Inner {
     pub runners: Runners,
     /// The attempts this node runs now, by task.
     pub running: Mutex<HashMap<Uuid, RunHandle>>,
-    /// Wakes the claim loop: a task was submitted here, or a worker became free.
-    pub wake: Notify,
+    /// Wakes the claim loop: a task was submitted here or made ready on another node (their
+    /// notifications), or a worker became free.
+    pub wake: Arc<Notify>,
     /// Fired at shutdown: nothing new is claimed or accepted.
     pub stopping: CancellationToken,
     /// Fired when the cluster has given this node up: its attempts stop, unrecorded.
@@ -69,6 +70,7 @@ pub struct Cluster {
 
 struct Duties {
     lifeline: Lifeline,
+    listener: JoinHandle<()>,
     warden: super::warden::Warden,
     claims: JoinHandle<()>,
     rescuer: JoinHandle<()>,
@@ -102,7 +104,7 @@ impl Cluster {
             agents,
             runners,
             running: Mutex::new(HashMap::new()),
-            wake: Notify::new(),
+            wake: Arc::new(Notify::new()),
             stopping: CancellationToken::new(),
             given_up: lifeline.given_up(),
         });
@@ -114,11 +116,16 @@ impl Cluster {
             rescuer_stop.clone(),
         ));
         let claims = tokio::spawn(attempts::claim_loop(inner.clone()));
+        let listener = {
+            let (db, wake, stop) = (inner.db.clone(), inner.wake.clone(), inner.stopping.clone());
+            tokio::spawn(async move { db.wake_on_ready(wake, stop).await })
+        };
         tracing::info!(node = %me.node_id, queues = %me.queues.join(","), "joined the cluster");
         Ok(Cluster {
             inner,
             duties: Arc::new(Mutex::new(Some(Duties {
                 lifeline,
+                listener,
                 warden,
                 claims,
                 rescuer,
@@ -339,6 +346,21 @@ impl Cluster {
         }
     }
 
+    /// Whether this node is needed for the tasks: it runs attempts, or a pending task waits
+    /// that it could run (perhaps only it: a task bound to this host). A database that does not
+    /// answer counts as yes: better an engine up for nothing than a task nobody runs.
+    pub async fn needed(&self) -> bool {
+        if self.running_here() > 0 {
+            return true;
+        }
+        let me = &self.inner.me;
+        self.inner
+            .db
+            .work_waits_for(&me.host, &me.queues)
+            .await
+            .unwrap_or(true)
+    }
+
     /// Whether this node has attempts under way.
     pub fn in_flight(&self) -> bool {
         self.running_here() > 0
@@ -377,6 +399,7 @@ impl Cluster {
             d.rescuer_stop.cancel();
             let _ = d.rescuer.await;
             let _ = d.claims.await;
+            let _ = d.listener.await;
             d.warden.release().await;
             d.lifeline.leave().await;
         }

@@ -296,7 +296,7 @@ impl Engine {
             Running::Local {
                 sched, deliverer, ..
             } => (sched.in_flight(), deliverer.owed().await),
-            Running::Cluster { cluster, .. } => (cluster.in_flight(), false),
+            Running::Cluster { cluster, .. } => (cluster.needed().await, false),
         };
         lifetime::Needs {
             sessions: self.frontends.count(),

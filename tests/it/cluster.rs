@@ -269,3 +269,42 @@ async fn a_node_frozen_past_its_lease_cannot_record_a_stale_outcome() {
     frozen.kill9_engines().await;
     other.stop_engines().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_task_for_another_nodes_queue_wakes_that_node_at_once() {
+    let url = pg::server().fresh_database().await;
+    // Nodes that would look for work only once a minute: the submit's notification wakes them.
+    let mut submits = node(&url, "1");
+    submits
+        .set("ORCHESTR8_QUEUES", "here")
+        .set("ORCHESTR8_CLAIM_POLL_MS", "60000");
+    let mut runs = node(&url, "1");
+    runs.set("ORCHESTR8_QUEUES", "gpu")
+        .set("ORCHESTR8_CLAIM_POLL_MS", "60000");
+    for env in [&submits, &runs] {
+        env.shell_agent("quick", "echo \"on $ORCHESTR8_NODE_ID\"", "queue: gpu");
+    }
+    let a = submits.start().await;
+    let b = runs.start().await;
+    // Both have joined and listen; the first look after joining is behind them.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let started = std::time::Instant::now();
+    // The agent's frontmatter names the queue; the submitting node does not serve it.
+    let id = a.submit("q", "quick", "x", json!({})).await;
+    let done = a.wait_one(&id, 30).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "woken only by polling: {:?}",
+        started.elapsed()
+    );
+    let on = started_on(&a.log_messages(&id).await);
+    assert_eq!(
+        done["result"].as_str().unwrap().trim(),
+        format!("on {}", on[0])
+    );
+    a.stop().await;
+    b.stop().await;
+    submits.stop_engines().await;
+    runs.stop_engines().await;
+}

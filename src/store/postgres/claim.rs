@@ -244,6 +244,9 @@ impl Postgres {
             )
             .await?;
         }
+        if !inserted.is_empty() {
+            super::notify::notify_ready(&tx).await?;
+        }
         tx.commit().await?;
         tasks
             .iter()

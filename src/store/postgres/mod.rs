@@ -15,6 +15,7 @@ mod claim;
 mod logs;
 pub mod migrate;
 mod nodes;
+mod notify;
 mod reads;
 mod rows;
 mod settle;
@@ -39,6 +40,8 @@ pub const SCHEMA: &str = "orchestr8";
 #[derive(Clone)]
 pub struct Postgres {
     pool: Pool,
+    /// How to open a connection of its own (the listener's).
+    config: std::sync::Arc<tokio_postgres::Config>,
 }
 
 /// How to reach the database.
@@ -74,7 +77,7 @@ impl Postgres {
             config.connect_timeout(Duration::from_secs(10));
         }
         let manager = Manager::from_config(
-            config,
+            config.clone(),
             NoTls,
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
@@ -87,7 +90,10 @@ impl Postgres {
             .runtime(deadpool_postgres::Runtime::Tokio1)
             .build()
             .map_err(|e| StoreError::Unavailable(format!("cannot make a connection pool: {e}")))?;
-        let store = Postgres { pool };
+        let store = Postgres {
+            pool,
+            config: std::sync::Arc::new(config),
+        };
         let mut client = store.client().await?;
         migrate::migrate(&mut client).await?;
         Ok(store)

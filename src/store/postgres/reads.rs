@@ -110,6 +110,22 @@ impl Postgres {
             .collect()
     }
 
+    /// Whether a task waits that a node on `host` serving `queues` could run (now or later:
+    /// due at a later time, or waiting for its dependencies).
+    pub async fn work_waits_for(&self, host: &str, queues: &[String]) -> Result<bool, StoreError> {
+        let client = self.client().await?;
+        let read = client
+            .prepare_cached(
+                "SELECT EXISTS (SELECT 1 FROM tasks WHERE status = 'pending' AND NOT gated
+                                AND queue = ANY($2) AND (host IS NULL OR host = $1))",
+            )
+            .await?;
+        Ok(client
+            .query_one(&read, &[&host, &queues])
+            .await?
+            .try_get(0)?)
+    }
+
     /// How many tasks are pending and running across the cluster.
     pub async fn hot_counts(&self) -> Result<(u64, u64), StoreError> {
         let client = self.client().await?;

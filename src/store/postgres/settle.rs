@@ -168,6 +168,13 @@ impl Postgres {
             .collect();
         lines.extend(settle_dependents(&tx, &statuses).await?);
         append_in(&tx, &lines).await?;
+        // Dependents released, or a task given back at shutdown: other nodes may take them now.
+        if statuses
+            .iter()
+            .any(|(_, st)| matches!(st, TaskStatus::Completed | TaskStatus::Pending))
+        {
+            super::notify::notify_ready(&tx).await?;
+        }
         tx.commit().await?;
         Ok(ends
             .iter()
