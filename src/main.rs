@@ -27,8 +27,15 @@ fn main() {
         Some(f) => builder.with_writer(f).log_internal_errors(false).init(),
         None => builder.with_writer(std::io::stderr).init(),
     }
-    if let Some(Command::Warden { node }) = &command {
-        std::process::exit(orchestr8_async::cluster::warden::run(node));
+    if let Some(Command::Warden {
+        node,
+        stale_after_ms,
+    }) = &command
+    {
+        std::process::exit(orchestr8_async::cluster::warden::run(
+            node,
+            std::time::Duration::from_millis(*stale_after_ms),
+        ));
     }
     // Only an engine runs tasks, reads the database and serves many callers at once: it gets a
     // worker thread per core. A session or a CLI command forwards calls over one socket, and on

@@ -73,6 +73,9 @@ pub enum Command {
     Warden {
         /// The node whose processes to stop
         node: String,
+        /// Stop them too when no renewal has come for this long
+        #[arg(long)]
+        stale_after_ms: u64,
     },
     /// Ask the running engine to stop: running tasks get the grace period, then go back to
     /// pending (without using an attempt) for the next engine

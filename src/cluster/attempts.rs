@@ -40,6 +40,13 @@ pub(super) async fn claim_loop(inner: Arc<Inner>) {
                 limit: free as u32,
             };
             match inner.db.claim(&req).await {
+                Ok(claimed) if inner.given_up.is_cancelled() => {
+                    // Given up while claiming: these are the rescuer's now.
+                    tracing::warn!(
+                        "dropped {} task(s) claimed as the cluster gave this node up",
+                        claimed.len()
+                    );
+                }
                 Ok(claimed) => {
                     more = claimed.len() == free;
                     for (task, instructions) in claimed {
@@ -90,6 +97,14 @@ pub(super) async fn claim_loop(inner: Arc<Inner>) {
         for h in handles {
             h.stop(STOP_LOST);
         }
+        // At once, not after a polite SIGTERM: the cluster may start them elsewhere soon.
+        let node = inner.me.node_id.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            for g in crate::runner::orphans::groups_with_env(super::warden::NODE_ENV, &node) {
+                crate::runner::process::signal_group(g, nix::sys::signal::Signal::SIGKILL);
+            }
+        })
+        .await;
     }
     tracing::debug!("claim loop stopped");
 }
@@ -220,10 +235,21 @@ fn prepare(
     Ok((agent, runner))
 }
 
+/// PostgreSQL's text cannot hold NUL: an agent that prints one must not make its end
+/// unrecordable.
+fn storable(s: &mut Option<String>) {
+    if let Some(v) = s.as_mut().filter(|v| v.contains('\0')) {
+        *v = v.replace('\0', "\u{FFFD}");
+    }
+}
+
 /// Records an end, trying again while the database is unreachable: the outcome is kept until
 /// it lands, or until the node is given up (then the rescuer settles the task) or, stopping,
-/// has tried a few times.
-async fn record(inner: &Inner, ended: Ended) -> Option<Recorded> {
+/// has tried a few times. An end the database refuses as it is (a value it cannot store) is
+/// recorded as a failure that says so.
+async fn record(inner: &Inner, mut ended: Ended) -> Option<Recorded> {
+    storable(&mut ended.next.result);
+    storable(&mut ended.next.error);
     let mut pause = Duration::from_millis(50);
     let mut tries_while_stopping = 0;
     loop {
@@ -233,6 +259,18 @@ async fn record(inner: &Inner, ended: Ended) -> Option<Recorded> {
             .await
         {
             Ok(r) => return r.first().copied(),
+            Err(e @ (StoreError::Unexpected(_) | StoreError::Conflict(_)))
+                if ended.next.result.is_some() || ended.next.metadata.is_some() =>
+            {
+                tracing::error!(task_id = %ended.next.id, "the database refused the attempt's end ({e}); recording it as a failure");
+                let why = format!("its outcome could not be stored: {e}");
+                ended.next.status = crate::model::TaskStatus::Failed;
+                ended.next.completed_us = Some(now_us());
+                ended.next.result = None;
+                ended.next.metadata = None;
+                ended.next.error = Some(why.clone());
+                ended.logs = vec![("error", why)];
+            }
             Err(e) => {
                 if inner.given_up.is_cancelled() {
                     tracing::error!(task_id = %ended.next.id, "could not record the attempt's end before the cluster gave this node up ({e}); it is the rescuer's now");
@@ -275,7 +313,10 @@ impl LogSink {
         LogSink { tx }
     }
 
-    pub fn line(&self, task_id: Uuid, level: &'static str, message: String) {
+    pub fn line(&self, task_id: Uuid, level: &'static str, mut message: String) {
+        if message.contains('\0') {
+            message = message.replace('\0', "\u{FFFD}");
+        }
         let _ = self.tx.send(Sinked::Line(LogEntry {
             task_id,
             level,

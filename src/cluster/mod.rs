@@ -12,7 +12,7 @@
 //! - [`warden`]: the process beside each node that stops its agents if the node dies.
 
 mod attempts;
-mod lifeline;
+pub mod lifeline;
 mod node;
 pub mod rescuer;
 mod scheduler;

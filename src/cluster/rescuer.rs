@@ -25,11 +25,14 @@ pub fn period(lease: Duration) -> Duration {
 /// One round: settles every orphaned running task (see `Postgres::rescue_orphans`). Returns
 /// how many. Only the leader should call it; any node could, safely: each task is settled once,
 /// in the transaction that locks it.
-pub async fn rescue_round(db: &Postgres) -> Result<usize, StoreError> {
+///
+/// `grace`: how long past its lease a node is given before it is given up (its own deadline
+/// comes a little before the lease ends; the grace lets its processes be gone for sure).
+pub async fn rescue_round(db: &Postgres, grace: Duration) -> Result<usize, StoreError> {
     let mut settled = 0;
     loop {
         let rescued = db
-            .rescue_orphans(BATCH, |task, was_on, cancel, now| {
+            .rescue_orphans(BATCH, grace, |task, was_on, cancel, now| {
                 settle_orphan(task, was_on.unwrap_or("unknown"), cancel, now)
             })
             .await?;
@@ -74,7 +77,7 @@ pub async fn run(db: Postgres, me: String, lease: Duration, stop: CancellationTo
     loop {
         match db.elect(&me, lease).await {
             Ok(Some(_term)) => {
-                if let Err(e) = rescue_round(&db).await {
+                if let Err(e) = rescue_round(&db, every).await {
                     tracing::warn!("rescuing the tasks of dead nodes failed ({e}); trying again");
                 }
             }

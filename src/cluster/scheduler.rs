@@ -92,10 +92,14 @@ impl Cluster {
     ) -> Result<Cluster, StoreError> {
         // Before anything can run: without its warden a node killed with -9 would leave its
         // attempts running beside their next ones.
-        let warden = super::warden::Warden::start(&me.node_id).map_err(|e| {
-            StoreError::Unavailable(format!("cannot start the node's warden process: {e}"))
-        })?;
-        let lifeline = Lifeline::start(db.clone(), me.clone(), cfg.lease).await?;
+        let warden =
+            super::warden::Warden::start(&me.node_id, super::lifeline::own_deadline(cfg.lease))
+                .map_err(|e| {
+                    StoreError::Unavailable(format!("cannot start the node's warden process: {e}"))
+                })?;
+        let lifeline =
+            Lifeline::start_telling(db.clone(), me.clone(), cfg.lease, Box::new(warden.beats()))
+                .await?;
         let inner = Arc::new(Inner {
             logs: LogSink::start(db.clone()),
             db: db.clone(),
@@ -272,7 +276,18 @@ impl Cluster {
                 )));
             }
         }
-        match inner.db.cancel(id).await.map_err(store)? {
+        let mut tries = 0;
+        let found = loop {
+            match inner.db.cancel(id).await {
+                Err(StoreError::Unavailable(why)) if tries < 3 => {
+                    tries += 1;
+                    tracing::debug!(task_id = %id, "cancel tried again: {why}");
+                    tokio::time::sleep(Duration::from_millis(50 * tries)).await;
+                }
+                other => break other.map_err(store)?,
+            }
+        };
+        match found {
             None => Err(SchedError::NotFound(not_found(id))),
             Some(Cancel::Cancelled(t)) => Ok(t),
             Some(Cancel::Ended(t)) => Err(SchedError::Conflict(format!(
@@ -373,6 +388,14 @@ impl Cluster {
         let inner = &self.inner;
         inner.stopping.cancel();
         inner.wake.notify_one();
+        let duties = self.duties.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let Some(d) = duties else { return };
+        // The claim loop first: a claim in flight brings its attempts in before they are
+        // counted. A duty stuck on an unanswering database is not waited for long.
+        finish_duty("the claim loop", d.claims).await;
+        d.rescuer_stop.cancel();
+        finish_duty("the rescuer", d.rescuer).await;
+        finish_duty("the listener", d.listener).await;
         let deadline = tokio::time::Instant::now() + grace;
         while self.in_flight() && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(25)).await;
@@ -393,16 +416,25 @@ impl Cluster {
         while self.in_flight() && tokio::time::Instant::now() < hard {
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
-        inner.logs.flush().await;
-        let duties = self.duties.lock().unwrap_or_else(|e| e.into_inner()).take();
-        if let Some(d) = duties {
-            d.rescuer_stop.cancel();
-            let _ = d.rescuer.await;
-            let _ = d.claims.await;
-            let _ = d.listener.await;
-            d.warden.release().await;
-            d.lifeline.leave().await;
+        let _ = tokio::time::timeout(DUTY_STOP, inner.logs.flush()).await;
+        d.warden.release().await;
+        if tokio::time::timeout(DUTY_STOP, d.lifeline.leave())
+            .await
+            .is_err()
+        {
+            tracing::warn!("could not leave the cluster in time; the node's lease will expire");
         }
         tracing::info!(node = %inner.me.node_id, "left the cluster");
+    }
+}
+
+/// How long a stopping node waits for each of its background duties.
+const DUTY_STOP: Duration = Duration::from_secs(5);
+
+/// Waits a while for a duty that was told to stop, then drops it.
+async fn finish_duty(what: &str, mut duty: JoinHandle<()>) {
+    if tokio::time::timeout(DUTY_STOP, &mut duty).await.is_err() {
+        tracing::warn!("{what} did not stop within {DUTY_STOP:?}; dropping it");
+        duty.abort();
     }
 }

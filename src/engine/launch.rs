@@ -215,6 +215,16 @@ impl Launcher {
                 None => cmd.env_remove(k),
             };
         }
+        // A session inside an agent's task carries that task's marks; the engine it starts is
+        // not part of the task, and its cluster node's warden must not take it for one.
+        for k in [
+            crate::cluster::warden::NODE_ENV,
+            "ORCHESTR8_TASK_ID",
+            "ORCHESTR8_ATTEMPT",
+            "ORCHESTR8_TASK_DB",
+        ] {
+            cmd.env_remove(k);
+        }
         // SAFETY: setsid is async-signal-safe; nothing else runs between fork and exec.
         unsafe {
             cmd.pre_exec(|| {

@@ -79,6 +79,31 @@ enum Running {
     },
 }
 
+impl Running {
+    /// Stops what runs, in order (see [`Engine::shutdown`]).
+    async fn stop(self, grace: Duration) {
+        match self {
+            Running::Local {
+                store,
+                sched,
+                deliverer,
+                pruner,
+            } => {
+                if let Some(p) = pruner {
+                    p.stop().await;
+                }
+                sched.shutdown(grace).await;
+                // Webhooks of tasks that ended during the grace period may be in flight;
+                // whatever is still owed after this stays in the store and goes out at the
+                // next start.
+                deliverer.shutdown(Duration::from_secs(2)).await;
+                store.close();
+            }
+            Running::Cluster { cluster, _lock } => cluster.shutdown(grace).await,
+        }
+    }
+}
+
 /// The database, held and not yet used: the point where this process has become the engine.
 enum Held {
     Local(Arc<Store>),
@@ -223,21 +248,27 @@ impl Engine {
         // for the dashboard before it knows where it is served.
         let http = match listener {
             Some((listener, settings)) => {
-                let port = listener
-                    .local_addr()
-                    .map_err(|e| OpenError::Failed(e.into()))?
-                    .port();
-                let pages = dashboard.routes_for(&settings.host, port).await;
-                Some(
-                    rest::serve(
-                        listener,
-                        service.clone(),
-                        settings,
-                        pages,
-                        http_stop.clone(),
-                    )
-                    .map_err(OpenError::Failed)?,
-                )
+                let served = match listener.local_addr() {
+                    Ok(addr) => {
+                        let pages = dashboard.routes_for(&settings.host, addr.port()).await;
+                        rest::serve(
+                            listener,
+                            service.clone(),
+                            settings,
+                            pages,
+                            http_stop.clone(),
+                        )
+                    }
+                    Err(e) => Err(e.into()),
+                };
+                match served {
+                    Ok(h) => Some(h),
+                    Err(e) => {
+                        // What already runs stops first: a node already claims tasks.
+                        running.stop(Duration::ZERO).await;
+                        return Err(OpenError::Failed(e));
+                    }
+                }
             }
             None => None,
         };
@@ -356,25 +387,7 @@ impl Engine {
             }
         }
         drop(self.socket.take());
-        match self.running {
-            Running::Local {
-                store,
-                sched,
-                deliverer,
-                pruner,
-            } => {
-                if let Some(p) = pruner {
-                    p.stop().await;
-                }
-                sched.shutdown(self.grace).await;
-                // Webhooks of tasks that ended during the grace period may be in flight;
-                // whatever is still owed after this stays in the store and goes out at the
-                // next start.
-                deliverer.shutdown(Duration::from_secs(2)).await;
-                store.close();
-            }
-            Running::Cluster { cluster, _lock } => cluster.shutdown(self.grace).await,
-        }
+        self.running.stop(self.grace).await;
         tracing::info!("engine stopped");
     }
 }

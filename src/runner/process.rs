@@ -25,6 +25,8 @@ pub fn prepare(cmd: &mut Command, job: &RunJob, prompt_file: Option<&Path>) {
     for v in crate::workspace::git::REPOSITORY_VARIABLES {
         cmd.env_remove(v);
     }
+    // The cluster's database URL may carry a password: agents are not told it.
+    cmd.env_remove("ORCHESTR8_DATABASE_URL");
     cmd.envs(&job.agent.env)
         .env("ORCHESTR8_TASK_ID", job.task_id.to_string())
         .env("ORCHESTR8_TASK_NAME", &job.task_name)

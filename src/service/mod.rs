@@ -354,10 +354,16 @@ impl Service {
     async fn submit_task(&self, a: TaskAsyncArgs) -> Result<(TaskView, bool)> {
         let asked_queue = a.queue.clone();
         let (task, instructions, agent) = self.build_task(a).await?;
-        let queue = queue_of(asked_queue.as_deref(), &agent)?;
         let submitted = match &self.core {
-            Core::Local(s) => s.submit(task, instructions, agent).await?,
+            Core::Local(s) => {
+                // One engine serves every queue; a queue argument is still checked.
+                if asked_queue.is_some() {
+                    queue_of(asked_queue.as_deref(), &agent)?;
+                }
+                s.submit(task, instructions, agent).await?
+            }
             Core::Cluster(c) => {
+                let queue = queue_of(asked_queue.as_deref(), &agent)?;
                 if task.workspace.is_some() || task.webhook_url.is_some() {
                     return Err(not_on_a_cluster());
                 }

@@ -14,7 +14,7 @@ use crate::harness::*;
 use crate::pg;
 
 /// Seconds a node stays alive to the others without a heartbeat (short, so tests are quick).
-const LEASE_SECONDS: &str = "2";
+const LEASE_SECONDS: &str = "4";
 
 /// A node: an environment of its own on the shared database.
 fn node(url: &str, workers: &str) -> Env {
@@ -156,10 +156,10 @@ async fn a_node_killed_with_9_has_its_running_tasks_run_again_elsewhere_never_tw
     }
     let first_runs = pids();
     let b = survivor.start().await;
-    let killed_at = std::time::Instant::now();
     // The machine's engine dies without a word; its session is left, as a crashed window's.
     a.kill9_session_only().await;
     doomed.kill9_engines().await;
+    let killed_at = std::time::Instant::now();
     // Its warden stops what it ran at once, long before the cluster gives the node up.
     for pid in &first_runs {
         wait_gone(*pid).await;
@@ -242,9 +242,10 @@ async fn a_node_frozen_past_its_lease_cannot_record_a_stale_outcome() {
     let frozen = node(&url, "2");
     let other = node(&url, "2");
     for env in [&frozen, &other] {
+        // Attempt 1 would run long past the lease; its node is frozen meanwhile.
         env.shell_agent(
             "echoes",
-            "sleep 2; echo \"attempt $ORCHESTR8_ATTEMPT\"",
+            "[ \"$ORCHESTR8_ATTEMPT\" = 1 ] && sleep 8; echo \"attempt $ORCHESTR8_ATTEMPT\"",
             "max_retries: 2",
         );
     }
@@ -259,8 +260,9 @@ async fn a_node_frozen_past_its_lease_cannot_record_a_stale_outcome() {
     kill(Pid::from_raw(engine as i32), Signal::SIGCONT).unwrap();
     assert_eq!(done["status"], "completed", "{done}");
     assert_eq!(done["result"], "attempt 2\n");
-    // Thawed, the old node's attempt 1 ends; its outcome must not replace attempt 2's.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Thawed, the old node's attempt 1 ends (its warden stopped it while it was frozen, or it
+    // runs out); its outcome must not replace attempt 2's.
+    tokio::time::sleep(Duration::from_secs(9)).await;
     let after: Value = b.status(&id).await;
     assert_eq!(after["result"], "attempt 2\n", "{after}");
     assert_eq!(after["attempt"], 2);

@@ -90,7 +90,13 @@ fn queues(q: &[&str]) -> Vec<String> {
     q.iter().map(|s| s.to_string()).collect()
 }
 
+/// Claims as `node`, which joins the cluster first if it is not alive (only a live node claims).
 async fn claim(db: &Postgres, node: &str, host: &str, q: &[String], limit: u32) -> Vec<Task> {
+    if !live(db).await.iter().any(|n| n == node) {
+        let mut info = self::node(node);
+        info.host = host.to_string();
+        db.join(&info, Duration::from_secs(60)).await.unwrap();
+    }
     db.claim(&ClaimRequest {
         node_id: node,
         host,
@@ -478,14 +484,18 @@ async fn a_node_given_up_cannot_record_the_outcome_of_a_rescued_task() {
     let claimed = claim(&db, "a", "h1", &q, 1).await;
     assert_eq!(claimed.len(), 1);
     assert_eq!(
-        rescuer::rescue_round(&db).await.unwrap(),
+        rescuer::rescue_round(&db, Duration::ZERO).await.unwrap(),
         0,
         "a is alive: nothing to rescue"
     );
 
     tokio::time::sleep(PAST_LEASE).await;
-    assert_eq!(rescuer::rescue_round(&db).await.unwrap(), 1);
-    assert_eq!(rescuer::rescue_round(&db).await.unwrap(), 0, "rescued once");
+    assert_eq!(rescuer::rescue_round(&db, Duration::ZERO).await.unwrap(), 1);
+    assert_eq!(
+        rescuer::rescue_round(&db, Duration::ZERO).await.unwrap(),
+        0,
+        "rescued once"
+    );
     assert_eq!(
         db.heartbeat("a", LEASE).await.unwrap(),
         Lease::Lost,
@@ -544,10 +554,14 @@ async fn the_leader_requeues_or_fails_the_tasks_of_a_node_given_up() {
         .unwrap();
     let q = queues(&["default"]);
     assert_eq!(claim(&db, "a", "h1", &q, 2).await.len(), 2);
-    assert_eq!(rescuer::rescue_round(&db).await.unwrap(), 0, "a is alive");
+    assert_eq!(
+        rescuer::rescue_round(&db, Duration::ZERO).await.unwrap(),
+        0,
+        "a is alive"
+    );
 
     tokio::time::sleep(PAST_LEASE).await;
-    assert_eq!(rescuer::rescue_round(&db).await.unwrap(), 2);
+    assert_eq!(rescuer::rescue_round(&db, Duration::ZERO).await.unwrap(), 2);
     let (requeued, _) = db.task(retried.id).await.unwrap().unwrap();
     assert_eq!(requeued.status, TaskStatus::Pending);
     assert_eq!(requeued.attempt, 1);
@@ -634,4 +648,39 @@ fn ended(t: &Task) -> Ended {
         attempt: t.attempt,
         logs: vec![("info", format!("attempt {} ended", t.attempt))],
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cancel_asked_while_an_attempt_ends_wins_over_its_retry() {
+    let (db, _) = fresh().await;
+    let mut t = task("a", Priority::Normal, 1);
+    t.max_retries = 3;
+    db.insert_tasks(&[new(t.clone())]).await.unwrap();
+    let q = queues(&["default"]);
+    let running = claim(&db, "n1", "h1", &q, 1).await.remove(0);
+    // Asked from another node: the running node has not looked yet when its attempt fails.
+    assert!(matches!(
+        db.cancel(t.id).await.unwrap(),
+        Some(orchestr8_async::store::postgres::Cancel::Asked { .. })
+    ));
+    assert_eq!(db.cancels_for("n1").await.unwrap(), [t.id]);
+    let mut retry = running.clone();
+    retry.status = TaskStatus::Pending;
+    retry.error = Some("exit 1".into());
+    assert_eq!(
+        db.finish("n1", &[ended(&retry)]).await.unwrap(),
+        [Recorded::Done]
+    );
+    let (stored, _) = db.task(t.id).await.unwrap().unwrap();
+    assert_eq!(stored.status, TaskStatus::Cancelled, "not retried");
+    assert!(stored.completed_us.is_some());
+    assert!(stored.error.unwrap().contains("cancelled by request"));
+    assert!(claim(&db, "n1", "h1", &q, 1).await.is_empty());
+    let logs = db.logs(t.id, 0, 10).await.unwrap();
+    assert!(
+        logs.iter()
+            .any(|l| l.message.contains("cancelled by request")),
+        "{logs:?}"
+    );
+    assert!(db.cancels_for("n1").await.unwrap().is_empty());
 }

@@ -5,7 +5,7 @@
 //!   completed, reading them under a share lock, so a dependency finishing at the same moment
 //!   either sees the new dependent or is seen completed by it — never neither.
 //! - **Claim up to N** ready tasks: highest priority first, oldest first, from the queues the
-//!   node serves and not bound to another host, with `FOR UPDATE SKIP LOCKED` in a CTE so
+//!   node serves and not bound to another host — only while the node's lease holds —, with `FOR UPDATE SKIP LOCKED` in a CTE so
 //!   claimers never wait on each other's rows. An agent's `max_concurrency` and a workflow's
 //!   `max_parallel` count the tasks running on every node: claims take one advisory lock for
 //!   the moment they count and claim, so two nodes never both see the last free slot.
@@ -49,6 +49,8 @@ static CLAIM_SQL: LazyLock<String> = LazyLock::new(|| {
                  FROM tasks c
                  WHERE c.status = 'pending' AND c.deps_open = 0 AND NOT c.gated
                    AND c.scheduled_at <= now()
+                   AND EXISTS (SELECT 1 FROM nodes n WHERE n.node_id = $1
+                               AND n.stopped_at IS NULL AND n.expires_at > now())
                    AND c.queue = ANY($3) AND (c.host IS NULL OR c.host = $2)
                    AND (c.max_concurrency IS NULL OR c.max_concurrency >
                         coalesce((SELECT n FROM running_agents r

@@ -76,6 +76,13 @@ impl Postgres {
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(Duration::from_secs(10));
         }
+        // A connection whose other end vanished (a host gone, a network cut) fails within
+        // seconds instead of hanging the node's duties for hours.
+        config
+            .keepalives(true)
+            .keepalives_idle(Duration::from_secs(10))
+            .keepalives_interval(Duration::from_secs(5))
+            .keepalives_retries(3);
         let manager = Manager::from_config(
             config.clone(),
             NoTls,

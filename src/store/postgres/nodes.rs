@@ -13,7 +13,7 @@ use super::logs::{append_in, LogEntry};
 use super::rows::{task_from_row, task_state_json, us, TASK_COLUMNS};
 use super::settle::settle_dependents;
 use super::Postgres;
-use crate::model::Task;
+use crate::model::{Task, TaskStatus};
 use crate::store::StoreError;
 
 /// Writes outcomes (`$1`: their rows as JSON) where the task is still `running` the attempt
@@ -152,22 +152,30 @@ impl Postgres {
     /// Nodes whose lease has expired are marked given up first, in the same transaction: a
     /// heartbeat racing this either renewed the lease before (and its node keeps its tasks) or
     /// finds its node given up.
-    pub async fn rescue_orphans<F>(&self, limit: i64, decide: F) -> Result<Vec<Task>, StoreError>
+    pub async fn rescue_orphans<F>(
+        &self,
+        limit: i64,
+        grace: Duration,
+        decide: F,
+    ) -> Result<Vec<Task>, StoreError>
     where
         F: Fn(&Task, Option<&str>, bool, i64) -> (Task, Vec<(&'static str, String)>),
     {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
+        // A node whose lease ran out gives itself up a little before; the grace is on top, for
+        // its processes to be gone before its tasks run elsewhere.
         tx.execute(
-            "UPDATE nodes SET stopped_at = now() WHERE stopped_at IS NULL AND expires_at <= now()",
-            &[],
+            "UPDATE nodes SET stopped_at = now()
+             WHERE stopped_at IS NULL AND expires_at <= now() - make_interval(secs => $1)",
+            &[&interval(grace)],
         )
         .await?;
         let sql = format!(
             "SELECT {TASK_COLUMNS}, t.node_id, now(), t.cancel_requested FROM tasks t
              WHERE t.status = 'running'
                AND NOT EXISTS (SELECT 1 FROM nodes n WHERE n.node_id = t.node_id
-                               AND n.stopped_at IS NULL AND n.expires_at > now())
+                               AND n.stopped_at IS NULL)
              ORDER BY t.started_at
              LIMIT $1
              FOR UPDATE OF t SKIP LOCKED"
@@ -199,6 +207,9 @@ impl Postgres {
                 .collect();
             lines.extend(settle_dependents(&tx, &ended).await?);
             append_in(&tx, &lines).await?;
+            if outcomes.iter().any(|t| t.status == TaskStatus::Pending) {
+                super::notify::notify_ready(&tx).await?;
+            }
         }
         tx.commit().await?;
         Ok(outcomes)

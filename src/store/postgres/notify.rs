@@ -36,11 +36,16 @@ impl Postgres {
     pub async fn wake_on_ready(&self, wake: Arc<Notify>, stop: CancellationToken) {
         let mut pause = Duration::from_millis(250);
         loop {
+            let began = std::time::Instant::now();
             match self.listen_once(&wake, &stop).await {
                 Ok(()) => return,
                 Err(e) => {
                     tracing::debug!("listening for ready tasks stopped ({e}); polling meanwhile")
                 }
+            }
+            // A connection that served a while starts the back-off afresh.
+            if began.elapsed() > Duration::from_secs(60) {
+                pause = Duration::from_millis(250);
             }
             tokio::select! {
                 _ = stop.cancelled() => return,

@@ -50,13 +50,21 @@ pub enum Cancel {
 }
 
 /// Outcomes fenced to the node and attempt that own them (`$2`: the node, `$3`/`$4`: each task's
-/// ended attempt). An end is timed by the database's clock, like the start: a task's times
+/// ended attempt). A cancel asked for while the attempt was ending wins over a retry or a
+/// give-back: the task does not run again. An end is timed by the database's clock, like the start: a task's times
 /// compare across nodes whatever their clocks say, and a dependent never seems to start before
 /// its dependency ended.
-const FINISH_SQL: &str = "UPDATE tasks t SET status = o.status, attempt = o.attempt,
-        scheduled_at = o.scheduled_at, started_at = o.started_at,
-        completed_at = CASE WHEN o.completed_at IS NULL THEN NULL ELSE statement_timestamp() END,
-        retry_floor = o.retry_floor, metadata = o.metadata, result = o.result, error = o.error,
+const FINISH_SQL: &str = "UPDATE tasks t SET
+        status = CASE WHEN t.cancel_requested AND o.status = 'pending' THEN 'cancelled'
+                      ELSE o.status END,
+        attempt = o.attempt, scheduled_at = o.scheduled_at, started_at = o.started_at,
+        completed_at = CASE WHEN o.completed_at IS NOT NULL
+                              OR (t.cancel_requested AND o.status = 'pending')
+                            THEN statement_timestamp() END,
+        retry_floor = o.retry_floor, metadata = o.metadata, result = o.result,
+        error = CASE WHEN t.cancel_requested AND o.status = 'pending'
+                     THEN 'cancelled by request; its attempt had ended (' || coalesce(o.error, 'stopped') || ')'
+                     ELSE o.error END,
         input_tokens = o.input_tokens, output_tokens = o.output_tokens, cost_usd = o.cost_usd,
         workspace = o.workspace, pid = NULL, pid_start = NULL, cancel_requested = false,
         updated_at = now()
@@ -64,7 +72,7 @@ const FINISH_SQL: &str = "UPDATE tasks t SET status = o.status, attempt = o.atte
     JOIN unnest($3::uuid[], $4::int[]) AS e(task_id, attempt) ON e.task_id = o.task_id
     WHERE t.task_id = o.task_id AND t.status = 'running' AND t.attempt = e.attempt
       AND t.node_id = $2
-    RETURNING t.task_id";
+    RETURNING t.task_id, t.status";
 
 /// One level of the cascade: pending tasks waiting on any of `$1` are cancelled, naming the
 /// dependency that ended them.
@@ -86,6 +94,13 @@ const RELEASE_SQL: &str = "UPDATE tasks t SET deps_open = greatest(t.deps_open -
           WHERE depends_on = ANY($1) GROUP BY task_id) d
     WHERE t.task_id = d.task_id AND t.status = 'pending'";
 
+/// Locks the tasks waiting on any of `$1`, in id order: two transactions settling dependents
+/// they share take their locks in the same order, so they wait for each other, never deadlock.
+const LOCK_DEPENDENTS_SQL: &str = "SELECT t.task_id FROM tasks t
+    WHERE t.task_id IN (SELECT td.task_id FROM task_dependencies td WHERE td.depends_on = ANY($1))
+    ORDER BY t.task_id
+    FOR UPDATE OF t";
+
 /// What finished tasks set off among the tasks waiting on them (see the module's doc). Returns
 /// the log lines of the cancellations.
 pub(super) async fn settle_dependents(
@@ -97,7 +112,9 @@ pub(super) async fn settle_dependents(
         .filter(|(_, st)| *st == TaskStatus::Completed)
         .map(|(id, _)| *id)
         .collect();
+    let lock = tx.prepare_cached(LOCK_DEPENDENTS_SQL).await?;
     if !completed.is_empty() {
+        tx.query(&lock, &[&completed]).await?;
         let release = tx.prepare_cached(RELEASE_SQL).await?;
         tx.execute(&release, &[&completed]).await?;
     }
@@ -112,6 +129,7 @@ pub(super) async fn settle_dependents(
     }
     let cascade = tx.prepare_cached(CASCADE_SQL).await?;
     while !doomed.is_empty() {
+        tx.query(&lock, &[&doomed]).await?;
         let rows = tx.query(&cascade, &[&doomed]).await?;
         doomed = Vec::with_capacity(rows.len());
         for r in &rows {
@@ -142,30 +160,42 @@ impl Postgres {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
         let finish = tx.prepare_cached(FINISH_SQL).await?;
-        let written: Vec<Uuid> = tx
+        let written: Vec<(Uuid, TaskStatus)> = tx
             .query(&finish, &[&Value::Array(rows), &node_id, &ids, &attempts])
             .await?
             .iter()
-            .map(|r| r.try_get(0))
-            .collect::<Result<_, _>>()?;
-        let recorded: Vec<&Ended> = ends
-            .iter()
-            .filter(|e| written.contains(&e.next.id))
-            .collect();
-        let statuses: Vec<(Uuid, TaskStatus)> = recorded
-            .iter()
-            .map(|e| (e.next.id, e.next.status))
-            .collect();
-        let mut lines: Vec<LogEntry> = recorded
-            .iter()
-            .flat_map(|e| {
-                e.logs.iter().map(|(level, message)| LogEntry {
+            .map(|r| {
+                let st: String = r.try_get(1)?;
+                let status = TaskStatus::parse(&st).ok_or_else(|| {
+                    StoreError::Corrupt(format!("a stored task's status cannot be read: {st}"))
+                })?;
+                Ok((r.try_get(0)?, status))
+            })
+            .collect::<Result<_, StoreError>>()?;
+        let stored = |id: Uuid| written.iter().find(|(w, _)| *w == id).map(|(_, st)| *st);
+        let mut lines = Vec::new();
+        for e in ends {
+            let Some(status) = stored(e.next.id) else {
+                continue;
+            };
+            if status == e.next.status {
+                lines.extend(e.logs.iter().map(|(level, message)| LogEntry {
                     task_id: e.next.id,
                     level,
                     message: message.clone(),
-                })
-            })
-            .collect();
+                }));
+            } else {
+                lines.push(LogEntry {
+                    task_id: e.next.id,
+                    level: "info",
+                    message: format!(
+                        "attempt {} ended as its cancel was asked for; cancelled by request",
+                        e.attempt
+                    ),
+                });
+            }
+        }
+        let statuses: Vec<(Uuid, TaskStatus)> = written.clone();
         lines.extend(settle_dependents(&tx, &statuses).await?);
         append_in(&tx, &lines).await?;
         // Dependents released, or a task given back at shutdown: other nodes may take them now.
@@ -179,7 +209,7 @@ impl Postgres {
         Ok(ends
             .iter()
             .map(|e| {
-                if written.contains(&e.next.id) {
+                if stored(e.next.id).is_some() {
                     Recorded::Done
                 } else {
                     Recorded::Fenced
