@@ -248,6 +248,10 @@ impl Cluster {
         self.inner.db.list_tasks(f).await.map_err(store)
     }
 
+    pub async fn count_by_status(&self) -> Result<Vec<(String, u64)>, SchedError> {
+        self.inner.db.count_by_status().await.map_err(store)
+    }
+
     pub async fn logs(
         &self,
         id: Uuid,

@@ -1,12 +1,11 @@
 //! The engine at a glance, for the CLI's `status`.
 
-use super::{Result, Service, ServiceError};
+use super::{Core, Result, Service, ServiceError};
 use crate::api::{EngineOverview, ListTasksArgs};
 use crate::model::TaskStatus;
 
 impl Service {
     pub async fn overview(&self) -> Result<EngineOverview> {
-        let store = self.sched()?.store();
         let internal = |e: crate::store::StoreError| ServiceError::Internal(e.to_string());
         let mut counts: std::collections::BTreeMap<String, u64> = [
             TaskStatus::Pending,
@@ -18,7 +17,22 @@ impl Service {
         .iter()
         .map(|s| (s.as_str().to_string(), 0))
         .collect();
-        counts.extend(store.count_by_status().await.map_err(internal)?);
+        // A cluster node shows the cluster's tasks and its own workers.
+        let (found, instance, workers, webhooks_owed) = match &self.core {
+            Core::Local(s) => (
+                s.store().count_by_status().await.map_err(internal)?,
+                s.instance().to_string(),
+                s.workers(),
+                s.store().webhooks_owed().await.map_err(internal)?,
+            ),
+            Core::Cluster(c) => (
+                c.count_by_status().await?,
+                c.instance().to_string(),
+                c.workers(),
+                0,
+            ),
+        };
+        counts.extend(found);
         let mut running = self
             .list_tasks(ListTasksArgs {
                 status: Some("running".into()),
@@ -30,15 +44,15 @@ impl Service {
             .await?
             .tasks;
         running.sort_by(|a, b| a.started_at.cmp(&b.started_at));
-        let (_, busy) = self.sched()?.hot_counts();
+        let (_, busy) = self.hot_counts();
         Ok(EngineOverview {
             pid: std::process::id(),
-            db_path: self.sched()?.instance().to_string(),
+            db_path: instance,
             dispatching: true,
             counts,
-            workers: self.sched()?.workers(),
+            workers,
             workers_busy: busy,
-            webhooks_owed: store.webhooks_owed().await.map_err(internal)?,
+            webhooks_owed,
             running,
             version: crate::link::version().to_string(),
             sessions: 0,

@@ -77,6 +77,10 @@ async fn tasks_spread_over_every_node_and_are_seen_alike_from_each() {
         let listed = s.call("list_tasks", json!({"limit": 100})).await;
         assert_eq!(listed["total"], 13, "{listed}");
     }
+    // The CLI's status shows the cluster's tasks and this node's workers.
+    let status = nodes[2].cli_json(&["status"]).await;
+    assert_eq!(status["counts"]["completed"], 13, "{status}");
+    assert_eq!(status["workers"], 2, "{status}");
     // A failure cancels its dependents on every node's view.
     nodes[0].shell_agent("broken", "sleep 1; echo no >&2; exit 3", "");
     let broken = a.submit("broken", "broken", "x", json!({})).await;

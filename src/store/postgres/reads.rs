@@ -126,6 +126,20 @@ impl Postgres {
             .try_get(0)?)
     }
 
+    /// How many tasks there are of each status.
+    pub async fn count_by_status(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        let client = self.client().await?;
+        let rows = client
+            .query("SELECT status, count(*) FROM tasks GROUP BY status", &[])
+            .await?;
+        rows.iter()
+            .map(|r| {
+                let n: i64 = r.try_get(1)?;
+                Ok((r.try_get(0)?, n.max(0) as u64))
+            })
+            .collect()
+    }
+
     /// How many tasks are pending and running across the cluster.
     pub async fn hot_counts(&self) -> Result<(u64, u64), StoreError> {
         let client = self.client().await?;
