@@ -6,6 +6,7 @@
 //! Prints a table and one JSON line.
 
 mod client;
+mod cluster;
 mod dashboard;
 mod isolation;
 mod reference;
@@ -57,6 +58,22 @@ struct Args {
     /// Skip the MCP Python SDK reference (it needs PyPI the first time).
     #[arg(long)]
     no_python: bool,
+    /// A PostgreSQL database for the cluster figures (1, 2 and 3 engines on it); without one
+    /// they are skipped. Its tables go into the schema `orchestr8`.
+    #[arg(long, env = "O8_BENCH_DATABASE_URL")]
+    database_url: Option<String>,
+    /// Trivial tasks for each cluster throughput round (and the single engine's, alike).
+    #[arg(long, default_value_t = 2000)]
+    cluster_tasks: usize,
+    /// Workers of each cluster node (and of the single engine compared with them).
+    #[arg(long, default_value_t = 4)]
+    cluster_workers: usize,
+    /// The nodes' lease, in seconds, for the death-to-rerun figure.
+    #[arg(long, default_value_t = 15)]
+    lease_seconds: u64,
+    /// Nodes killed with -9 for the death-to-rerun figure.
+    #[arg(long, default_value_t = 3)]
+    rescues: usize,
 }
 
 /// Median and 99th percentile of a sample, in ms.
@@ -366,6 +383,28 @@ async fn main() -> Result<()> {
     let (stored_rss, _) = rss_mib(Some(engine_pid(&bin, dir_s.path()).await?));
     finish(c, &bin, dir_s.path()).await?;
 
+    // --- A cluster on PostgreSQL, next to the single engine measured alike. ---
+    let clustered = match a.database_url.as_deref() {
+        Some(url) => Some(
+            cluster::measure(
+                &bin,
+                &cluster::Settings {
+                    url,
+                    tasks: a.cluster_tasks,
+                    workers: a.cluster_workers,
+                    dispatches: a.dispatches.min(100),
+                    lease_s: a.lease_seconds,
+                    rescues: a.rescues,
+                },
+            )
+            .await?,
+        ),
+        None => {
+            eprintln!("o8-bench: cluster figures skipped: pass --database-url postgres://…");
+            None
+        }
+    };
+
     // --- Reference points. ---
     let spawn_rate = reference::spawn_rate(2000, a.workers).await?;
     let spawn_lat = Stat::of(reference::spawn_latencies(a.dispatches).await?);
@@ -464,6 +503,67 @@ async fn main() -> Result<()> {
         format!("idle {idle_rss:.1} MiB; {} pending {pending_rss:.1} MiB (peak {pending_peak:.1}); {} stored idle {stored_rss:.1} MiB", a.pending, a.stored),
         String::new(),
     ));
+
+    if let Some(f) = &clustered {
+        let per = |v: &[(usize, f64)]| {
+            v.iter()
+                .map(|(n, r)| format!("{n} node{} {r:.0}/s", if *n == 1 { "" } else { "s" }))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        rows.push((
+            format!(
+                "cluster throughput, {} trivial tasks, {} workers/node",
+                a.cluster_tasks, a.cluster_workers
+            ),
+            per(&f.rates),
+            format!(
+                "one DuckDB engine {:.0}/s (ratios {})",
+                f.duck_rate,
+                f.rates
+                    .iter()
+                    .map(|(_, r)| format!("{:.2}", r / f.duck_rate))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        ));
+        rows.push((
+            "cluster dispatch, created -> process started".into(),
+            f.dispatch
+                .iter()
+                .map(|(n, d)| format!("{n}: p50 {}", ms(d.p50)))
+                .collect::<Vec<_>>()
+                .join("; "),
+            format!(
+                "one DuckDB engine p50 {} p99 {}",
+                ms(f.duck_dispatch.p50),
+                ms(f.duck_dispatch.p99)
+            ),
+        ));
+        rows.push((
+            format!(
+                "node kill -9 -> its task running elsewhere ({} runs)",
+                a.rescues
+            ),
+            format!("p50 {} max {}", ms(f.rerun.p50), ms(f.rerun.p99)),
+            format!("lease {} s", f.lease_s),
+        ));
+        out.insert("cluster_duckdb_tasks_per_s".into(), json!(f.duck_rate));
+        out.insert(
+            "cluster_tasks_per_s".into(),
+            json!(f.rates.iter().map(|(_, r)| *r).collect::<Vec<_>>()),
+        );
+        out.insert(
+            "cluster_dispatch_p50_ms".into(),
+            json!(f.dispatch.iter().map(|(_, d)| d.p50).collect::<Vec<_>>()),
+        );
+        out.insert(
+            "cluster_duckdb_dispatch_p50_ms".into(),
+            json!(f.duck_dispatch.p50),
+        );
+        out.insert("cluster_rerun_p50_ms".into(), json!(f.rerun.p50));
+        out.insert("cluster_lease_s".into(), json!(f.lease_s));
+    }
 
     println!("orchestr8-async benchmark ({} workers)", a.workers);
     for (what, value, reference) in &rows {
