@@ -17,10 +17,12 @@ use uuid::Uuid;
 use super::attempts::{self, LogSink};
 use super::{rescuer, Lifeline};
 use crate::agents::AgentRegistry;
-use crate::model::{Task, TaskStatus};
+use crate::model::Task;
 use crate::runner::Runners;
 use crate::scheduler::state::{RunHandle, STOP_CANCEL, STOP_SHUTDOWN};
-use crate::scheduler::{not_found, SchedError, Submitted};
+use crate::scheduler::{
+    cancel_ended, cancel_in_workflow, not_found, unknown_ids, SchedError, Submitted,
+};
 use crate::store::postgres::{Cancel, NewClusterTask, NodeInfo, Postgres};
 use crate::store::{OpOutcome, StoreError, TaskFilter};
 
@@ -210,24 +212,7 @@ impl Cluster {
             .tasks(&task.dependencies)
             .await
             .map_err(store)?;
-        for dep in &task.dependencies {
-            match found.iter().find(|t| t.id == *dep) {
-                None => {
-                    return Err(SchedError::NotFound(format!(
-                        "dependencies: task {dep} does not exist; list only task ids returned by task_async"
-                    )))
-                }
-                Some(t) if matches!(t.status, TaskStatus::Failed | TaskStatus::Cancelled) => {
-                    return Err(SchedError::Conflict(format!(
-                        "dependencies: task {dep} ({}) is {}, so this task could never start; task_retry it first or leave it out",
-                        t.name,
-                        t.status.as_str()
-                    )))
-                }
-                Some(_) => {}
-            }
-        }
-        Ok(())
+        crate::scheduler::check_dependencies(&task.dependencies, &found)
     }
 
     pub async fn task(&self, id: Uuid) -> Result<Option<Task>, SchedError> {
@@ -275,9 +260,7 @@ impl Cluster {
         let inner = &self.inner;
         if let Some(t) = self.task(id).await? {
             if let (Some(w), false) = (t.workflow_id, t.status.is_terminal()) {
-                return Err(SchedError::Conflict(format!(
-                    "task {id} belongs to workflow {w}, whose tasks are cancelled together: use workflow_cancel"
-                )));
+                return Err(cancel_in_workflow(id, w));
             }
         }
         let mut tries = 0;
@@ -294,10 +277,7 @@ impl Cluster {
         match found {
             None => Err(SchedError::NotFound(not_found(id))),
             Some(Cancel::Cancelled(t)) => Ok(t),
-            Some(Cancel::Ended(t)) => Err(SchedError::Conflict(format!(
-                "task {id} is already {}; only pending or running tasks can be cancelled",
-                t.status.as_str()
-            ))),
+            Some(Cancel::Ended(t)) => Err(cancel_ended(&t)),
             Some(Cancel::Asked { node }) => {
                 // Running here: stopped at once. Elsewhere: its node sees the request at its
                 // next look (within its poll period).
@@ -330,26 +310,13 @@ impl Cluster {
         let mut pause = Duration::from_millis(20);
         loop {
             let found = self.tasks(&ids).await?;
-            let missing: Vec<String> = ids
+            let missing: Vec<Uuid> = ids
                 .iter()
                 .filter(|id| !found.iter().any(|t| t.id == **id))
-                .map(Uuid::to_string)
+                .copied()
                 .collect();
             if !missing.is_empty() {
-                return Err(SchedError::NotFound(format!(
-                    "unknown task_ids: {}{}; pass ids returned by task_async",
-                    missing
-                        .iter()
-                        .take(5)
-                        .cloned()
-                        .collect::<Vec<_>>()
-                        .join(", "),
-                    if missing.len() > 5 {
-                        format!(" and {} more", missing.len() - 5)
-                    } else {
-                        String::new()
-                    }
-                )));
+                return Err(unknown_ids(&missing));
             }
             let ended = found.iter().filter(|t| t.status.is_terminal()).count();
             let done = ended == ids.len() || (any && ended > 0);

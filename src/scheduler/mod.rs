@@ -341,9 +341,7 @@ impl Scheduler {
         let inner = &self.inner;
         if let Some(t) = self.task(id).await? {
             if let (Some(w), false) = (t.workflow_id, t.status.is_terminal()) {
-                return Err(SchedError::Conflict(format!(
-                    "task {id} belongs to workflow {w}, whose tasks are cancelled together: use workflow_cancel"
-                )));
+                return Err(cancel_in_workflow(id, w));
             }
         }
         let mut events = inner.terminal.subscribe();
@@ -385,10 +383,7 @@ impl Scheduler {
             }
             Action::Finished => {
                 let t = self.task_or_not_found(id).await?;
-                Err(SchedError::Conflict(format!(
-                    "task {id} is already {}; only pending or running tasks can be cancelled",
-                    t.status.as_str()
-                )))
+                Err(cancel_ended(&t))
             }
         }
     }
@@ -582,4 +577,57 @@ impl Scheduler {
 
 pub(crate) fn not_found(id: Uuid) -> String {
     format!("unknown task_id {id}: no such task (list_tasks shows the tasks there are)")
+}
+
+/// The refusal of a wait for ids that name no task.
+pub(crate) fn unknown_ids(missing: &[Uuid]) -> SchedError {
+    let listed: Vec<String> = missing.iter().take(5).map(Uuid::to_string).collect();
+    SchedError::NotFound(format!(
+        "unknown task_ids: {}{}; pass ids returned by task_async",
+        listed.join(", "),
+        if missing.len() > 5 {
+            format!(" and {} more", missing.len() - 5)
+        } else {
+            String::new()
+        }
+    ))
+}
+
+/// The refusal of a cancel of one task of a running workflow.
+pub(crate) fn cancel_in_workflow(id: Uuid, workflow: Uuid) -> SchedError {
+    SchedError::Conflict(format!(
+        "task {id} belongs to workflow {workflow}, whose tasks are cancelled together: use workflow_cancel"
+    ))
+}
+
+/// The refusal of a cancel of a task that has ended.
+pub(crate) fn cancel_ended(t: &Task) -> SchedError {
+    SchedError::Conflict(format!(
+        "task {} is already {}; only pending or running tasks can be cancelled",
+        t.id,
+        t.status.as_str()
+    ))
+}
+
+/// Refuses dependencies that are not among `found` (the tasks that exist of them) or have
+/// already failed or been cancelled: such a task could never start.
+pub(crate) fn check_dependencies(deps: &[Uuid], found: &[Task]) -> Result<(), SchedError> {
+    for dep in deps {
+        match found.iter().find(|t| t.id == *dep) {
+            None => {
+                return Err(SchedError::NotFound(format!(
+                    "dependencies: task {dep} does not exist; list only task ids returned by task_async"
+                )))
+            }
+            Some(t) if matches!(t.status, TaskStatus::Failed | TaskStatus::Cancelled) => {
+                return Err(SchedError::Conflict(format!(
+                    "dependencies: task {dep} ({}) is {}, so this task could never start; task_retry it first or leave it out",
+                    t.name,
+                    t.status.as_str()
+                )))
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(())
 }

@@ -42,24 +42,7 @@ impl Inner {
             return Ok(());
         }
         let found = self.store.tasks(cold.clone()).await?;
-        for dep in &cold {
-            match found.iter().find(|t| t.id == *dep) {
-                None => {
-                    return Err(SchedError::NotFound(format!(
-                        "dependencies: task {dep} does not exist; list only task ids returned by task_async"
-                    )))
-                }
-                Some(t) if matches!(t.status, TaskStatus::Failed | TaskStatus::Cancelled) => {
-                    return Err(SchedError::Conflict(format!(
-                        "dependencies: task {dep} ({}) is {}, so this task could never start; task_retry it first or leave it out",
-                        t.name,
-                        t.status.as_str()
-                    )))
-                }
-                Some(_) => {}
-            }
-        }
-        Ok(())
+        super::check_dependencies(&cold, &found)
     }
 
     /// Makes a reserved (just committed) task schedulable: registers it with the dependencies

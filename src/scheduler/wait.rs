@@ -47,26 +47,13 @@ pub(super) async fn wait(
             .iter()
             .map(|t| t.id)
             .collect();
-        let missing: Vec<String> = cold
+        let missing: Vec<Uuid> = cold
             .iter()
             .filter(|id| !found.contains(id))
-            .map(Uuid::to_string)
+            .copied()
             .collect();
         if !missing.is_empty() {
-            return Err(SchedError::NotFound(format!(
-                "unknown task_ids: {}{}; pass ids returned by task_async",
-                missing
-                    .iter()
-                    .take(5)
-                    .cloned()
-                    .collect::<Vec<_>>()
-                    .join(", "),
-                if missing.len() > 5 {
-                    format!(" and {} more", missing.len() - 5)
-                } else {
-                    String::new()
-                }
-            )));
+            return Err(super::unknown_ids(&missing));
         }
     }
     let deadline = tokio::time::Instant::now() + timeout;

@@ -17,7 +17,7 @@ use std::sync::LazyLock;
 use serde_json::Value;
 use uuid::Uuid;
 
-use super::rows::{new_task_json, task_from_row, TASK_COLUMNS};
+use super::rows::{id_and_status, new_task_json, task_from_row, TASK_COLUMNS};
 use super::Postgres;
 use crate::model::{Task, TaskStatus};
 use crate::store::{OpOutcome, StoreError};
@@ -154,13 +154,7 @@ impl Postgres {
             tx.query(&lock, &[&all_deps])
                 .await?
                 .iter()
-                .map(|r| {
-                    let st: String = r.try_get(1)?;
-                    let status = TaskStatus::parse(&st).ok_or_else(|| {
-                        StoreError::Corrupt(format!("a stored task's status cannot be read: {st}"))
-                    })?;
-                    Ok((r.try_get(0)?, status))
-                })
+                .map(id_and_status)
                 .collect::<Result<_, StoreError>>()?
         };
         // Checked under the share lock: a dependency that failed or was cancelled has already

@@ -33,6 +33,13 @@ fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(format!("a stored task's {what} cannot be read: {e}"))
 }
 
+/// A row's `(task_id, status)` from its first two columns.
+pub fn id_and_status(r: &Row) -> Result<(uuid::Uuid, TaskStatus), StoreError> {
+    let st: String = r.try_get(1)?;
+    let status = TaskStatus::parse(&st).ok_or_else(|| corrupt("status", &st))?;
+    Ok((r.try_get(0)?, status))
+}
+
 pub fn task_from_row(r: &Row) -> Result<Task, StoreError> {
     let status: String = r.try_get(3)?;
     let dependencies: Value = r.try_get(13)?;

@@ -12,7 +12,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use super::logs::{append_in, LogEntry};
-use super::rows::{task_from_row, task_state_json, TASK_COLUMNS};
+use super::rows::{id_and_status, task_from_row, task_state_json, TASK_COLUMNS};
 use super::Postgres;
 use crate::model::{Task, TaskStatus};
 use crate::store::StoreError;
@@ -164,13 +164,7 @@ impl Postgres {
             .query(&finish, &[&Value::Array(rows), &node_id, &ids, &attempts])
             .await?
             .iter()
-            .map(|r| {
-                let st: String = r.try_get(1)?;
-                let status = TaskStatus::parse(&st).ok_or_else(|| {
-                    StoreError::Corrupt(format!("a stored task's status cannot be read: {st}"))
-                })?;
-                Ok((r.try_get(0)?, status))
-            })
+            .map(id_and_status)
             .collect::<Result<_, StoreError>>()?;
         let stored = |id: Uuid| written.iter().find(|(w, _)| *w == id).map(|(_, st)| *st);
         let mut lines = Vec::new();
