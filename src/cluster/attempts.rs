@@ -1,10 +1,11 @@
 //! A node at work: the claim loop, one attempt's life, and the log lines on their way to the
 //! database.
 //!
-//! The loop claims up to its free workers whenever it is woken (a task submitted here, an
-//! attempt ended) and otherwise every poll period, which is what makes it correct: a task
-//! submitted on another node is found at the next look. The same look finds the cancels
-//! requested for its attempts (from any node).
+//! The loop claims up to its free workers whenever it is woken (a task submitted here, tasks
+//! made ready elsewhere — the database's notification —, an attempt ended) and otherwise every
+//! poll period, which is what makes it correct: a task whose notification was missed is found
+//! at the next look. The same look finds the cancels requested for its attempts (from any
+//! node).
 
 use std::sync::Arc;
 use std::time::Duration;
