@@ -23,7 +23,7 @@ use crate::scheduler::state::{RunHandle, STOP_CANCEL, STOP_SHUTDOWN};
 use crate::scheduler::{
     cancel_ended, cancel_in_workflow, not_found, unknown_ids, SchedError, Submitted,
 };
-use crate::store::postgres::{Cancel, NewClusterTask, NodeInfo, Postgres};
+use crate::store::postgres::{Cancel, NewClusterTask, NodeInfo, Postgres, Refused};
 use crate::store::{OpOutcome, StoreError, TaskFilter};
 
 /// How a node runs.
@@ -291,6 +291,21 @@ impl Cluster {
                     .into_iter()
                     .next()
                     .ok_or_else(|| SchedError::NotFound(not_found(id)))
+            }
+        }
+    }
+
+    /// Puts a failed or cancelled task back to pending, with a fresh retry budget.
+    pub async fn retry(&self, id: Uuid) -> Result<Task, SchedError> {
+        if self.inner.stopping.is_cancelled() {
+            return Err(SchedError::ShuttingDown);
+        }
+        match self.inner.db.retry(id).await.map_err(store)? {
+            None => Err(SchedError::NotFound(not_found(id))),
+            Some(Err(Refused(why))) => Err(SchedError::Conflict(why)),
+            Some(Ok(t)) => {
+                self.inner.wake.notify_one();
+                Ok(t)
             }
         }
     }

@@ -266,8 +266,8 @@ impl Core {
 fn not_on_a_cluster() -> ServiceError {
     ServiceError::Conflict(
         "this engine is a node of a cluster (ORCHESTR8_DATABASE_URL), which does not offer this \
-         yet: task_async, task_run, task_status, task_wait, task_cancel, task_logs, list_tasks \
-         and list_agents work there; workflows, task_retry, task_diff, worktrees, webhooks and \
+         yet: task_async, task_run, task_status, task_wait, task_cancel, task_retry, task_logs, \
+         list_tasks and list_agents work there; workflows, task_diff, worktrees, webhooks and \
          the dashboard need the single engine (unset ORCHESTR8_DATABASE_URL) for now"
             .to_string(),
     )
@@ -709,7 +709,11 @@ impl Service {
 
     pub async fn task_retry(&self, a: TaskIdArgs) -> Result<crate::model::TaskView> {
         let id = parse_task_id("task_id", &a.task_id)?;
-        Ok(self.sched()?.retry(id).await?.view())
+        Ok(match &self.core {
+            Core::Local(s) => s.retry(id).await?,
+            Core::Cluster(c) => c.retry(id).await?,
+        }
+        .view())
     }
 
     pub async fn task_logs(&self, a: TaskLogsArgs) -> Result<TaskLogs> {

@@ -99,6 +99,29 @@ async fn tasks_spread_over_every_node_and_are_seen_alike_from_each() {
         ended[1]
     );
     assert_eq!(ended[2]["status"], "cancelled");
+    // A retry from another node runs the failed task again; its cancelled dependent cannot
+    // be retried while its dependency has not completed.
+    let retried = c.call("task_retry", json!({"task_id": broken})).await;
+    assert_eq!(retried["status"], "pending", "{retried}");
+    let again = b.wait_one(&broken, 30).await;
+    assert_eq!(
+        (again["status"].as_str(), again["attempt"].as_u64()),
+        (Some("failed"), Some(2)),
+        "{again}"
+    );
+    assert!(c
+        .log_messages(&broken)
+        .await
+        .iter()
+        .any(|l| l == "retried by request; back to pending"));
+    let child_id = ended[1]["task_id"].as_str().unwrap();
+    let refused = c.call_err("task_retry", json!({"task_id": child_id})).await;
+    assert!(refused.contains("task_retry that one first"), "{refused}");
+    let not_ended = c.call_err("task_retry", json!({"task_id": ids[0]})).await;
+    assert!(
+        not_ended.contains("only failed or cancelled"),
+        "{not_ended}"
+    );
     let refused = c
         .call_err(
             "task_async",

@@ -31,7 +31,7 @@ use super::StoreError;
 pub use claim::{ClaimRequest, NewClusterTask};
 pub use logs::LogEntry;
 pub use nodes::{Lease, NodeInfo};
-pub use settle::{Cancel, Ended, Recorded};
+pub use settle::{Cancel, Ended, Recorded, Refused};
 
 /// The PostgreSQL schema holding every table.
 pub const SCHEMA: &str = "orchestr8";

@@ -17,6 +17,10 @@ use super::Postgres;
 use crate::model::{Task, TaskStatus};
 use crate::store::StoreError;
 
+/// Why a change by request was refused (the message says what to do instead).
+#[derive(Debug, Clone)]
+pub struct Refused(pub String);
+
 /// An attempt's end as its node decided it.
 #[derive(Debug, Clone)]
 pub struct Ended {
@@ -261,6 +265,85 @@ impl Postgres {
         };
         tx.commit().await?;
         Ok(Some(answer))
+    }
+
+    /// A retry by request: a failed or cancelled task (outside workflows) is pending again with
+    /// a fresh retry budget, waiting for its dependencies that have not completed. `None`: no
+    /// such task; `Err(Refused)`: why it cannot be retried.
+    pub async fn retry(&self, id: Uuid) -> Result<Option<Result<Task, Refused>>, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let read = format!("SELECT {TASK_COLUMNS} FROM tasks t WHERE t.task_id = $1 FOR UPDATE");
+        let Some(row) = tx.query_opt(&read, &[&id]).await? else {
+            return Ok(None);
+        };
+        let task = task_from_row(&row)?;
+        if let Some(w) = task.workflow_id {
+            return Ok(Some(Err(Refused(format!(
+                "task {id} belongs to workflow {w}; a workflow's tasks are not retried one by one once it has ended — create a new workflow to run it again"
+            )))));
+        }
+        if !matches!(task.status, TaskStatus::Failed | TaskStatus::Cancelled) {
+            return Ok(Some(Err(Refused(format!(
+                "task {id} is {}; only failed or cancelled tasks can be retried",
+                task.status.as_str()
+            )))));
+        }
+        let deps: Vec<(Uuid, TaskStatus)> = if task.dependencies.is_empty() {
+            Vec::new()
+        } else {
+            tx.query(
+                "SELECT task_id, status FROM tasks WHERE task_id = ANY($1) FOR SHARE",
+                &[&task.dependencies],
+            )
+            .await?
+            .iter()
+            .map(id_and_status)
+            .collect::<Result<_, _>>()?
+        };
+        for dep in &task.dependencies {
+            match deps.iter().find(|(d, _)| d == dep) {
+                None => {
+                    return Ok(Some(Err(Refused(format!(
+                        "task {id} depends on task {dep}, which has been removed; submit the work again as a new task without that dependency"
+                    )))))
+                }
+                Some((_, st @ (TaskStatus::Failed | TaskStatus::Cancelled))) => {
+                    return Ok(Some(Err(Refused(format!(
+                        "task {id} depends on task {dep}, which is {}, so it could never start; task_retry that one first",
+                        st.as_str()
+                    )))))
+                }
+                Some(_) => {}
+            }
+        }
+        let open = super::claim::open_dependencies(&task.dependencies, &deps);
+        let retried = tx
+            .query_one(
+                &format!(
+                    "UPDATE tasks t SET status = 'pending', scheduled_at = now(), started_at = NULL,
+                         completed_at = NULL, result = NULL, error = NULL,
+                         retry_floor = t.attempt, deps_open = $2, cancel_requested = false,
+                         pid = NULL, pid_start = NULL, updated_at = now()
+                     WHERE t.task_id = $1
+                     RETURNING {TASK_COLUMNS}"
+                ),
+                &[&id, &open],
+            )
+            .await?;
+        let task = task_from_row(&retried)?;
+        append_in(
+            &tx,
+            &[LogEntry {
+                task_id: id,
+                level: "info",
+                message: "retried by request; back to pending".into(),
+            }],
+        )
+        .await?;
+        super::notify::notify_ready(&tx).await?;
+        tx.commit().await?;
+        Ok(Some(Ok(task)))
     }
 
     /// The tasks `node_id` runs that somebody asked to cancel.
