@@ -100,12 +100,7 @@ pub(super) async fn claim_loop(inner: Arc<Inner>) {
         }
         // At once, not after a polite SIGTERM: the cluster may start them elsewhere soon.
         let node = inner.me.node_id.clone();
-        let _ = tokio::task::spawn_blocking(move || {
-            for g in crate::runner::orphans::groups_with_env(super::warden::NODE_ENV, &node) {
-                crate::runner::process::signal_group(g, nix::sys::signal::Signal::SIGKILL);
-            }
-        })
-        .await;
+        let _ = tokio::task::spawn_blocking(move || super::warden::sweep(&node)).await;
     }
     tracing::debug!("claim loop stopped");
 }

@@ -19,7 +19,7 @@ use super::{rescuer, Lifeline};
 use crate::agents::AgentRegistry;
 use crate::model::Task;
 use crate::runner::Runners;
-use crate::scheduler::state::{RunHandle, STOP_CANCEL, STOP_SHUTDOWN};
+use crate::scheduler::state::{RunHandle, STOP_CANCEL};
 use crate::scheduler::{
     cancel_ended, cancel_in_workflow, not_found, unknown_ids, SchedError, Submitted,
 };
@@ -382,26 +382,13 @@ impl Cluster {
         d.rescuer_stop.cancel();
         finish_duty("the rescuer", d.rescuer).await;
         finish_duty("the listener", d.listener).await;
-        let deadline = tokio::time::Instant::now() + grace;
-        while self.in_flight() && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-        let handles: Vec<RunHandle> = inner.running().values().cloned().collect();
-        if !handles.is_empty() {
-            tracing::info!(
-                "shutdown grace over; stopping {} running task(s), another node (or the next start) runs them again",
-                handles.len()
-            );
-        }
-        for h in &handles {
-            h.stop(STOP_SHUTDOWN);
-        }
-        let hard = tokio::time::Instant::now()
-            + crate::runner::process::KILL_GRACE
-            + Duration::from_secs(5);
-        while self.in_flight() && tokio::time::Instant::now() < hard {
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
+        crate::scheduler::stop_after_grace(
+            grace,
+            || self.in_flight(),
+            || inner.running().values().cloned().collect(),
+            "another node (or the next start) runs them again",
+        )
+        .await;
         let _ = tokio::time::timeout(DUTY_STOP, inner.logs.flush()).await;
         d.warden.release().await;
         if tokio::time::timeout(DUTY_STOP, d.lifeline.leave())

@@ -115,7 +115,7 @@ pub fn run(node_id: &str, stale_after: Duration) -> i32 {
 }
 
 /// Kills the node's process groups until none is left (or a while has passed); whether none is.
-fn sweep(node_id: &str) -> bool {
+pub(super) fn sweep(node_id: &str) -> bool {
     let deadline = Instant::now() + SWEEP_LIMIT;
     let mut killed = std::collections::HashSet::new();
     loop {

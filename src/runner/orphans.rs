@@ -38,16 +38,7 @@ pub fn groups_by_task(attempts: &HashSet<Attempt>, db: &str) -> HashMap<String, 
         return found;
     }
     let own_group = i64::from(nix::unistd::getpgrp().as_raw());
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return found;
-    };
-    for entry in entries.flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i64>() else {
-            continue;
-        };
-        let Ok(environ) = std::fs::read(entry.path().join("environ")) else {
-            continue;
-        };
+    for (pid, environ) in environments() {
         let var = |name: &[u8]| {
             environ
                 .split(|b| *b == 0)
@@ -126,16 +117,7 @@ pub fn groups_with_env(name: &str, value: &str) -> Vec<i64> {
     let own_group = i64::from(nix::unistd::getpgrp().as_raw());
     let wanted = format!("{name}={value}");
     let mut found = Vec::new();
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return found;
-    };
-    for entry in entries.flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i64>() else {
-            continue;
-        };
-        let Ok(environ) = std::fs::read(entry.path().join("environ")) else {
-            continue;
-        };
+    for (pid, environ) in environments() {
         if !environ.split(|b| *b == 0).any(|kv| kv == wanted.as_bytes()) {
             continue;
         }
@@ -146,6 +128,20 @@ pub fn groups_with_env(name: &str, value: &str) -> Vec<i64> {
         }
     }
     found
+}
+
+/// Every process whose environment this process may read (its user's), with that
+/// environment as `/proc/<pid>/environ` has it: `NAME=value` entries separated by NULs.
+fn environments() -> impl Iterator<Item = (i64, Vec<u8>)> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| {
+            let pid = entry.file_name().to_string_lossy().parse::<i64>().ok()?;
+            let environ = std::fs::read(entry.path().join("environ")).ok()?;
+            Some((pid, environ))
+        })
 }
 
 /// Process group of a process (field 5 of `/proc/<pid>/stat`).

@@ -544,34 +544,53 @@ impl Scheduler {
     pub async fn shutdown(&self, grace: Duration) {
         let inner = &self.inner;
         inner.stopping.cancel();
-        let deadline = tokio::time::Instant::now() + grace;
-        while inner.lock().busy() && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-        let handles: Vec<_> = inner
-            .lock()
-            .hot
-            .values()
-            .filter_map(|h| match &h.wait {
-                Wait::Running(handle) => Some(handle.clone()),
-                _ => None,
-            })
-            .collect();
-        if !handles.is_empty() {
-            tracing::info!(
-                "shutdown grace over; stopping {} running task(s), they will run again at next start",
-                handles.len()
-            );
-        }
-        for h in &handles {
-            h.stop(STOP_SHUTDOWN);
-        }
-        let hard = tokio::time::Instant::now()
-            + crate::runner::process::KILL_GRACE
-            + Duration::from_secs(5);
-        while inner.lock().busy() && tokio::time::Instant::now() < hard {
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
+        stop_after_grace(
+            grace,
+            || inner.lock().busy(),
+            || {
+                inner
+                    .lock()
+                    .hot
+                    .values()
+                    .filter_map(|h| match &h.wait {
+                        Wait::Running(handle) => Some(handle.clone()),
+                        _ => None,
+                    })
+                    .collect()
+            },
+            "they will run again at next start",
+        )
+        .await;
+    }
+}
+
+/// The end of a graceful shutdown, alike for the single engine and a cluster node: attempts
+/// get `grace` to end by themselves, then are stopped (their tasks go back to pending without
+/// using up an attempt: `then` says who runs them), and are waited for a while longer.
+pub(crate) async fn stop_after_grace(
+    grace: Duration,
+    busy: impl Fn() -> bool,
+    running: impl Fn() -> Vec<state::RunHandle>,
+    then: &str,
+) {
+    let deadline = tokio::time::Instant::now() + grace;
+    while busy() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let handles = running();
+    if !handles.is_empty() {
+        tracing::info!(
+            "shutdown grace over; stopping {} running task(s), {then}",
+            handles.len()
+        );
+    }
+    for h in &handles {
+        h.stop(STOP_SHUTDOWN);
+    }
+    let hard =
+        tokio::time::Instant::now() + crate::runner::process::KILL_GRACE + Duration::from_secs(5);
+    while busy() && tokio::time::Instant::now() < hard {
+        tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
 

@@ -67,16 +67,7 @@ async fn start_node(bin: &Path, s: &Settings<'_>, queues: Option<&str>) -> Resul
 async fn stop_nodes(bin: &Path, s: &Settings<'_>, nodes: Vec<Node>) -> Result<()> {
     for n in nodes {
         n.client.stop().await?;
-        // With the node's own settings: the stop reaches the engine that has them.
-        let status = node_cmd(bin, n.dir.path(), s)
-            .arg("stop")
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .status()
-            .await?;
-        if !status.success() {
-            bail!("stop failed: {status}");
-        }
+        crate::stop_with(node_cmd(bin, n.dir.path(), s)).await?;
     }
     Ok(())
 }
@@ -89,14 +80,18 @@ async fn round(bin: &Path, s: &Settings<'_>, count: usize) -> Result<(f64, Stat)
     }
     // Every node has joined and listens before anything is measured.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let c = &mut nodes[0].client;
+    let measured = through(&mut nodes[0].client, s).await?;
+    stop_nodes(bin, s, nodes).await?;
+    Ok(measured)
+}
+
+/// Dispatch latency, then throughput, through one session.
+async fn through(c: &mut Client, s: &Settings<'_>) -> Result<(f64, Stat)> {
     let dispatch = dispatch_latency(c, s.dispatches).await?;
     let began = std::time::Instant::now();
     let ids = submit_many(c, s.tasks, "noop", None).await?;
     wait_all(c, &ids).await?;
-    let rate = s.tasks as f64 / began.elapsed().as_secs_f64();
-    stop_nodes(bin, s, nodes).await?;
-    Ok((rate, dispatch))
+    Ok((s.tasks as f64 / began.elapsed().as_secs_f64(), dispatch))
 }
 
 /// The same round on a single DuckDB engine.
@@ -104,13 +99,9 @@ async fn duck_round(bin: &Path, s: &Settings<'_>) -> Result<(f64, Stat)> {
     let dir = tempfile::tempdir()?;
     write_agents(dir.path())?;
     let mut c = Client::start(crate::server_cmd(bin, dir.path(), s.workers)).await?;
-    let dispatch = dispatch_latency(&mut c, s.dispatches).await?;
-    let began = std::time::Instant::now();
-    let ids = submit_many(&mut c, s.tasks, "noop", None).await?;
-    wait_all(&mut c, &ids).await?;
-    let rate = s.tasks as f64 / began.elapsed().as_secs_f64();
+    let measured = through(&mut c, s).await?;
     crate::finish(c, bin, dir.path()).await?;
-    Ok((rate, dispatch))
+    Ok(measured)
 }
 
 /// The engine processes of a node's folder.

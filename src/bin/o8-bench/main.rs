@@ -150,7 +150,12 @@ async fn engine_pid(bin: &Path, dir: &Path) -> Result<u32> {
 /// Stops the engine of `dir` and waits until it is gone (so the next start measures a cold
 /// engine).
 async fn stop_engine(bin: &Path, dir: &Path) -> Result<()> {
-    let status = server_cmd(bin, dir, 1)
+    stop_with(server_cmd(bin, dir, 1)).await
+}
+
+/// The `stop` command with the settings of `cmd` (an engine is reached with its own).
+async fn stop_with(mut cmd: Command) -> Result<()> {
+    let status = cmd
         .arg("stop")
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
