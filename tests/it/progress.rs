@@ -64,7 +64,7 @@ async fn task_wait_reports_progress_while_it_blocks() {
 async fn task_run_hands_off_and_answers_the_result() {
     let env = Env::new();
     env.shell_agent("echo", "cat", "");
-    env.shell_agent("slow", "echo warming up >&2; sleep 4; echo slow result", "");
+    env.shell_agent("slow", "echo warming up >&2; sleep 6; echo slow result", "");
     env.shell_agent("fails", "echo broken >&2; exit 3", "");
     let s = env.start().await;
 
