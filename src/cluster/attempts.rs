@@ -201,12 +201,12 @@ async fn attempt(inner: Arc<Inner>, task: Task, instructions: String, handle: Ru
     };
     // The attempt's own lines go first, so the log reads in order.
     inner.logs.flush().await;
-    let status = ended.next.status;
     match record(&inner, ended).await {
-        Some(Recorded::Done) => {
-            tracing::debug!(task_id = %id, status = status.as_str(), "attempt recorded");
+        Some((Recorded::Done, next)) => {
+            tracing::debug!(task_id = %id, status = next.status.as_str(), "attempt recorded");
+            tell_if_ended(&inner, next).await;
         }
-        Some(Recorded::Fenced) => tracing::warn!(
+        Some((Recorded::Fenced, _)) => tracing::warn!(
             task_id = %id,
             "the end of attempt {attempt_no} was not recorded: the cluster had given the task to another node"
         ),
@@ -214,6 +214,26 @@ async fn attempt(inner: Arc<Inner>, task: Task, instructions: String, handle: Ru
     }
     inner.running().remove(&id);
     inner.wake.notify_one();
+}
+
+/// Tells the notifier of a recorded end that left the task terminal. An end recorded as a
+/// retry may have been turned into a cancel (one was asked for meanwhile): that one is read
+/// back to tell.
+async fn tell_if_ended(inner: &Inner, next: Task) {
+    let task = if next.status.is_terminal() {
+        Some(next)
+    } else {
+        match inner.db.task(next.id).await {
+            Ok(found) => found.map(|(t, _)| t).filter(|t| t.status.is_terminal()),
+            Err(e) => {
+                tracing::debug!(task_id = %next.id, "could not read the recorded end back ({e})");
+                None
+            }
+        }
+    };
+    if let Some(t) = task {
+        inner.notifier.task_finished(&t);
+    }
 }
 
 /// The task's agent, read again here (an edited file takes effect), and its runner.
@@ -242,8 +262,8 @@ fn storable(s: &mut Option<String>) {
 /// Records an end, trying again while the database is unreachable: the outcome is kept until
 /// it lands, or until the node is given up (then the rescuer settles the task) or, stopping,
 /// has tried a few times. An end the database refuses as it is (a value it cannot store) is
-/// recorded as a failure that says so.
-async fn record(inner: &Inner, mut ended: Ended) -> Option<Recorded> {
+/// recorded as a failure that says so. Returns what was recorded, and the task's state as sent.
+async fn record(inner: &Inner, mut ended: Ended) -> Option<(Recorded, Task)> {
     storable(&mut ended.next.result);
     storable(&mut ended.next.error);
     let mut pause = Duration::from_millis(50);
@@ -254,7 +274,7 @@ async fn record(inner: &Inner, mut ended: Ended) -> Option<Recorded> {
             .finish(&inner.me.node_id, std::slice::from_ref(&ended))
             .await
         {
-            Ok(r) => return r.first().copied(),
+            Ok(r) => return r.first().map(|r| (*r, ended.next)),
             Err(e @ (StoreError::Unexpected(_) | StoreError::Conflict(_)))
                 if ended.next.result.is_some() || ended.next.metadata.is_some() =>
             {

@@ -20,4 +20,4 @@ pub mod warden;
 
 pub use lifeline::Lifeline;
 pub use node::{host_binding, node_id, parse_queues, valid_queue, QueueError, DEFAULT_QUEUE};
-pub use scheduler::{Cluster, ClusterConfig};
+pub use scheduler::{Cluster, ClusterConfig, Leaving};

@@ -4,11 +4,13 @@
 //! A round records each task's new state and the log lines that explain it, and what a task
 //! that failed for good sets off among its dependents (they are cancelled).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
 use crate::model::{Task, TaskStatus};
+use crate::notifier::Notifier;
 use crate::scheduler::interrupted::{self, Cause};
 use crate::store::postgres::Postgres;
 use crate::store::StoreError;
@@ -23,13 +25,13 @@ pub fn period(lease: Duration) -> Duration {
 }
 
 /// One round: settles every orphaned running task (see `Postgres::rescue_orphans`). Returns
-/// how many. Only the leader should call it; any node could, safely: each task is settled once,
+/// their new states. Only the leader should call it; any node could, safely: each task is settled once,
 /// in the transaction that locks it.
 ///
 /// `grace`: how long past its lease a node is given before it is given up (its own deadline
 /// comes a little before the lease ends; the grace lets its processes be gone for sure).
-pub async fn rescue_round(db: &Postgres, grace: Duration) -> Result<usize, StoreError> {
-    let mut settled = 0;
+pub async fn rescue_round(db: &Postgres, grace: Duration) -> Result<Vec<Task>, StoreError> {
+    let mut settled = Vec::new();
     loop {
         let rescued = db
             .rescue_orphans(BATCH, grace, |task, was_on, cancel, now| {
@@ -42,7 +44,7 @@ pub async fn rescue_round(db: &Postgres, grace: Duration) -> Result<usize, Store
         for t in &rescued {
             tracing::warn!(task_id = %t.id, status = t.status.as_str(), "rescued a task of a node the cluster gave up");
         }
-        settled += rescued.len();
+        settled.extend(rescued);
     }
 }
 
@@ -71,16 +73,28 @@ pub fn settle_orphan(
 }
 
 /// The background duty: tries for the leadership every period and, while it holds it, runs a
-/// rescue round each time. Ends when `stop` fires.
-pub async fn run(db: Postgres, me: String, lease: Duration, stop: CancellationToken) {
+/// rescue round each time; the tasks a round ended (failed for good, or cancelled as asked) are
+/// told to the notifier. Ends when `stop` fires.
+pub async fn run(
+    db: Postgres,
+    me: String,
+    lease: Duration,
+    notifier: Arc<dyn Notifier>,
+    stop: CancellationToken,
+) {
     let every = period(lease);
     loop {
         match db.elect(&me, lease).await {
-            Ok(Some(_term)) => {
-                if let Err(e) = rescue_round(&db, every).await {
-                    tracing::warn!("rescuing the tasks of dead nodes failed ({e}); trying again");
+            Ok(Some(_term)) => match rescue_round(&db, every).await {
+                Ok(settled) => {
+                    for t in settled.iter().filter(|t| t.status.is_terminal()) {
+                        notifier.task_finished(t);
+                    }
                 }
-            }
+                Err(e) => {
+                    tracing::warn!("rescuing the tasks of dead nodes failed ({e}); trying again")
+                }
+            },
             Ok(None) => {}
             Err(e) => tracing::warn!("could not take part in the leader election: {e}"),
         }

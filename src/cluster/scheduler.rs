@@ -18,6 +18,7 @@ use super::attempts::{self, LogSink};
 use super::{rescuer, Lifeline};
 use crate::agents::AgentRegistry;
 use crate::model::Task;
+use crate::notifier::Notifier;
 use crate::runner::Runners;
 use crate::scheduler::state::{RunHandle, STOP_CANCEL};
 use crate::scheduler::{
@@ -55,6 +56,8 @@ pub(super) struct Inner {
     /// Fired when the cluster has given this node up: its attempts stop, unrecorded.
     pub given_up: CancellationToken,
     pub logs: LogSink,
+    /// Told of every task this node saw end (its attempts, its cancels, its rescues).
+    pub notifier: Arc<dyn Notifier>,
 }
 
 impl Inner {
@@ -91,6 +94,7 @@ impl Cluster {
         cfg: ClusterConfig,
         agents: AgentRegistry,
         runners: Runners,
+        notifier: Arc<dyn Notifier>,
     ) -> Result<Cluster, StoreError> {
         // Before anything can run: without its warden a node killed with -9 would leave its
         // attempts running beside their next ones.
@@ -113,12 +117,14 @@ impl Cluster {
             wake: Arc::new(Notify::new()),
             stopping: CancellationToken::new(),
             given_up: lifeline.given_up(),
+            notifier: notifier.clone(),
         });
         let rescuer_stop = CancellationToken::new();
         let rescuer = tokio::spawn(rescuer::run(
             db,
             me.node_id.clone(),
             cfg.lease,
+            notifier,
             rescuer_stop.clone(),
         ));
         let claims = tokio::spawn(attempts::claim_loop(inner.clone()));
@@ -233,6 +239,24 @@ impl Cluster {
         self.inner.db.list_tasks(f).await.map_err(store)
     }
 
+    /// Every delivery attempt for a task's or a workflow's webhook events, by any node.
+    pub async fn webhook_history(
+        &self,
+        task_id: Option<Uuid>,
+        workflow_id: Option<Uuid>,
+    ) -> Result<Vec<crate::model::WebhookAttempt>, SchedError> {
+        self.inner
+            .db
+            .webhook_history(task_id, workflow_id)
+            .await
+            .map_err(store)
+    }
+
+    /// Webhook events the cluster still owes.
+    pub async fn webhooks_owed(&self) -> Result<u64, SchedError> {
+        self.inner.db.webhooks_owed().await.map_err(store)
+    }
+
     pub async fn count_by_status(&self) -> Result<Vec<(String, u64)>, SchedError> {
         self.inner.db.count_by_status().await.map_err(store)
     }
@@ -276,7 +300,10 @@ impl Cluster {
         };
         match found {
             None => Err(SchedError::NotFound(not_found(id))),
-            Some(Cancel::Cancelled(t)) => Ok(t),
+            Some(Cancel::Cancelled(t)) => {
+                inner.notifier.task_finished(&t);
+                Ok(t)
+            }
             Some(Cancel::Ended(t)) => Err(cancel_ended(&t)),
             Some(Cancel::Asked { node }) => {
                 // Running here: stopped at once. Elsewhere: its node sees the request at its
@@ -367,15 +394,16 @@ impl Cluster {
         self.running_here() > 0
     }
 
-    /// Graceful shutdown: nothing new is claimed; running attempts get `grace` to end, then are
-    /// stopped and put back to pending without using up an attempt (any node may take them).
-    /// Then the node leaves the cluster.
-    pub async fn shutdown(&self, grace: Duration) {
+    /// Graceful shutdown, first step: nothing new is claimed; running attempts get `grace` to
+    /// end, then are stopped and put back to pending without using up an attempt (any node
+    /// may take them). The node is still a member until [`Leaving::leave`]: what it still has
+    /// to finish under its lease (webhook sends) goes in between.
+    pub async fn wind_down(&self, grace: Duration) -> Option<Leaving> {
         let inner = &self.inner;
         inner.stopping.cancel();
         inner.wake.notify_one();
         let duties = self.duties.lock().unwrap_or_else(|e| e.into_inner()).take();
-        let Some(d) = duties else { return };
+        let d = duties?;
         // The claim loop first: a claim in flight brings its attempts in before they are
         // counted. A duty stuck on an unanswering database is not waited for long.
         finish_duty("the claim loop", d.claims).await;
@@ -390,14 +418,33 @@ impl Cluster {
         )
         .await;
         let _ = tokio::time::timeout(DUTY_STOP, inner.logs.flush()).await;
-        d.warden.release().await;
-        if tokio::time::timeout(DUTY_STOP, d.lifeline.leave())
+        Some(Leaving {
+            node_id: inner.me.node_id.clone(),
+            warden: d.warden,
+            lifeline: d.lifeline,
+        })
+    }
+}
+
+/// A node that has wound down and has yet to leave the cluster.
+pub struct Leaving {
+    node_id: String,
+    warden: super::warden::Warden,
+    lifeline: Lifeline,
+}
+
+impl Leaving {
+    /// Graceful shutdown, last step: the node's warden lets go and the node leaves the cluster
+    /// (its lease ends now, its leadership and unattempted webhook claims are let go).
+    pub async fn leave(self) {
+        self.warden.release().await;
+        if tokio::time::timeout(DUTY_STOP, self.lifeline.leave())
             .await
             .is_err()
         {
             tracing::warn!("could not leave the cluster in time; the node's lease will expire");
         }
-        tracing::info!(node = %inner.me.node_id, "left the cluster");
+        tracing::info!(node = %self.node_id, "left the cluster");
     }
 }
 

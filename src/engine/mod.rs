@@ -25,6 +25,7 @@ use crate::dashboard::Door;
 use crate::link::rpc::{Frontends, StopRequests};
 use crate::link::server::LocalSocket;
 use crate::notifier::delivery::{Deliverer, WebhookSettings};
+use crate::notifier::outbox::Outbox;
 use crate::notifier::signature::WebhookSecret;
 use crate::notifier::EngineNotifier;
 use crate::rest::{self, RestSettings};
@@ -72,9 +73,11 @@ enum Running {
         /// Removes finished work past the retention period (none without one).
         pruner: Option<pruner::Pruner>,
     },
-    /// A node of a cluster on PostgreSQL; the lock file keeps one engine per path here.
+    /// A node of a cluster on PostgreSQL, with its share of the cluster's webhook delivery;
+    /// the lock file keeps one engine per path here.
     Cluster {
         cluster: Cluster,
+        deliverer: Deliverer,
         _lock: nix::fcntl::Flock<std::fs::File>,
     },
 }
@@ -99,7 +102,19 @@ impl Running {
                 deliverer.shutdown(Duration::from_secs(2)).await;
                 store.close();
             }
-            Running::Cluster { cluster, _lock } => cluster.shutdown(grace).await,
+            Running::Cluster {
+                cluster,
+                deliverer,
+                _lock,
+            } => {
+                let leaving = cluster.wind_down(grace).await;
+                // Sends in flight finish under the node's claims, before it leaves and lets
+                // go of the claims it did not attempt.
+                deliverer.shutdown(Duration::from_secs(2)).await;
+                if let Some(l) = leaving {
+                    l.leave().await;
+                }
+            }
         }
     }
 }
@@ -200,31 +215,7 @@ impl Engine {
                 start_local(cfg, store, secret, agents, runners, &frontends, &db_path).await?
             }
             Held::Cluster(db, lock) => {
-                let node = this_node(cfg)?;
-                let cluster = Cluster::start(
-                    db,
-                    node,
-                    ClusterConfig {
-                        workers: cfg.workers as usize,
-                        retry_backoff_base_ms: cfg.retry_backoff_base_ms,
-                        lease: Duration::from_secs(cfg.node_lease_seconds),
-                        poll: Duration::from_millis(cfg.claim_poll_ms),
-                        instance: cluster_instance(cfg),
-                    },
-                    agents,
-                    runners,
-                )
-                .await
-                .map_err(|e| {
-                    OpenError::Failed(anyhow::Error::new(e).context("joining the cluster"))
-                })?;
-                (
-                    Running::Cluster {
-                        cluster: cluster.clone(),
-                        _lock: lock,
-                    },
-                    Core::Cluster(cluster),
-                )
+                start_cluster(cfg, db, lock, secret, agents, runners, &frontends).await?
             }
         };
         let service = Service::new(core);
@@ -327,7 +318,9 @@ impl Engine {
             Running::Local {
                 sched, deliverer, ..
             } => (sched.in_flight(), deliverer.owed().await),
-            Running::Cluster { cluster, .. } => (cluster.needed().await, false),
+            Running::Cluster {
+                cluster, deliverer, ..
+            } => (cluster.needed().await, deliverer.owed().await),
         };
         lifetime::Needs {
             sessions: self.frontends.count(),
@@ -486,6 +479,71 @@ fn cluster_instance(cfg: &Config) -> String {
     }
 }
 
+fn webhook_settings(cfg: &Config, secret: Option<WebhookSecret>) -> WebhookSettings {
+    WebhookSettings {
+        max_attempts: cfg.webhook_max_attempts,
+        backoff_base_ms: cfg.webhook_backoff_base_ms,
+        backoff_max_ms: cfg.webhook_backoff_max_ms,
+        timeout_ms: cfg.webhook_timeout_ms,
+        secret,
+    }
+}
+
+/// Joins the cluster as a new node: its share of webhook delivery, then its scheduler (the
+/// lease, the leader's rescue, claiming).
+async fn start_cluster(
+    cfg: &Config,
+    db: Postgres,
+    lock: nix::fcntl::Flock<std::fs::File>,
+    secret: Option<WebhookSecret>,
+    agents: AgentRegistry,
+    runners: Runners,
+    frontends: &Frontends,
+) -> Result<(Running, Core), OpenError> {
+    let node = this_node(cfg)?;
+    let outbox = Outbox::Cluster {
+        db: db.clone(),
+        node_id: node.node_id.clone(),
+    };
+    let deliverer = Deliverer::start(outbox, webhook_settings(cfg, secret))
+        .map_err(|e| OpenError::Failed(anyhow::anyhow!(e)))?;
+    let notifier = Arc::new(EngineNotifier::new(
+        Some(deliverer.clone()),
+        frontends.channels().clone(),
+    ));
+    let started = Cluster::start(
+        db,
+        node,
+        ClusterConfig {
+            workers: cfg.workers as usize,
+            retry_backoff_base_ms: cfg.retry_backoff_base_ms,
+            lease: Duration::from_secs(cfg.node_lease_seconds),
+            poll: Duration::from_millis(cfg.claim_poll_ms),
+            instance: cluster_instance(cfg),
+        },
+        agents,
+        runners,
+        notifier,
+    )
+    .await;
+    match started {
+        Ok(cluster) => Ok((
+            Running::Cluster {
+                cluster: cluster.clone(),
+                deliverer,
+                _lock: lock,
+            },
+            Core::Cluster(cluster),
+        )),
+        Err(e) => {
+            deliverer.shutdown(Duration::ZERO).await;
+            Err(OpenError::Failed(
+                anyhow::Error::new(e).context("joining the cluster"),
+            ))
+        }
+    }
+}
+
 /// Starts the single engine on its file: webhook delivery, then the scheduler with crash
 /// recovery.
 async fn start_local(
@@ -497,17 +555,8 @@ async fn start_local(
     frontends: &Frontends,
     db_path: &std::path::Path,
 ) -> Result<(Running, Core), OpenError> {
-    let deliverer = Deliverer::start(
-        store.clone(),
-        WebhookSettings {
-            max_attempts: cfg.webhook_max_attempts,
-            backoff_base_ms: cfg.webhook_backoff_base_ms,
-            backoff_max_ms: cfg.webhook_backoff_max_ms,
-            timeout_ms: cfg.webhook_timeout_ms,
-            secret,
-        },
-    )
-    .map_err(|e| OpenError::Failed(anyhow::anyhow!(e)))?;
+    let deliverer = Deliverer::start(Outbox::Local(store.clone()), webhook_settings(cfg, secret))
+        .map_err(|e| OpenError::Failed(anyhow::anyhow!(e)))?;
     let sched = Scheduler::start(
         SchedConfig {
             workers: cfg.workers as usize,

@@ -2,7 +2,10 @@
 //! attempt record per POST.
 
 use serde::{Deserialize, Serialize};
+use serde_json::json;
 use uuid::Uuid;
+
+use super::{rfc3339, Task, TaskStatus};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum DeliveryStatus {
@@ -49,6 +52,54 @@ pub struct WebhookEvent {
     pub next_attempt_us: i64,
     pub last_error: Option<String>,
     pub created_us: i64,
+}
+
+impl WebhookEvent {
+    /// A new owed event: the payload `{"type", "timestamp", "data"}` is built here, once, and
+    /// never changes.
+    pub fn new(
+        kind: String,
+        url: &str,
+        task_id: Option<Uuid>,
+        workflow_id: Option<Uuid>,
+        data: serde_json::Value,
+        now_us: i64,
+    ) -> WebhookEvent {
+        WebhookEvent {
+            id: format!("msg_{}", Uuid::now_v7().simple()),
+            payload: json!({"type": kind, "timestamp": rfc3339(now_us), "data": data}).to_string(),
+            event_type: kind,
+            task_id,
+            workflow_id,
+            url: url.to_string(),
+            status: DeliveryStatus::Pending,
+            attempts: 0,
+            next_attempt_us: now_us,
+            last_error: None,
+            created_us: now_us,
+        }
+    }
+
+    /// The event owed for a task that has just reached a terminal state, if it has a webhook.
+    /// Both storage drivers write it in the transaction of that state.
+    pub fn for_task(t: &Task, now_us: i64) -> Option<WebhookEvent> {
+        let url = t.webhook_url.as_deref()?;
+        let kind = match t.status {
+            TaskStatus::Completed => "task.completed",
+            TaskStatus::Failed => "task.failed",
+            TaskStatus::Cancelled => "task.cancelled",
+            TaskStatus::Pending | TaskStatus::Running => return None,
+        };
+        let data = serde_json::to_value(t.view()).unwrap_or_default();
+        Some(WebhookEvent::new(
+            kind.into(),
+            url,
+            Some(t.id),
+            None,
+            data,
+            now_us,
+        ))
+    }
 }
 
 /// One delivery attempt, as `webhook_history` lists it.

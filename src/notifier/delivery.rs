@@ -1,10 +1,15 @@
 //! Webhook delivery: sends owed outbox events from its own tokio tasks, never in a worker's path.
 //!
-//! One loop reads due events from the store and starts one attempt per event (an in-flight set
-//! keeps an event from being sent twice at once). Attempts to one host share a small semaphore,
-//! so a dead or slow receiver holds up only its own deliveries. Each attempt's outcome and the
-//! event's next state are committed together; the store is the only queue, so owed events are
-//! resumed after any restart.
+//! One loop takes due events from the [`Outbox`] and starts one attempt per event (an in-flight
+//! set keeps an event from being sent twice at once here). Attempts to one host share a small
+//! semaphore, so a dead or slow receiver holds up only its own deliveries. Each attempt's outcome
+//! and the event's next state are committed together; the outbox is the only queue, so owed
+//! events are resumed after any restart.
+//!
+//! On a cluster every node runs this loop, and an event is taken with a claim of
+//! `2 × timeout + 5 s`. A send starts only if it can end (the request's timeout) a second
+//! before the claim does; otherwise the claim is let go unattempted. So two nodes never send
+//! one event at once, unless a node is frozen in the middle of a send for longer than its claim.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -15,15 +20,20 @@ use reqwest::header::{CONTENT_TYPE, USER_AGENT};
 use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 
+use super::outbox::{Outbox, Taken};
 use super::signature::WebhookSecret;
 use crate::model::{now_us, DeliveryStatus, WebhookAttempt, WebhookEvent};
 use crate::runner::http::{error_chain, retry_after};
-use crate::store::{Store, WriteOp};
 
 /// Attempts in flight to one host (`host:port`) at a time.
 const PER_HOST: usize = 4;
 /// Owed events read per pass of the loop.
 const BATCH: u32 = 256;
+/// The most events a cluster node holds claims on at once: no more than it can send inside
+/// their claims, so other nodes take the rest.
+const CLAIMS_HELD: usize = 32;
+/// A send must be able to end this long before its claim does.
+const CLAIM_MARGIN: Duration = Duration::from_secs(1);
 
 /// Delivery settings (the `ORCHESTR8_WEBHOOK_*` variables).
 #[derive(Clone)]
@@ -36,7 +46,7 @@ pub struct WebhookSettings {
 }
 
 struct Inner {
-    store: Arc<Store>,
+    outbox: Outbox,
     client: reqwest::Client,
     settings: WebhookSettings,
     wake: Notify,
@@ -63,7 +73,7 @@ enum Verdict {
 
 impl Deliverer {
     /// Starts the delivery loop; owed events left by a previous run go out at once.
-    pub fn start(store: Arc<Store>, settings: WebhookSettings) -> Result<Deliverer, String> {
+    pub fn start(outbox: Outbox, settings: WebhookSettings) -> Result<Deliverer, String> {
         let client = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(Duration::from_millis(settings.timeout_ms))
@@ -71,7 +81,7 @@ impl Deliverer {
             .map_err(|e| format!("could not set up the webhook HTTP client: {e}"))?;
         let d = Deliverer {
             inner: Arc::new(Inner {
-                store,
+                outbox,
                 client,
                 settings,
                 wake: Notify::new(),
@@ -94,12 +104,7 @@ impl Deliverer {
     /// that cannot tell counts as owing.
     pub async fn owed(&self) -> bool {
         !lock(&self.inner.in_flight).is_empty()
-            || self
-                .inner
-                .store
-                .webhooks_owed()
-                .await
-                .map_or(true, |n| n > 0)
+            || self.inner.outbox.owed().await.map_or(true, |n| n > 0)
     }
 
     /// Stops starting attempts, lets those in flight finish for up to `grace`, then abandons
@@ -118,14 +123,32 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+impl Inner {
+    /// How long a cluster node's claim on an event lasts: room for a wait on the host's
+    /// semaphore, then one send of at most the timeout.
+    fn hold(&self) -> Duration {
+        2 * Duration::from_millis(self.settings.timeout_ms) + Duration::from_secs(5)
+    }
+}
+
 async fn run(inner: Arc<Inner>) {
     loop {
-        let now = now_us();
-        match inner.store.due_webhook_events(now, BATCH).await {
+        let room = if inner.outbox.claims() {
+            CLAIMS_HELD.saturating_sub(lock(&inner.in_flight).len()) as u32
+        } else {
+            BATCH
+        };
+        let mut took_any = false;
+        let taken = match room {
+            0 => Ok(Vec::new()),
+            n => inner.outbox.due(n, inner.hold()).await,
+        };
+        match taken {
             Ok(events) => {
-                for ev in events {
-                    if lock(&inner.in_flight).insert(ev.id.clone()) {
-                        tokio::spawn(attempt(inner.clone(), ev));
+                for taken in events {
+                    took_any = true;
+                    if lock(&inner.in_flight).insert(taken.event.id.clone()) {
+                        tokio::spawn(attempt(inner.clone(), taken));
                     }
                 }
             }
@@ -137,12 +160,16 @@ async fn run(inner: Arc<Inner>) {
                 }
             }
         }
-        let next = inner.store.next_webhook_due(now).await.ok().flatten();
+        let next = match inner.outbox.next_look().await {
+            // Events due now that this pass did not take (no room, or another node holds
+            // them): an attempt's end wakes the loop, or it looks again shortly.
+            Ok(Some(d)) if d.is_zero() && !took_any => Some(Duration::from_millis(100)),
+            Ok(next) => next,
+            Err(_) => Some(Duration::from_secs(1)),
+        };
         let sleep = async {
             match next {
-                Some(at) => {
-                    tokio::time::sleep(Duration::from_micros((at - now_us()).max(0) as u64)).await
-                }
+                Some(d) => tokio::time::sleep(d).await,
                 None => std::future::pending().await,
             }
         };
@@ -162,87 +189,84 @@ fn host_of(url: &str) -> String {
         .unwrap_or_default()
 }
 
-async fn attempt(inner: Arc<Inner>, ev: WebhookEvent) {
-    // The loop's read may predate the commit of this event's previous attempt (which ended
-    // just before this one was marked in flight); only a fresh read is safe to act on.
-    let fresh = match inner.store.webhook_event(ev.id.clone()).await {
-        Ok(Some(e)) if e.status == DeliveryStatus::Pending && e.next_attempt_us <= now_us() => {
-            Some(e)
-        }
-        Ok(_) => None,
+async fn attempt(inner: Arc<Inner>, taken: Taken) {
+    let id = taken.event.id.clone();
+    match inner.outbox.current(taken.event).await {
+        Ok(Some(ev)) => deliver(&inner, ev, taken.claim_ends).await,
+        Ok(None) => {}
         Err(e) => {
-            tracing::error!("could not read webhook event {}: {e}", ev.id);
-            None
+            tracing::error!("could not read webhook event {id}: {e}");
+            inner.outbox.release(std::slice::from_ref(&id)).await;
         }
-    };
-    if let Some(ev) = fresh {
-        deliver(&inner, ev).await;
     }
-    lock(&inner.in_flight).remove(&ev.id);
+    lock(&inner.in_flight).remove(&id);
     inner.wake.notify_one();
 }
 
-async fn deliver(inner: &Arc<Inner>, mut ev: WebhookEvent) {
+async fn deliver(inner: &Arc<Inner>, mut ev: WebhookEvent, claim_ends: Option<Instant>) {
     let sem = lock(&inner.hosts)
         .entry(host_of(&ev.url))
         .or_insert_with(|| Arc::new(Semaphore::new(PER_HOST)))
         .clone();
+    let timeout = Duration::from_millis(inner.settings.timeout_ms);
+    let sent = async {
+        let _permit = sem.acquire_owned().await;
+        // A send that could outlast the claim might overlap another node's: let it go instead.
+        if claim_ends.is_some_and(|end| Instant::now() + timeout + CLAIM_MARGIN > end) {
+            return None;
+        }
+        Some(send(inner, &ev).await)
+    };
     let outcome = tokio::select! {
-        o = send(inner, &ev, sem) => Some(o),
+        o = sent => o,
         _ = inner.stop.cancelled() => None,
     };
-    if let Some((code, error, verdict, took)) = outcome {
-        let n = ev.attempts + 1;
-        let now = now_us();
-        ev.attempts = n;
-        ev.last_error = error.clone();
-        match verdict {
-            Verdict::Delivered => ev.status = DeliveryStatus::Delivered,
-            Verdict::Retry(after) if n < inner.settings.max_attempts => {
-                let delay = backoff_ms(&inner.settings, n, after);
-                ev.next_attempt_us = now + (delay as i64) * 1000;
-            }
-            Verdict::Retry(_) | Verdict::GiveUp => ev.status = DeliveryStatus::Failed,
+    let Some((code, error, verdict, took)) = outcome else {
+        inner.outbox.release(std::slice::from_ref(&ev.id)).await;
+        return;
+    };
+    let n = ev.attempts + 1;
+    ev.attempts = n;
+    ev.last_error = error.clone();
+    let mut retry_in = None;
+    match verdict {
+        Verdict::Delivered => ev.status = DeliveryStatus::Delivered,
+        Verdict::Retry(after) if n < inner.settings.max_attempts => {
+            retry_in = Some(Duration::from_millis(backoff_ms(&inner.settings, n, after)));
         }
-        let log = WebhookAttempt {
-            event_id: ev.id.clone(),
-            event_type: ev.event_type.clone(),
-            task_id: ev.task_id,
-            workflow_id: ev.workflow_id,
-            attempt: n,
-            url: ev.url.clone(),
-            status_code: code,
-            error,
-            duration_ms: took.as_millis() as u64,
-            at_us: now,
-        };
-        crate::metrics::webhook_attempt(match ev.status {
-            DeliveryStatus::Delivered => "delivered",
-            DeliveryStatus::Pending => "retry",
-            DeliveryStatus::Failed => "failed",
-        });
-        match ev.status {
-            DeliveryStatus::Delivered => {
-                tracing::debug!(event = %ev.id, url = %ev.url, attempt = n, "webhook delivered")
-            }
-            DeliveryStatus::Failed => tracing::warn!(
-                event = %ev.id, url = %ev.url, attempt = n,
-                "webhook {} not delivered, giving up: {}", ev.event_type,
-                ev.last_error.as_deref().unwrap_or("")
-            ),
-            DeliveryStatus::Pending => {}
+        Verdict::Retry(_) | Verdict::GiveUp => ev.status = DeliveryStatus::Failed,
+    }
+    let log = WebhookAttempt {
+        event_id: ev.id.clone(),
+        event_type: ev.event_type.clone(),
+        task_id: ev.task_id,
+        workflow_id: ev.workflow_id,
+        attempt: n,
+        url: ev.url.clone(),
+        status_code: code,
+        error,
+        duration_ms: took.as_millis() as u64,
+        at_us: now_us(),
+    };
+    crate::metrics::webhook_attempt(match ev.status {
+        DeliveryStatus::Delivered => "delivered",
+        DeliveryStatus::Pending => "retry",
+        DeliveryStatus::Failed => "failed",
+    });
+    match ev.status {
+        DeliveryStatus::Delivered => {
+            tracing::debug!(event = %ev.id, url = %ev.url, attempt = n, "webhook delivered")
         }
-        if let Err(e) = inner
-            .store
-            .write(vec![WriteOp::RecordWebhookAttempt(Box::new((
-                log,
-                ev.clone(),
-            )))])
-            .await
-        {
-            // The event stays owed as it was; it is sent again (at-least-once delivery).
-            tracing::error!("could not record a webhook attempt: {e}");
-        }
+        DeliveryStatus::Failed => tracing::warn!(
+            event = %ev.id, url = %ev.url, attempt = n,
+            "webhook {} not delivered, giving up: {}", ev.event_type,
+            ev.last_error.as_deref().unwrap_or("")
+        ),
+        DeliveryStatus::Pending => {}
+    }
+    if let Err(e) = inner.outbox.record(log, ev, retry_in).await {
+        // The event stays owed as it was; it is sent again (at-least-once delivery).
+        tracing::error!("could not record a webhook attempt: {e}");
     }
 }
 
@@ -250,9 +274,7 @@ async fn deliver(inner: &Arc<Inner>, mut ev: WebhookEvent) {
 async fn send(
     inner: &Inner,
     ev: &WebhookEvent,
-    sem: Arc<Semaphore>,
 ) -> (Option<u16>, Option<String>, Verdict, Duration) {
-    let _permit = sem.acquire_owned().await;
     let timestamp = chrono::Utc::now().timestamp();
     let mut req = inner
         .client

@@ -9,6 +9,7 @@
 pub mod channel;
 pub mod delivery;
 pub mod events;
+pub mod outbox;
 pub mod signature;
 
 use crate::model::{Task, Workflow};

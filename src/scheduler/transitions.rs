@@ -209,7 +209,7 @@ impl Inner {
             }
             ops.push(WriteOp::UpdateTask(Box::new(tr.task.clone())));
             // The webhook outbox row commits with the terminal state it reports.
-            if let Some(ev) = crate::notifier::events::task_event(&tr.task, now) {
+            if let Some(ev) = crate::model::WebhookEvent::for_task(&tr.task, now) {
                 ops.push(WriteOp::InsertWebhookEvent(Box::new(ev)));
             }
         }

@@ -260,6 +260,13 @@ impl Core {
             Core::Cluster(c) => c.instance(),
         }
     }
+
+    async fn task(&self, id: Uuid) -> Result<Option<Task>> {
+        Ok(match self {
+            Core::Local(s) => s.task(id).await?,
+            Core::Cluster(c) => c.task(id).await?,
+        })
+    }
 }
 
 /// The refusal of what a cluster node does not offer yet.
@@ -267,8 +274,9 @@ fn not_on_a_cluster() -> ServiceError {
     ServiceError::Conflict(
         "this engine is a node of a cluster (ORCHESTR8_DATABASE_URL), which does not offer this \
          yet: task_async, task_run, task_status, task_wait, task_cancel, task_retry, task_logs, \
-         list_tasks and list_agents work there; workflows, task_diff, worktrees, webhooks and \
-         the dashboard need the single engine (unset ORCHESTR8_DATABASE_URL) for now"
+         list_tasks, list_agents and webhooks (webhook_url, webhook_history) work there; \
+         workflows, task_diff, worktrees and the dashboard need the single engine (unset \
+         ORCHESTR8_DATABASE_URL) for now"
             .to_string(),
     )
 }
@@ -364,7 +372,7 @@ impl Service {
             }
             Core::Cluster(c) => {
                 let queue = queue_of(asked_queue.as_deref(), &agent)?;
-                if task.workspace.is_some() || task.webhook_url.is_some() {
+                if task.workspace.is_some() {
                     return Err(not_on_a_cluster());
                 }
                 let runs_a_process = matches!(agent.runner.as_str(), "claude" | "command");

@@ -29,7 +29,7 @@ impl Service {
                 c.count_by_status().await?,
                 c.instance().to_string(),
                 c.workers(),
-                0,
+                c.webhooks_owed().await?,
             ),
         };
         counts.extend(found);

@@ -2,7 +2,7 @@
 
 use uuid::Uuid;
 
-use super::{parse_task_id, Result, Service, ServiceError};
+use super::{parse_task_id, Core, Result, Service, ServiceError};
 use crate::api::*;
 use crate::model::rfc3339;
 use crate::scheduler::not_found;
@@ -12,7 +12,7 @@ impl Service {
     /// `GET /api/webhooks/{id}/history`).
     pub async fn webhook_history_of(&self, id: &str) -> Result<WebhookHistory> {
         let uuid = parse_task_id("id", id)?;
-        if self.sched()?.task(uuid).await?.is_some() {
+        if self.core.task(uuid).await?.is_some() {
             return self.history_rows(Some(uuid), None).await;
         }
         if self.workflow_or_not_found(uuid).await.is_ok() {
@@ -34,7 +34,7 @@ impl Service {
             }
         };
         if let Some(t) = task_id {
-            if self.sched()?.task(t).await?.is_none() {
+            if self.core.task(t).await?.is_none() {
                 return Err(ServiceError::NotFound(not_found(t)));
             }
         }
@@ -50,12 +50,14 @@ impl Service {
         task_id: Option<Uuid>,
         workflow_id: Option<Uuid>,
     ) -> Result<WebhookHistory> {
-        let attempts = self
-            .sched()?
-            .store()
-            .webhook_history(task_id, workflow_id)
-            .await
-            .map_err(|e| ServiceError::Internal(e.to_string()))?;
+        let attempts = match &self.core {
+            Core::Local(s) => s
+                .store()
+                .webhook_history(task_id, workflow_id)
+                .await
+                .map_err(|e| ServiceError::Internal(e.to_string()))?,
+            Core::Cluster(c) => c.webhook_history(task_id, workflow_id).await?,
+        };
         Ok(WebhookHistory {
             deliveries: attempts
                 .into_iter()

@@ -1,7 +1,8 @@
 //! Engines on several "machines" sharing one PostgreSQL: each node is its own environment (its
 //! own folder, session and detached engine) pointed at the same database, driven over stdio MCP
 //! as a user's Claude Code would. Tasks spread over the nodes, are waited for and cancelled from
-//! any node, and outlive a node killed with -9 or frozen past its lease.
+//! any node, and outlive a node killed with -9 or frozen past its lease; so do their webhooks,
+//! which a real receiver gets at least once and never twice at once.
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -336,4 +337,204 @@ async fn a_task_for_another_nodes_queue_wakes_that_node_at_once() {
     b.stop().await;
     submits.stop_engines().await;
     runs.stop_engines().await;
+}
+
+/// A webhook receiver that holds the first request of every event for a while (so that a node
+/// can die in the middle of a send), answers later ones at once, and notes any request for an
+/// event that arrives while another for the same event is still being answered.
+#[derive(Clone, Default)]
+struct Receiver {
+    state: std::sync::Arc<std::sync::Mutex<ReceiverState>>,
+}
+
+#[derive(Default)]
+struct ReceiverState {
+    /// Requests seen per `webhook-id`.
+    seen: std::collections::HashMap<String, u32>,
+    /// Requests being answered now per `webhook-id`.
+    open: std::collections::HashMap<String, u32>,
+    /// Events sent twice at once.
+    overlaps: Vec<String>,
+    /// Event types by id, from the payloads.
+    types: std::collections::HashMap<String, String>,
+}
+
+/// Closes a request's entry when its handler ends or is dropped (its sender went away).
+struct Open(Receiver, String);
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        let mut s = self.0.state.lock().unwrap();
+        if let Some(n) = s.open.get_mut(&self.1) {
+            *n -= 1;
+        }
+    }
+}
+
+impl Receiver {
+    async fn start(first_held: Duration) -> (Receiver, String) {
+        let r = Receiver::default();
+        let app = axum::Router::new().fallback({
+            let r = r.clone();
+            move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
+                let r = r.clone();
+                async move {
+                    let id = headers["webhook-id"].to_str().unwrap().to_string();
+                    let payload: Value = serde_json::from_slice(&body).unwrap();
+                    let first = {
+                        let mut s = r.state.lock().unwrap();
+                        let open = s.open.entry(id.clone()).or_default();
+                        *open += 1;
+                        if *open > 1 {
+                            s.overlaps.push(id.clone());
+                        }
+                        s.types
+                            .insert(id.clone(), payload["type"].as_str().unwrap().into());
+                        let seen = s.seen.entry(id.clone()).or_default();
+                        *seen += 1;
+                        *seen == 1
+                    };
+                    let _open = Open(r.clone(), id);
+                    if first {
+                        tokio::time::sleep(first_held).await;
+                    }
+                    axum::http::StatusCode::OK
+                }
+            }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        (r, url)
+    }
+
+    fn open_now(&self) -> u32 {
+        self.state.lock().unwrap().open.values().sum()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_webhook_arrives_though_the_node_sending_it_is_killed_and_none_is_sent_twice_at_once()
+{
+    let url = pg::server().fresh_database().await;
+    let (receiver, hook) = Receiver::start(Duration::from_millis(1_500)).await;
+    // A 2 s timeout makes each claim last 9 s: the dead node's sends are taken over then.
+    let envs: Vec<Env> = (0..3)
+        .map(|i| {
+            let mut env = node(&url, "4");
+            env.set("ORCHESTR8_WEBHOOK_TIMEOUT_MS", "2000")
+                .set("ORCHESTR8_WEBHOOK_BACKOFF_BASE_MS", "200")
+                .set("ORCHESTR8_WEBHOOK_BACKOFF_MAX_MS", "1000");
+            if i == 0 {
+                env.set("ORCHESTR8_QUEUES", "default,hooks");
+            }
+            env.shell_agent("quick", "echo ok", "");
+            env.shell_agent("failing", "echo no >&2; exit 2", "max_retries: 0");
+            env
+        })
+        .collect();
+    let doomed = envs[0].start().await;
+    let mut ids = Vec::new();
+    for i in 0..4 {
+        let args = json!({"webhook_url": hook, "queue": "hooks"});
+        ids.push(doomed.submit(&format!("h{i}"), "quick", "x", args).await);
+    }
+    let failing = doomed
+        .submit(
+            "f",
+            "failing",
+            "x",
+            json!({"webhook_url": hook, "queue": "hooks"}),
+        )
+        .await;
+    let dependent = doomed
+        .submit(
+            "d",
+            "quick",
+            "x",
+            json!({"webhook_url": hook, "dependencies": [failing]}),
+        )
+        .await;
+    // The only node so far sends the events (four at a time to one host); the receiver holds
+    // each first send, and the node dies in the middle of them.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while receiver.open_now() < 4 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the node never sent its events; open: {}",
+            receiver.open_now()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    doomed.kill9_session_only().await;
+    envs[0].kill9_engines().await;
+    let killed_at = std::time::Instant::now();
+    let cut_off: Vec<String> = {
+        let s = receiver.state.lock().unwrap();
+        s.seen.keys().cloned().collect()
+    };
+    assert!(cut_off.len() >= 4, "{cut_off:?}");
+    let others = futures_util::future::join_all(envs[1..].iter().map(|e| e.start())).await;
+
+    // Every event is delivered by another node once the dead node's claims run out.
+    let mut all = ids.clone();
+    all.extend([failing.clone(), dependent.clone()]);
+    for id in &all {
+        let mut delivered = None;
+        for _ in 0..300 {
+            let history = others[0]
+                .call("webhook_history", json!({"task_id": id}))
+                .await;
+            delivered = history["deliveries"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|d| d["status_code"] == 200)
+                .cloned();
+            if delivered.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(delivered.is_some(), "the event of task {id} never arrived");
+    }
+    let took = killed_at.elapsed();
+    {
+        let s = receiver.state.lock().unwrap();
+        assert!(
+            s.overlaps.is_empty(),
+            "sent twice at once: {:?}",
+            s.overlaps
+        );
+        assert_eq!(s.seen.len(), 6, "one event per task: {:?}", s.seen);
+        for id in &cut_off {
+            assert!(
+                s.seen[id] >= 2,
+                "a send cut off by the kill is sent again: {id} in {:?}",
+                s.seen
+            );
+        }
+        let mut types: Vec<&str> = s.types.values().map(String::as_str).collect();
+        types.sort();
+        assert_eq!(
+            types,
+            [
+                "task.cancelled",
+                "task.completed",
+                "task.completed",
+                "task.completed",
+                "task.completed",
+                "task.failed"
+            ]
+        );
+    }
+    eprintln!("webhooks of the killed node delivered {took:?} after the kill");
+    let owed = envs[1].cli_json(&["status"]).await;
+    assert_eq!(owed["webhooks_owed"], 0, "{owed}");
+    for s in others {
+        s.stop().await;
+    }
+    for env in &envs[1..] {
+        env.stop_engines().await;
+    }
 }

@@ -5,7 +5,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use orchestr8_async::model::{Priority, Task, TaskStatus, Usage};
+use orchestr8_async::model::{Priority, Task, TaskStatus, Usage, WebhookAttempt, WebhookEvent};
 use orchestr8_async::store::postgres::{
     migrate, ClaimRequest, Ended, Lease, NewClusterTask, NodeInfo, PgOptions, Postgres, Recorded,
 };
@@ -484,15 +484,27 @@ async fn a_node_given_up_cannot_record_the_outcome_of_a_rescued_task() {
     let claimed = claim(&db, "a", "h1", &q, 1).await;
     assert_eq!(claimed.len(), 1);
     assert_eq!(
-        rescuer::rescue_round(&db, Duration::ZERO).await.unwrap(),
+        rescuer::rescue_round(&db, Duration::ZERO)
+            .await
+            .unwrap()
+            .len(),
         0,
         "a is alive: nothing to rescue"
     );
 
     tokio::time::sleep(PAST_LEASE).await;
-    assert_eq!(rescuer::rescue_round(&db, Duration::ZERO).await.unwrap(), 1);
     assert_eq!(
-        rescuer::rescue_round(&db, Duration::ZERO).await.unwrap(),
+        rescuer::rescue_round(&db, Duration::ZERO)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(
+        rescuer::rescue_round(&db, Duration::ZERO)
+            .await
+            .unwrap()
+            .len(),
         0,
         "rescued once"
     );
@@ -555,13 +567,22 @@ async fn the_leader_requeues_or_fails_the_tasks_of_a_node_given_up() {
     let q = queues(&["default"]);
     assert_eq!(claim(&db, "a", "h1", &q, 2).await.len(), 2);
     assert_eq!(
-        rescuer::rescue_round(&db, Duration::ZERO).await.unwrap(),
+        rescuer::rescue_round(&db, Duration::ZERO)
+            .await
+            .unwrap()
+            .len(),
         0,
         "a is alive"
     );
 
     tokio::time::sleep(PAST_LEASE).await;
-    assert_eq!(rescuer::rescue_round(&db, Duration::ZERO).await.unwrap(), 2);
+    assert_eq!(
+        rescuer::rescue_round(&db, Duration::ZERO)
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
     let (requeued, _) = db.task(retried.id).await.unwrap().unwrap();
     assert_eq!(requeued.status, TaskStatus::Pending);
     assert_eq!(requeued.attempt, 1);
@@ -683,4 +704,139 @@ async fn a_cancel_asked_while_an_attempt_ends_wins_over_its_retry() {
         "{logs:?}"
     );
     assert!(db.cancels_for("n1").await.unwrap().is_empty());
+}
+
+/// The owed events of `id`, as the outbox holds them.
+async fn events_of(url: &str, id: Uuid) -> Vec<(String, String)> {
+    raw(url)
+        .await
+        .query(
+            "SELECT event_type, payload FROM webhook_events WHERE task_id = $1 ORDER BY event_type",
+            &[&id],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect()
+}
+
+fn attempt_of(ev: &WebhookEvent, n: u32) -> WebhookAttempt {
+    WebhookAttempt {
+        event_id: ev.id.clone(),
+        event_type: ev.event_type.clone(),
+        task_id: ev.task_id,
+        workflow_id: ev.workflow_id,
+        attempt: n,
+        url: ev.url.clone(),
+        status_code: Some(200),
+        error: None,
+        duration_ms: 3,
+        at_us: 0,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn webhook_events_are_owed_with_every_end_and_attempted_under_one_nodes_claim() {
+    let (db, url) = fresh().await;
+    let hook = Some("http://127.0.0.1:9/hook".to_string());
+    let mut done = task("a", Priority::High, 1);
+    done.webhook_url = hook.clone();
+    let mut waiting = task("a", Priority::Normal, 2);
+    waiting.webhook_url = hook.clone();
+    waiting.dependencies = vec![done.id];
+    let mut pending = task("a", Priority::Low, 3);
+    pending.webhook_url = hook.clone();
+    let plain = task("a", Priority::Low, 4);
+    db.insert_tasks(&[
+        new(done.clone()),
+        new(waiting.clone()),
+        new(pending.clone()),
+        new(plain.clone()),
+    ])
+    .await
+    .unwrap();
+    let q = queues(&["default"]);
+
+    // A failed end owes its event, and so does the dependent its cascade cancels; a cancel by
+    // request owes one too; a task without a webhook owes nothing.
+    let mut running = claim(&db, "n1", "h1", &q, 1).await.remove(0);
+    assert_eq!(running.id, done.id);
+    running.status = TaskStatus::Failed;
+    running.error = Some("exit 1".into());
+    running.completed_us = Some(5);
+    assert_eq!(
+        db.finish("n1", &[ended(&running)]).await.unwrap(),
+        [Recorded::Done]
+    );
+    db.cancel(pending.id).await.unwrap();
+    db.cancel(plain.id).await.unwrap();
+    let failed = events_of(&url, done.id).await;
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert_eq!(failed[0].0, "task.failed");
+    let payload: serde_json::Value = serde_json::from_str(&failed[0].1).unwrap();
+    assert_eq!(payload["type"], "task.failed");
+    assert_eq!(payload["data"]["task_id"], done.id.to_string());
+    assert_eq!(payload["data"]["error"], "exit 1");
+    assert_eq!(events_of(&url, waiting.id).await[0].0, "task.cancelled");
+    assert_eq!(events_of(&url, pending.id).await[0].0, "task.cancelled");
+    assert!(events_of(&url, plain.id).await.is_empty());
+    assert_eq!(db.webhooks_owed().await.unwrap(), 3);
+
+    // One node at a time holds an event.
+    db.join(&node("n2"), Duration::from_secs(60)).await.unwrap();
+    let hold = Duration::from_secs(2);
+    let first = db.claim_webhooks("n1", 10, hold).await.unwrap();
+    assert_eq!(first.len(), 3);
+    assert!(db.claim_webhooks("n2", 10, hold).await.unwrap().is_empty());
+    assert!(db.next_webhook_in().await.unwrap().unwrap() > Duration::from_secs(1));
+
+    // A let-go claim is free at once; an unrecorded one is free when it runs out.
+    let (let_go, rest) = first.split_at(1);
+    db.release_webhooks("n1", &[let_go[0].id.clone()])
+        .await
+        .unwrap();
+    let again = db
+        .claim_webhooks("n2", 10, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].id, let_go[0].id);
+    tokio::time::sleep(Duration::from_millis(2_300)).await;
+    let taken_over = db.claim_webhooks("n2", 10, hold).await.unwrap();
+    assert_eq!(taken_over.len(), 2);
+
+    // The node whose claim ran out cannot change the event; its attempt is still logged.
+    let ev = &rest[0];
+    let mut delivered = ev.clone();
+    delivered.status = orchestr8_async::model::DeliveryStatus::Delivered;
+    delivered.attempts = 1;
+    assert!(!db
+        .record_webhook_attempt("n1", &attempt_of(ev, 1), &delivered, None)
+        .await
+        .unwrap());
+    // The holder's attempt counts: a retry, due again in a second by the database's clock.
+    let mut retry = ev.clone();
+    retry.attempts = 1;
+    retry.last_error = Some("HTTP 503".into());
+    assert!(db
+        .record_webhook_attempt(
+            "n2",
+            &attempt_of(ev, 1),
+            &retry,
+            Some(Duration::from_secs(1))
+        )
+        .await
+        .unwrap());
+    assert!(db.claim_webhooks("n1", 10, hold).await.unwrap().is_empty());
+    let due_in = db.next_webhook_in().await.unwrap().unwrap();
+    assert!(due_in <= Duration::from_secs(1), "{due_in:?}");
+    let history = db.webhook_history(ev.task_id, None).await.unwrap();
+    assert_eq!(history.len(), 2, "both attempts happened: {history:?}");
+
+    // A node that leaves lets go of its claims; a node given up claims nothing.
+    db.leave("n2").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    assert!(db.claim_webhooks("n2", 10, hold).await.unwrap().is_empty());
+    assert_eq!(db.claim_webhooks("n1", 10, hold).await.unwrap().len(), 3);
 }

@@ -17,11 +17,18 @@ pub struct Migration {
     pub sql: &'static str,
 }
 
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "cluster",
-    sql: include_str!("0001_cluster.sql"),
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "cluster",
+        sql: include_str!("0001_cluster.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "webhook lookups",
+        sql: include_str!("0002_webhook_lookups.sql"),
+    },
+];
 
 /// The schema version this build writes: its last migration's.
 pub fn latest() -> i32 {

@@ -19,6 +19,7 @@ mod notify;
 mod reads;
 mod rows;
 mod settle;
+mod webhooks;
 
 use std::time::Duration;
 

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use super::logs::{append_in, LogEntry};
 use super::rows::{task_from_row, task_state_json, us, TASK_COLUMNS};
-use super::settle::settle_dependents;
+use super::settle::{settle_ended, Settled};
 use super::Postgres;
 use crate::model::{Task, TaskStatus};
 use crate::store::StoreError;
@@ -116,6 +116,14 @@ impl Postgres {
                 &[&LEADER, &node_id],
             )
             .await?;
+        // Webhook claims it still holds were never attempted: any node may take them now.
+        client
+            .execute(
+                "UPDATE webhook_events SET claimed_by = NULL, claimed_until = NULL
+                 WHERE claimed_by = $1",
+                &[&node_id],
+            )
+            .await?;
         Ok(())
     }
 
@@ -200,12 +208,12 @@ impl Postgres {
             let json: Vec<serde_json::Value> = outcomes.iter().map(task_state_json).collect();
             tx.execute(RECORD_OUTCOMES, &[&serde_json::Value::Array(json)])
                 .await?;
-            let ended: Vec<_> = outcomes
+            let ended: Vec<Settled> = outcomes
                 .iter()
                 .filter(|t| t.status.is_terminal())
-                .map(|t| (t.id, t.status))
+                .map(Settled::of)
                 .collect();
-            lines.extend(settle_dependents(&tx, &ended).await?);
+            lines.extend(settle_ended(&tx, &ended).await?);
             append_in(&tx, &lines).await?;
             if outcomes.iter().any(|t| t.status == TaskStatus::Pending) {
                 super::notify::notify_ready(&tx).await?;

@@ -1,6 +1,6 @@
 //! What an ended attempt changes, in one transaction: the task's new state (fenced to the node
-//! that owns the attempt), its dependents released or cancelled, and the log lines that say so.
-//! A cancel by request goes the same way.
+//! that owns the attempt), its dependents released or cancelled, the webhook events owed for
+//! every task that ended, and the log lines that say so. A cancel by request goes the same way.
 //!
 //! Dependents are released in a later statement than the one that records the outcome. A
 //! dependent inserted at the same moment counts its open dependencies under a share lock
@@ -76,7 +76,7 @@ const FINISH_SQL: &str = "UPDATE tasks t SET
     JOIN unnest($3::uuid[], $4::int[]) AS e(task_id, attempt) ON e.task_id = o.task_id
     WHERE t.task_id = o.task_id AND t.status = 'running' AND t.attempt = e.attempt
       AND t.node_id = $2
-    RETURNING t.task_id, t.status";
+    RETURNING t.task_id, t.status, t.webhook_url IS NOT NULL";
 
 /// One level of the cascade: pending tasks waiting on any of `$1` are cancelled, naming the
 /// dependency that ended them.
@@ -89,7 +89,7 @@ const CASCADE_SQL: &str = "UPDATE tasks t SET status = 'cancelled', completed_at
           ORDER BY td.task_id, td.depends_on) d
     JOIN tasks u ON u.task_id = d.depends_on
     WHERE t.task_id = d.task_id AND t.status = 'pending'
-    RETURNING t.task_id, t.error";
+    RETURNING t.task_id, t.error, t.webhook_url IS NOT NULL";
 
 /// Completed tasks release their dependents: one open dependency fewer each.
 const RELEASE_SQL: &str = "UPDATE tasks t SET deps_open = greatest(t.deps_open - d.n, 0),
@@ -105,16 +105,54 @@ const LOCK_DEPENDENTS_SQL: &str = "SELECT t.task_id FROM tasks t
     ORDER BY t.task_id
     FOR UPDATE OF t";
 
-/// What finished tasks set off among the tasks waiting on them (see the module's doc). Returns
-/// the log lines of the cancellations.
-pub(super) async fn settle_dependents(
+/// A task whose state a settle has just written.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Settled {
+    pub id: Uuid,
+    pub status: TaskStatus,
+    /// Whether it has a webhook (an event is owed if the state is terminal).
+    pub webhook: bool,
+}
+
+impl Settled {
+    pub fn of(t: &Task) -> Settled {
+        Settled {
+            id: t.id,
+            status: t.status,
+            webhook: t.webhook_url.is_some(),
+        }
+    }
+
+    /// From a row's `(task_id, status, has a webhook)`.
+    fn from_row(r: &tokio_postgres::Row) -> Result<Settled, StoreError> {
+        let (id, status) = id_and_status(r)?;
+        Ok(Settled {
+            id,
+            status,
+            webhook: r.try_get(2)?,
+        })
+    }
+}
+
+/// What tasks that have just ended set off (see the module's doc): the tasks waiting on them
+/// released or cancelled, and the webhook events owed for them and for every task the cascade
+/// cancelled. Returns the log lines of the cancellations.
+pub(super) async fn settle_ended(
     tx: &deadpool_postgres::Transaction<'_>,
-    ended: &[(Uuid, TaskStatus)],
+    ended: &[Settled],
 ) -> Result<Vec<LogEntry>, StoreError> {
-    let completed: Vec<Uuid> = ended
+    let of = |pick: fn(TaskStatus) -> bool| -> Vec<Uuid> {
+        ended
+            .iter()
+            .filter(|s| pick(s.status))
+            .map(|s| s.id)
+            .collect()
+    };
+    let completed = of(|st| st == TaskStatus::Completed);
+    let mut owed: Vec<Uuid> = ended
         .iter()
-        .filter(|(_, st)| *st == TaskStatus::Completed)
-        .map(|(id, _)| *id)
+        .filter(|s| s.webhook && s.status.is_terminal())
+        .map(|s| s.id)
         .collect();
     let lock = tx.prepare_cached(LOCK_DEPENDENTS_SQL).await?;
     if !completed.is_empty() {
@@ -122,15 +160,8 @@ pub(super) async fn settle_dependents(
         let release = tx.prepare_cached(RELEASE_SQL).await?;
         tx.execute(&release, &[&completed]).await?;
     }
-    let mut doomed: Vec<Uuid> = ended
-        .iter()
-        .filter(|(_, st)| matches!(st, TaskStatus::Failed | TaskStatus::Cancelled))
-        .map(|(id, _)| *id)
-        .collect();
+    let mut doomed = of(|st| matches!(st, TaskStatus::Failed | TaskStatus::Cancelled));
     let mut lines = Vec::new();
-    if doomed.is_empty() {
-        return Ok(lines);
-    }
     let cascade = tx.prepare_cached(CASCADE_SQL).await?;
     while !doomed.is_empty() {
         tx.query(&lock, &[&doomed]).await?;
@@ -139,6 +170,9 @@ pub(super) async fn settle_dependents(
         for r in &rows {
             let id: Uuid = r.try_get(0)?;
             let why: Option<String> = r.try_get(1)?;
+            if r.try_get(2)? {
+                owed.push(id);
+            }
             lines.push(LogEntry {
                 task_id: id,
                 level: "warn",
@@ -147,6 +181,7 @@ pub(super) async fn settle_dependents(
             doomed.push(id);
         }
     }
+    super::webhooks::owe_in(tx, &owed).await?;
     Ok(lines)
 }
 
@@ -164,13 +199,13 @@ impl Postgres {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
         let finish = tx.prepare_cached(FINISH_SQL).await?;
-        let written: Vec<(Uuid, TaskStatus)> = tx
+        let written: Vec<Settled> = tx
             .query(&finish, &[&Value::Array(rows), &node_id, &ids, &attempts])
             .await?
             .iter()
-            .map(id_and_status)
+            .map(Settled::from_row)
             .collect::<Result<_, StoreError>>()?;
-        let stored = |id: Uuid| written.iter().find(|(w, _)| *w == id).map(|(_, st)| *st);
+        let stored = |id: Uuid| written.iter().find(|w| w.id == id).map(|w| w.status);
         let mut lines = Vec::new();
         for e in ends {
             let Some(status) = stored(e.next.id) else {
@@ -193,13 +228,12 @@ impl Postgres {
                 });
             }
         }
-        let statuses: Vec<(Uuid, TaskStatus)> = written.clone();
-        lines.extend(settle_dependents(&tx, &statuses).await?);
+        lines.extend(settle_ended(&tx, &written).await?);
         append_in(&tx, &lines).await?;
         // Dependents released, or a task given back at shutdown: other nodes may take them now.
-        if statuses
+        if written
             .iter()
-            .any(|(_, st)| matches!(st, TaskStatus::Completed | TaskStatus::Pending))
+            .any(|w| matches!(w.status, TaskStatus::Completed | TaskStatus::Pending))
         {
             super::notify::notify_ready(&tx).await?;
         }
@@ -243,11 +277,11 @@ impl Postgres {
                     level: "info",
                     message: "cancelled by request".into(),
                 }];
-                lines.extend(settle_dependents(&tx, &[(id, TaskStatus::Cancelled)]).await?);
+                task.status = TaskStatus::Cancelled;
+                lines.extend(settle_ended(&tx, &[Settled::of(&task)]).await?);
                 append_in(&tx, &lines).await?;
                 let now: chrono::DateTime<chrono::Utc> =
                     tx.query_one("SELECT now()", &[]).await?.try_get(0)?;
-                task.status = TaskStatus::Cancelled;
                 task.completed_us = Some(super::rows::us(now));
                 task.error = Some("cancelled by request before it started".into());
                 Cancel::Cancelled(task)
