@@ -139,9 +139,10 @@ async fn run(inner: Arc<Inner>) {
             BATCH
         };
         let mut took_any = false;
+        let now = now_us();
         let taken = match room {
             0 => Ok(Vec::new()),
-            n => inner.outbox.due(n, inner.hold()).await,
+            n => inner.outbox.due(now, n, inner.hold()).await,
         };
         match taken {
             Ok(events) => {
@@ -160,10 +161,12 @@ async fn run(inner: Arc<Inner>) {
                 }
             }
         }
-        let next = match inner.outbox.next_look().await {
+        let next = match inner.outbox.next_look(now).await {
             // Events due now that this pass did not take (no room, or another node holds
             // them): an attempt's end wakes the loop, or it looks again shortly.
-            Ok(Some(d)) if d.is_zero() && !took_any => Some(Duration::from_millis(100)),
+            Ok(Some(d)) if d.is_zero() && !took_any && inner.outbox.claims() => {
+                Some(Duration::from_millis(100))
+            }
             Ok(next) => next,
             Err(_) => Some(Duration::from_secs(1)),
         };

@@ -30,11 +30,17 @@ pub struct Taken {
 }
 
 impl Outbox {
-    /// Owed events due now, up to `limit`; on a cluster, each claimed for `hold`.
-    pub async fn due(&self, limit: u32, hold: Duration) -> Result<Vec<Taken>, StoreError> {
+    /// Owed events due at `now` (this host's clock; a cluster goes by the database's), up to
+    /// `limit`; on a cluster, each claimed for `hold`.
+    pub async fn due(
+        &self,
+        now: i64,
+        limit: u32,
+        hold: Duration,
+    ) -> Result<Vec<Taken>, StoreError> {
         match self {
             Outbox::Local(store) => Ok(store
-                .due_webhook_events(now_us(), limit)
+                .due_webhook_events(now, limit)
                 .await?
                 .into_iter()
                 .map(|event| Taken {
@@ -114,16 +120,15 @@ impl Outbox {
         }
     }
 
-    /// How long the delivery loop may sleep when nothing wakes it.
-    pub async fn next_look(&self) -> Result<Option<Duration>, StoreError> {
+    /// How long the delivery loop may sleep when nothing wakes it, after taking what was due
+    /// at `now`: until the first event that was not due then (an event falling due between the
+    /// two reads must not be missed, so both go by the same `now`).
+    pub async fn next_look(&self, now: i64) -> Result<Option<Duration>, StoreError> {
         match self {
-            Outbox::Local(store) => {
-                let now = now_us();
-                Ok(store
-                    .next_webhook_due(now)
-                    .await?
-                    .map(|at| Duration::from_micros((at - now).max(0) as u64)))
-            }
+            Outbox::Local(store) => Ok(store
+                .next_webhook_due(now)
+                .await?
+                .map(|at| Duration::from_micros((at - now_us()).max(0) as u64))),
             Outbox::Cluster { db, .. } => Ok(Some(
                 db.next_webhook_in()
                     .await?
