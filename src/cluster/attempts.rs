@@ -145,6 +145,13 @@ async fn attempt(inner: Arc<Inner>, task: Task, instructions: String, handle: Ru
                     inner.me.node_id, agent.runner, task.timeout_seconds
                 ),
             );
+            // A workflow task sees the results of the phases before its own.
+            let upstream = super::workflows::upstream_results(&inner, &task).await;
+            let (instructions, note) =
+                crate::scheduler::workflow::with_upstream(instructions, &upstream);
+            if let Some(note) = note {
+                inner.logs.line(id, "info", note);
+            }
             let sink = inner.logs.clone();
             let ctx = RunContext {
                 cancel: handle.cancel.clone(),
@@ -233,6 +240,12 @@ async fn tell_if_ended(inner: &Inner, next: Task) {
     };
     if let Some(t) = task {
         inner.notifier.task_finished(&t);
+        // Its workflow may take a step now: here, at once, under the workflow's lock.
+        if let Some(w) = t.workflow_id {
+            if super::workflows::advance(&inner.db, &*inner.notifier, w).await {
+                inner.wake.notify_one();
+            }
+        }
     }
 }
 

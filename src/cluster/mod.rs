@@ -10,6 +10,9 @@
 //!   wait, all on the shared database — and `attempts.rs`, the claim loop and the attempts this
 //!   node runs.
 //! - [`warden`]: the process beside each node that stops its agents if the node dies.
+//! - `workflows.rs`: workflows on the cluster — the tools' calls, and the step owed after a
+//!   workflow's task ends, taken under the workflow's row lock by the pure rules of
+//!   `workflow_steps.rs`.
 
 mod attempts;
 pub mod lifeline;
@@ -17,6 +20,8 @@ mod node;
 pub mod rescuer;
 mod scheduler;
 pub mod warden;
+mod workflow_steps;
+mod workflows;
 
 pub use lifeline::Lifeline;
 pub use node::{host_binding, node_id, parse_queues, valid_queue, QueueError, DEFAULT_QUEUE};

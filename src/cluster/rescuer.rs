@@ -2,7 +2,8 @@
 //! fail), as crash recovery would have done on their own engine.
 //!
 //! A round records each task's new state and the log lines that explain it, and what a task
-//! that failed for good sets off among its dependents (they are cancelled).
+//! that failed for good sets off among its dependents (they are cancelled). Then the leader
+//! takes the steps owed by workflows whose tasks ended after their last step.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -90,6 +91,7 @@ pub async fn run(
                     for t in settled.iter().filter(|t| t.status.is_terminal()) {
                         notifier.task_finished(t);
                     }
+                    take_owed_steps(&db, &*notifier).await;
                 }
                 Err(e) => {
                     tracing::warn!("rescuing the tasks of dead nodes failed ({e}); trying again")
@@ -102,6 +104,19 @@ pub async fn run(
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(every) => {}
         }
+    }
+}
+
+/// Workflows running on with a task that ended after their last step (a rescued task, or an
+/// end whose node stopped before taking the step): the step is taken now.
+async fn take_owed_steps(db: &Postgres, notifier: &dyn Notifier) {
+    match db.stale_workflows(BATCH).await {
+        Ok(ids) => {
+            for id in ids {
+                super::workflows::advance(db, notifier, id).await;
+            }
+        }
+        Err(e) => tracing::warn!("could not look for workflows owed a step ({e})"),
     }
 }
 

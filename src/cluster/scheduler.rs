@@ -150,6 +150,26 @@ impl Cluster {
         &self.inner.agents
     }
 
+    pub(super) fn db(&self) -> &Postgres {
+        &self.inner.db
+    }
+
+    pub(super) fn notifier(&self) -> &dyn crate::notifier::Notifier {
+        &*self.inner.notifier
+    }
+
+    /// Has the claim loop look now (tasks may be ready, or cancels asked).
+    pub(super) fn wake_claims(&self) {
+        self.inner.wake.notify_one();
+    }
+
+    pub(super) fn refuse_when_stopping(&self) -> Result<(), SchedError> {
+        if self.inner.stopping.is_cancelled() {
+            return Err(SchedError::ShuttingDown);
+        }
+        Ok(())
+    }
+
     pub fn runners(&self) -> &Runners {
         &self.inner.runners
     }

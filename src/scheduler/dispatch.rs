@@ -165,19 +165,10 @@ async fn run_attempt(inner: Arc<Inner>, task: Task, handle: RunHandle) {
     }
     // A workflow task sees the results of the phases before its own.
     let upstream = inner.upstream_results(&task).await;
-    let instructions = if upstream.is_empty() {
-        instructions
-    } else {
-        inner.log(
-            id,
-            "info",
-            format!(
-                "instructions extended with the results of earlier phases ({} bytes)",
-                upstream.len()
-            ),
-        );
-        instructions + &upstream
-    };
+    let (instructions, note) = super::workflow::with_upstream(instructions, &upstream);
+    if let Some(note) = note {
+        inner.log(id, "info", note);
+    }
 
     let running = started(&task);
     let started = inner

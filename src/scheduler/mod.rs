@@ -14,13 +14,13 @@ mod dispatch;
 pub mod interrupted;
 mod isolation;
 pub mod outcome;
-mod phases;
+pub mod phases;
 mod prune;
 mod recovery;
 pub mod state;
 mod transitions;
 mod wait;
-mod workflow;
+pub(crate) mod workflow;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

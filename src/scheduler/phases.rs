@@ -5,7 +5,7 @@
 //! and one pass in that order settles chains (an empty phase completes the moment it opens,
 //! and may open the next in the same pass).
 
-use crate::model::{Phase, PhaseStatus};
+use crate::model::{Phase, PhaseStatus, TaskStatus};
 
 /// Tasks of one phase by outcome.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -66,6 +66,39 @@ pub fn stop_all(phases: &[Phase], culprit: Option<usize>) -> Changes {
             }
         })
         .collect()
+}
+
+/// The counts of `n` phases from each task's phase index and status.
+pub fn count(n: usize, tasks: impl IntoIterator<Item = (usize, TaskStatus)>) -> Vec<Counts> {
+    let mut counts = vec![Counts::default(); n];
+    for (p, s) in tasks {
+        if let Some(c) = counts.get_mut(p) {
+            c.total += 1;
+            if s == TaskStatus::Completed {
+                c.completed += 1;
+            }
+        }
+    }
+    counts
+}
+
+/// Applies `changes` to `phases` at `now` and returns the changed rows: a phase is started when
+/// it opens (or completes without having opened, being empty) and ended when it reaches a
+/// terminal status.
+pub fn apply(phases: &mut [Phase], changes: Changes, now: i64) -> Vec<Phase> {
+    let mut changed = Vec::with_capacity(changes.len());
+    for (i, s) in changes {
+        let p = &mut phases[i];
+        if s == PhaseStatus::Running || (s == PhaseStatus::Completed && p.started_us.is_none()) {
+            p.started_us = Some(now);
+        }
+        if s.is_terminal() {
+            p.completed_us = Some(now);
+        }
+        p.status = s;
+        changed.push(p.clone());
+    }
+    changed
 }
 
 /// Every phase `idx` depends on, directly or through others, in position order.
@@ -172,5 +205,29 @@ mod tests {
             stop_all(&ps, None),
             vec![(1, PhaseStatus::Cancelled), (2, PhaseStatus::Cancelled)]
         );
+    }
+
+    #[test]
+    fn applied_changes_are_timed_opened_or_ended() {
+        let mut ps = vec![
+            phase("a", &[], 0),
+            phase("empty", &["a"], 1),
+            phase("c", &["a"], 2),
+        ];
+        ps[0].status = PhaseStatus::Running;
+        ps[0].started_us = Some(1);
+        let counts = count(3, [(0, TaskStatus::Completed), (2, TaskStatus::Pending)]);
+        assert_eq!(counts, vec![c(1, 1), c(0, 0), c(1, 0)]);
+        let (ch, _) = advance(&ps, &counts);
+        let changed = super::apply(&mut ps, ch, 9);
+        assert_eq!(changed.len(), 3);
+        assert_eq!((ps[0].started_us, ps[0].completed_us), (Some(1), Some(9)));
+        assert_eq!((ps[1].started_us, ps[1].completed_us), (Some(9), Some(9)));
+        assert_eq!((ps[2].started_us, ps[2].completed_us), (Some(9), None));
+        let stop = stop_all(&ps, Some(2));
+        let stopped = super::apply(&mut ps, stop, 12);
+        assert_eq!(stopped.len(), 1);
+        assert_eq!(ps[2].status, PhaseStatus::Failed);
+        assert_eq!((ps[2].started_us, ps[2].completed_us), (Some(9), Some(12)));
     }
 }

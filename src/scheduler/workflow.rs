@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use uuid::Uuid;
 
-use super::phases::{self, Counts};
+use super::phases;
 use super::state::{Hot, RunHandle, State, Wait, WfHot, STOP_WORKFLOW};
 use super::{detached, Inner, SchedError, Scheduler, Transition};
 use crate::limits;
@@ -64,40 +64,7 @@ impl Scheduler {
         let _shape = self.inner.wf_lock.lock().await;
         self.draft(workflow_id).await?;
         let phases = self.inner.store.phases(workflow_id).await?;
-        if phases.iter().any(|p| p.phase_id == phase_id) {
-            return Err(SchedError::Conflict(format!(
-                "workflow {workflow_id} already has a phase {phase_id:?}; phase ids must be unique within a workflow"
-            )));
-        }
-        let mut deps: Vec<String> = Vec::new();
-        for d in depends_on {
-            // The workflow's shape is what these conflict with (409): a 404 would say the
-            // workflow itself is not there.
-            if d == phase_id {
-                return Err(SchedError::Conflict(format!(
-                    "depends_on: phase {phase_id:?} cannot depend on itself (that would be a cycle)"
-                )));
-            }
-            if !phases.iter().any(|p| p.phase_id == d) {
-                return Err(SchedError::Conflict(format!(
-                    "depends_on: {d:?} is not a phase of workflow {workflow_id} (phases so far: {}); add phases in order, each after the phases it depends on, so the graph cannot have a cycle",
-                    list_phases(&phases)
-                )));
-            }
-            if !deps.contains(&d) {
-                deps.push(d);
-            }
-        }
-        let phase = Phase {
-            workflow_id,
-            phase_id,
-            name,
-            depends_on: deps,
-            position: phases.len() as i32,
-            status: PhaseStatus::Pending,
-            started_us: None,
-            completed_us: None,
-        };
+        let phase = new_phase(workflow_id, &phases, phase_id, name, depends_on)?;
         self.inner
             .store
             .write(vec![WriteOp::UpsertPhase(Box::new(phase.clone()))])
@@ -112,7 +79,7 @@ impl Scheduler {
         task: Task,
         instructions: String,
     ) -> Result<Task, SchedError> {
-        let (Some(workflow_id), Some(phase_id)) = (task.workflow_id, task.phase_id.clone()) else {
+        let Some(workflow_id) = task.workflow_id else {
             return Err(SchedError::Invalid(
                 "a workflow task needs workflow_id and phase_id".into(),
             ));
@@ -120,32 +87,12 @@ impl Scheduler {
         let _shape = self.inner.wf_lock.lock().await;
         self.draft(workflow_id).await?;
         let phases = self.inner.store.phases(workflow_id).await?;
-        let Some(own) = phases.iter().position(|p| p.phase_id == phase_id) else {
-            return Err(SchedError::Conflict(format!(
-                "phase_id {phase_id:?} is not a phase of workflow {workflow_id} (phases: {}); add it with workflow_add_phase first",
-                list_phases(&phases)
-            )));
+        let rows = if task.dependencies.is_empty() {
+            Vec::new()
+        } else {
+            self.inner.store.workflow_task_rows(workflow_id).await?
         };
-        if !task.dependencies.is_empty() {
-            let rows = self.inner.store.workflow_task_rows(workflow_id).await?;
-            for dep in &task.dependencies {
-                let Some(row) = rows.iter().find(|r| r.id == *dep) else {
-                    return Err(SchedError::Conflict(format!(
-                        "dependencies: {dep} is not a task of workflow {workflow_id}; a workflow task may only depend on tasks added to the same workflow"
-                    )));
-                };
-                let theirs = phases
-                    .iter()
-                    .position(|p| Some(&p.phase_id) == row.phase_id.as_ref())
-                    .unwrap_or(own);
-                if phases::upstream(&phases, theirs).contains(&own) {
-                    return Err(SchedError::Conflict(format!(
-                        "dependencies: task {dep} is in phase {:?}, which runs after phase {phase_id:?}; a task may only depend on tasks of its own phase or of phases before it",
-                        phases[theirs].phase_id
-                    )));
-                }
-            }
-        }
+        check_workflow_task(&task, &phases, &rows)?;
         self.inner
             .store
             .write(vec![WriteOp::InsertTask {
@@ -308,14 +255,105 @@ impl Scheduler {
     /// The workflow, if it is still a draft.
     async fn draft(&self, id: Uuid) -> Result<Workflow, SchedError> {
         let wf = self.workflow_or_not_found(id).await?;
-        if wf.status != WorkflowStatus::Draft {
-            return Err(SchedError::Conflict(format!(
-                "workflow {id} is {}; phases and tasks can only be added while it is a draft (its shape is fixed once started) — create a new workflow instead",
-                wf.status.as_str()
-            )));
-        }
+        still_a_draft(&wf)?;
         Ok(wf)
     }
+}
+
+/// Refuses a change to the shape of a workflow that has started.
+pub(crate) fn still_a_draft(wf: &Workflow) -> Result<(), SchedError> {
+    if wf.status != WorkflowStatus::Draft {
+        return Err(SchedError::Conflict(format!(
+            "workflow {} is {}; phases and tasks can only be added while it is a draft (its shape is fixed once started) — create a new workflow instead",
+            wf.id,
+            wf.status.as_str()
+        )));
+    }
+    Ok(())
+}
+
+/// The phase a draft gets, after `phases`: its id must be new, and `depends_on` may only name
+/// phases added before it, which keeps the graph acyclic by construction.
+pub(crate) fn new_phase(
+    workflow_id: Uuid,
+    phases: &[Phase],
+    phase_id: String,
+    name: String,
+    depends_on: Vec<String>,
+) -> Result<Phase, SchedError> {
+    if phases.iter().any(|p| p.phase_id == phase_id) {
+        return Err(SchedError::Conflict(format!(
+            "workflow {workflow_id} already has a phase {phase_id:?}; phase ids must be unique within a workflow"
+        )));
+    }
+    let mut deps: Vec<String> = Vec::new();
+    for d in depends_on {
+        // The workflow's shape is what these conflict with (409): a 404 would say the
+        // workflow itself is not there.
+        if d == phase_id {
+            return Err(SchedError::Conflict(format!(
+                "depends_on: phase {phase_id:?} cannot depend on itself (that would be a cycle)"
+            )));
+        }
+        if !phases.iter().any(|p| p.phase_id == d) {
+            return Err(SchedError::Conflict(format!(
+                "depends_on: {d:?} is not a phase of workflow {workflow_id} (phases so far: {}); add phases in order, each after the phases it depends on, so the graph cannot have a cycle",
+                list_phases(phases)
+            )));
+        }
+        if !deps.contains(&d) {
+            deps.push(d);
+        }
+    }
+    Ok(Phase {
+        workflow_id,
+        phase_id,
+        name,
+        depends_on: deps,
+        position: phases.len() as i32,
+        status: PhaseStatus::Pending,
+        started_us: None,
+        completed_us: None,
+    })
+}
+
+/// Checks a task for a draft's phase: the phase must exist, and its `dependencies` must be tasks
+/// of the same workflow (`rows`), in its own phase or one that runs before it (anything else
+/// could never start).
+pub(crate) fn check_workflow_task(
+    task: &Task,
+    phases: &[Phase],
+    rows: &[crate::model::WorkflowTaskRow],
+) -> Result<(), SchedError> {
+    let (Some(workflow_id), Some(phase_id)) = (task.workflow_id, task.phase_id.as_deref()) else {
+        return Err(SchedError::Invalid(
+            "a workflow task needs workflow_id and phase_id".into(),
+        ));
+    };
+    let Some(own) = phases.iter().position(|p| p.phase_id == phase_id) else {
+        return Err(SchedError::Conflict(format!(
+            "phase_id {phase_id:?} is not a phase of workflow {workflow_id} (phases: {}); add it with workflow_add_phase first",
+            list_phases(phases)
+        )));
+    };
+    for dep in &task.dependencies {
+        let Some(row) = rows.iter().find(|r| r.id == *dep) else {
+            return Err(SchedError::Conflict(format!(
+                "dependencies: {dep} is not a task of workflow {workflow_id}; a workflow task may only depend on tasks added to the same workflow"
+            )));
+        };
+        let theirs = phases
+            .iter()
+            .position(|p| Some(&p.phase_id) == row.phase_id.as_ref())
+            .unwrap_or(own);
+        if phases::upstream(phases, theirs).contains(&own) {
+            return Err(SchedError::Conflict(format!(
+                "dependencies: task {dep} is in phase {:?}, which runs after phase {phase_id:?}; a task may only depend on tasks of its own phase or of phases before it",
+                phases[theirs].phase_id
+            )));
+        }
+    }
+    Ok(())
 }
 
 fn list_phases(phases: &[Phase]) -> String {
@@ -330,7 +368,7 @@ fn list_phases(phases: &[Phase]) -> String {
     }
 }
 
-pub(super) fn phase_index(phases: &[Phase], t: &Task) -> usize {
+pub(crate) fn phase_index(phases: &[Phase], t: &Task) -> usize {
     phases
         .iter()
         .position(|p| Some(&p.phase_id) == t.phase_id.as_ref())
@@ -490,12 +528,7 @@ fn decide(st: &mut State, id: Uuid, cancel: bool) -> Option<WfStep> {
             wf.failure.as_ref().map(|f| f.0)
         };
         let changes = phases::stop_all(&wf.phases, culprit);
-        for (i, s) in changes {
-            let p = &mut wf.phases[i];
-            p.status = s;
-            p.completed_us = Some(now);
-            step.phases.push(p.clone());
-        }
+        step.phases = phases::apply(&mut wf.phases, changes, now);
         let (status, error, why) = if cancel {
             (
                 WorkflowStatus::Cancelled,
@@ -542,27 +575,9 @@ fn decide(st: &mut State, id: Uuid, cancel: bool) -> Option<WfStep> {
         }
         return Some(step);
     }
-    let mut counts = vec![Counts::default(); wf.phases.len()];
-    for (p, s) in wf.tasks.values() {
-        if let Some(c) = counts.get_mut(*p) {
-            c.total += 1;
-            if *s == TaskStatus::Completed {
-                c.completed += 1;
-            }
-        }
-    }
+    let counts = phases::count(wf.phases.len(), wf.tasks.values().copied());
     let (changes, opened) = phases::advance(&wf.phases, &counts);
-    for (i, s) in changes {
-        let p = &mut wf.phases[i];
-        if s == PhaseStatus::Running || p.started_us.is_none() {
-            p.started_us = Some(now);
-        }
-        if s == PhaseStatus::Completed {
-            p.completed_us = Some(now);
-        }
-        p.status = s;
-        step.phases.push(p.clone());
-    }
+    step.phases = phases::apply(&mut wf.phases, changes, now);
     step.release = wf
         .tasks
         .iter()
@@ -583,7 +598,7 @@ fn decide(st: &mut State, id: Uuid, cancel: bool) -> Option<WfStep> {
     Some(step)
 }
 
-fn failure_text(t: &Task) -> String {
+pub(crate) fn failure_text(t: &Task) -> String {
     let phase = t.phase_id.as_deref().unwrap_or("?");
     format!(
         "task {} ({}) in phase {phase:?} {}: {}",
@@ -594,9 +609,22 @@ fn failure_text(t: &Task) -> String {
     )
 }
 
+/// A task's instructions followed by the results of earlier phases (`upstream`), and the log
+/// line that says so; as they were when there are none.
+pub(crate) fn with_upstream(instructions: String, upstream: &str) -> (String, Option<String>) {
+    if upstream.is_empty() {
+        return (instructions, None);
+    }
+    let note = format!(
+        "instructions extended with the results of earlier phases ({} bytes)",
+        upstream.len()
+    );
+    (instructions + upstream, Some(note))
+}
+
 /// The section appended to a downstream task's instructions: one heading per upstream task
 /// naming its phase and task, each result cut to a share of the budget with a marker.
-pub(super) fn format_upstream(phases: &[Phase], tasks: &[Task]) -> String {
+pub(crate) fn format_upstream(phases: &[Phase], tasks: &[Task]) -> String {
     if tasks.is_empty() {
         return String::new();
     }

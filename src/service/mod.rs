@@ -269,13 +269,32 @@ impl Core {
     }
 }
 
+/// A task for a cluster: its queue (asked, or its agent's), and the host it is bound to.
+fn cluster_task(
+    c: &Cluster,
+    task: Task,
+    instructions: String,
+    asked_queue: Option<String>,
+    agent: &AgentDef,
+) -> Result<crate::store::postgres::NewClusterTask> {
+    let queue = queue_of(asked_queue.as_deref(), agent)?;
+    let runs_a_process = matches!(agent.runner.as_str(), "claude" | "command");
+    let host = crate::cluster::host_binding(&queue, runs_a_process, &c.node().host);
+    Ok(crate::store::postgres::NewClusterTask {
+        task,
+        instructions,
+        queue,
+        host,
+        max_concurrency: agent.max_concurrency,
+    })
+}
+
 /// The refusal of what a cluster node does not offer yet.
 fn not_on_a_cluster() -> ServiceError {
     ServiceError::Conflict(
         "this engine is a node of a cluster (ORCHESTR8_DATABASE_URL), which does not offer this \
-         yet: task_async, task_run, task_status, task_wait, task_cancel, task_retry, task_logs, \
-         list_tasks, list_agents and webhooks (webhook_url, webhook_history) work there; \
-         workflows, task_diff, worktrees and the dashboard need the single engine (unset \
+         yet: the task and workflow tools, list_agents and webhooks work there; task_diff, \
+         worktrees (isolation) and the dashboard need the single engine (unset \
          ORCHESTR8_DATABASE_URL) for now"
             .to_string(),
     )
@@ -371,20 +390,11 @@ impl Service {
                 s.submit(task, instructions, agent).await?
             }
             Core::Cluster(c) => {
-                let queue = queue_of(asked_queue.as_deref(), &agent)?;
                 if task.workspace.is_some() {
                     return Err(not_on_a_cluster());
                 }
-                let runs_a_process = matches!(agent.runner.as_str(), "claude" | "command");
-                let host = crate::cluster::host_binding(&queue, runs_a_process, &c.node().host);
-                c.submit(crate::store::postgres::NewClusterTask {
-                    task,
-                    instructions,
-                    queue,
-                    host,
-                    max_concurrency: agent.max_concurrency,
-                })
-                .await?
+                c.submit(cluster_task(c, task, instructions, asked_queue, &agent)?)
+                    .await?
             }
         };
         Ok(match submitted {

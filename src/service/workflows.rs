@@ -3,7 +3,9 @@
 
 use uuid::Uuid;
 
-use super::{in_range, invalid, validate_webhook_url, Result, Service, ServiceError, MAX_OFFSET};
+use super::{
+    in_range, invalid, validate_webhook_url, Core, Result, Service, ServiceError, MAX_OFFSET,
+};
 use crate::agents::validate_name;
 use crate::api::*;
 use crate::model::{now_us, rfc3339, Workflow, WorkflowStatus};
@@ -57,7 +59,10 @@ impl Service {
             started_us: None,
             completed_us: None,
         };
-        let wf = self.sched()?.create_workflow(wf).await?;
+        let wf = match &self.core {
+            Core::Local(s) => s.create_workflow(wf).await?,
+            Core::Cluster(c) => c.create_workflow(wf).await?,
+        };
         Ok(WorkflowCreated {
             workflow_id: wf.id.to_string(),
             name: wf.name,
@@ -74,7 +79,10 @@ impl Service {
         for d in &deps {
             validate_name("phase_id in depends_on", d).map_err(ServiceError::Invalid)?;
         }
-        let p = self.sched()?.add_phase(id, a.phase_id, name, deps).await?;
+        let p = match &self.core {
+            Core::Local(s) => s.add_phase(id, a.phase_id, name, deps).await?,
+            Core::Cluster(c) => c.add_phase(id, a.phase_id, name, deps).await?,
+        };
         Ok(PhaseView {
             workflow_id: p.workflow_id.to_string(),
             phase_id: p.phase_id,
@@ -89,7 +97,7 @@ impl Service {
         validate_name("phase_id", &a.phase_id).map_err(ServiceError::Invalid)?;
         // A missing workflow is a 404 before anything its task names is looked up.
         self.workflow_or_not_found(id).await?;
-        let (mut task, instructions, _) = self
+        let (mut task, instructions, agent) = self
             .build_task(TaskAsyncArgs {
                 name: a.name,
                 agent_name: a.agent_name,
@@ -113,7 +121,16 @@ impl Service {
             })?;
         task.workflow_id = Some(id);
         task.phase_id = Some(a.phase_id);
-        let t = self.sched()?.add_workflow_task(task, instructions).await?;
+        let t = match &self.core {
+            Core::Local(s) => s.add_workflow_task(task, instructions).await?,
+            Core::Cluster(c) => {
+                if task.workspace.is_some() {
+                    return Err(super::not_on_a_cluster());
+                }
+                c.add_workflow_task(super::cluster_task(c, task, instructions, None, &agent)?)
+                    .await?
+            }
+        };
         Ok(WorkflowTaskAdded {
             task_id: t.id.to_string(),
             workflow_id: id.to_string(),
@@ -124,7 +141,10 @@ impl Service {
 
     pub async fn workflow_start(&self, a: WorkflowIdArgs) -> Result<WorkflowStatusView> {
         let id = parse_workflow_id(&a.workflow_id)?;
-        self.sched()?.start_workflow(id).await?;
+        match &self.core {
+            Core::Local(s) => s.start_workflow(id).await?,
+            Core::Cluster(c) => c.start_workflow(id).await?,
+        }
         self.workflow_view(id).await
     }
 
@@ -135,7 +155,10 @@ impl Service {
 
     pub async fn workflow_cancel(&self, a: WorkflowIdArgs) -> Result<WorkflowStatusView> {
         let id = parse_workflow_id(&a.workflow_id)?;
-        self.sched()?.cancel_workflow(id).await?;
+        match &self.core {
+            Core::Local(s) => s.cancel_workflow(id).await?,
+            Core::Cluster(c) => c.cancel_workflow(id).await?,
+        }
         self.workflow_view(id).await
     }
 
@@ -150,12 +173,14 @@ impl Service {
         };
         let limit = in_range("limit", a.limit, 1, 1000, 50)? as u32;
         let offset = in_range("offset", a.offset, 0, MAX_OFFSET, 0)? as u64;
-        let (rows, total) = self
-            .sched()?
-            .store()
-            .list_workflows(status, limit, offset)
-            .await
-            .map_err(|e| ServiceError::Internal(e.to_string()))?;
+        let (rows, total) = match &self.core {
+            Core::Local(s) => s
+                .store()
+                .list_workflows(status, limit, offset)
+                .await
+                .map_err(|e| ServiceError::Internal(e.to_string()))?,
+            Core::Cluster(c) => c.list_workflows(status, limit, offset).await?,
+        };
         Ok(WorkflowList {
             workflows: rows
                 .into_iter()
@@ -195,12 +220,15 @@ impl Service {
     }
 
     pub(super) async fn workflow_or_not_found(&self, id: Uuid) -> Result<Workflow> {
-        self.sched()?
-            .store()
-            .workflow(id)
-            .await
-            .map_err(|e| ServiceError::Internal(e.to_string()))?
-            .ok_or_else(|| {
+        let found = match &self.core {
+            Core::Local(s) => s
+                .store()
+                .workflow(id)
+                .await
+                .map_err(|e| ServiceError::Internal(e.to_string()))?,
+            Core::Cluster(c) => c.workflow(id).await?,
+        };
+        found.ok_or_else(|| {
                 ServiceError::NotFound(format!(
                     "unknown workflow_id {id}: no such workflow (list_workflows shows the workflows there are)"
                 ))
@@ -209,11 +237,15 @@ impl Service {
 
     /// The workflow status object, read from the store (the durable truth).
     async fn workflow_view(&self, id: Uuid) -> Result<WorkflowStatusView> {
-        let store = self.sched()?.store();
         let internal = |e: crate::store::StoreError| ServiceError::Internal(e.to_string());
         let wf = self.workflow_or_not_found(id).await?;
-        let phases = store.phases(id).await.map_err(internal)?;
-        let tasks = store.workflow_task_rows(id).await.map_err(internal)?;
+        let (phases, tasks) = match &self.core {
+            Core::Local(s) => (
+                s.store().phases(id).await.map_err(internal)?,
+                s.store().workflow_task_rows(id).await.map_err(internal)?,
+            ),
+            Core::Cluster(c) => (c.phases(id).await?, c.workflow_task_rows(id).await?),
+        };
         Ok(status_view(&wf, &phases, tasks))
     }
 }

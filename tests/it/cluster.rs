@@ -2,7 +2,8 @@
 //! own folder, session and detached engine) pointed at the same database, driven over stdio MCP
 //! as a user's Claude Code would. Tasks spread over the nodes, are waited for and cancelled from
 //! any node, and outlive a node killed with -9 or frozen past its lease; so do their webhooks,
-//! which a real receiver gets at least once and never twice at once.
+//! which a real receiver gets at least once and never twice at once. A workflow's phases run on
+//! different nodes and each of its steps is taken once.
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -535,6 +536,234 @@ async fn every_webhook_arrives_though_the_node_sending_it_is_killed_and_none_is_
         s.stop().await;
     }
     for env in &envs[1..] {
+        env.stop_engines().await;
+    }
+}
+
+/// The most spans open at once, from `+ <ns> <name>` and `- <ns> <name>` lines.
+fn most_at_once(lines: &[String]) -> usize {
+    let mut marks: Vec<(u128, i32)> = lines
+        .iter()
+        .filter_map(|l| {
+            let mut parts = l.split(' ');
+            let sign = parts.next()?;
+            let at: u128 = parts.next()?.parse().ok()?;
+            Some((at, if sign == "+" { 1 } else { -1 }))
+        })
+        .collect();
+    // An end and a start at the same instant do not overlap.
+    marks.sort();
+    let (mut open, mut most) = (0, 0);
+    for (_, d) in marks {
+        open += d;
+        most = most.max(open);
+    }
+    most as usize
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_workflow_whose_phases_finish_on_different_nodes_advances_exactly_once() {
+    use crate::workflows::{phase, phase_of, task, wait_workflow};
+    let url = pg::server().fresh_database().await;
+    let (receiver, hook) = Receiver::start(Duration::ZERO).await;
+    // Design runs on a or b, build only on a, test only on c: each phase ends on another node
+    // than the next one starts on.
+    let queues = ["default,design,build", "default,design", "default,test"];
+    let envs: Vec<Env> = queues
+        .iter()
+        .map(|q| {
+            let mut env = node(&url, "2");
+            env.set("ORCHESTR8_QUEUES", q);
+            env
+        })
+        .collect();
+    let shared = envs[0].path("shared");
+    std::fs::create_dir_all(&shared).unwrap();
+    let work = format!(
+        "S={}; echo \"+ $(date +%s%N) $ORCHESTR8_TASK_NAME\" >> $S/spans; \
+         cat > $S/\"$ORCHESTR8_TASK_NAME\".in; sleep \"${{DELAY:-0.4}}\"; \
+         echo \"- $(date +%s%N) $ORCHESTR8_TASK_NAME\" >> $S/spans; \
+         echo \"result of $ORCHESTR8_TASK_NAME\"",
+        shared.display()
+    );
+    for env in &envs {
+        for q in ["design", "build", "test"] {
+            env.shell_agent(&format!("{q}er"), &work, &format!("queue: {q}"));
+        }
+        env.shell_agent(
+            "boom",
+            "sleep 1.5; echo broken >&2; exit 1",
+            "queue: design\nmax_retries: 0",
+        );
+        env.shell_agent("slow", "sleep 60", "queue: design");
+    }
+    let sessions = futures_util::future::join_all(envs.iter().map(|e| e.start())).await;
+    let (a, b, c) = (&sessions[0], &sessions[1], &sessions[2]);
+
+    let created = a
+        .call(
+            "workflow_create",
+            json!({"name": "release", "webhook_url": hook, "max_parallel": 2}),
+        )
+        .await;
+    let w = created["workflow_id"].as_str().unwrap().to_string();
+    phase(a, &w, "design", "Design", &[]).await;
+    phase(a, &w, "build", "Build", &["design"]).await;
+    phase(a, &w, "test", "Test", &["build"]).await;
+    let mut tasks = Vec::new();
+    for i in 0..4 {
+        tasks.push(task(a, &w, "design", &format!("d{i}"), "designer", json!({})).await);
+    }
+    for i in 0..2 {
+        tasks.push(task(a, &w, "build", &format!("b{i}"), "builder", json!({})).await);
+    }
+    tasks.push(task(a, &w, "test", "t0", "tester", json!({})).await);
+    // The shape is checked on a cluster as on one engine.
+    let cycle = a
+        .call_err(
+            "workflow_add_phase",
+            json!({"workflow_id": w, "phase_id": "x", "name": "X", "depends_on": ["later"]}),
+        )
+        .await;
+    assert!(cycle.contains("add phases in order"), "{cycle}");
+
+    let started = b.call("workflow_start", json!({"workflow_id": w})).await;
+    assert_eq!(started["status"], "running", "{started}");
+    let late = c
+        .call_err(
+            "workflow_add_task",
+            json!({"workflow_id": w, "phase_id": "test", "name": "late",
+                   "agent_name": "tester", "agent_instructions": "x"}),
+        )
+        .await;
+    assert!(late.contains("only be added while it is a draft"), "{late}");
+    let st = wait_workflow(c, &w, "completed").await;
+    assert_eq!(st["progress"], 100, "{st}");
+
+    let done = c.wait_all(&tasks, 30).await;
+    let mut nodes_of = std::collections::HashMap::new();
+    for (t, id) in done.iter().zip(&tasks) {
+        assert_eq!(t["status"], "completed", "{t}");
+        assert_eq!(t["attempt"], 1, "every task ran once: {t}");
+        let on = started_on(&c.log_messages(id).await);
+        nodes_of
+            .entry(t["name"].as_str().unwrap().chars().next().unwrap())
+            .or_insert_with(HashSet::new)
+            .extend(on);
+    }
+    let (build_on, test_on) = (&nodes_of[&'b'], &nodes_of[&'t']);
+    assert_eq!(build_on.len(), 1, "{nodes_of:?}");
+    assert!(build_on.is_disjoint(test_on), "{nodes_of:?}");
+    // Each phase opened once, after the phase before it had completed.
+    for (before, after) in [("design", "build"), ("build", "test")] {
+        let ended = time(phase_of(&st, before), "completed_at");
+        let opened = time(phase_of(&st, after), "started_at");
+        assert!(opened >= ended, "{before} → {after}: {st}");
+    }
+    // Results travel down, across nodes, to every later phase.
+    let test_input = std::fs::read_to_string(shared.join("t0.in")).unwrap();
+    for upstream in ["d0", "d3", "b0", "b1"] {
+        assert!(
+            test_input.contains(&format!("result of {upstream}")),
+            "{test_input}"
+        );
+    }
+    // max_parallel holds across the nodes.
+    let spans = read_lines(&shared.join("spans"));
+    assert_eq!(spans.len(), 14, "{spans:?}");
+    let most = most_at_once(&spans);
+    assert!(
+        most <= 2,
+        "{most} tasks of the workflow ran at once: {spans:?}"
+    );
+
+    // A failure fails the workflow once: a task running on another node is stopped there and
+    // the tasks of later phases are cancelled.
+    let f = a
+        .call(
+            "workflow_create",
+            json!({"name": "broken", "webhook_url": hook}),
+        )
+        .await["workflow_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    phase(a, &f, "design", "Design", &[]).await;
+    phase(a, &f, "build", "Build", &["design"]).await;
+    let slow = task(a, &f, "design", "slow", "slow", json!({})).await;
+    let boom = task(a, &f, "design", "boom", "boom", json!({})).await;
+    let never = task(a, &f, "build", "never", "builder", json!({})).await;
+    a.call("workflow_start", json!({"workflow_id": f})).await;
+    c.until(&slow, "running", |t| t["status"] == "running")
+        .await;
+    let failed = wait_workflow(b, &f, "failed").await;
+    assert!(
+        failed["error"].as_str().unwrap().contains("broken"),
+        "{failed}"
+    );
+    let ended = c
+        .wait_all(&[slow.clone(), boom.clone(), never.clone()], 30)
+        .await;
+    assert_eq!(ended[0]["status"], "cancelled", "{}", ended[0]);
+    assert_eq!(ended[1]["status"], "failed", "{}", ended[1]);
+    assert_eq!(ended[2]["status"], "cancelled", "{}", ended[2]);
+    assert_eq!(phase_of(&failed, "build")["status"], "cancelled");
+
+    // A cancel from another node than the one running its task.
+    let k = a
+        .call(
+            "workflow_create",
+            json!({"name": "stopped", "webhook_url": hook}),
+        )
+        .await["workflow_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    phase(a, &k, "design", "Design", &[]).await;
+    let long = task(a, &k, "design", "long", "slow", json!({})).await;
+    a.call("workflow_start", json!({"workflow_id": k})).await;
+    b.until(&long, "running", |t| t["status"] == "running")
+        .await;
+    let cancelled = c.call("workflow_cancel", json!({"workflow_id": k})).await;
+    assert_eq!(cancelled["status"], "cancelled", "{cancelled}");
+    assert_eq!(b.wait_one(&long, 30).await["status"], "cancelled");
+    let listed = b.call("list_workflows", json!({})).await;
+    assert_eq!(listed["total"], 3, "{listed}");
+
+    // One event per workflow: each step was taken once, whichever node took it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let types = loop {
+        let types: Vec<String> = {
+            let s = receiver.state.lock().unwrap();
+            let mut t: Vec<String> = s.types.values().cloned().collect();
+            t.sort();
+            t
+        };
+        if types.len() >= 3 || std::time::Instant::now() > deadline {
+            break types;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        types,
+        [
+            "workflow.cancelled",
+            "workflow.completed",
+            "workflow.failed"
+        ]
+    );
+    assert_eq!(
+        receiver.state.lock().unwrap().types.len(),
+        3,
+        "no event twice"
+    );
+    let history = a.call("webhook_history", json!({"workflow_id": w})).await;
+    assert_eq!(history["deliveries"][0]["status_code"], 200, "{history}");
+    for s in sessions {
+        s.stop().await;
+    }
+    for env in &envs {
         env.stop_engines().await;
     }
 }

@@ -23,7 +23,7 @@ fn input_of(env: &Env, task: &str) -> String {
     std::fs::read_to_string(env.path(&format!("work/{task}.in"))).unwrap_or_default()
 }
 
-async fn create(s: &Server, name: &str) -> String {
+pub(crate) async fn create(s: &Server, name: &str) -> String {
     let w = s
         .call(
             "workflow_create",
@@ -34,7 +34,7 @@ async fn create(s: &Server, name: &str) -> String {
     w["workflow_id"].as_str().unwrap().to_string()
 }
 
-async fn phase(s: &Server, w: &str, id: &str, name: &str, deps: &[&str]) {
+pub(crate) async fn phase(s: &Server, w: &str, id: &str, name: &str, deps: &[&str]) {
     let p = s
         .call(
             "workflow_add_phase",
@@ -45,7 +45,14 @@ async fn phase(s: &Server, w: &str, id: &str, name: &str, deps: &[&str]) {
     assert_eq!(p["phase_id"], id);
 }
 
-async fn task(s: &Server, w: &str, phase: &str, name: &str, agent: &str, extra: Value) -> String {
+pub(crate) async fn task(
+    s: &Server,
+    w: &str,
+    phase: &str,
+    name: &str,
+    agent: &str,
+    extra: Value,
+) -> String {
     let mut args = json!({"workflow_id": w, "phase_id": phase, "name": name,
                           "agent_name": agent, "agent_instructions": format!("do {name}")});
     if let Value::Object(m) = extra {
@@ -56,11 +63,11 @@ async fn task(s: &Server, w: &str, phase: &str, name: &str, agent: &str, extra: 
     t["task_id"].as_str().unwrap().to_string()
 }
 
-async fn wstatus(s: &Server, w: &str) -> Value {
+pub(crate) async fn wstatus(s: &Server, w: &str) -> Value {
     s.call("workflow_status", json!({"workflow_id": w})).await
 }
 
-async fn wait_workflow(s: &Server, w: &str, done: &str) -> Value {
+pub(crate) async fn wait_workflow(s: &Server, w: &str, done: &str) -> Value {
     for _ in 0..800 {
         let st = wstatus(s, w).await;
         if st["status"] == done {
@@ -75,7 +82,7 @@ async fn wait_workflow(s: &Server, w: &str, done: &str) -> Value {
     );
 }
 
-fn phase_of<'a>(st: &'a Value, id: &str) -> &'a Value {
+pub(crate) fn phase_of<'a>(st: &'a Value, id: &str) -> &'a Value {
     st["phases"]
         .as_array()
         .unwrap()

@@ -139,132 +139,9 @@ impl Postgres {
     ) -> Result<Vec<OpOutcome>, StoreError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
-        let all_deps: Vec<Uuid> = tasks
-            .iter()
-            .flat_map(|t| t.task.dependencies.iter().copied())
-            .collect();
-        let found: Vec<(Uuid, TaskStatus)> = if all_deps.is_empty() {
-            Vec::new()
-        } else {
-            let lock = tx
-                .prepare_cached(
-                    "SELECT task_id, status FROM tasks WHERE task_id = ANY($1) FOR SHARE",
-                )
-                .await?;
-            tx.query(&lock, &[&all_deps])
-                .await?
-                .iter()
-                .map(id_and_status)
-                .collect::<Result<_, StoreError>>()?
-        };
-        // Checked under the share lock: a dependency that failed or was cancelled has already
-        // cancelled its dependents, so a new one would wait for ever.
-        if let Some((id, st)) = found
-            .iter()
-            .find(|(_, st)| matches!(st, TaskStatus::Failed | TaskStatus::Cancelled))
-        {
-            return Err(StoreError::Conflict(format!(
-                "dependencies: task {id} is {}, so this task could never start; task_retry it first or leave it out",
-                st.as_str()
-            )));
-        }
-        // A dependency in the same batch is as new as its dependent: not completed.
-        let found: Vec<(Uuid, TaskStatus)> = found
-            .into_iter()
-            .chain(tasks.iter().map(|n| (n.task.id, n.task.status)))
-            .collect();
-        let rows: Vec<Value> = tasks
-            .iter()
-            .map(|n| {
-                new_task_json(
-                    &n.task,
-                    &n.instructions,
-                    &n.queue,
-                    n.host.as_deref(),
-                    n.max_concurrency,
-                    open_dependencies(&n.task.dependencies, &found),
-                )
-            })
-            .collect();
-        let insert = tx
-            .prepare_cached(
-                "INSERT INTO tasks
-                 SELECT r.* FROM jsonb_array_elements($1) AS e(v),
-                      LATERAL jsonb_populate_record(NULL::tasks,
-                                  e.v || jsonb_build_object('updated_at', now())) AS r
-                 ON CONFLICT DO NOTHING
-                 RETURNING task_id",
-            )
-            .await?;
-        let inserted: Vec<Uuid> = tx
-            .query(&insert, &[&Value::Array(rows)])
-            .await?
-            .iter()
-            .map(|r| r.try_get(0))
-            .collect::<Result<_, _>>()?;
-        // Not inserted: its key belongs to another task, or the task itself exists already (a
-        // submit repeated after an answer that was lost).
-        let refused: Vec<&NewClusterTask> = tasks
-            .iter()
-            .filter(|n| !inserted.contains(&n.task.id))
-            .collect();
-        let refused_keys: Vec<&str> = refused
-            .iter()
-            .filter_map(|n| n.task.idempotency_key.as_deref())
-            .collect();
-        let refused_ids: Vec<Uuid> = refused.iter().map(|n| n.task.id).collect();
-        let holders: Vec<(Option<String>, Uuid)> = if refused.is_empty() {
-            Vec::new()
-        } else {
-            tx.query(
-                "SELECT idempotency_key, task_id FROM tasks
-                 WHERE idempotency_key = ANY($1) OR task_id = ANY($2)",
-                &[&refused_keys, &refused_ids],
-            )
-            .await?
-            .iter()
-            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
-            .collect::<Result<_, StoreError>>()?
-        };
-        let edges: Vec<(Uuid, Uuid)> = tasks
-            .iter()
-            .filter(|n| inserted.contains(&n.task.id))
-            .flat_map(|n| n.task.dependencies.iter().map(move |d| (n.task.id, *d)))
-            .collect();
-        if !edges.is_empty() {
-            let (from, to): (Vec<Uuid>, Vec<Uuid>) = edges.into_iter().unzip();
-            tx.execute(
-                "INSERT INTO task_dependencies (task_id, depends_on)
-                 SELECT * FROM unnest($1::uuid[], $2::uuid[]) ON CONFLICT DO NOTHING",
-                &[&from, &to],
-            )
-            .await?;
-        }
-        if !inserted.is_empty() {
-            super::notify::notify_ready(&tx).await?;
-        }
+        let outcomes = insert_in(&tx, tasks).await?;
         tx.commit().await?;
-        tasks
-            .iter()
-            .map(|n| {
-                if inserted.contains(&n.task.id) {
-                    return Ok(OpOutcome::Done);
-                }
-                let key = n.task.idempotency_key.as_deref();
-                holders
-                    .iter()
-                    .find(|(k, _)| key.is_some() && k.as_deref() == key)
-                    .or_else(|| holders.iter().find(|(_, id)| *id == n.task.id))
-                    .map(|(_, holder)| OpOutcome::Existing(*holder))
-                    .ok_or_else(|| {
-                        StoreError::Conflict(format!(
-                            "task {} was not inserted, and neither it nor a holder of its key \
-                             is there now; submit it again",
-                            n.task.id
-                        ))
-                    })
-            })
-            .collect()
+        Ok(outcomes)
     }
 
     /// Claims up to `req.limit` ready tasks for `req.node_id`: each is `running` with its
@@ -315,6 +192,136 @@ impl Postgres {
         row.map(|r| Ok((task_from_row(&r)?, r.try_get(30)?)))
             .transpose()
     }
+}
+
+/// Inserts tasks inside `tx` (see [`Postgres::insert_tasks`]).
+pub(super) async fn insert_in(
+    tx: &deadpool_postgres::Transaction<'_>,
+    tasks: &[NewClusterTask],
+) -> Result<Vec<OpOutcome>, StoreError> {
+    let all_deps: Vec<Uuid> = tasks
+        .iter()
+        .flat_map(|t| t.task.dependencies.iter().copied())
+        .collect();
+    let found: Vec<(Uuid, TaskStatus)> = if all_deps.is_empty() {
+        Vec::new()
+    } else {
+        let lock = tx
+            .prepare_cached("SELECT task_id, status FROM tasks WHERE task_id = ANY($1) FOR SHARE")
+            .await?;
+        tx.query(&lock, &[&all_deps])
+            .await?
+            .iter()
+            .map(id_and_status)
+            .collect::<Result<_, StoreError>>()?
+    };
+    // Checked under the share lock: a dependency that failed or was cancelled has already
+    // cancelled its dependents, so a new one would wait for ever.
+    if let Some((id, st)) = found
+        .iter()
+        .find(|(_, st)| matches!(st, TaskStatus::Failed | TaskStatus::Cancelled))
+    {
+        return Err(StoreError::Conflict(format!(
+                "dependencies: task {id} is {}, so this task could never start; task_retry it first or leave it out",
+                st.as_str()
+            )));
+    }
+    // A dependency in the same batch is as new as its dependent: not completed.
+    let found: Vec<(Uuid, TaskStatus)> = found
+        .into_iter()
+        .chain(tasks.iter().map(|n| (n.task.id, n.task.status)))
+        .collect();
+    let rows: Vec<Value> = tasks
+        .iter()
+        .map(|n| {
+            new_task_json(
+                &n.task,
+                &n.instructions,
+                &n.queue,
+                n.host.as_deref(),
+                n.max_concurrency,
+                open_dependencies(&n.task.dependencies, &found),
+            )
+        })
+        .collect();
+    let insert = tx
+        .prepare_cached(
+            "INSERT INTO tasks
+                 SELECT r.* FROM jsonb_array_elements($1) AS e(v),
+                      LATERAL jsonb_populate_record(NULL::tasks,
+                                  e.v || jsonb_build_object('updated_at', now())) AS r
+                 ON CONFLICT DO NOTHING
+                 RETURNING task_id",
+        )
+        .await?;
+    let inserted: Vec<Uuid> = tx
+        .query(&insert, &[&Value::Array(rows)])
+        .await?
+        .iter()
+        .map(|r| r.try_get(0))
+        .collect::<Result<_, _>>()?;
+    // Not inserted: its key belongs to another task, or the task itself exists already (a
+    // submit repeated after an answer that was lost).
+    let refused: Vec<&NewClusterTask> = tasks
+        .iter()
+        .filter(|n| !inserted.contains(&n.task.id))
+        .collect();
+    let refused_keys: Vec<&str> = refused
+        .iter()
+        .filter_map(|n| n.task.idempotency_key.as_deref())
+        .collect();
+    let refused_ids: Vec<Uuid> = refused.iter().map(|n| n.task.id).collect();
+    let holders: Vec<(Option<String>, Uuid)> = if refused.is_empty() {
+        Vec::new()
+    } else {
+        tx.query(
+            "SELECT idempotency_key, task_id FROM tasks
+                 WHERE idempotency_key = ANY($1) OR task_id = ANY($2)",
+            &[&refused_keys, &refused_ids],
+        )
+        .await?
+        .iter()
+        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+        .collect::<Result<_, StoreError>>()?
+    };
+    let edges: Vec<(Uuid, Uuid)> = tasks
+        .iter()
+        .filter(|n| inserted.contains(&n.task.id))
+        .flat_map(|n| n.task.dependencies.iter().map(move |d| (n.task.id, *d)))
+        .collect();
+    if !edges.is_empty() {
+        let (from, to): (Vec<Uuid>, Vec<Uuid>) = edges.into_iter().unzip();
+        tx.execute(
+            "INSERT INTO task_dependencies (task_id, depends_on)
+                 SELECT * FROM unnest($1::uuid[], $2::uuid[]) ON CONFLICT DO NOTHING",
+            &[&from, &to],
+        )
+        .await?;
+    }
+    if !inserted.is_empty() {
+        super::notify::notify_ready(tx).await?;
+    }
+    tasks
+        .iter()
+        .map(|n| {
+            if inserted.contains(&n.task.id) {
+                return Ok(OpOutcome::Done);
+            }
+            let key = n.task.idempotency_key.as_deref();
+            holders
+                .iter()
+                .find(|(k, _)| key.is_some() && k.as_deref() == key)
+                .or_else(|| holders.iter().find(|(_, id)| *id == n.task.id))
+                .map(|(_, holder)| OpOutcome::Existing(*holder))
+                .ok_or_else(|| {
+                    StoreError::Conflict(format!(
+                        "task {} was not inserted, and neither it nor a holder of its key \
+                             is there now; submit it again",
+                        n.task.id
+                    ))
+                })
+        })
+        .collect()
 }
 
 #[cfg(test)]

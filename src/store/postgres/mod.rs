@@ -20,6 +20,7 @@ mod reads;
 mod rows;
 mod settle;
 mod webhooks;
+mod workflows;
 
 use std::time::Duration;
 
@@ -33,6 +34,7 @@ pub use claim::{ClaimRequest, NewClusterTask};
 pub use logs::LogEntry;
 pub use nodes::{Lease, NodeInfo};
 pub use settle::{Cancel, Ended, Recorded, Refused};
+pub use workflows::{task_row, DraftChange, WorkflowStep};
 
 /// The PostgreSQL schema holding every table.
 pub const SCHEMA: &str = "orchestr8";

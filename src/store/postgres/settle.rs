@@ -124,7 +124,7 @@ impl Settled {
     }
 
     /// From a row's `(task_id, status, has a webhook)`.
-    fn from_row(r: &tokio_postgres::Row) -> Result<Settled, StoreError> {
+    pub fn from_row(r: &tokio_postgres::Row) -> Result<Settled, StoreError> {
         let (id, status) = id_and_status(r)?;
         Ok(Settled {
             id,
