@@ -38,6 +38,8 @@ pub struct ClusterConfig {
     pub poll: Duration,
     /// Names the cluster to the processes it starts (`ORCHESTR8_TASK_DB`).
     pub instance: String,
+    /// How long finished work is kept (`None`: for ever).
+    pub retention: Option<Duration>,
 }
 
 pub(super) struct Inner {
@@ -270,6 +272,47 @@ impl Cluster {
             .webhook_history(task_id, workflow_id)
             .await
             .map_err(store)
+    }
+
+    /// Tasks of a project that ended after `after_us` (see `Postgres::ended_in_project`).
+    pub async fn ended_in_project(
+        &self,
+        project: &str,
+        after_us: i64,
+        limit: u32,
+    ) -> Result<(Vec<Task>, u64), SchedError> {
+        self.inner
+            .db
+            .ended_in_project(project, after_us, limit)
+            .await
+            .map_err(store)
+    }
+
+    /// Removes, batch by batch, the cluster's finished work that ended more than `period` ago
+    /// by the database's clock; says what went and that cutoff.
+    pub async fn prune_older_than(
+        &self,
+        period: Duration,
+    ) -> Result<(crate::store::prune::Pruned, i64), SchedError> {
+        let mut total = crate::store::prune::Pruned::default();
+        loop {
+            let (batch, cutoff) = self
+                .inner
+                .db
+                .prune_batch(period, crate::scheduler::PRUNE_BATCH)
+                .await
+                .map_err(store)?;
+            total.add(batch);
+            if (batch.tasks == 0 && batch.workflows == 0) || self.inner.stopping.is_cancelled() {
+                return Ok((total, cutoff));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// How long finished work is kept (`None`: for ever).
+    pub fn retention(&self) -> Option<Duration> {
+        self.inner.cfg.retention
     }
 
     /// Webhook events the cluster still owes.

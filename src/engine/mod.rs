@@ -78,6 +78,8 @@ enum Running {
     Cluster {
         cluster: Cluster,
         deliverer: Deliverer,
+        /// Removes the cluster's finished work past the retention period, with the other nodes.
+        pruner: Option<pruner::Pruner>,
         _lock: nix::fcntl::Flock<std::fs::File>,
     },
 }
@@ -105,8 +107,12 @@ impl Running {
             Running::Cluster {
                 cluster,
                 deliverer,
+                pruner,
                 _lock,
             } => {
+                if let Some(p) = pruner {
+                    p.stop().await;
+                }
                 let leaving = cluster.wind_down(grace).await;
                 // Sends in flight finish under the node's claims, before it leaves and lets
                 // go of the claims it did not attempt.
@@ -218,7 +224,8 @@ impl Engine {
                 start_cluster(cfg, db, lock, secret, agents, runners, &frontends).await?
             }
         };
-        let service = Service::new(core);
+        let told_at = std::fs::canonicalize(&db_path).unwrap_or_else(|_| db_path.clone());
+        let service = Service::new(core, &told_at.display().to_string());
         let http_stop = CancellationToken::new();
         let doors = CancellationToken::new();
         let requests = StopRequests::default();
@@ -281,7 +288,7 @@ impl Engine {
                 deliverer,
                 pruner: _,
             } => Running::Local {
-                pruner: pruner::Pruner::start(sched.clone()),
+                pruner: pruner::Pruner::start(sched.clone(), sched.retention()),
                 store,
                 sched,
                 deliverer,
@@ -520,6 +527,7 @@ async fn start_cluster(
             lease: Duration::from_secs(cfg.node_lease_seconds),
             poll: Duration::from_millis(cfg.claim_poll_ms),
             instance: cluster_instance(cfg),
+            retention: cfg.retention.period(),
         },
         agents,
         runners,
@@ -529,6 +537,7 @@ async fn start_cluster(
     match started {
         Ok(cluster) => Ok((
             Running::Cluster {
+                pruner: pruner::Pruner::start(cluster.clone(), cfg.retention.period()),
                 cluster: cluster.clone(),
                 deliverer,
                 _lock: lock,

@@ -1,15 +1,40 @@
 //! The pruner: keeps a database to its retention period (`ORCHESTR8_RETENTION`) by removing
 //! finished work that ended longer ago, in the background, in small batches (see
-//! [`Scheduler::prune_before`]), so the scheduler and the writes of running work never wait on
-//! it for long. Without a retention period it does not run and everything is kept.
+//! [`Scheduler::prune_before`], and on a cluster `Postgres::prune_batch`, which every node runs:
+//! the batches skip each other's rows), so the scheduler and the writes of running work never
+//! wait on it for long. Without a retention period it does not run and everything is kept.
 
 use std::fmt;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::cluster::Cluster;
 use crate::model::now_us;
-use crate::scheduler::Scheduler;
+use crate::scheduler::{SchedError, Scheduler};
+use crate::store::prune::Pruned;
+
+/// What the pruner keeps to a period: the single engine's scheduler, or a cluster node.
+pub trait Prunes: Send + Sync + 'static {
+    /// Removes, batch by batch, the finished work that ended more than `period` ago.
+    fn prune_older_than(
+        &self,
+        period: Duration,
+    ) -> impl std::future::Future<Output = Result<Pruned, SchedError>> + Send;
+}
+
+impl Prunes for Scheduler {
+    async fn prune_older_than(&self, period: Duration) -> Result<Pruned, SchedError> {
+        self.prune_before(now_us() - period.as_micros() as i64)
+            .await
+    }
+}
+
+impl Prunes for Cluster {
+    async fn prune_older_than(&self, period: Duration) -> Result<Pruned, SchedError> {
+        Ok(Cluster::prune_older_than(self, period).await?.0)
+    }
+}
 
 /// How long finished work is kept; `None` is for ever (the default).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -81,9 +106,9 @@ pub struct Pruner {
 }
 
 impl Pruner {
-    /// Starts the pruner if there is a retention period.
-    pub fn start(sched: Scheduler) -> Option<Pruner> {
-        let period = sched.retention()?;
+    /// Starts the pruner of `target` if there is a retention `period`.
+    pub fn start(target: impl Prunes, period: Option<Duration>) -> Option<Pruner> {
+        let period = period?;
         let stop = CancellationToken::new();
         let every = interval(period);
         tracing::info!(
@@ -98,10 +123,9 @@ impl Pruner {
                     _ = token.cancelled() => return,
                     _ = tokio::time::sleep(every) => {}
                 }
-                let cutoff = now_us() - period.as_micros() as i64;
                 tokio::select! {
                     _ = token.cancelled() => return,
-                    r = sched.prune_before(cutoff) => match r {
+                    r = target.prune_older_than(period) => match r {
                         Ok(p) if p.tasks + p.workflows > 0 => tracing::info!(
                             tasks = p.tasks,
                             workflows = p.workflows,

@@ -22,6 +22,8 @@ mod transitions;
 mod wait;
 pub(crate) mod workflow;
 
+pub use prune::PRUNE_BATCH;
+
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 

@@ -254,13 +254,6 @@ impl Core {
         }
     }
 
-    fn instance(&self) -> &str {
-        match self {
-            Core::Local(s) => s.instance(),
-            Core::Cluster(c) => c.instance(),
-        }
-    }
-
     async fn task(&self, id: Uuid) -> Result<Option<Task>> {
         Ok(match self {
             Core::Local(s) => s.task(id).await?,
@@ -301,9 +294,11 @@ fn not_on_a_cluster() -> ServiceError {
 }
 
 impl Service {
-    pub fn new(core: Core) -> Self {
+    /// The service on `core`; what each project has been told of its ended tasks is kept
+    /// next to `db_path` (on a cluster too: telling is per machine).
+    pub fn new(core: Core, db_path: &str) -> Self {
         Service {
-            told: told::ToldBook::new(core.instance()),
+            told: told::ToldBook::new(db_path),
             core,
             session: None,
         }

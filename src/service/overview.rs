@@ -75,16 +75,27 @@ impl Service {
                         "--older-than forever removes nothing; give a period such as 30d".into(),
                     )
                 })?,
-            None => self.sched()?.retention().ok_or_else(|| {
-                ServiceError::Invalid(
-                    "no retention period is set (ORCHESTR8_RETENTION), so nothing is old enough \
-                     to remove; give one: prune --older-than 30d"
-                        .into(),
-                )
-            })?,
+            None => {
+                let kept = match &self.core {
+                    Core::Local(s) => s.retention(),
+                    Core::Cluster(c) => c.retention(),
+                };
+                kept.ok_or_else(|| {
+                    ServiceError::Invalid(
+                        "no retention period is set (ORCHESTR8_RETENTION), so nothing is old \
+                         enough to remove; give one: prune --older-than 30d"
+                            .into(),
+                    )
+                })?
+            }
         };
-        let cutoff = crate::model::now_us() - period.as_micros() as i64;
-        let p = self.sched()?.prune_before(cutoff).await?;
+        let (p, cutoff) = match &self.core {
+            Core::Local(s) => {
+                let cutoff = crate::model::now_us() - period.as_micros() as i64;
+                (s.prune_before(cutoff).await?, cutoff)
+            }
+            Core::Cluster(c) => c.prune_older_than(period).await?,
+        };
         Ok(crate::api::PruneReport {
             ended_before: crate::model::rfc3339(cutoff),
             older_than_seconds: period.as_secs(),

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::{Result, Service, ServiceError};
+use super::{Core, Result, Service, ServiceError};
 use crate::api::{EndedReport, EndedTask};
 use crate::model::{rfc3339, Task, TaskStatus};
 
@@ -129,12 +129,17 @@ impl Service {
                 .map_err(|e| ServiceError::Internal(e.to_string()))?
         };
         let cursor = cursors.get(project).cloned().unwrap_or_default();
-        let (ended, total) = self
-            .sched()?
-            .store()
-            .ended_in_project(project.to_string(), cursor.look_after(), BATCH)
-            .await
-            .map_err(|e| ServiceError::Internal(e.to_string()))?;
+        let (ended, total) = match &self.core {
+            Core::Local(s) => s
+                .store()
+                .ended_in_project(project.to_string(), cursor.look_after(), BATCH)
+                .await
+                .map_err(|e| ServiceError::Internal(e.to_string()))?,
+            Core::Cluster(c) => {
+                c.ended_in_project(project, cursor.look_after(), BATCH)
+                    .await?
+            }
+        };
         let (mut fresh, next) = cursor.tell(&ended);
         fresh.sort_by_key(|t| (t.completed_us, t.id));
         let unread = total.saturating_sub(ended.len() as u64);

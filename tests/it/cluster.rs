@@ -767,3 +767,64 @@ async fn a_workflow_whose_phases_finish_on_different_nodes_advances_exactly_once
         env.stop_engines().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ended_and_prune_work_on_a_cluster_whichever_node_ran_the_tasks() {
+    let url = pg::server().fresh_database().await;
+    let here = node(&url, "2");
+    let mut there = node(&url, "2");
+    there.set("ORCHESTR8_QUEUES", "default,remote");
+    for env in [&here, &there] {
+        env.shell_agent("echo", "cat", "");
+    }
+    let proj = here.path("proj");
+    std::fs::create_dir_all(&proj).unwrap();
+    let b = there.start().await;
+    let a = here.start_in(&proj).await;
+    let id = a
+        .submit("far", "echo", "done far away", json!({"queue": "remote"}))
+        .await;
+    let t = a.wait_one(&id, 30).await;
+    assert_eq!(t["status"], "completed", "{t}");
+    assert_eq!(started_on(&a.log_messages(&id).await).len(), 1);
+
+    let project = proj.to_str().unwrap();
+    let (code, told, err) = here.cli(&["ended", "--project", project]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        told.contains(&id) && told.contains("done far away"),
+        "{told}"
+    );
+    // Told once, and the book of what was told is kept on this machine, beside its files.
+    let (_, again, _) = here.cli(&["ended", "--project", project]).await;
+    assert!(!again.contains(&id), "{again}");
+
+    // Prune removes old finished work — a workflow whole — from any node, and nothing newer.
+    let w = b.call("workflow_create", json!({"name": "old"})).await["workflow_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    crate::workflows::phase(&b, &w, "only", "Only", &[]).await;
+    let wt = crate::workflows::task(&b, &w, "only", "wt", "echo", json!({})).await;
+    b.call("workflow_start", json!({"workflow_id": w})).await;
+    b.wait_one(&wt, 30).await;
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    let fresh = a.submit("fresh", "echo", "x", json!({})).await;
+    a.wait_one(&fresh, 30).await;
+    let r = here.cli_json(&["prune", "--older-than", "2s"]).await;
+    assert_eq!(
+        (r["tasks"].as_u64(), r["workflows"].as_u64()),
+        (Some(2), Some(1)),
+        "{r}"
+    );
+    assert!(r["log_lines"].as_u64().unwrap() >= 4, "{r}");
+    for gone in [&id, &wt] {
+        let e = b.call_err("task_status", json!({"task_id": gone})).await;
+        assert!(e.contains("no such task"), "{e}");
+    }
+    assert_eq!(b.wait_one(&fresh, 5).await["status"], "completed");
+    a.stop().await;
+    b.stop().await;
+    here.stop_engines().await;
+    there.stop_engines().await;
+}

@@ -16,6 +16,7 @@ mod logs;
 pub mod migrate;
 mod nodes;
 mod notify;
+mod prune;
 mod reads;
 mod rows;
 mod settle;

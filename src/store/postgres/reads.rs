@@ -18,6 +18,45 @@ fn log_from_row(r: &tokio_postgres::Row) -> Result<LogLine, StoreError> {
 }
 
 impl Postgres {
+    /// Tasks of a project (its directory or one inside it) that ended after `after_us`, newest
+    /// end first, up to `limit`; and how many there are in all.
+    pub async fn ended_in_project(
+        &self,
+        project: &str,
+        after_us: i64,
+        limit: u32,
+    ) -> Result<(Vec<Task>, u64), StoreError> {
+        let inside = format!(
+            "{}/%",
+            project
+                .trim_end_matches('/')
+                .replace('%', "\\%")
+                .replace('_', "\\_")
+        );
+        let filter = "(t.project = $1 OR t.project LIKE $2)
+             AND t.status IN ('completed', 'failed', 'cancelled') AND t.completed_at > $3";
+        let after = super::rows::time(after_us);
+        let client = self.client().await?;
+        let total: i64 = client
+            .query_one(
+                &format!("SELECT count(*) FROM tasks t WHERE {filter}"),
+                &[&project, &inside, &after],
+            )
+            .await?
+            .try_get(0)?;
+        let rows = client
+            .query(
+                &format!(
+                    "SELECT {TASK_COLUMNS} FROM tasks t WHERE {filter}
+                     ORDER BY t.completed_at DESC, t.task_id DESC LIMIT $4"
+                ),
+                &[&project, &inside, &after, &i64::from(limit)],
+            )
+            .await?;
+        let tasks = rows.iter().map(task_from_row).collect::<Result<_, _>>()?;
+        Ok((tasks, total.max(0) as u64))
+    }
+
     /// The tasks of `ids` that exist, in no particular order.
     pub async fn tasks(&self, ids: &[Uuid]) -> Result<Vec<Task>, StoreError> {
         if ids.is_empty() {
