@@ -242,7 +242,8 @@ async fn tell_if_ended(inner: &Inner, next: Task) {
         inner.notifier.task_finished(&t);
         // Its workflow may take a step now: here, at once, under the workflow's lock.
         if let Some(w) = t.workflow_id {
-            if super::workflows::advance(&inner.db, &*inner.notifier, w).await {
+            let stepped = super::workflows::advance(&inner.db, &*inner.notifier, w).await;
+            if stepped.opened || stepped.stopping {
                 inner.wake.notify_one();
             }
         }

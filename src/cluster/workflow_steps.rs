@@ -22,13 +22,7 @@ pub fn start(
     tasks: &[Task],
     now: i64,
 ) -> Result<WorkflowStep, SchedError> {
-    crate::scheduler::workflow::still_a_draft(wf).map_err(|_| {
-        SchedError::Conflict(format!(
-            "workflow {} is {}; only a draft can be started",
-            wf.id,
-            wf.status.as_str()
-        ))
-    })?;
+    crate::scheduler::workflow::still_a_draft(wf)?;
     if tasks.is_empty() {
         return Err(SchedError::Conflict(format!(
             "workflow {} has no tasks; add at least one with workflow_add_task before starting it",
@@ -84,6 +78,20 @@ pub fn cancel(
 /// with them), or — once a task failed or was cancelled — the workflow failed by the first
 /// task that failed (else the first cancelled).
 pub fn advance(wf: &Workflow, phases: &[Phase], tasks: &[Task], now: i64) -> WorkflowStep {
+    if wf.status.is_terminal() {
+        // A task of an ended workflow that is still unfinished (its attempt was given back as
+        // the workflow ended) never runs: it goes the way of the workflow.
+        let leftover = tasks.iter().any(|t| !t.status.is_terminal());
+        return WorkflowStep {
+            cancel_unfinished: leftover.then(|| {
+                format!(
+                    "cancelled because its workflow had ended ({})",
+                    wf.status.as_str()
+                )
+            }),
+            ..WorkflowStep::default()
+        };
+    }
     if wf.status != WorkflowStatus::Running {
         return WorkflowStep::default();
     }
@@ -240,7 +248,7 @@ mod tests {
         let empty = start(&wf(WorkflowStatus::Draft), &ps, &[], 5).unwrap_err();
         assert!(empty.to_string().contains("has no tasks"), "{empty}");
         let again = start(&wf(WorkflowStatus::Running), &ps, &tasks, 5).unwrap_err();
-        assert!(again.to_string().contains("only a draft"), "{again}");
+        assert!(again.to_string().contains("while it is a draft"), "{again}");
     }
 
     #[test]
@@ -276,8 +284,16 @@ mod tests {
         );
         let ev = last.event.unwrap();
         assert_eq!(ev.event_type, "workflow.completed");
-        // An ended workflow takes no step.
-        assert!(advance(&w, &ps, &done, 11).workflow.is_none());
+        // An ended workflow takes no step, but a task of it left unfinished is cancelled.
+        let quiet = advance(&w, &ps, &done, 11);
+        assert!(quiet.workflow.is_none() && quiet.cancel_unfinished.is_none());
+        let left = [task("build", TaskStatus::Pending, None)];
+        let swept = advance(&w, &ps, &left, 11);
+        assert!(swept.workflow.is_none() && swept.event.is_none());
+        assert!(swept
+            .cancel_unfinished
+            .unwrap()
+            .contains("had ended (completed)"));
     }
 
     #[test]

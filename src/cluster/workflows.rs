@@ -129,29 +129,25 @@ impl Cluster {
     /// Starts a draft: its first phases open in the same transaction.
     pub async fn start_workflow(&self, id: Uuid) -> Result<(), SchedError> {
         self.refuse_when_stopping()?;
-        let step = self
-            .db()
-            .step_workflow(id, workflow_steps::start)
+        let taken = step(self.db(), id, workflow_steps::start)
             .await
             .map_err(store)?
             .ok_or_else(|| unknown(id))??;
         self.wake_claims();
-        told(self.notifier(), &step);
+        told(self.notifier(), &taken);
         Ok(())
     }
 
     /// Cancels a draft or running workflow: pending tasks at once, running ones through their
     /// nodes; waits (a while) until none of its tasks runs any more.
     pub async fn cancel_workflow(&self, id: Uuid) -> Result<(), SchedError> {
-        let step = self
-            .db()
-            .step_workflow(id, workflow_steps::cancel)
+        let taken = step(self.db(), id, workflow_steps::cancel)
             .await
             .map_err(store)?
             .ok_or_else(|| unknown(id))??;
         // Its running tasks here stop at the claim loop's next look, which this brings forward.
         self.wake_claims();
-        told(self.notifier(), &step);
+        told(self.notifier(), &taken);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         while self.db().workflow_running(id).await.map_err(store)?
             && tokio::time::Instant::now() < deadline
@@ -169,24 +165,55 @@ fn told(notifier: &dyn Notifier, step: &WorkflowStep) {
     }
 }
 
-/// Takes the step a running workflow owes now (none, if another node took it). Returns whether
-/// tasks were let through their gates.
-pub(super) async fn advance(db: &Postgres, notifier: &dyn Notifier, id: Uuid) -> bool {
-    let step = db
-        .step_workflow(id, |wf, phases, tasks, now| {
-            Ok::<_, SchedError>(workflow_steps::advance(wf, phases, tasks, now))
-        })
-        .await;
-    match step {
+/// What a step set going that the claim loop should look at: tasks let through their gates,
+/// or tasks asked to stop.
+#[derive(Default)]
+pub(super) struct Stepped {
+    pub opened: bool,
+    pub stopping: bool,
+}
+
+/// Takes a step of a workflow (see `Postgres::step_workflow`); one that loses a deadlock or
+/// finds the database away is tried again a few times.
+async fn step<F>(
+    db: &Postgres,
+    id: Uuid,
+    decide: F,
+) -> Result<Option<Result<WorkflowStep, SchedError>>, StoreError>
+where
+    F: Fn(&Workflow, &[Phase], &[Task], i64) -> Result<WorkflowStep, SchedError> + Copy,
+{
+    let mut tries = 0;
+    loop {
+        match db.step_workflow(id, decide).await {
+            Err(StoreError::Unavailable(why)) if tries < 3 => {
+                tries += 1;
+                tracing::debug!(workflow_id = %id, "the workflow's step is tried again: {why}");
+                tokio::time::sleep(Duration::from_millis(50 * tries)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Takes the step a workflow owes now (none, if another node took it). If it cannot, the
+/// leader takes it: the ends it would have seen stay marked as owed.
+pub(super) async fn advance(db: &Postgres, notifier: &dyn Notifier, id: Uuid) -> Stepped {
+    let decide = |wf: &Workflow, phases: &[Phase], tasks: &[Task], now: i64| {
+        Ok(workflow_steps::advance(wf, phases, tasks, now))
+    };
+    match step(db, id, decide).await {
         Ok(Some(Ok(step))) => {
             told(notifier, &step);
-            !step.open.is_empty()
+            Stepped {
+                opened: !step.open.is_empty(),
+                stopping: step.cancel_unfinished.is_some(),
+            }
         }
-        Ok(_) => false,
+        Ok(_) => Stepped::default(),
         Err(e) => {
-            // The leader's look for stale workflows takes the step later.
             tracing::warn!(workflow_id = %id, "could not move the workflow along ({e}); the leader will");
-            false
+            Stepped::default()
         }
     }
 }

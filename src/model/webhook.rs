@@ -80,6 +80,14 @@ impl WebhookEvent {
         }
     }
 
+    /// `host:port` of its URL: deliveries to one receiver are limited together.
+    pub fn host(&self) -> String {
+        url::Url::parse(&self.url)
+            .ok()
+            .and_then(|u| Some(format!("{}:{}", u.host_str()?, u.port_or_known_default()?)))
+            .unwrap_or_default()
+    }
+
     /// The event owed for a task that has just reached a terminal state, if it has a webhook.
     /// Both storage drivers write it in the transaction of that state.
     pub fn for_task(t: &Task, now_us: i64) -> Option<WebhookEvent> {

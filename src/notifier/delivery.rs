@@ -7,7 +7,8 @@
 //! events are resumed after any restart.
 //!
 //! On a cluster every node runs this loop, and an event is taken with a claim of
-//! `2 × timeout + 5 s`. A send starts only if it can end (the request's timeout) a second
+//! `2 × timeout + 5 s`, at most [`PER_HOST`] per host per pass and none for a host this node
+//! is already sending all it may to (so a slow receiver holds up only its own events). A send starts only if it can end (the request's timeout) a second
 //! before the claim does; otherwise the claim is let go unattempted. So two nodes never send
 //! one event at once, unless a node is frozen in the middle of a send for longer than its claim.
 
@@ -26,7 +27,7 @@ use crate::model::{now_us, DeliveryStatus, WebhookAttempt, WebhookEvent};
 use crate::runner::http::{error_chain, retry_after};
 
 /// Attempts in flight to one host (`host:port`) at a time.
-const PER_HOST: usize = 4;
+pub const PER_HOST: usize = 4;
 /// Owed events read per pass of the loop.
 const BATCH: u32 = 256;
 /// The most events a cluster node holds claims on at once: no more than it can send inside
@@ -116,6 +117,12 @@ impl Deliverer {
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
         self.inner.stop.cancel();
+        // The abandoned attempts let go of their claims (or record what they got) first: a
+        // node leaving after this clears whatever claims are left.
+        let settled = Instant::now() + Duration::from_secs(1);
+        while !lock(&self.inner.in_flight).is_empty() && Instant::now() < settled {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 }
 
@@ -128,6 +135,15 @@ impl Inner {
     /// semaphore, then one send of at most the timeout.
     fn hold(&self) -> Duration {
         2 * Duration::from_millis(self.settings.timeout_ms) + Duration::from_secs(5)
+    }
+
+    /// The hosts this engine is already sending all it may to.
+    fn busy_hosts(&self) -> Vec<String> {
+        lock(&self.hosts)
+            .iter()
+            .filter(|(_, sem)| sem.available_permits() == 0)
+            .map(|(host, _)| host.clone())
+            .collect()
     }
 }
 
@@ -142,7 +158,10 @@ async fn run(inner: Arc<Inner>) {
         let now = now_us();
         let taken = match room {
             0 => Ok(Vec::new()),
-            n => inner.outbox.due(now, n, inner.hold()).await,
+            n => {
+                let busy = inner.busy_hosts();
+                inner.outbox.due(now, n, inner.hold(), &busy).await
+            }
         };
         match taken {
             Ok(events) => {
@@ -185,13 +204,6 @@ async fn run(inner: Arc<Inner>) {
     tracing::debug!("webhook delivery stopped");
 }
 
-fn host_of(url: &str) -> String {
-    url::Url::parse(url)
-        .ok()
-        .and_then(|u| Some(format!("{}:{}", u.host_str()?, u.port_or_known_default()?)))
-        .unwrap_or_default()
-}
-
 async fn attempt(inner: Arc<Inner>, taken: Taken) {
     let id = taken.event.id.clone();
     match inner.outbox.current(taken.event).await {
@@ -208,7 +220,7 @@ async fn attempt(inner: Arc<Inner>, taken: Taken) {
 
 async fn deliver(inner: &Arc<Inner>, mut ev: WebhookEvent, claim_ends: Option<Instant>) {
     let sem = lock(&inner.hosts)
-        .entry(host_of(&ev.url))
+        .entry(ev.host())
         .or_insert_with(|| Arc::new(Semaphore::new(PER_HOST)))
         .clone();
     let timeout = Duration::from_millis(inner.settings.timeout_ms);
@@ -341,6 +353,7 @@ fn backoff_ms(s: &WebhookSettings, n: u32, retry_after: Option<Duration>) -> u64
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::Value;
 
     fn settings() -> WebhookSettings {
         WebhookSettings {
@@ -366,7 +379,9 @@ mod tests {
 
     #[test]
     fn hosts_include_the_port() {
-        assert_eq!(host_of("http://127.0.0.1:9000/x"), "127.0.0.1:9000");
-        assert_eq!(host_of("https://example.com/x"), "example.com:443");
+        let host =
+            |url: &str| WebhookEvent::new("t".into(), url, None, None, Value::Null, 0).host();
+        assert_eq!(host("http://127.0.0.1:9000/x"), "127.0.0.1:9000");
+        assert_eq!(host("https://example.com/x"), "example.com:443");
     }
 }

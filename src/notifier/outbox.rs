@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::delivery::PER_HOST;
 use crate::model::{now_us, DeliveryStatus, WebhookAttempt, WebhookEvent};
 use crate::store::postgres::Postgres;
 use crate::store::{Store, StoreError, WriteOp};
@@ -31,12 +32,14 @@ pub struct Taken {
 
 impl Outbox {
     /// Owed events due at `now` (this host's clock; a cluster goes by the database's), up to
-    /// `limit`; on a cluster, each claimed for `hold`.
+    /// `limit`; on a cluster, each claimed for `hold`, a few per host and none for the `busy`
+    /// hosts.
     pub async fn due(
         &self,
         now: i64,
         limit: u32,
         hold: Duration,
+        busy: &[String],
     ) -> Result<Vec<Taken>, StoreError> {
         match self {
             Outbox::Local(store) => Ok(store
@@ -51,7 +54,7 @@ impl Outbox {
             Outbox::Cluster { db, node_id } => {
                 let asked = Instant::now();
                 Ok(db
-                    .claim_webhooks(node_id, limit, hold)
+                    .claim_webhooks(node_id, limit, hold, busy, PER_HOST as u32)
                     .await?
                     .into_iter()
                     .map(|event| Taken {

@@ -786,9 +786,25 @@ async fn webhook_events_are_owed_with_every_end_and_attempted_under_one_nodes_cl
     // One node at a time holds an event.
     db.join(&node("n2"), Duration::from_secs(60)).await.unwrap();
     let hold = Duration::from_secs(2);
-    let first = db.claim_webhooks("n1", 10, hold).await.unwrap();
+    // None for a host the node is busy with, and no more per host than asked.
+    let busy = ["127.0.0.1:9".to_string()];
+    assert!(db
+        .claim_webhooks("n1", 10, hold, &busy, 4)
+        .await
+        .unwrap()
+        .is_empty());
+    let one = db.claim_webhooks("n1", 10, hold, &[], 1).await.unwrap();
+    assert_eq!(one.len(), 1);
+    db.release_webhooks("n1", &[one[0].id.clone()])
+        .await
+        .unwrap();
+    let first = db.claim_webhooks("n1", 10, hold, &[], 4).await.unwrap();
     assert_eq!(first.len(), 3);
-    assert!(db.claim_webhooks("n2", 10, hold).await.unwrap().is_empty());
+    assert!(db
+        .claim_webhooks("n2", 10, hold, &[], 4)
+        .await
+        .unwrap()
+        .is_empty());
     assert!(db.next_webhook_in().await.unwrap().unwrap() > Duration::from_secs(1));
 
     // A let-go claim is free at once; an unrecorded one is free when it runs out.
@@ -797,13 +813,13 @@ async fn webhook_events_are_owed_with_every_end_and_attempted_under_one_nodes_cl
         .await
         .unwrap();
     let again = db
-        .claim_webhooks("n2", 10, Duration::from_secs(60))
+        .claim_webhooks("n2", 10, Duration::from_secs(60), &[], 4)
         .await
         .unwrap();
     assert_eq!(again.len(), 1);
     assert_eq!(again[0].id, let_go[0].id);
     tokio::time::sleep(Duration::from_millis(2_300)).await;
-    let taken_over = db.claim_webhooks("n2", 10, hold).await.unwrap();
+    let taken_over = db.claim_webhooks("n2", 10, hold, &[], 4).await.unwrap();
     assert_eq!(taken_over.len(), 2);
 
     // The node whose claim ran out cannot change the event; its attempt is still logged.
@@ -828,7 +844,11 @@ async fn webhook_events_are_owed_with_every_end_and_attempted_under_one_nodes_cl
         )
         .await
         .unwrap());
-    assert!(db.claim_webhooks("n1", 10, hold).await.unwrap().is_empty());
+    assert!(db
+        .claim_webhooks("n1", 10, hold, &[], 4)
+        .await
+        .unwrap()
+        .is_empty());
     let due_in = db.next_webhook_in().await.unwrap().unwrap();
     assert!(due_in <= Duration::from_secs(1), "{due_in:?}");
     let history = db.webhook_history(ev.task_id, None).await.unwrap();
@@ -837,6 +857,131 @@ async fn webhook_events_are_owed_with_every_end_and_attempted_under_one_nodes_cl
     // A node that leaves lets go of its claims; a node given up claims nothing.
     db.leave("n2").await.unwrap();
     tokio::time::sleep(Duration::from_millis(1_100)).await;
-    assert!(db.claim_webhooks("n2", 10, hold).await.unwrap().is_empty());
-    assert_eq!(db.claim_webhooks("n1", 10, hold).await.unwrap().len(), 3);
+    assert!(db
+        .claim_webhooks("n2", 10, hold, &[], 4)
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        db.claim_webhooks("n1", 10, hold, &[], 4)
+            .await
+            .unwrap()
+            .len(),
+        3
+    );
+}
+
+#[tokio::test]
+async fn a_workflow_step_nobody_took_is_found_exactly() {
+    use orchestr8_async::model::{Phase, PhaseStatus, Workflow, WorkflowStatus};
+    use orchestr8_async::store::postgres::{DraftChange, WorkflowStep};
+    let (db, _) = fresh().await;
+    let wf = Workflow {
+        id: Uuid::now_v7(),
+        name: "w".into(),
+        description: None,
+        webhook_url: None,
+        status: WorkflowStatus::Draft,
+        max_parallel: None,
+        error: None,
+        created_us: 1,
+        started_us: None,
+        completed_us: None,
+    };
+    db.insert_workflow(&wf).await.unwrap();
+    let phase = Phase {
+        workflow_id: wf.id,
+        phase_id: "p".into(),
+        name: "P".into(),
+        depends_on: vec![],
+        position: 0,
+        status: PhaseStatus::Pending,
+        started_us: None,
+        completed_us: None,
+    };
+    let add = |change: DraftChange| {
+        let db = db.clone();
+        async move {
+            db.change_draft(wf.id, move |_, _, _| Ok::<_, ()>(change))
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap()
+        }
+    };
+    add(DraftChange::Phase(phase)).await;
+    let mut tasks = Vec::new();
+    for i in 0..2 {
+        let mut t = task("a", Priority::Normal, 10 + i);
+        t.workflow_id = Some(wf.id);
+        t.phase_id = Some("p".into());
+        add(DraftChange::Task(Box::new(new(t.clone())))).await;
+        tasks.push(t);
+    }
+    let q = queues(&["default"]);
+    assert!(claim(&db, "n1", "h1", &q, 2).await.is_empty(), "gated");
+    let mut running = wf.clone();
+    running.status = WorkflowStatus::Running;
+    let start = running.clone();
+    db.step_workflow(wf.id, move |_, _, _, _| {
+        Ok::<_, ()>(WorkflowStep {
+            workflow: Some(start),
+            open: vec!["p".into()],
+            ..WorkflowStep::default()
+        })
+    })
+    .await
+    .unwrap()
+    .unwrap()
+    .unwrap();
+    let mut claimed = claim(&db, "n1", "h1", &q, 1).await;
+    assert_eq!(claimed.len(), 1);
+    assert!(db.stale_workflows(10).await.unwrap().is_empty());
+
+    // An end recorded with no step after it: the workflow is owed one.
+    let mut done = claimed.remove(0);
+    done.status = TaskStatus::Completed;
+    done.completed_us = Some(5);
+    db.finish("n1", &[ended(&done)]).await.unwrap();
+    assert_eq!(db.stale_workflows(10).await.unwrap(), [wf.id]);
+    // A step that saw the end settles it, whatever it decided.
+    let nothing = |_: &Workflow, _: &[Phase], tasks: &[Task], _: i64| {
+        assert!(tasks.iter().any(|t| t.status == TaskStatus::Completed));
+        Ok::<_, ()>(WorkflowStep::default())
+    };
+    db.step_workflow(wf.id, nothing)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(db.stale_workflows(10).await.unwrap().is_empty());
+
+    // An ended workflow with a task still pending is owed one too, and its task is not claimed.
+    let mut ended_wf = running.clone();
+    ended_wf.status = WorkflowStatus::Failed;
+    db.step_workflow(wf.id, move |_, _, _, _| {
+        Ok::<_, ()>(WorkflowStep {
+            workflow: Some(ended_wf),
+            ..WorkflowStep::default()
+        })
+    })
+    .await
+    .unwrap()
+    .unwrap()
+    .unwrap();
+    assert!(claim(&db, "n1", "h1", &q, 1).await.is_empty());
+    assert_eq!(db.stale_workflows(10).await.unwrap(), [wf.id]);
+    db.step_workflow(wf.id, |_, _, _, _| {
+        Ok::<_, ()>(WorkflowStep {
+            cancel_unfinished: Some("its workflow had ended".into()),
+            ..WorkflowStep::default()
+        })
+    })
+    .await
+    .unwrap()
+    .unwrap()
+    .unwrap();
+    let (left, _) = db.task(tasks[1].id).await.unwrap().unwrap();
+    assert_eq!(left.status, TaskStatus::Cancelled);
+    assert!(db.stale_workflows(10).await.unwrap().is_empty());
 }

@@ -5,7 +5,9 @@
 //!   completed, reading them under a share lock, so a dependency finishing at the same moment
 //!   either sees the new dependent or is seen completed by it — never neither.
 //! - **Claim up to N** ready tasks: highest priority first, oldest first, from the queues the
-//!   node serves and not bound to another host — only while the node's lease holds —, with `FOR UPDATE SKIP LOCKED` in a CTE so
+//!   node serves and not bound to another host — only while the node's lease holds, and for a
+//!   workflow's task only while its workflow runs and none of its tasks has failed (the step
+//!   that fails it may not be taken yet) —, with `FOR UPDATE SKIP LOCKED` in a CTE so
 //!   claimers never wait on each other's rows. An agent's `max_concurrency` and a workflow's
 //!   `max_parallel` count the tasks running on every node: claims take one advisory lock for
 //!   the moment they count and claim, so two nodes never both see the last free slot.
@@ -60,6 +62,12 @@ static CLAIM_SQL: LazyLock<String> = LazyLock::new(|| {
                         WHERE w.workflow_id = c.workflow_id AND w.max_parallel IS NOT NULL
                           AND w.max_parallel <= coalesce((SELECT n FROM running_workflows rw
                                                  WHERE rw.workflow_id = c.workflow_id), 0)))
+                   AND (c.workflow_id IS NULL OR (
+                        EXISTS (SELECT 1 FROM workflows w WHERE w.workflow_id = c.workflow_id
+                                AND w.status = 'running')
+                        AND NOT EXISTS (SELECT 1 FROM tasks f
+                                        WHERE f.workflow_id = c.workflow_id
+                                          AND f.status IN ('failed', 'cancelled'))))
                  ORDER BY c.priority DESC, c.created_at, c.task_id
                  LIMIT $5
                  FOR UPDATE OF c SKIP LOCKED

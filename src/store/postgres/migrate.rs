@@ -28,6 +28,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "webhook lookups",
         sql: include_str!("0002_webhook_lookups.sql"),
     },
+    Migration {
+        version: 3,
+        name: "exact workflow steps and webhook hosts",
+        sql: include_str!("0003_exact_steps_and_hosts.sql"),
+    },
 ];
 
 /// The schema version this build writes: its last migration's.

@@ -23,6 +23,8 @@ const RECORD_OUTCOMES: &str = "UPDATE tasks t SET status = o.status,
         retry_floor = o.retry_floor, metadata = o.metadata, result = o.result, error = o.error,
         input_tokens = o.input_tokens, output_tokens = o.output_tokens, cost_usd = o.cost_usd,
         workspace = o.workspace, pid = NULL, pid_start = NULL, cancel_requested = false,
+        step_owed = t.workflow_id IS NOT NULL
+            AND o.status IN ('completed', 'failed', 'cancelled'),
         updated_at = now()
     FROM jsonb_populate_recordset(NULL::tasks, $1) AS o
     WHERE t.task_id = o.task_id AND t.status = 'running' AND t.attempt = o.attempt";

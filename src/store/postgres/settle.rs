@@ -71,6 +71,9 @@ const FINISH_SQL: &str = "UPDATE tasks t SET
                      ELSE o.error END,
         input_tokens = o.input_tokens, output_tokens = o.output_tokens, cost_usd = o.cost_usd,
         workspace = o.workspace, pid = NULL, pid_start = NULL, cancel_requested = false,
+        step_owed = t.workflow_id IS NOT NULL
+            AND (o.status IN ('completed', 'failed', 'cancelled')
+                 OR (t.cancel_requested AND o.status = 'pending')),
         updated_at = now()
     FROM jsonb_populate_recordset(NULL::tasks, $1) AS o
     JOIN unnest($3::uuid[], $4::int[]) AS e(task_id, attempt) ON e.task_id = o.task_id
@@ -83,7 +86,7 @@ const FINISH_SQL: &str = "UPDATE tasks t SET
 const CASCADE_SQL: &str = "UPDATE tasks t SET status = 'cancelled', completed_at = now(),
         error = 'cancelled because its dependency ' || d.depends_on || ' (' || u.name || ') '
                 || u.status,
-        updated_at = now()
+        step_owed = t.workflow_id IS NOT NULL, updated_at = now()
     FROM (SELECT DISTINCT ON (td.task_id) td.task_id, td.depends_on
           FROM task_dependencies td WHERE td.depends_on = ANY($1)
           ORDER BY td.task_id, td.depends_on) d

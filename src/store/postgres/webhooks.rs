@@ -77,15 +77,16 @@ pub(super) async fn insert_in(
     let task_ids: Vec<Option<Uuid>> = events.iter().map(|e| e.task_id).collect();
     let workflow_ids: Vec<Option<Uuid>> = events.iter().map(|e| e.workflow_id).collect();
     let created: Vec<_> = events.iter().map(|e| time(e.created_us)).collect();
+    let hosts = col(|e| e.host());
     let insert = tx
         .prepare_cached(
             "INSERT INTO webhook_events (event_id, event_type, task_id, workflow_id, url,
-                 payload, status, attempts, next_attempt_at, created_at, updated_at)
+                 payload, status, attempts, next_attempt_at, created_at, updated_at, host)
              SELECT e.id, e.kind, e.task_id, e.workflow_id, e.url, e.payload, 'pending', 0,
-                    e.created, e.created, now()
+                    e.created, e.created, now(), e.host
              FROM unnest($1::text[], $2::text[], $3::uuid[], $4::uuid[], $5::text[], $6::text[],
-                         $7::timestamptz[])
-                  AS e(id, kind, task_id, workflow_id, url, payload, created)",
+                         $7::timestamptz[], $8::text[])
+                  AS e(id, kind, task_id, workflow_id, url, payload, created, host)",
         )
         .await?;
     tx.execute(
@@ -98,6 +99,7 @@ pub(super) async fn insert_in(
             &col(|e| e.url.clone()),
             &col(|e| e.payload.clone()),
             &created,
+            &hosts,
         ],
     )
     .await?;
@@ -106,34 +108,55 @@ pub(super) async fn insert_in(
 
 impl Postgres {
     /// Claims up to `limit` due events for `node_id` for `hold`, oldest due first, skipping
-    /// those another node holds. A node the cluster has given up claims nothing.
+    /// those another node holds, at most `per_host` per host and none for the `busy` hosts. A
+    /// node the cluster has given up claims nothing.
     pub async fn claim_webhooks(
         &self,
         node_id: &str,
         limit: u32,
         hold: Duration,
+        busy: &[String],
+        per_host: u32,
     ) -> Result<Vec<WebhookEvent>, StoreError> {
         let client = self.client().await?;
         let claim = client
             .prepare_cached(&format!(
                 "WITH due AS (
-                     SELECT event_id FROM webhook_events
+                     SELECT event_id, coalesce(host, '') AS host, next_attempt_at
+                     FROM webhook_events
                      WHERE status = 'pending' AND next_attempt_at <= now()
                        AND (claimed_until IS NULL OR claimed_until <= now())
+                       AND coalesce(host, '') <> ALL($4)
                        AND EXISTS (SELECT 1 FROM nodes n WHERE n.node_id = $1
                                    AND n.stopped_at IS NULL AND n.expires_at > now())
                      ORDER BY next_attempt_at
-                     LIMIT $2
-                     FOR UPDATE SKIP LOCKED)
+                     LIMIT $2::bigint * 4
+                     FOR UPDATE SKIP LOCKED),
+                 ranked AS (
+                     SELECT event_id, next_attempt_at,
+                            row_number() OVER (PARTITION BY host ORDER BY next_attempt_at) AS n
+                     FROM due),
+                 picked AS (
+                     SELECT event_id FROM ranked WHERE n <= $5
+                     ORDER BY next_attempt_at LIMIT $2)
                  UPDATE webhook_events e
                  SET claimed_by = $1, claimed_until = now() + make_interval(secs => $3),
                      updated_at = now()
-                 FROM due WHERE e.event_id = due.event_id
+                 FROM picked WHERE e.event_id = picked.event_id
                  RETURNING {EVENT_COLUMNS}"
             ))
             .await?;
         client
-            .query(&claim, &[&node_id, &i64::from(limit), &secs(hold)])
+            .query(
+                &claim,
+                &[
+                    &node_id,
+                    &i64::from(limit),
+                    &secs(hold),
+                    &busy,
+                    &i64::from(per_host),
+                ],
+            )
             .await?
             .iter()
             .map(event_from_row)

@@ -4,8 +4,9 @@
 //!
 //! A step is decided by a pure rule the caller passes in (the cluster's), from the workflow,
 //! its phases and its tasks as the database has them once the lock is held; this module only
-//! reads and writes. Every step bumps the workflow's `updated_at`, so a task that ended after
-//! the last step (its node died before taking the next) is found by [`Postgres::stale_workflows`].
+//! reads and writes. The transaction that ends a workflow's task marks it `step_owed`, and the
+//! step that sees it ended clears the mark, so a step nobody took (its node died in between) is
+//! found exactly by [`Postgres::stale_workflows`].
 
 use uuid::Uuid;
 
@@ -314,12 +315,35 @@ impl Postgres {
         let Some((wf, now)) = lock_in(&tx, id).await? else {
             return Ok(None);
         };
+        // Its unfinished tasks are locked in id order, as finishes lock tasks they share: the
+        // two wait for each other rather than deadlock in most cases (PostgreSQL breaks the
+        // rest, and both are tried again).
+        tx.execute(
+            "SELECT 1 FROM tasks WHERE workflow_id = $1 AND status IN ('pending', 'running')
+             ORDER BY task_id FOR UPDATE",
+            &[&id],
+        )
+        .await?;
         let phases = phases_in(&tx, id).await?;
         let tasks = tasks_in(&tx, id).await?;
         let step = match decide(&wf, &phases, &tasks, now) {
             Ok(s) => s,
             Err(e) => return Ok(Some(Err(e))),
         };
+        // The ends this step has seen are accounted for; one committed after the read above
+        // stays owed, and the node that recorded it (or the leader) takes the next step.
+        let seen: Vec<Uuid> = tasks
+            .iter()
+            .filter(|t| t.status.is_terminal())
+            .map(|t| t.id)
+            .collect();
+        if !seen.is_empty() {
+            tx.execute(
+                "UPDATE tasks SET step_owed = false WHERE task_id = ANY($1) AND step_owed",
+                &[&seen],
+            )
+            .await?;
+        }
         for p in &step.phases {
             tx.execute(
                 "UPDATE workflow_phases SET status = $3, started_at = $4, completed_at = $5
@@ -361,11 +385,18 @@ impl Postgres {
                 > 0;
         }
         if let Some(why) = &step.cancel_unfinished {
-            let cancelled: Vec<Settled> = tx
+            // One statement for pending and running tasks: a task whose attempt ends at this
+            // moment is judged by its newest row, so a give-back to pending is cancelled too
+            // instead of slipping between two statements.
+            let mut cancelled: Vec<Settled> = tx
                 .query(
-                    "UPDATE tasks SET status = 'cancelled', completed_at = now(), error = $2,
-                         updated_at = now()
-                     WHERE workflow_id = $1 AND status = 'pending'
+                    "UPDATE tasks SET
+                         status = CASE WHEN status = 'pending' THEN 'cancelled' ELSE status END,
+                         completed_at = CASE WHEN status = 'pending' THEN now()
+                                             ELSE completed_at END,
+                         error = CASE WHEN status = 'pending' THEN $2 ELSE error END,
+                         cancel_requested = (status = 'running'), updated_at = now()
+                     WHERE workflow_id = $1 AND status IN ('pending', 'running')
                      RETURNING task_id, status, webhook_url IS NOT NULL",
                     &[&id, why],
                 )
@@ -373,12 +404,8 @@ impl Postgres {
                 .iter()
                 .map(Settled::from_row)
                 .collect::<Result<_, StoreError>>()?;
-            tx.execute(
-                "UPDATE tasks SET cancel_requested = true, updated_at = now()
-                 WHERE workflow_id = $1 AND status = 'running'",
-                &[&id],
-            )
-            .await?;
+            // Running ones are only asked to stop: their nodes record their ends.
+            cancelled.retain(|s| s.status == crate::model::TaskStatus::Cancelled);
             let mut lines: Vec<LogEntry> = cancelled
                 .iter()
                 .map(|s| LogEntry {
@@ -400,16 +427,18 @@ impl Postgres {
         Ok(Some(Ok(step)))
     }
 
-    /// Running workflows with a task that ended after their last step: a step may be owed
-    /// (the node that saw the end stopped before taking it). Up to `limit`.
+    /// Workflows owed a step: one of their tasks ended and no step has seen it yet (the node
+    /// that recorded the end stopped, or failed, before taking it), or an ended workflow still
+    /// has a pending task. Up to `limit`.
     pub async fn stale_workflows(&self, limit: i64) -> Result<Vec<Uuid>, StoreError> {
         self.client()
             .await?
             .query(
                 "SELECT w.workflow_id FROM workflows w
-                 WHERE w.status = 'running' AND EXISTS (
-                     SELECT 1 FROM tasks t WHERE t.workflow_id = w.workflow_id
-                       AND t.completed_at > w.updated_at)
+                 WHERE w.workflow_id IN (SELECT t.workflow_id FROM tasks t WHERE t.step_owed)
+                    OR (w.status IN ('completed', 'failed', 'cancelled') AND EXISTS (
+                        SELECT 1 FROM tasks t WHERE t.workflow_id = w.workflow_id
+                          AND t.status = 'pending'))
                  ORDER BY w.updated_at LIMIT $1",
                 &[&limit],
             )
