@@ -828,3 +828,87 @@ async fn ended_and_prune_work_on_a_cluster_whichever_node_ran_the_tasks() {
     here.stop_engines().await;
     there.stop_engines().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_rest_api_and_mcp_over_http_of_every_node_serve_the_one_cluster() {
+    let url = pg::server().fresh_database().await;
+    let token = "cluster-token";
+    let envs: Vec<Env> = (0..2).map(|_| node(&url, "2")).collect();
+    for env in &envs {
+        env.shell_agent("echo", "cat", "");
+    }
+    let a = envs[0].start_api(Some(token)).await;
+    let b = envs[1].start_api(Some(token)).await;
+    for api in [&a, &b] {
+        let (code, health) = api.get("/health").await;
+        assert_eq!(code, 200, "{health}");
+    }
+
+    // Submitted over REST to one node, followed over REST and MCP on the other.
+    let (code, created) = a
+        .post(
+            "/api/tasks",
+            json!({"name": "r", "agent_name": "echo", "agent_instructions": "over rest"}),
+        )
+        .await;
+    assert_eq!(code, 201, "{created}");
+    let id = created["task_id"].as_str().unwrap().to_string();
+    let mut mcp = crate::mcp_http::McpHttp::new(&b.base, Some(token));
+    mcp.initialize().await;
+    let waited = mcp
+        .call(
+            "task_wait",
+            json!({"task_ids": [id], "timeout_seconds": 30}),
+        )
+        .await;
+    let task = &waited["structuredContent"]["tasks"][0];
+    assert_eq!(task["status"], "completed", "{waited}");
+    assert_eq!(task["result"], "over rest");
+    let (code, seen) = b.get(&format!("/api/tasks/{id}")).await;
+    assert_eq!((code.as_u16(), &seen["result"]), (200, &json!("over rest")));
+    let (_, listed) = a.get("/api/tasks?status=completed").await;
+    assert_eq!(listed["total"], 1, "{listed}");
+
+    // A workflow built over MCP on one node runs and is read over REST on the other.
+    let w = mcp
+        .call("workflow_create", json!({"name": "over http"}))
+        .await["structuredContent"]["workflow_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    mcp.call(
+        "workflow_add_phase",
+        json!({"workflow_id": w, "phase_id": "one", "name": "One"}),
+    )
+    .await;
+    mcp.call(
+        "workflow_add_task",
+        json!({"workflow_id": w, "phase_id": "one", "name": "wt",
+               "agent_name": "echo", "agent_instructions": "in a workflow"}),
+    )
+    .await;
+    let (code, st) = a
+        .post(&format!("/api/workflows/{w}/start"), json!({}))
+        .await;
+    assert_eq!(
+        (code.as_u16(), &st["status"]),
+        (200, &json!("running")),
+        "{st}"
+    );
+    let mut status = Value::Null;
+    for _ in 0..400 {
+        status = a.get(&format!("/api/workflows/{w}/status")).await.1;
+        if status["status"] == "completed" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(status["status"], "completed", "{status}");
+
+    // What a node does not offer yet is refused with a reason, and the node stays up.
+    let (code, diff) = b.get(&format!("/api/tasks/{id}/diff")).await;
+    assert_eq!(code, 409, "{diff}");
+    assert!(diff.to_string().contains("node of a cluster"), "{diff}");
+    let (code, _) = b.get("/health").await;
+    assert_eq!(code, 200);
+}

@@ -14,7 +14,7 @@ use crate::harness::*;
 const PROTOCOL: &str = "2025-06-18";
 
 /// A Streamable HTTP MCP client written out request by request, as the protocol has it.
-struct McpHttp {
+pub(crate) struct McpHttp {
     url: String,
     token: Option<String>,
     session: Option<String>,
@@ -23,7 +23,7 @@ struct McpHttp {
 }
 
 impl McpHttp {
-    fn new(base: &str, token: Option<&str>) -> McpHttp {
+    pub(crate) fn new(base: &str, token: Option<&str>) -> McpHttp {
         McpHttp {
             url: format!("{base}/mcp"),
             token: token.map(String::from),
@@ -82,7 +82,7 @@ impl McpHttp {
             .status()
     }
 
-    async fn initialize(&mut self) -> Value {
+    pub(crate) async fn initialize(&mut self) -> Value {
         let init = self
             .request(
                 "initialize",
@@ -99,7 +99,7 @@ impl McpHttp {
     }
 
     /// `tools/call`, answering the tool's result.
-    async fn call(&mut self, name: &str, args: Value) -> Value {
+    pub(crate) async fn call(&mut self, name: &str, args: Value) -> Value {
         let a = self
             .request("tools/call", json!({"name": name, "arguments": args}))
             .await;
