@@ -239,6 +239,7 @@ async fn tell_if_ended(inner: &Inner, next: Task) {
         }
     };
     if let Some(t) = task {
+        crate::metrics::task_finished(&t);
         inner.notifier.task_finished(&t);
         // Its workflow may take a step now: here, at once, under the workflow's lock.
         if let Some(w) = t.workflow_id {

@@ -89,6 +89,7 @@ pub async fn run(
             Ok(Some(_term)) => match rescue_round(&db, every).await {
                 Ok(settled) => {
                     for t in settled.iter().filter(|t| t.status.is_terminal()) {
+                        crate::metrics::task_finished(t);
                         notifier.task_finished(t);
                     }
                     take_owed_steps(&db, &*notifier).await;

@@ -223,7 +223,10 @@ impl Cluster {
             Some(OpOutcome::Existing(holder)) => {
                 Submitted::Existing(self.task_or_not_found(*holder).await?)
             }
-            _ => Submitted::Created(new.task),
+            _ => {
+                crate::metrics::task_submitted(&new.task.agent_name);
+                Submitted::Created(new.task)
+            }
         };
         self.inner.wake.notify_one();
         Ok(submitted)
@@ -364,6 +367,7 @@ impl Cluster {
         match found {
             None => Err(SchedError::NotFound(not_found(id))),
             Some(Cancel::Cancelled(t)) => {
+                crate::metrics::task_finished(&t);
                 inner.notifier.task_finished(&t);
                 Ok(t)
             }

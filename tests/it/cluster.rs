@@ -905,6 +905,25 @@ async fn the_rest_api_and_mcp_over_http_of_every_node_serve_the_one_cluster() {
     }
     assert_eq!(status["status"], "completed", "{status}");
 
+    // Each node counts the tasks it accepted and the ends it recorded.
+    let mut finished = 0.0;
+    for api in [&a, &b] {
+        let text = reqwest::get(format!("{}/metrics", api.base))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        finished += text
+            .lines()
+            .filter(|l| {
+                l.starts_with("orchestr8_tasks_finished_total{agent=\"echo\",status=\"completed\"}")
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>();
+    }
+    assert_eq!(finished, 2.0, "one task and one workflow task ended");
+
     // What a node does not offer yet is refused with a reason, and the node stays up.
     let (code, diff) = b.get(&format!("/api/tasks/{id}/diff")).await;
     assert_eq!(code, 409, "{diff}");
