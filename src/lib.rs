@@ -11,6 +11,7 @@ pub mod backoff;
 pub mod cli;
 pub mod cluster;
 pub mod config;
+pub mod copy;
 pub mod dashboard;
 pub mod engine;
 pub mod frontend;

@@ -210,6 +210,15 @@ pub enum Command {
         #[command(flatten)]
         out: Output,
     },
+    /// Copy this engine's database (its DuckDB file, which no engine may be using) into an
+    /// empty PostgreSQL database, to carry on as a cluster of engines pointed at it
+    CopyToPostgres {
+        /// postgres://user:password@host:5432/database (default: ORCHESTR8_DATABASE_URL, which
+        /// keeps the password off the command line)
+        url: Option<String>,
+        #[command(flatten)]
+        out: Output,
+    },
     /// The background tasks submitted from a project that ended since it was last told (each
     /// is told once); the Claude Code plugin's hooks run it at the start of a session and at
     /// each prompt
@@ -232,6 +241,15 @@ pub async fn run(cfg: Config, cmd: Command) -> i32 {
     if let Command::Stop { when_idle, out } = &cmd {
         return match conn::stop(&cfg, !*when_idle, out.json).await {
             Ok(code) => code,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                1
+            }
+        };
+    }
+    if let Command::CopyToPostgres { url, out } = &cmd {
+        return match copy_to_postgres(&cfg, url.as_deref(), out.json).await {
+            Ok(()) => 0,
             Err(e) => {
                 eprintln!("error: {e:#}");
                 1
@@ -271,6 +289,35 @@ pub async fn run(cfg: Config, cmd: Command) -> i32 {
     code
 }
 
+/// The copy of the DuckDB file into PostgreSQL; it needs no engine (and no engine may run).
+async fn copy_to_postgres(cfg: &Config, url: Option<&str>, json: bool) -> anyhow::Result<()> {
+    let url = url
+        .or(cfg.database_url.as_deref())
+        .filter(|u| !u.trim().is_empty())
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "say where to copy to: copy-to-postgres postgres://user:password@host:5432/database, \
+                 or set ORCHESTR8_DATABASE_URL"
+            )
+        })?;
+    let copied = crate::copy::to_postgres(cfg, url).await?;
+    if json {
+        print_json(&serde_json::to_value(&copied)?);
+    } else {
+        outln!(
+            "copied {} tasks ({} log lines), {} workflows and {} webhook events ({} deliveries) \
+             from {}; point the engines at the database with ORCHESTR8_DATABASE_URL",
+            copied.tasks,
+            copied.log_lines,
+            copied.workflows,
+            copied.webhook_events,
+            copied.webhook_deliveries,
+            cfg.db_path().display()
+        );
+    }
+    Ok(())
+}
+
 fn print_json(v: &Value) {
     outln!(
         "{}",
@@ -282,7 +329,10 @@ async fn execute(cfg: &Config, cmd: Command, conn: &mut Conn) -> anyhow::Result<
     let now = chrono::Utc::now();
     match cmd {
         // Run before a connection is opened (`main`, `run`).
-        Command::Engine { .. } | Command::Stop { .. } | Command::Warden { .. } => {
+        Command::Engine { .. }
+        | Command::Stop { .. }
+        | Command::Warden { .. }
+        | Command::CopyToPostgres { .. } => {
             anyhow::bail!("this command does not talk to an engine")
         }
         Command::Status(out) => {

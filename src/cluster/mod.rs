@@ -24,5 +24,7 @@ mod workflow_steps;
 mod workflows;
 
 pub use lifeline::Lifeline;
-pub use node::{host_binding, node_id, parse_queues, valid_queue, QueueError, DEFAULT_QUEUE};
+pub use node::{
+    host_binding, node_id, parse_queues, this_host, valid_queue, QueueError, DEFAULT_QUEUE,
+};
 pub use scheduler::{Cluster, ClusterConfig, Leaving};

@@ -59,6 +59,15 @@ pub fn host_binding(queue: &str, runs_a_process: bool, host: &str) -> Option<Str
     (queue == DEFAULT_QUEUE && runs_a_process).then(|| host.to_string())
 }
 
+/// This machine's host name, as tasks bound to it record it.
+pub fn this_host() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

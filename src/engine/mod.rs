@@ -458,11 +458,7 @@ async fn hold_cluster(
 fn this_node(cfg: &Config) -> Result<NodeInfo, OpenError> {
     let queues = crate::cluster::parse_queues(cfg.queues.as_deref())
         .map_err(|e| OpenError::Failed(e.into()))?;
-    let host = nix::unistd::gethostname()
-        .ok()
-        .and_then(|h| h.into_string().ok())
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "localhost".to_string());
+    let host = crate::cluster::this_host();
     let pid = std::process::id();
     Ok(NodeInfo {
         node_id: crate::cluster::node_id(&host, pid, rand::random()),

@@ -13,6 +13,7 @@
 //! sees every answered write.
 
 mod counts;
+pub mod export;
 pub mod feed;
 mod fold;
 mod handoff;

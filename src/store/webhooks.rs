@@ -7,14 +7,15 @@ use super::rows::{parse_uuid, ts};
 use super::{Store, StoreError};
 use crate::model::{DeliveryStatus, WebhookAttempt, WebhookEvent};
 
-const EVENT_COLUMNS: &str = "event_id, event_type, task_id::VARCHAR, workflow_id::VARCHAR, url, \
+pub(super) const EVENT_COLUMNS: &str =
+    "event_id, event_type, task_id::VARCHAR, workflow_id::VARCHAR, url, \
     payload, status, attempts, epoch_us(next_attempt_at), last_error, epoch_us(created_at)";
 
-fn opt_uuid(s: Option<String>) -> duckdb::Result<Option<Uuid>> {
+pub(super) fn opt_uuid(s: Option<String>) -> duckdb::Result<Option<Uuid>> {
     s.as_deref().map(parse_uuid).transpose()
 }
 
-fn event_from_row(r: &Row<'_>) -> duckdb::Result<WebhookEvent> {
+pub(super) fn event_from_row(r: &Row<'_>) -> duckdb::Result<WebhookEvent> {
     let status: String = r.get(6)?;
     Ok(WebhookEvent {
         id: r.get(0)?,
@@ -28,6 +29,26 @@ fn event_from_row(r: &Row<'_>) -> duckdb::Result<WebhookEvent> {
         next_attempt_us: r.get(8)?,
         last_error: r.get(9)?,
         created_us: r.get(10)?,
+    })
+}
+
+pub(super) const ATTEMPT_COLUMNS: &str = "event_id, event_type, task_id::VARCHAR, \
+    workflow_id::VARCHAR, attempt, url, status_code, error, duration_ms, epoch_us(delivered_at)";
+
+pub(super) fn attempt_from_row(row: &Row<'_>) -> duckdb::Result<WebhookAttempt> {
+    let code: Option<i32> = row.get(6)?;
+    let ms: i64 = row.get(8)?;
+    Ok(WebhookAttempt {
+        event_id: row.get(0)?,
+        event_type: row.get(1)?,
+        task_id: opt_uuid(row.get(2)?)?,
+        workflow_id: opt_uuid(row.get(3)?)?,
+        attempt: row.get(4)?,
+        url: row.get(5)?,
+        status_code: code.and_then(|c| u16::try_from(c).ok()),
+        error: row.get(7)?,
+        duration_ms: ms.max(0) as u64,
+        at_us: row.get(9)?,
     })
 }
 
@@ -161,28 +182,14 @@ impl Store {
                 (None, None) => return Ok(Vec::new()),
             };
             let sql = format!(
-                "SELECT event_id, event_type, task_id::VARCHAR, workflow_id::VARCHAR, attempt, url, \
-                 status_code, error, duration_ms, epoch_us(delivered_at) FROM webhook_deliveries \
+                "SELECT {ATTEMPT_COLUMNS} FROM webhook_deliveries \
                  WHERE {col} = ? ORDER BY delivered_at, attempt"
             );
             let mut st = c.prepare_cached(&sql)?;
             let mut r = st.query([id.to_string()])?;
             let mut out = Vec::new();
             while let Some(row) = r.next()? {
-                let code: Option<i32> = row.get(6)?;
-                let ms: i64 = row.get(8)?;
-                out.push(WebhookAttempt {
-                    event_id: row.get(0)?,
-                    event_type: row.get(1)?,
-                    task_id: opt_uuid(row.get(2)?)?,
-                    workflow_id: opt_uuid(row.get(3)?)?,
-                    attempt: row.get(4)?,
-                    url: row.get(5)?,
-                    status_code: code.and_then(|c| u16::try_from(c).ok()),
-                    error: row.get(7)?,
-                    duration_ms: ms.max(0) as u64,
-                    at_us: row.get(9)?,
-                });
+                out.push(attempt_from_row(row)?);
             }
             Ok(out)
         })

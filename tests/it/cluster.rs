@@ -931,3 +931,81 @@ async fn the_rest_api_and_mcp_over_http_of_every_node_serve_the_one_cluster() {
     let (code, _) = b.get("/health").await;
     assert_eq!(code, 200);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_single_engines_database_copied_into_postgres_carries_on_as_a_cluster() {
+    let url = pg::server().fresh_database().await;
+    let single = Env::new();
+    single.shell_agent("echo", "echo working >&2; cat", "");
+    single.shell_agent("fails", "echo broken >&2; exit 3", "max_retries: 0");
+    let s = single.start().await;
+    let done = s
+        .submit("done", "echo", "kept", json!({"idempotency_key": "once"}))
+        .await;
+    let failed = s.submit("failed", "fails", "x", json!({})).await;
+    let later = (chrono::Utc::now() + chrono::Duration::seconds(4)).to_rfc3339();
+    let waiting = s
+        .submit(
+            "later",
+            "echo",
+            "ran on the cluster",
+            json!({"run_at": later}),
+        )
+        .await;
+    let w = s.call("workflow_create", json!({"name": "moved"})).await["workflow_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    crate::workflows::phase(&s, &w, "one", "One", &[]).await;
+    let wt = crate::workflows::task(&s, &w, "one", "wt", "echo", json!({})).await;
+    s.call("workflow_start", json!({"workflow_id": w})).await;
+    s.wait_all(&[done.clone(), failed.clone(), wt.clone()], 30)
+        .await;
+
+    // Not while an engine uses the file.
+    let (code, _, err) = single.cli(&["copy-to-postgres", &url]).await;
+    assert_eq!(code, 1);
+    assert!(err.contains("stop it first"), "{err}");
+    s.stop().await;
+    single.stop_engines().await;
+
+    let (code, out, err) = single.cli(&["copy-to-postgres", &url]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("copied 4 tasks"), "{out}");
+    assert!(out.contains("1 workflows"), "{out}");
+    // Only into an empty database.
+    let (code, _, err) = single.cli(&["copy-to-postgres", &url]).await;
+    assert_eq!(code, 1);
+    assert!(err.contains("already holds 4 tasks"), "{err}");
+
+    // A node on the database carries on: history as it was, the waiting task runs there.
+    let cluster = node(&url, "2");
+    cluster.shell_agent("echo", "echo working >&2; cat", "");
+    let n = cluster.start().await;
+    let kept = n.status(&done).await;
+    assert_eq!(
+        (kept["status"].as_str(), kept["result"].as_str()),
+        (Some("completed"), Some("kept"))
+    );
+    let logs = n.log_messages(&done).await;
+    assert!(logs.iter().any(|l| l == "working"), "{logs:?}");
+    assert_eq!(n.status(&failed).await["status"], "failed");
+    let wst = crate::workflows::wstatus(&n, &w).await;
+    assert_eq!(wst["status"], "completed", "{wst}");
+    let ran = n.wait_one(&waiting, 30).await;
+    assert_eq!(ran["status"], "completed", "{ran}");
+    assert_eq!(ran["result"], "ran on the cluster");
+    assert_eq!(started_on(&n.log_messages(&waiting).await).len(), 1);
+    // The idempotency key came along.
+    let again = n
+        .call(
+            "task_async",
+            json!({"name": "done", "agent_name": "echo", "agent_instructions": "kept",
+                   "idempotency_key": "once"}),
+        )
+        .await;
+    assert_eq!(again["task_id"], done.as_str(), "{again}");
+    assert_eq!(again["existing"], true);
+    n.stop().await;
+    cluster.stop_engines().await;
+}

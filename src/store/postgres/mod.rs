@@ -12,6 +12,7 @@
 //! other applications.
 
 mod claim;
+mod import;
 mod logs;
 pub mod migrate;
 mod nodes;

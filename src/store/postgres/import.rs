@@ -1,0 +1,227 @@
+//! Taking in a single engine's database, for a user who moves up to a cluster: tasks with their
+//! instructions and dependency edges, log lines, workflows and phases, webhook events and their
+//! delivery records, each batch in one transaction; then what a cluster keeps beside them
+//! (open dependencies, gates) is worked out from what came in.
+//!
+//! Only into an empty database: merging two histories could give two tasks one idempotency key.
+
+use uuid::Uuid;
+
+use super::rows::{new_task_json, time};
+use super::Postgres;
+use crate::model::{Phase, Task, WebhookAttempt, WebhookEvent, Workflow};
+use crate::store::export::StoredLine;
+use crate::store::StoreError;
+
+impl Postgres {
+    /// How many tasks and workflows the database holds.
+    pub async fn held(&self) -> Result<(u64, u64), StoreError> {
+        let row = self
+            .client()
+            .await?
+            .query_one(
+                "SELECT (SELECT count(*) FROM tasks), (SELECT count(*) FROM workflows)",
+                &[],
+            )
+            .await?;
+        let (t, w): (i64, i64) = (row.try_get(0)?, row.try_get(1)?);
+        Ok((t.max(0) as u64, w.max(0) as u64))
+    }
+
+    /// Takes in tasks as they were (status, attempts, times, results), with their log lines.
+    /// Unfinished ones may run only on `host`, the machine they came from, as their working
+    /// directories are there; a task that was running when its engine stopped comes in running
+    /// on no node, and the leader settles it as crash recovery would.
+    pub async fn import_tasks(
+        &self,
+        tasks: &[(Task, String)],
+        lines: &[StoredLine],
+        host: &str,
+    ) -> Result<(), StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let rows: Vec<serde_json::Value> = tasks
+            .iter()
+            .map(|(t, instructions)| {
+                let bound = (!t.status.is_terminal()).then_some(host);
+                new_task_json(
+                    t,
+                    instructions,
+                    crate::cluster::DEFAULT_QUEUE,
+                    bound,
+                    None,
+                    0,
+                )
+            })
+            .collect();
+        tx.execute(
+            "INSERT INTO tasks
+             SELECT r.* FROM jsonb_array_elements($1) AS e(v),
+                  LATERAL jsonb_populate_record(NULL::tasks,
+                              e.v || jsonb_build_object('updated_at', now())) AS r",
+            &[&serde_json::Value::Array(rows)],
+        )
+        .await?;
+        let (from, to): (Vec<Uuid>, Vec<Uuid>) = tasks
+            .iter()
+            .flat_map(|(t, _)| t.dependencies.iter().map(move |d| (t.id, *d)))
+            .unzip();
+        if !from.is_empty() {
+            tx.execute(
+                "INSERT INTO task_dependencies (task_id, depends_on)
+                 SELECT * FROM unnest($1::uuid[], $2::uuid[]) ON CONFLICT DO NOTHING",
+                &[&from, &to],
+            )
+            .await?;
+        }
+        if !lines.is_empty() {
+            let ids: Vec<Uuid> = lines.iter().map(|l| l.task_id).collect();
+            let seqs: Vec<i64> = lines.iter().map(|l| l.seq).collect();
+            let times: Vec<_> = lines.iter().map(|l| time(l.ts_us)).collect();
+            let levels: Vec<&str> = lines.iter().map(|l| l.level.as_str()).collect();
+            let messages: Vec<&str> = lines.iter().map(|l| l.message.as_str()).collect();
+            tx.execute(
+                "INSERT INTO task_logs (task_id, seq, ts, level, message)
+                 SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::timestamptz[], $4::text[],
+                                      $5::text[])",
+                &[&ids, &seqs, &times, &levels, &messages],
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Takes in workflows and their phases as they were.
+    pub async fn import_workflows(
+        &self,
+        workflows: &[Workflow],
+        phases: &[Phase],
+    ) -> Result<(), StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        for wf in workflows {
+            tx.execute(
+                "INSERT INTO workflows (workflow_id, name, description, webhook_url, status,
+                     max_parallel, error, created_at, started_at, completed_at, updated_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, now())",
+                &[
+                    &wf.id,
+                    &wf.name,
+                    &wf.description,
+                    &wf.webhook_url,
+                    &wf.status.as_str(),
+                    &wf.max_parallel.map(|n| n as i32),
+                    &wf.error,
+                    &time(wf.created_us),
+                    &wf.started_us.map(time),
+                    &wf.completed_us.map(time),
+                ],
+            )
+            .await?;
+        }
+        for p in phases {
+            tx.execute(
+                "INSERT INTO workflow_phases (workflow_id, phase_id, name, depends_on, position,
+                     status, started_at, completed_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                &[
+                    &p.workflow_id,
+                    &p.phase_id,
+                    &p.name,
+                    &serde_json::json!(p.depends_on),
+                    &p.position,
+                    &p.status.as_str(),
+                    &p.started_us.map(time),
+                    &p.completed_us.map(time),
+                ],
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Takes in webhook events as they were (an owed one is delivered by the cluster) and
+    /// their delivery records.
+    pub async fn import_webhooks(
+        &self,
+        events: &[WebhookEvent],
+        attempts: &[WebhookAttempt],
+    ) -> Result<(), StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        for e in events {
+            tx.execute(
+                "INSERT INTO webhook_events (event_id, event_type, task_id, workflow_id, url,
+                     payload, status, attempts, next_attempt_at, last_error, created_at,
+                     updated_at, host)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, now(), $12)",
+                &[
+                    &e.id,
+                    &e.event_type,
+                    &e.task_id,
+                    &e.workflow_id,
+                    &e.url,
+                    &e.payload,
+                    &e.status.as_str(),
+                    &(e.attempts as i32),
+                    &time(e.next_attempt_us),
+                    &e.last_error,
+                    &time(e.created_us),
+                    &e.host(),
+                ],
+            )
+            .await?;
+        }
+        for a in attempts {
+            tx.execute(
+                "INSERT INTO webhook_deliveries (event_id, event_type, task_id, workflow_id,
+                     attempt, url, status_code, error, duration_ms, delivered_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                &[
+                    &a.event_id,
+                    &a.event_type,
+                    &a.task_id,
+                    &a.workflow_id,
+                    &(a.attempt as i32),
+                    &a.url,
+                    &a.status_code.map(i32::from),
+                    &a.error,
+                    &(a.duration_ms.min(i64::MAX as u64) as i64),
+                    &time(a.at_us),
+                ],
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// After everything came in: each pending task counts its dependencies not completed, and
+    /// a workflow's task waits at its gate only while its phase has not opened.
+    pub async fn settle_import(&self) -> Result<(), StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        tx.execute(
+            "UPDATE tasks t SET deps_open = (
+                 SELECT count(*) FROM task_dependencies d JOIN tasks u ON u.task_id = d.depends_on
+                 WHERE d.task_id = t.task_id AND u.status <> 'completed')
+             WHERE t.status = 'pending'",
+            &[],
+        )
+        .await?;
+        tx.execute(
+            "UPDATE tasks t SET gated = NOT EXISTS (
+                 SELECT 1 FROM workflow_phases p JOIN workflows w ON w.workflow_id = p.workflow_id
+                 WHERE p.workflow_id = t.workflow_id AND p.phase_id = t.phase_id
+                   AND p.status <> 'pending' AND w.status <> 'draft')
+             WHERE t.workflow_id IS NOT NULL",
+            &[],
+        )
+        .await?;
+        super::notify::notify_ready(&tx).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+}
