@@ -969,6 +969,15 @@ async fn a_single_engines_database_copied_into_postgres_carries_on_as_a_cluster(
     s.stop().await;
     single.stop_engines().await;
 
+    // Not while a node runs on the database.
+    let early = node(&url, "1");
+    let e = early.start().await;
+    let (code, _, err) = single.cli(&["copy-to-postgres", &url]).await;
+    assert_eq!(code, 1);
+    assert!(err.contains("stop them before copying"), "{err}");
+    e.stop().await;
+    early.stop_engines().await;
+
     let (code, out, err) = single.cli(&["copy-to-postgres", &url]).await;
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("copied 4 tasks"), "{out}");
@@ -1008,4 +1017,32 @@ async fn a_single_engines_database_copied_into_postgres_carries_on_as_a_cluster(
     assert_eq!(again["existing"], true);
     n.stop().await;
     cluster.stop_engines().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_copy_refuses_a_file_whose_engine_died_with_a_task_running() {
+    let url = pg::server().fresh_database().await;
+    let single = Env::new();
+    single.shell_agent("slow", "sleep 20", "");
+    let s = single.start().await;
+    let id = s.submit("slow", "slow", "x", json!({})).await;
+    s.until(&id, "running", |t| t["status"] == "running").await;
+    s.kill9_session_only().await;
+    single.kill9_engines().await;
+    let (code, _, err) = single.cli(&["copy-to-postgres", &url]).await;
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("were running when the engine last stopped"),
+        "{err}"
+    );
+    // Nothing was written: the database is still empty for a copy done right.
+    let db = orchestr8_async::store::postgres::Postgres::connect(
+        &orchestr8_async::store::postgres::PgOptions {
+            url: url.clone(),
+            pool_size: 2,
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(db.held().await.unwrap(), (0, 0));
 }

@@ -1,7 +1,8 @@
 //! Taking in a single engine's database, for a user who moves up to a cluster: tasks with their
 //! instructions and dependency edges, log lines, workflows and phases, webhook events and their
-//! delivery records, each batch in one transaction; then what a cluster keeps beside them
-//! (open dependencies, gates) is worked out from what came in.
+//! delivery records; then what a cluster keeps beside them (open dependencies, gates, steps
+//! owed) is worked out from what came in. All of it is one transaction ([`Import`]): no node
+//! sees half a copy, and a copy that fails leaves the database as it was.
 //!
 //! Only into an empty database: merging two histories could give two tasks one idempotency key.
 
@@ -13,7 +14,22 @@ use crate::model::{Phase, Task, WebhookAttempt, WebhookEvent, Workflow};
 use crate::store::export::StoredLine;
 use crate::store::StoreError;
 
+/// A copy under way: one connection in one open transaction, committed by [`Import::commit`]
+/// (dropped before that, the connection goes with its transaction undone).
+pub struct Import {
+    client: Option<deadpool_postgres::Object>,
+}
+
 impl Postgres {
+    /// Starts a copy into this database.
+    pub async fn begin_import(&self) -> Result<Import, StoreError> {
+        let client = self.client().await?;
+        client.batch_execute("BEGIN").await?;
+        Ok(Import {
+            client: Some(client),
+        })
+    }
+
     /// How many tasks and workflows the database holds.
     pub async fn held(&self) -> Result<(u64, u64), StoreError> {
         let row = self
@@ -27,29 +43,35 @@ impl Postgres {
         let (t, w): (i64, i64) = (row.try_get(0)?, row.try_get(1)?);
         Ok((t.max(0) as u64, w.max(0) as u64))
     }
+}
 
-    /// Takes in tasks as they were (status, attempts, times, results), with their log lines.
-    /// Unfinished ones may run only on `host`, the machine they came from, as their working
-    /// directories are there; a task that was running when its engine stopped comes in running
-    /// on no node, and the leader settles it as crash recovery would.
-    pub async fn import_tasks(
+impl Import {
+    fn c(&self) -> Result<&deadpool_postgres::Object, StoreError> {
+        self.client.as_ref().ok_or(StoreError::Closed)
+    }
+
+    /// Takes in tasks as they were (status, attempts, times, results), with their log lines
+    /// and their agents' `max_concurrency` (`limits`, in the same order). Unfinished ones may
+    /// run only on `host`, the machine they came from, as their working directories are there.
+    pub async fn tasks(
         &self,
         tasks: &[(Task, String)],
+        limits: &[Option<u32>],
         lines: &[StoredLine],
         host: &str,
     ) -> Result<(), StoreError> {
-        let mut client = self.client().await?;
-        let tx = client.transaction().await?;
+        let tx = self.c()?;
         let rows: Vec<serde_json::Value> = tasks
             .iter()
-            .map(|(t, instructions)| {
+            .zip(limits.iter().chain(std::iter::repeat(&None)))
+            .map(|((t, instructions), limit)| {
                 let bound = (!t.status.is_terminal()).then_some(host);
                 new_task_json(
                     t,
                     instructions,
                     crate::cluster::DEFAULT_QUEUE,
                     bound,
-                    None,
+                    *limit,
                     0,
                 )
             })
@@ -88,18 +110,16 @@ impl Postgres {
             )
             .await?;
         }
-        tx.commit().await?;
         Ok(())
     }
 
     /// Takes in workflows and their phases as they were.
-    pub async fn import_workflows(
+    pub async fn workflows(
         &self,
         workflows: &[Workflow],
         phases: &[Phase],
     ) -> Result<(), StoreError> {
-        let mut client = self.client().await?;
-        let tx = client.transaction().await?;
+        let tx = self.c()?;
         for wf in workflows {
             tx.execute(
                 "INSERT INTO workflows (workflow_id, name, description, webhook_url, status,
@@ -138,19 +158,17 @@ impl Postgres {
             )
             .await?;
         }
-        tx.commit().await?;
         Ok(())
     }
 
     /// Takes in webhook events as they were (an owed one is delivered by the cluster) and
     /// their delivery records.
-    pub async fn import_webhooks(
+    pub async fn webhooks(
         &self,
         events: &[WebhookEvent],
         attempts: &[WebhookAttempt],
     ) -> Result<(), StoreError> {
-        let mut client = self.client().await?;
-        let tx = client.transaction().await?;
+        let tx = self.c()?;
         for e in events {
             tx.execute(
                 "INSERT INTO webhook_events (event_id, event_type, task_id, workflow_id, url,
@@ -194,15 +212,14 @@ impl Postgres {
             )
             .await?;
         }
-        tx.commit().await?;
         Ok(())
     }
 
-    /// After everything came in: each pending task counts its dependencies not completed, and
-    /// a workflow's task waits at its gate only while its phase has not opened.
-    pub async fn settle_import(&self) -> Result<(), StoreError> {
-        let mut client = self.client().await?;
-        let tx = client.transaction().await?;
+    /// After everything came in: each pending task counts its dependencies not completed, a
+    /// workflow's task waits at its gate only while its phase has not opened, and the ends of a
+    /// running workflow's tasks are owed a step.
+    pub async fn settle(&self) -> Result<(), StoreError> {
+        let tx = self.c()?;
         tx.execute(
             "UPDATE tasks t SET deps_open = (
                  SELECT count(*) FROM task_dependencies d JOIN tasks u ON u.task_id = d.depends_on
@@ -220,8 +237,33 @@ impl Postgres {
             &[],
         )
         .await?;
-        super::notify::notify_ready(&tx).await?;
-        tx.commit().await?;
+        // The ends of a running workflow's tasks are owed a step: the engine may have stopped
+        // before taking it (steps are derived, so one already taken is taken to nothing).
+        tx.execute(
+            "UPDATE tasks SET step_owed = true
+             WHERE status IN ('completed', 'failed', 'cancelled')
+               AND workflow_id IN (SELECT workflow_id FROM workflows WHERE status = 'running')",
+            &[],
+        )
+        .await?;
+        super::notify::notify_ready(tx).await?;
         Ok(())
+    }
+
+    /// Makes the copy visible to the cluster, all at once.
+    pub async fn commit(mut self) -> Result<(), StoreError> {
+        if let Some(c) = self.client.take() {
+            c.batch_execute("COMMIT").await?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Import {
+    fn drop(&mut self) {
+        // Not committed: the connection must not go back to the pool inside the transaction.
+        if let Some(c) = self.client.take() {
+            drop(deadpool_postgres::Object::take(c));
+        }
     }
 }

@@ -21,8 +21,8 @@ use crate::store::StoreError;
 pub(super) const READY_CHANNEL: &str = "orchestr8_ready";
 
 /// Notifies the channel; sent when the transaction commits (never if it rolls back).
-pub(super) async fn notify_ready(
-    tx: &deadpool_postgres::Transaction<'_>,
+pub(super) async fn notify_ready<C: deadpool_postgres::GenericClient>(
+    tx: &C,
 ) -> Result<(), StoreError> {
     let notify = tx.prepare_cached("SELECT pg_notify($1, '')").await?;
     tx.execute(&notify, &[&READY_CHANNEL]).await?;

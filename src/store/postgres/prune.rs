@@ -1,6 +1,7 @@
 //! Retention on a cluster: finished work older than a period is removed in batches, one
 //! transaction each, by the same rules as the single engine — a task outside workflows that
-//! completed, failed or was cancelled, or an ended workflow whole; with them go their log lines,
+//! completed, failed or was cancelled, or an ended workflow whole once none of its tasks is
+//! still pending or running (one may still be stopping); with them go their log lines,
 //! dependency edges, webhook events and delivery records; never while a webhook about them is
 //! still owed.
 //!
@@ -58,6 +59,8 @@ impl Postgres {
                 "SELECT w.workflow_id FROM workflows w
                  WHERE w.status IN ('completed', 'failed', 'cancelled')
                    AND coalesce(w.completed_at, w.updated_at) < $1
+                   AND NOT EXISTS (SELECT 1 FROM tasks u WHERE u.workflow_id = w.workflow_id
+                                   AND u.status IN ('pending', 'running'))
                    AND NOT EXISTS (SELECT 1 FROM webhook_events e
                                    WHERE e.status = 'pending'
                                      AND (e.workflow_id = w.workflow_id
@@ -75,7 +78,8 @@ impl Postgres {
         if !workflows.is_empty() {
             let theirs = tx
                 .query(
-                    "SELECT task_id FROM tasks WHERE workflow_id = ANY($1) FOR UPDATE",
+                    "SELECT task_id FROM tasks WHERE workflow_id = ANY($1)
+                     ORDER BY task_id FOR UPDATE",
                     &[&workflows],
                 )
                 .await?;

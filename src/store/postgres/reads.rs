@@ -26,14 +26,8 @@ impl Postgres {
         after_us: i64,
         limit: u32,
     ) -> Result<(Vec<Task>, u64), StoreError> {
-        let inside = format!(
-            "{}/%",
-            project
-                .trim_end_matches('/')
-                .replace('%', "\\%")
-                .replace('_', "\\_")
-        );
-        let filter = "(t.project = $1 OR t.project LIKE $2)
+        let inside = format!("{}/", project.trim_end_matches('/'));
+        let filter = "(t.project = $1 OR starts_with(t.project, $2))
              AND t.status IN ('completed', 'failed', 'cancelled') AND t.completed_at > $3";
         let after = super::rows::time(after_us);
         let client = self.client().await?;
