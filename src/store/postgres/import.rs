@@ -121,42 +121,10 @@ impl Import {
     ) -> Result<(), StoreError> {
         let tx = self.c()?;
         for wf in workflows {
-            tx.execute(
-                "INSERT INTO workflows (workflow_id, name, description, webhook_url, status,
-                     max_parallel, error, created_at, started_at, completed_at, updated_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, now())",
-                &[
-                    &wf.id,
-                    &wf.name,
-                    &wf.description,
-                    &wf.webhook_url,
-                    &wf.status.as_str(),
-                    &wf.max_parallel.map(|n| n as i32),
-                    &wf.error,
-                    &time(wf.created_us),
-                    &wf.started_us.map(time),
-                    &wf.completed_us.map(time),
-                ],
-            )
-            .await?;
+            super::workflows::insert_workflow_in(tx, wf).await?;
         }
         for p in phases {
-            tx.execute(
-                "INSERT INTO workflow_phases (workflow_id, phase_id, name, depends_on, position,
-                     status, started_at, completed_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-                &[
-                    &p.workflow_id,
-                    &p.phase_id,
-                    &p.name,
-                    &serde_json::json!(p.depends_on),
-                    &p.position,
-                    &p.status.as_str(),
-                    &p.started_us.map(time),
-                    &p.completed_us.map(time),
-                ],
-            )
-            .await?;
+            super::workflows::insert_phase_in(tx, p).await?;
         }
         Ok(())
     }
@@ -169,48 +137,9 @@ impl Import {
         attempts: &[WebhookAttempt],
     ) -> Result<(), StoreError> {
         let tx = self.c()?;
-        for e in events {
-            tx.execute(
-                "INSERT INTO webhook_events (event_id, event_type, task_id, workflow_id, url,
-                     payload, status, attempts, next_attempt_at, last_error, created_at,
-                     updated_at, host)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, now(), $12)",
-                &[
-                    &e.id,
-                    &e.event_type,
-                    &e.task_id,
-                    &e.workflow_id,
-                    &e.url,
-                    &e.payload,
-                    &e.status.as_str(),
-                    &(e.attempts as i32),
-                    &time(e.next_attempt_us),
-                    &e.last_error,
-                    &time(e.created_us),
-                    &e.host(),
-                ],
-            )
-            .await?;
-        }
+        super::webhooks::insert_in(tx, events).await?;
         for a in attempts {
-            tx.execute(
-                "INSERT INTO webhook_deliveries (event_id, event_type, task_id, workflow_id,
-                     attempt, url, status_code, error, duration_ms, delivered_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-                &[
-                    &a.event_id,
-                    &a.event_type,
-                    &a.task_id,
-                    &a.workflow_id,
-                    &(a.attempt as i32),
-                    &a.url,
-                    &a.status_code.map(i32::from),
-                    &a.error,
-                    &(a.duration_ms.min(i64::MAX as u64) as i64),
-                    &time(a.at_us),
-                ],
-            )
-            .await?;
+            super::webhooks::insert_delivery_in(tx, a, Some(a.at_us)).await?;
         }
         Ok(())
     }

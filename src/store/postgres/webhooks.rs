@@ -65,9 +65,9 @@ pub(super) async fn owe_in(
     insert_in(tx, &events).await
 }
 
-/// Writes owed events inside `tx`.
-pub(super) async fn insert_in(
-    tx: &deadpool_postgres::Transaction<'_>,
+/// Writes events inside `tx`, each as it stands (a new one: owed, no attempt yet).
+pub(super) async fn insert_in<C: deadpool_postgres::GenericClient>(
+    tx: &C,
     events: &[WebhookEvent],
 ) -> Result<(), StoreError> {
     if events.is_empty() {
@@ -76,17 +76,22 @@ pub(super) async fn insert_in(
     let col = |f: fn(&WebhookEvent) -> String| events.iter().map(f).collect::<Vec<String>>();
     let task_ids: Vec<Option<Uuid>> = events.iter().map(|e| e.task_id).collect();
     let workflow_ids: Vec<Option<Uuid>> = events.iter().map(|e| e.workflow_id).collect();
+    let attempts: Vec<i32> = events.iter().map(|e| e.attempts as i32).collect();
+    let next: Vec<_> = events.iter().map(|e| time(e.next_attempt_us)).collect();
+    let errors: Vec<Option<&str>> = events.iter().map(|e| e.last_error.as_deref()).collect();
     let created: Vec<_> = events.iter().map(|e| time(e.created_us)).collect();
-    let hosts = col(|e| e.host());
     let insert = tx
         .prepare_cached(
             "INSERT INTO webhook_events (event_id, event_type, task_id, workflow_id, url,
-                 payload, status, attempts, next_attempt_at, created_at, updated_at, host)
-             SELECT e.id, e.kind, e.task_id, e.workflow_id, e.url, e.payload, 'pending', 0,
-                    e.created, e.created, now(), e.host
+                 payload, status, attempts, next_attempt_at, last_error, created_at, updated_at,
+                 host)
+             SELECT e.id, e.kind, e.task_id, e.workflow_id, e.url, e.payload, e.status,
+                    e.attempts, e.next, e.error, e.created, now(), e.host
              FROM unnest($1::text[], $2::text[], $3::uuid[], $4::uuid[], $5::text[], $6::text[],
-                         $7::timestamptz[], $8::text[])
-                  AS e(id, kind, task_id, workflow_id, url, payload, created, host)",
+                         $7::text[], $8::int[], $9::timestamptz[], $10::text[],
+                         $11::timestamptz[], $12::text[])
+                  AS e(id, kind, task_id, workflow_id, url, payload, status, attempts, next,
+                       error, created, host)",
         )
         .await?;
     tx.execute(
@@ -98,8 +103,44 @@ pub(super) async fn insert_in(
             &workflow_ids,
             &col(|e| e.url.clone()),
             &col(|e| e.payload.clone()),
+            &col(|e| e.status.as_str().to_string()),
+            &attempts,
+            &next,
+            &errors,
             &created,
-            &hosts,
+            &col(|e| e.host()),
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Writes a delivery attempt inside `tx`, made at `at` (`None`: now, by the database's clock).
+pub(super) async fn insert_delivery_in<C: deadpool_postgres::GenericClient>(
+    tx: &C,
+    a: &WebhookAttempt,
+    at: Option<i64>,
+) -> Result<(), StoreError> {
+    let insert = tx
+        .prepare_cached(
+            "INSERT INTO webhook_deliveries (event_id, event_type, task_id, workflow_id,
+                 attempt, url, status_code, error, duration_ms, delivered_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, coalesce($10, now()))",
+        )
+        .await?;
+    tx.execute(
+        &insert,
+        &[
+            &a.event_id,
+            &a.event_type,
+            &a.task_id,
+            &a.workflow_id,
+            &(a.attempt as i32),
+            &a.url,
+            &a.status_code.map(i32::from),
+            &a.error,
+            &(a.duration_ms.min(i64::MAX as u64) as i64),
+            &at.map(time),
         ],
     )
     .await?;
@@ -176,28 +217,7 @@ impl Postgres {
     ) -> Result<bool, StoreError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
-        let log = tx
-            .prepare_cached(
-                "INSERT INTO webhook_deliveries (event_id, event_type, task_id, workflow_id,
-                     attempt, url, status_code, error, duration_ms, delivered_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, now())",
-            )
-            .await?;
-        tx.execute(
-            &log,
-            &[
-                &attempt.event_id,
-                &attempt.event_type,
-                &attempt.task_id,
-                &attempt.workflow_id,
-                &(attempt.attempt as i32),
-                &attempt.url,
-                &attempt.status_code.map(i32::from),
-                &attempt.error,
-                &(attempt.duration_ms.min(i64::MAX as u64) as i64),
-            ],
-        )
-        .await?;
+        insert_delivery_in(&tx, attempt, None).await?;
         let update = tx
             .prepare_cached(
                 "UPDATE webhook_events SET status = $3, attempts = $4, last_error = $5,

@@ -138,26 +138,59 @@ async fn lock_in(
     }
 }
 
+/// Writes a workflow's row, as it stands, inside `c`.
+pub(super) async fn insert_workflow_in<C: deadpool_postgres::GenericClient>(
+    c: &C,
+    wf: &Workflow,
+) -> Result<(), StoreError> {
+    c.execute(
+        "INSERT INTO workflows (workflow_id, name, description, webhook_url, status,
+             max_parallel, error, created_at, started_at, completed_at, updated_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, now())",
+        &[
+            &wf.id,
+            &wf.name,
+            &wf.description,
+            &wf.webhook_url,
+            &wf.status.as_str(),
+            &wf.max_parallel.map(|n| n as i32),
+            &wf.error,
+            &time(wf.created_us),
+            &wf.started_us.map(time),
+            &wf.completed_us.map(time),
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Writes a phase's row, as it stands, inside `c`.
+pub(super) async fn insert_phase_in<C: deadpool_postgres::GenericClient>(
+    c: &C,
+    p: &Phase,
+) -> Result<(), StoreError> {
+    c.execute(
+        "INSERT INTO workflow_phases (workflow_id, phase_id, name, depends_on, position,
+             status, started_at, completed_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        &[
+            &p.workflow_id,
+            &p.phase_id,
+            &p.name,
+            &serde_json::json!(p.depends_on),
+            &p.position,
+            &p.status.as_str(),
+            &p.started_us.map(time),
+            &p.completed_us.map(time),
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
 impl Postgres {
     pub async fn insert_workflow(&self, wf: &Workflow) -> Result<(), StoreError> {
-        self.client()
-            .await?
-            .execute(
-                "INSERT INTO workflows (workflow_id, name, description, webhook_url, status,
-                     max_parallel, created_at, updated_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, now())",
-                &[
-                    &wf.id,
-                    &wf.name,
-                    &wf.description,
-                    &wf.webhook_url,
-                    &wf.status.as_str(),
-                    &wf.max_parallel.map(|n| n as i32),
-                    &time(wf.created_us),
-                ],
-            )
-            .await?;
-        Ok(())
+        insert_workflow_in(&self.client().await?, wf).await
     }
 
     pub async fn workflow(&self, id: Uuid) -> Result<Option<Workflow>, StoreError> {
@@ -268,22 +301,7 @@ impl Postgres {
             Err(e) => return Ok(Some(Err(e))),
         };
         match &decided {
-            DraftChange::Phase(p) => {
-                tx.execute(
-                    "INSERT INTO workflow_phases (workflow_id, phase_id, name, depends_on,
-                         position, status)
-                     VALUES ($1, $2, $3, $4, $5, $6)",
-                    &[
-                        &p.workflow_id,
-                        &p.phase_id,
-                        &p.name,
-                        &serde_json::json!(p.depends_on),
-                        &p.position,
-                        &p.status.as_str(),
-                    ],
-                )
-                .await?;
-            }
+            DraftChange::Phase(p) => insert_phase_in(&tx, p).await?,
             DraftChange::Task(t) => {
                 if let Some(OpOutcome::Existing(holder)) =
                     insert_in(&tx, std::slice::from_ref(t)).await?.first()
