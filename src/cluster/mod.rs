@@ -9,12 +9,15 @@
 //! - [`Cluster`] (`scheduler.rs`): what the service asks of a node — submit, read, cancel,
 //!   wait, all on the shared database — and `attempts.rs`, the claim loop and the attempts this
 //!   node runs.
+//! - `changes.rs`: the node's change feed for the dashboard's live pages, read from the
+//!   database while somebody watches.
 //! - [`warden`]: the process beside each node that stops its agents if the node dies.
 //! - `workflows.rs`: workflows on the cluster — the tools' calls, and the step owed after a
 //!   workflow's task ends, taken under the workflow's row lock by the pure rules of
 //!   `workflow_steps.rs`.
 
 mod attempts;
+mod changes;
 pub mod lifeline;
 mod node;
 pub mod rescuer;

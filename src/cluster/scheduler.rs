@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::attempts::{self, LogSink};
+use super::changes::ChangePoller;
 use super::{rescuer, Lifeline};
 use crate::agents::AgentRegistry;
 use crate::model::Task;
@@ -24,7 +25,9 @@ use crate::scheduler::state::{RunHandle, STOP_CANCEL};
 use crate::scheduler::{
     cancel_ended, cancel_in_workflow, not_found, unknown_ids, SchedError, Submitted,
 };
+use crate::store::feed::{Change, Feed, Following};
 use crate::store::postgres::{Cancel, NewClusterTask, NodeInfo, Postgres, Refused};
+use crate::store::stats::{AgentRecord, Stats, StatsSince, TaskQuery};
 use crate::store::{OpOutcome, StoreError, TaskFilter};
 
 /// How a node runs.
@@ -60,6 +63,9 @@ pub(super) struct Inner {
     pub logs: LogSink,
     /// Told of every task this node saw end (its attempts, its cancels, its rescues).
     pub notifier: Arc<dyn Notifier>,
+    /// What changed in the cluster, for the dashboard's live pages (fed by the
+    /// [`ChangePoller`] while watched).
+    pub feed: Feed,
 }
 
 impl Inner {
@@ -82,6 +88,7 @@ struct Duties {
     claims: JoinHandle<()>,
     rescuer: JoinHandle<()>,
     rescuer_stop: CancellationToken,
+    changes: ChangePoller,
 }
 
 fn store(e: StoreError) -> SchedError {
@@ -120,6 +127,7 @@ impl Cluster {
             stopping: CancellationToken::new(),
             given_up: lifeline.given_up(),
             notifier: notifier.clone(),
+            feed: Feed::default(),
         });
         let rescuer_stop = CancellationToken::new();
         let rescuer = tokio::spawn(rescuer::run(
@@ -130,6 +138,7 @@ impl Cluster {
             rescuer_stop.clone(),
         ));
         let claims = tokio::spawn(attempts::claim_loop(inner.clone()));
+        let changes = ChangePoller::start(inner.db.clone(), inner.feed.clone());
         let listener = {
             let (db, wake, stop) = (inner.db.clone(), inner.wake.clone(), inner.stopping.clone());
             tokio::spawn(async move { db.wake_on_ready(wake, stop).await })
@@ -144,6 +153,7 @@ impl Cluster {
                 claims,
                 rescuer,
                 rescuer_stop,
+                changes,
             }))),
         })
     }
@@ -323,6 +333,44 @@ impl Cluster {
         self.inner.db.webhooks_owed().await.map_err(store)
     }
 
+    /// What changes in the cluster from now on, whichever node changes it (read from the
+    /// database every second while anybody watches).
+    pub fn changes(&self) -> tokio::sync::broadcast::Receiver<Change> {
+        self.inner.feed.subscribe()
+    }
+
+    /// The change feed carries `task`'s log lines too, while the answer lives.
+    pub fn follow_lines(&self, task: Uuid) -> Following {
+        self.inner.feed.follow_lines(task)
+    }
+
+    /// A task with its instructions.
+    pub async fn task_with_instructions(
+        &self,
+        id: Uuid,
+    ) -> Result<Option<(Task, String)>, SchedError> {
+        self.inner.db.task_and_instructions(id).await.map_err(store)
+    }
+
+    /// The dashboard overview's aggregates (see `Postgres::stats`).
+    pub async fn stats(&self, since: StatsSince, running: u32) -> Result<Stats, SchedError> {
+        self.inner.db.stats(since, running).await.map_err(store)
+    }
+
+    pub async fn agent_records(&self, since_us: i64) -> Result<Vec<AgentRecord>, SchedError> {
+        self.inner.db.agent_records(since_us).await.map_err(store)
+    }
+
+    /// The agents and projects that have tasks.
+    pub async fn task_facets(&self) -> Result<(Vec<String>, Vec<String>), SchedError> {
+        self.inner.db.task_facets().await.map_err(store)
+    }
+
+    /// A page of the task list by position (see `Postgres::task_page`).
+    pub async fn task_page(&self, q: &TaskQuery) -> Result<(Vec<Task>, u64), SchedError> {
+        self.inner.db.task_page(q).await.map_err(store)
+    }
+
     pub async fn count_by_status(&self) -> Result<Vec<(String, u64)>, SchedError> {
         self.inner.db.count_by_status().await.map_err(store)
     }
@@ -477,6 +525,7 @@ impl Cluster {
         d.rescuer_stop.cancel();
         finish_duty("the rescuer", d.rescuer).await;
         finish_duty("the listener", d.listener).await;
+        let _ = tokio::time::timeout(DUTY_STOP, d.changes.stop()).await;
         crate::scheduler::stop_after_grace(
             grace,
             || self.in_flight(),

@@ -84,6 +84,7 @@ impl Gathered {
                 }
             }
             Change::Workflow { id } => self.workflow(id),
+            Change::More => self.more = true,
             Change::Delivery { task, workflow } => {
                 for id in task.into_iter().chain(workflow) {
                     if !full(self.deliveries.len()) {
@@ -193,7 +194,7 @@ fn feed(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let follow = Follow {
         rx: d.service.changes(),
-        _lines: watched.and_then(|t| d.service.follow_lines(t)),
+        _lines: watched.map(|t| d.service.follow_lines(t)),
         d,
         watched,
         gathered: Gathered::default(),

@@ -303,9 +303,16 @@ pub struct NewLogLine {
     pub message: String,
 }
 
-/// [`NewLogLine`] as the store's journal reads it back: log levels are static strings in memory,
-/// so a level read back maps onto the same constants (an unknown one, which this build never
-/// writes, reads as `info`).
+/// A log level read back, as the constant this build writes (an unknown one, which this build
+/// never writes, reads as `info`): log lines in memory hold static strings.
+pub fn log_level(read: &str) -> &'static str {
+    ["error", "warn", "info", "debug", "trace"]
+        .into_iter()
+        .find(|known| *known == read)
+        .unwrap_or("info")
+}
+
+/// [`NewLogLine`] as the store's journal reads it back (its level through [`log_level`]).
 #[derive(Deserialize)]
 struct StoredLogLine {
     task_id: Uuid,
@@ -318,15 +325,11 @@ struct StoredLogLine {
 impl<'de> Deserialize<'de> for NewLogLine {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<NewLogLine, D::Error> {
         let l = StoredLogLine::deserialize(d)?;
-        let level = ["error", "warn", "info", "debug", "trace"]
-            .into_iter()
-            .find(|known| *known == l.level)
-            .unwrap_or("info");
         Ok(NewLogLine {
             task_id: l.task_id,
             seq: l.seq,
             ts_us: l.ts_us,
-            level,
+            level: log_level(&l.level),
             message: l.message,
         })
     }

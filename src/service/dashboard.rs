@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use tokio::sync::broadcast;
 use uuid::Uuid;
 
-use super::{in_range, invalid, parse_task_id, Result, Service, ServiceError};
+use super::{in_range, invalid, parse_task_id, Core, Result, Service, ServiceError};
 use crate::agents::validate_name;
 use crate::api::dashboard::*;
 use crate::api::WebhookHistory;
@@ -30,18 +30,20 @@ const RUNNING_LISTED: u32 = 20;
 const FIRST_LOG_LINES: u32 = 500;
 
 impl Service {
-    /// What the stored data changes from now on.
-    /// A cluster node has no change feed yet: its stream is closed at once.
+    /// What the stored data changes from now on (on a cluster: whichever node changes it).
     pub fn changes(&self) -> broadcast::Receiver<Change> {
-        match self.sched() {
-            Ok(s) => s.store().changes(),
-            Err(_) => broadcast::channel(1).1,
+        match &self.core {
+            Core::Local(s) => s.store().changes(),
+            Core::Cluster(c) => c.changes(),
         }
     }
 
     /// The change feed carries `task`'s log lines too, while the answer lives.
-    pub fn follow_lines(&self, task: Uuid) -> Option<Following> {
-        self.sched().ok().map(|s| s.store().follow_lines(task))
+    pub fn follow_lines(&self, task: Uuid) -> Following {
+        match &self.core {
+            Core::Local(s) => s.store().follow_lines(task),
+            Core::Cluster(c) => c.follow_lines(task),
+        }
     }
 
     pub async fn dashboard_overview(&self) -> Result<DashOverview> {
@@ -50,19 +52,19 @@ impl Service {
         let today = now - now.rem_euclid(DAY_US);
         let ended_since = this_hour - (ENDED_HOURS - 1) * HOUR_US;
         let cost_since = today - (COST_DAYS - 1) * DAY_US;
-        let s = self
-            .sched()?
-            .store()
-            .stats(
-                StatsSince {
-                    ended: ended_since,
-                    durations: now - DURATION_DAYS * DAY_US,
-                    cost: cost_since,
-                },
-                RUNNING_LISTED,
-            )
-            .await
-            .map_err(|e| ServiceError::Internal(e.to_string()))?;
+        let since = StatsSince {
+            ended: ended_since,
+            durations: now - DURATION_DAYS * DAY_US,
+            cost: cost_since,
+        };
+        let s = match &self.core {
+            Core::Local(s) => s
+                .store()
+                .stats(since, RUNNING_LISTED)
+                .await
+                .map_err(internal)?,
+            Core::Cluster(c) => c.stats(since, RUNNING_LISTED).await?,
+        };
         let counts = TaskStatus::ALL
             .iter()
             .map(|st| {
@@ -162,21 +164,20 @@ impl Service {
             .map(parse_position)
             .transpose()?;
         let limit = in_range("limit", a.limit, 1, 200, 50)? as u32;
-        let (tasks, total) = self
-            .sched()?
-            .store()
-            .task_page(TaskQuery {
-                status,
-                agent,
-                project,
-                workflow,
-                search,
-                after,
-                // One more, to know whether there is a next page.
-                limit: limit + 1,
-            })
-            .await
-            .map_err(|e| ServiceError::Internal(e.to_string()))?;
+        let q = TaskQuery {
+            status,
+            agent,
+            project,
+            workflow,
+            search,
+            after,
+            // One more, to know whether there is a next page.
+            limit: limit + 1,
+        };
+        let (tasks, total) = match &self.core {
+            Core::Local(s) => s.store().task_page(q).await.map_err(internal)?,
+            Core::Cluster(c) => c.task_page(&q).await?,
+        };
         let mut tasks = tasks;
         let more = tasks.len() > limit as usize;
         tasks.truncate(limit as usize);
@@ -191,32 +192,38 @@ impl Service {
     }
 
     pub async fn dashboard_facets(&self) -> Result<TaskFacets> {
-        let (agents, projects) = self
-            .sched()?
-            .store()
-            .task_facets()
-            .await
-            .map_err(|e| ServiceError::Internal(e.to_string()))?;
+        let (agents, projects) = match &self.core {
+            Core::Local(s) => s.store().task_facets().await.map_err(internal)?,
+            Core::Cluster(c) => c.task_facets().await?,
+        };
         Ok(TaskFacets { agents, projects })
     }
 
     pub async fn dashboard_task(&self, id: &str) -> Result<DashTask> {
         let id = parse_task_id("task_id", id)?;
-        let store = self.sched()?.store();
-        let internal = |e: crate::store::StoreError| ServiceError::Internal(e.to_string());
-        // From the store, not the scheduler's memory: the page reads on the change feed's
-        // events, which are published once the store has the change (memory follows a moment
-        // later).
-        let task = store
-            .task(id)
-            .await
-            .map_err(internal)?
-            .ok_or_else(|| ServiceError::NotFound(not_found(id)))?;
-        let instructions = store.instructions(id).await.map_err(internal)?;
-        let mut logs = store
-            .last_logs(id, FIRST_LOG_LINES + 1)
-            .await
-            .map_err(internal)?;
+        let (task, instructions, mut logs) = match &self.core {
+            Core::Local(s) => {
+                let store = s.store();
+                // From the store, not the scheduler's memory: the page reads on the change
+                // feed's events, which are published once the store has the change (memory
+                // follows a moment later).
+                let task = store.task(id).await.map_err(internal)?;
+                let instructions = store.instructions(id).await.map_err(internal)?;
+                let logs = store
+                    .last_logs(id, FIRST_LOG_LINES + 1)
+                    .await
+                    .map_err(internal)?;
+                (task, instructions.unwrap_or_default(), logs)
+            }
+            Core::Cluster(c) => match c.task_with_instructions(id).await? {
+                Some((task, instructions)) => {
+                    let logs = c.last_logs(id, FIRST_LOG_LINES + 1).await?;
+                    (Some(task), instructions, logs)
+                }
+                None => (None, String::new(), Vec::new()),
+            },
+        };
+        let task = task.ok_or_else(|| ServiceError::NotFound(not_found(id)))?;
         let logs_cut = logs.len() > FIRST_LOG_LINES as usize;
         if logs_cut {
             logs.remove(0);
@@ -224,7 +231,7 @@ impl Service {
         let WebhookHistory { deliveries } = self.history_rows(Some(id), None).await?;
         Ok(DashTask {
             task: task.view(),
-            instructions: instructions.unwrap_or_default(),
+            instructions,
             logs,
             logs_cut,
             deliveries,
@@ -236,12 +243,10 @@ impl Service {
     pub async fn dashboard_agents(&self) -> Result<AgentTable> {
         let listed = self.list_agents().await?.agents;
         let since = now_us() - AGENT_DAYS * DAY_US;
-        let records = self
-            .sched()?
-            .store()
-            .agent_records(since)
-            .await
-            .map_err(|e| ServiceError::Internal(e.to_string()))?;
+        let records = match &self.core {
+            Core::Local(s) => s.store().agent_records(since).await.map_err(internal)?,
+            Core::Cluster(c) => c.agent_records(since).await?,
+        };
         let mut by_name: BTreeMap<String, _> =
             records.into_iter().map(|r| (r.agent.clone(), r)).collect();
         let row = |agent: crate::api::AgentInfo, r: Option<crate::store::stats::AgentRecord>| {
@@ -282,6 +287,10 @@ impl Service {
             .collect();
         Ok(AgentTable { agents, unlisted })
     }
+}
+
+fn internal(e: crate::store::StoreError) -> ServiceError {
+    ServiceError::Internal(e.to_string())
 }
 
 /// A position in the task list: `<created_at µs>.<task id>`, as `next` gave it.

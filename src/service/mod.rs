@@ -286,8 +286,8 @@ fn cluster_task(
 fn not_on_a_cluster() -> ServiceError {
     ServiceError::Conflict(
         "this engine is a node of a cluster (ORCHESTR8_DATABASE_URL), which does not offer this \
-         yet: the task and workflow tools, list_agents and webhooks work there; task_diff, \
-         worktrees (isolation) and the dashboard need the single engine (unset \
+         yet: the task and workflow tools, list_agents, webhooks and the dashboard work there; \
+         task_diff and worktrees (isolation) need the single engine (unset \
          ORCHESTR8_DATABASE_URL) for now"
             .to_string(),
     )

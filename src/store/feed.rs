@@ -38,6 +38,9 @@ pub enum Change {
         task: Option<Uuid>,
         workflow: Option<Uuid>,
     },
+    /// More changed than the feed names (a burst on a cluster): whoever watches looks again at
+    /// everything it shows.
+    More,
 }
 
 #[derive(Clone)]
@@ -90,6 +93,11 @@ impl Feed {
             feed: self.clone(),
             task,
         }
+    }
+
+    /// The tasks whose lines somebody follows now.
+    pub fn followed(&self) -> Vec<Uuid> {
+        self.lines().keys().copied().collect()
     }
 
     /// Whether anybody watches (the journal thread builds nothing otherwise).

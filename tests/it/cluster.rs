@@ -1046,3 +1046,176 @@ async fn a_copy_refuses_a_file_whose_engine_died_with_a_task_running() {
     .unwrap();
     assert_eq!(db.held().await.unwrap(), (0, 0));
 }
+
+/// The dashboard of one node shows the whole cluster: what runs and ends on another node, its
+/// log lines as they come, the aggregates, the task list paged by position, the agents.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_dashboard_of_one_node_follows_what_another_node_runs() {
+    let url = pg::server().fresh_database().await;
+    let token = "dash-token";
+    // The watching node serves no queue of the tasks: all of them run on the other.
+    let mut watching = node(&url, "2");
+    watching.set("ORCHESTR8_QUEUES", "elsewhere");
+    let running = node(&url, "2");
+    for env in [&watching, &running] {
+        env.shell_agent("echo", "cat", "");
+        env.shell_agent(
+            "talker",
+            "for i in 1 2 3 4 5 6; do echo \"line $i\" >&2; sleep 0.4; done; cat",
+            "",
+        );
+    }
+    let a = watching.start_api(Some(token)).await;
+    let b = running.start_api(Some(token)).await;
+    let http = reqwest::Client::new();
+    let get = |path: String| {
+        http.get(format!("{}{path}", a.base))
+            .bearer_auth(token)
+            .send()
+    };
+    let data = |path: String| {
+        let sent = get(path.clone());
+        async move {
+            let r = sent.await.unwrap();
+            assert_eq!(r.status(), 200, "{path}");
+            r.json::<Value>().await.unwrap()
+        }
+    };
+
+    // A task submitted to the other node is seen running, then ended, on this node's feed.
+    let mut feed = get("/dashboard/api/events".into()).await.unwrap();
+    assert_eq!(feed.status(), 200);
+    crate::dashboard::read_until(&mut feed, "event: ready").await;
+    let (code, t) = b
+        .post(
+            "/api/tasks",
+            json!({"name": "first", "agent_name": "echo", "agent_instructions": "hello"}),
+        )
+        .await;
+    assert_eq!(code, 201, "{t}");
+    let first = t["task_id"].as_str().unwrap().to_string();
+    crate::dashboard::read_until(&mut feed, &format!("\"{first}\":\"completed\"")).await;
+
+    // A task's page, with the log lines of a task running elsewhere as they come.
+    let (_, t) = b
+        .post(
+            "/api/tasks",
+            json!({"name": "talk", "agent_name": "talker", "agent_instructions": "bye"}),
+        )
+        .await;
+    let talk = t["task_id"].as_str().unwrap().to_string();
+    let mut lines = get(format!("/dashboard/api/events?task={talk}"))
+        .await
+        .unwrap();
+    crate::dashboard::read_until(&mut lines, "event: ready").await;
+    crate::dashboard::read_until(&mut lines, "line 5").await;
+    crate::dashboard::read_until(&mut lines, &format!("\"{talk}\":\"completed\"")).await;
+    drop(lines);
+    let page = data(format!("/dashboard/api/tasks/{talk}")).await;
+    assert_eq!(page["instructions"], "bye", "{page}");
+    assert_eq!(page["status"], "completed", "{page}");
+    let logged: Vec<&str> = page["logs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|l| l["message"].as_str())
+        .collect();
+    for i in 1..=6 {
+        assert!(logged.contains(&format!("line {i}").as_str()), "{logged:?}");
+    }
+
+    // The overview counts the cluster's tasks, whichever node ran them.
+    let o = data("/dashboard/api/overview".into()).await;
+    assert!(
+        o["counts"]
+            .as_array()
+            .unwrap()
+            .contains(&json!(["completed", 2])),
+        "{o}"
+    );
+    let ended: u64 = o["ended"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["completed"].as_u64().unwrap())
+        .sum();
+    assert_eq!(ended, 2, "{o}");
+    let timed: u64 = o["durations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["tasks"].as_u64().unwrap())
+        .sum();
+    assert_eq!(timed, 2, "{o}");
+    // The talker ran for over 2 s: the "1 s–10 s" bucket.
+    assert_eq!(o["durations"][1]["tasks"], 1, "{o}");
+
+    // The task list pages by position over tasks submitted to both nodes, each once.
+    let mut ids = vec![first, talk];
+    for i in 0..5 {
+        let api = if i % 2 == 0 { &a } else { &b };
+        let (code, t) = api
+            .post(
+                "/api/tasks",
+                json!({"name": format!("job {i}"), "agent_name": "echo", "agent_instructions": "x"}),
+            )
+            .await;
+        assert_eq!(code, 201, "{t}");
+        ids.push(t["task_id"].as_str().unwrap().to_string());
+    }
+    let mut after = String::new();
+    let mut listed = Vec::new();
+    loop {
+        let v = data(format!("/dashboard/api/tasks?limit=3&after={after}")).await;
+        assert_eq!(v["total"], 7, "{v}");
+        listed.extend(
+            v["tasks"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|t| t["task_id"].as_str().unwrap().to_string()),
+        );
+        match v["next"].as_str() {
+            Some(n) => after = n.to_string(),
+            None => break,
+        }
+    }
+    ids.reverse();
+    assert_eq!(listed, ids);
+    let v = data("/dashboard/api/tasks?q=JOB&agent_name=echo".into()).await;
+    assert_eq!(v["total"], 5, "{v}");
+    let f = data("/dashboard/api/facets".into()).await;
+    assert_eq!(f["agents"], json!(["echo", "talker"]), "{f}");
+
+    // The agents' records.
+    let mut agents = Value::Null;
+    for _ in 0..200 {
+        agents = data("/dashboard/api/agents".into()).await;
+        let echo = agents["agents"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["name"] == "echo")
+            .cloned()
+            .unwrap_or_default();
+        if echo["completed"] == 6 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let talker = agents["agents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "talker")
+        .unwrap();
+    assert_eq!(
+        (
+            &talker["ended"],
+            &talker["completed"],
+            &talker["success_rate"]
+        ),
+        (&json!(1), &json!(1), &json!(1.0)),
+        "{agents}"
+    );
+}

@@ -175,7 +175,7 @@ fn origin_of(url: &str) -> String {
 }
 
 /// Reads an event stream until `needle` has come (within 20 s).
-async fn read_until(feed: &mut reqwest::Response, needle: &str) {
+pub(crate) async fn read_until(feed: &mut reqwest::Response, needle: &str) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     let mut seen = String::new();
     while !seen.contains(needle) {

@@ -33,6 +33,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "exact workflow steps and webhook hosts",
         sql: include_str!("0003_exact_steps_and_hosts.sql"),
     },
+    Migration {
+        version: 4,
+        name: "dashboard reads",
+        sql: include_str!("0004_dashboard_reads.sql"),
+    },
 ];
 
 /// The schema version this build writes: its last migration's.

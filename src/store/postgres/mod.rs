@@ -11,6 +11,7 @@
 //! path), created by the first migration (`migrate.rs`), so the database can be shared with
 //! other applications.
 
+mod changes;
 mod claim;
 mod import;
 mod logs;
@@ -21,6 +22,7 @@ mod prune;
 mod reads;
 mod rows;
 mod settle;
+mod stats;
 mod webhooks;
 mod workflows;
 
@@ -32,6 +34,7 @@ use tokio_postgres::NoTls;
 
 use super::StoreError;
 
+pub use changes::{Changes, DeliveryChange, TaskChange};
 pub use claim::{ClaimRequest, NewClusterTask};
 pub use logs::LogEntry;
 pub use nodes::{Lease, NodeInfo};

@@ -51,6 +51,23 @@ impl Postgres {
         Ok((tasks, total.max(0) as u64))
     }
 
+    /// A task with its instructions.
+    pub async fn task_and_instructions(
+        &self,
+        id: Uuid,
+    ) -> Result<Option<(Task, String)>, StoreError> {
+        let client = self.client().await?;
+        let read = client
+            .prepare_cached(&format!(
+                "SELECT {TASK_COLUMNS}, t.instructions FROM tasks t WHERE t.task_id = $1"
+            ))
+            .await?;
+        let Some(r) = client.query_opt(&read, &[&id]).await? else {
+            return Ok(None);
+        };
+        Ok(Some((task_from_row(&r)?, r.try_get(30)?)))
+    }
+
     /// The tasks of `ids` that exist, in no particular order.
     pub async fn tasks(&self, ids: &[Uuid]) -> Result<Vec<Task>, StoreError> {
         if ids.is_empty() {
