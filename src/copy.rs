@@ -5,9 +5,9 @@
 //! may be running on it): the copy opens the file as the engine would, journal replayed, reads
 //! it whole in batches and writes it in one transaction. Finished work comes over as it was;
 //! unfinished tasks stay bound to this machine, where their working directories are, with their
-//! agents' limits; owed webhook events are delivered by the cluster. A file with a task still
-//! marked running (its engine did not stop cleanly) or an unfinished isolated task is refused,
-//! saying what to do first. The file itself is left as it was: point the engines at the
+//! agents' limits (an isolated one's worktree is made there from the same repository); owed
+//! webhook events are delivered by the cluster. A file with a task still marked running (its
+//! engine did not stop cleanly) is refused, saying what to do first. The file itself is left as it was: point the engines at the
 //! database from now on, or its work would be done twice.
 
 use anyhow::{bail, Context};
@@ -134,8 +134,7 @@ async fn copy(cfg: &Config, store: &Store, url: &str) -> anyhow::Result<Copied> 
 
 /// Refuses a file with work a cluster could not carry on as the engine would have: a task left
 /// running by an engine that did not stop cleanly (its engine's next start recovers it, and
-/// stops what it left behind), or an unfinished task isolated in a git worktree (a cluster does
-/// not run those yet).
+/// stops what it left behind).
 async fn check_quiet(store: &Store) -> anyhow::Result<()> {
     let counts = store.count_by_status().await?;
     if let Some((_, n)) = counts.iter().find(|(s, n)| s == "running" && *n > 0) {
@@ -145,23 +144,5 @@ async fn check_quiet(store: &Store) -> anyhow::Result<()> {
              then copy"
         );
     }
-    let mut after = None;
-    loop {
-        let batch = store.export_tasks(after, BATCH).await?;
-        let Some((last, _)) = batch.last() else {
-            return Ok(());
-        };
-        after = Some(last.id);
-        if let Some((t, _)) = batch
-            .iter()
-            .find(|(t, _)| !t.status.is_terminal() && t.workspace.is_some())
-        {
-            bail!(
-                "task {} ({}) is isolated in a git worktree and has not finished; a cluster does \
-                 not run isolated tasks yet: let it finish, or cancel it, then copy",
-                t.id,
-                t.name
-            );
-        }
-    }
+    Ok(())
 }

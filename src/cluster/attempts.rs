@@ -14,8 +14,10 @@ use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 use super::scheduler::Inner;
+use crate::model::Workspace;
 use crate::model::{now_us, Task, TaskStatus};
 use crate::runner::{RunContext, RunJob};
+use crate::scheduler::isolation::{close_attempt, note_workspace, open_attempt};
 use crate::scheduler::outcome;
 use crate::scheduler::state::{RunHandle, STOP_CANCEL, STOP_TIMEOUT};
 use crate::store::postgres::{ClaimRequest, Ended, LogEntry, Postgres, Recorded};
@@ -145,10 +147,13 @@ async fn attempt(inner: Arc<Inner>, task: Task, instructions: String, handle: Ru
                     inner.me.node_id, agent.runner, task.timeout_seconds
                 ),
             );
-            // A workflow task sees the results of the phases before its own.
-            let upstream = super::workflows::upstream_results(&inner, &task).await;
-            let (instructions, note) =
-                crate::scheduler::workflow::with_upstream(instructions, &upstream);
+            // A workflow task sees the results of the phases before its own, and an isolated
+            // one starts from their work.
+            let (phases, upstream) = super::workflows::upstream_tasks(&inner, &task).await;
+            let (instructions, note) = crate::scheduler::workflow::with_upstream(
+                instructions,
+                &crate::scheduler::workflow::format_upstream(&phases, &upstream),
+            );
             if let Some(note) = note {
                 inner.logs.line(id, "info", note);
             }
@@ -158,6 +163,7 @@ async fn attempt(inner: Arc<Inner>, task: Task, instructions: String, handle: Ru
                 log: Arc::new(move |level, message| sink.line(id, level, message)),
                 on_spawn: Arc::new(|_pid| {}),
             };
+            let setup = agent.worktree_setup.clone();
             let job = RunJob {
                 task_id: id,
                 task_name: task.name.clone(),
@@ -174,31 +180,67 @@ async fn attempt(inner: Arc<Inner>, task: Task, instructions: String, handle: Ru
                 instance: Arc::from(inner.cfg.instance.as_str()),
             };
             let timeout = Duration::from_secs(u64::from(task.timeout_seconds));
-            let run = runner.run(job, ctx);
-            tokio::pin!(run);
-            let outcome = tokio::select! {
-                o = &mut run => o,
-                _ = tokio::time::sleep(timeout) => {
-                    handle.stop(STOP_TIMEOUT);
-                    run.await
-                }
-                _ = inner.given_up.cancelled() => {
-                    handle.stop(STOP_LOST);
-                    run.await
+            // An isolated attempt's worktree is prepared within the attempt's time and
+            // cancellation, like the agent itself.
+            let (opened, outcome) = {
+                let run = async {
+                    let mut job = job;
+                    let Some(ws) = task.workspace.clone() else {
+                        return (None, runner.run(job, ctx).await);
+                    };
+                    let record = |ws: Workspace| record_workspace(&inner, &task, ws);
+                    let (ws, cwd) = open_attempt(
+                        &inner.workspaces,
+                        &task,
+                        ws,
+                        upstream,
+                        record,
+                        setup.as_deref(),
+                        &job,
+                        &ctx,
+                    )
+                    .await;
+                    match cwd {
+                        Ok(dir) => job.working_dir = Some(dir),
+                        Err(outcome) => return (Some(ws), outcome),
+                    }
+                    (Some(ws), runner.run(job, ctx).await)
+                };
+                tokio::pin!(run);
+                tokio::select! {
+                    o = &mut run => o,
+                    _ = tokio::time::sleep(timeout) => {
+                        handle.stop(STOP_TIMEOUT);
+                        run.await
+                    }
+                    _ = inner.given_up.cancelled() => {
+                        handle.stop(STOP_LOST);
+                        run.await
+                    }
                 }
             };
             if handle.reason() == STOP_LOST {
+                // The task is the rescuer's: its worktree stays as it is, for its next attempt
+                // (on this machine) to close, keeping what it holds.
                 inner.running().remove(&id);
                 inner.wake.notify_one();
                 return;
             }
-            let tr = outcome::settle(
-                task,
+            // Whatever the agent left in its worktree is kept on its branch before the outcome
+            // counts.
+            let mut current = task;
+            if let Some(ws) = opened {
+                let log = |level, message| inner.logs.line(id, level, message);
+                current.workspace = Some(close_attempt(&inner.workspaces, &current, ws, log).await);
+            }
+            let mut tr = outcome::settle(
+                current,
                 outcome,
                 handle.reason(),
                 inner.cfg.retry_backoff_base_ms,
                 now_us(),
             );
+            note_workspace(&mut tr.task);
             Ended {
                 next: tr.task,
                 attempt: attempt_no,
@@ -221,6 +263,22 @@ async fn attempt(inner: Arc<Inner>, task: Task, instructions: String, handle: Ru
     }
     inner.running().remove(&id);
     inner.wake.notify_one();
+}
+
+/// Records an attempt's workspace before its worktree is made (fenced to the attempt), so
+/// that the next attempt, should this one's node die, closes it against the right base.
+async fn record_workspace(inner: &Inner, task: &Task, ws: Workspace) -> Result<(), String> {
+    let json =
+        serde_json::to_value(&ws).map_err(|e| format!("could not record the worktree: {e}"))?;
+    match inner
+        .db
+        .record_workspace(&inner.me.node_id, task.id, task.attempt, &json)
+        .await
+    {
+        Ok(true) => Ok(()),
+        Ok(false) => Err("the cluster gave the task to another node".to_string()),
+        Err(e) => Err(format!("could not record the worktree: {e}")),
+    }
 }
 
 /// Tells the notifier of a recorded end that left the task terminal. An end recorded as a

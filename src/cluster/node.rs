@@ -54,9 +54,15 @@ pub fn parse_queues(setting: Option<&str>) -> Result<Vec<String>, QueueError> {
 /// — so in the default queue it runs only there: nobody sends it to another machine by accident.
 /// Naming a queue says the nodes serving it are fit for the task (the same checkout at the
 /// same path, say), so a task in a named queue runs on any of them; so does a task of an HTTP
-/// runner, which needs no files.
-pub fn host_binding(queue: &str, runs_a_process: bool, host: &str) -> Option<String> {
-    (queue == DEFAULT_QUEUE && runs_a_process).then(|| host.to_string())
+/// runner, which needs no files. An isolated task always runs on its host, whatever its queue:
+/// its worktree is made from that host's repository, and its branch is kept there.
+pub fn host_binding(
+    queue: &str,
+    runs_a_process: bool,
+    isolated: bool,
+    host: &str,
+) -> Option<String> {
+    (isolated || (queue == DEFAULT_QUEUE && runs_a_process)).then(|| host.to_string())
 }
 
 /// This machine's host name, as tasks bound to it record it.
@@ -96,9 +102,14 @@ mod tests {
 
     #[test]
     fn processes_in_the_default_queue_stay_on_their_host() {
-        assert_eq!(host_binding("default", true, "h1").as_deref(), Some("h1"));
-        assert_eq!(host_binding("gpu", true, "h1"), None);
-        assert_eq!(host_binding("default", false, "h1"), None);
+        assert_eq!(
+            host_binding("default", true, false, "h1").as_deref(),
+            Some("h1")
+        );
+        assert_eq!(host_binding("gpu", true, false, "h1"), None);
+        assert_eq!(host_binding("default", false, false, "h1"), None);
+        // An isolated task's repository and branch are on its host, whatever its queue.
+        assert_eq!(host_binding("gpu", true, true, "h1").as_deref(), Some("h1"));
     }
 
     #[test]

@@ -29,6 +29,7 @@ use crate::store::feed::{Change, Feed, Following};
 use crate::store::postgres::{Cancel, NewClusterTask, NodeInfo, Postgres, Refused};
 use crate::store::stats::{AgentRecord, Stats, StatsSince, TaskQuery};
 use crate::store::{OpOutcome, StoreError, TaskFilter};
+use crate::workspace::Workspaces;
 
 /// How a node runs.
 #[derive(Debug, Clone)]
@@ -51,6 +52,8 @@ pub(super) struct Inner {
     pub cfg: ClusterConfig,
     pub agents: AgentRegistry,
     pub runners: Runners,
+    /// The worktrees of the isolated attempts this node runs.
+    pub workspaces: Arc<Workspaces>,
     /// The attempts this node runs now, by task.
     pub running: Mutex<HashMap<Uuid, RunHandle>>,
     /// Wakes the claim loop: a task was submitted here or made ready on another node (their
@@ -103,8 +106,14 @@ impl Cluster {
         cfg: ClusterConfig,
         agents: AgentRegistry,
         runners: Runners,
+        workspaces: Arc<Workspaces>,
         notifier: Arc<dyn Notifier>,
     ) -> Result<Cluster, StoreError> {
+        // Worktrees an earlier engine on this path left (its tasks were rescued, and the next
+        // attempt of each finds its branch's work kept) go before any attempt starts here.
+        for line in workspaces.sweep().await {
+            tracing::warn!("{line}");
+        }
         // Before anything can run: without its warden a node killed with -9 would leave its
         // attempts running beside their next ones.
         let warden =
@@ -122,6 +131,7 @@ impl Cluster {
             cfg: cfg.clone(),
             agents,
             runners,
+            workspaces,
             running: Mutex::new(HashMap::new()),
             wake: Arc::new(Notify::new()),
             stopping: CancellationToken::new(),
@@ -264,6 +274,17 @@ impl Cluster {
         self.task(id)
             .await?
             .ok_or_else(|| SchedError::NotFound(not_found(id)))
+    }
+
+    /// The host a task is bound to (`None`: any).
+    pub async fn task_host(&self, id: Uuid) -> Result<Option<String>, SchedError> {
+        self.inner.db.task_host(id).await.map_err(store)
+    }
+
+    /// The worktrees of this node's isolated attempts (and the way to any worktree of a task
+    /// on this machine, for its diff).
+    pub fn workspaces(&self) -> &Arc<Workspaces> {
+        &self.inner.workspaces
     }
 
     pub async fn tasks(&self, ids: &[Uuid]) -> Result<Vec<Task>, SchedError> {

@@ -13,9 +13,7 @@ use super::Cluster;
 use crate::model::{Phase, Task, Workflow, WorkflowStatus, WorkflowTaskRow};
 use crate::notifier::Notifier;
 use crate::scheduler::phases;
-use crate::scheduler::workflow::{
-    check_workflow_task, format_upstream, new_phase, phase_index, still_a_draft,
-};
+use crate::scheduler::workflow::{check_workflow_task, new_phase, phase_index, still_a_draft};
 use crate::scheduler::SchedError;
 use crate::store::postgres::{DraftChange, NewClusterTask, Postgres, WorkflowStep};
 use crate::store::{StoreError, WorkflowSummary};
@@ -218,11 +216,12 @@ pub(super) async fn advance(db: &Postgres, notifier: &dyn Notifier, id: Uuid) ->
     }
 }
 
-/// What a workflow task is told of the phases before its own: the results of their completed
-/// tasks, appended to its instructions (empty for a first-phase task).
-pub(super) async fn upstream_results(inner: &Inner, t: &Task) -> String {
+/// The phases of a workflow task's workflow and the completed tasks of the phases before its
+/// own, in phase order: what it is told of (their results, appended to its instructions) and,
+/// isolated, the work it starts from. Empty for a task of no workflow or of a first phase.
+pub(super) async fn upstream_tasks(inner: &Inner, t: &Task) -> (Vec<Phase>, Vec<Task>) {
     let Some(w) = t.workflow_id else {
-        return String::new();
+        return (Vec::new(), Vec::new());
     };
     let read = async {
         let phases = inner.db.phases(w).await?;
@@ -231,13 +230,13 @@ pub(super) async fn upstream_results(inner: &Inner, t: &Task) -> String {
             .map(|i| phases[i].phase_id.clone())
             .collect();
         if up.is_empty() {
-            return Ok::<_, StoreError>(String::new());
+            return Ok::<_, StoreError>((phases, Vec::new()));
         }
         let tasks = inner.db.completed_in_phases(w, &up).await?;
-        Ok(format_upstream(&phases, &tasks))
+        Ok((phases, tasks))
     };
     read.await.unwrap_or_else(|e| {
         tracing::error!(task_id = %t.id, "could not read the results of earlier phases: {e}");
-        String::new()
+        (Vec::new(), Vec::new())
     })
 }

@@ -527,6 +527,9 @@ async fn start_cluster(
         },
         agents,
         runners,
+        // Beside the node's lock, like a single engine's: one node per path, so nothing else
+        // uses this folder.
+        crate::workspace::Workspaces::new(crate::link::worktrees_path(&cfg.db_path())),
         notifier,
     )
     .await;

@@ -352,18 +352,7 @@ pub(super) async fn run_started(inner: Arc<Inner>, s: Started) {
         inner.cfg.retry_backoff_base_ms,
         now_us(),
     );
-    if let (TaskStatus::Completed, Some(ws), Some(result)) = (
-        tr.task.status,
-        tr.task.workspace.as_ref(),
-        tr.task.result.as_mut(),
-    ) {
-        let note = crate::workspace::plan::result_note(ws);
-        result.push_str(if result.trim().is_empty() {
-            note.trim_start()
-        } else {
-            &note
-        });
-    }
+    super::isolation::note_workspace(&mut tr.task);
     let ended = tr.task.clone();
     inner.lock().end_attempt(&ended);
     inner.wake.notify_one();

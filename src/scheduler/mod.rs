@@ -12,7 +12,7 @@
 
 mod dispatch;
 pub mod interrupted;
-mod isolation;
+pub(crate) mod isolation;
 pub mod outcome;
 pub mod phases;
 mod prune;

@@ -272,7 +272,8 @@ fn cluster_task(
 ) -> Result<crate::store::postgres::NewClusterTask> {
     let queue = queue_of(asked_queue.as_deref(), agent)?;
     let runs_a_process = matches!(agent.runner.as_str(), "claude" | "command");
-    let host = crate::cluster::host_binding(&queue, runs_a_process, &c.node().host);
+    let isolated = task.workspace.is_some();
+    let host = crate::cluster::host_binding(&queue, runs_a_process, isolated, &c.node().host);
     Ok(crate::store::postgres::NewClusterTask {
         task,
         instructions,
@@ -280,17 +281,6 @@ fn cluster_task(
         host,
         max_concurrency: agent.max_concurrency,
     })
-}
-
-/// The refusal of what a cluster node does not offer yet.
-fn not_on_a_cluster() -> ServiceError {
-    ServiceError::Conflict(
-        "this engine is a node of a cluster (ORCHESTR8_DATABASE_URL), which does not offer this \
-         yet: the task and workflow tools, list_agents, webhooks and the dashboard work there; \
-         task_diff and worktrees (isolation) need the single engine (unset \
-         ORCHESTR8_DATABASE_URL) for now"
-            .to_string(),
-    )
 }
 
 impl Service {
@@ -301,14 +291,6 @@ impl Service {
             told: told::ToldBook::new(db_path),
             core,
             session: None,
-        }
-    }
-
-    /// The single engine's scheduler, for what a cluster node does not offer yet.
-    fn sched(&self) -> Result<&Scheduler> {
-        match &self.core {
-            Core::Local(s) => Ok(s),
-            Core::Cluster(_) => Err(not_on_a_cluster()),
         }
     }
 
@@ -385,9 +367,6 @@ impl Service {
                 s.submit(task, instructions, agent).await?
             }
             Core::Cluster(c) => {
-                if task.workspace.is_some() {
-                    return Err(not_on_a_cluster());
-                }
                 c.submit(cluster_task(c, task, instructions, asked_queue, &agent)?)
                     .await?
             }
@@ -645,7 +624,7 @@ impl Service {
             ));
         }
         let task = self
-            .sched()?
+            .core
             .task(id)
             .await?
             .ok_or_else(|| ServiceError::NotFound(not_found(id)))?;
@@ -654,10 +633,24 @@ impl Service {
                 "task {id} did not run in a worktree (isolation \"none\"), so it has no branch or diff of its own; its changes are in its working directory. Submit with isolation: \"worktree\" to get one"
             )));
         };
+        let workspaces = match &self.core {
+            Core::Local(s) => s.workspaces(),
+            Core::Cluster(c) => {
+                // The repository (and, while it runs, the worktree) is on the task's host.
+                let host = c.task_host(id).await?;
+                if let Some(h) = host.filter(|h| *h != c.node().host) {
+                    return Err(ServiceError::Conflict(format!(
+                        "task {id} works in the repository {} on host {h}, and this node runs on {}: ask a node on {h} for its diff (or look at its branch {} there)",
+                        ws.repository,
+                        c.node().host,
+                        ws.branch
+                    )));
+                }
+                c.workspaces()
+            }
+        };
         let running = task.status == TaskStatus::Running;
-        let diff = self
-            .sched()?
-            .workspaces()
+        let diff = workspaces
             .diff(id, ws, running, &paths, max)
             .await
             .map_err(|e| match e {

@@ -124,9 +124,6 @@ impl Service {
         let t = match &self.core {
             Core::Local(s) => s.add_workflow_task(task, instructions).await?,
             Core::Cluster(c) => {
-                if task.workspace.is_some() {
-                    return Err(super::not_on_a_cluster());
-                }
                 c.add_workflow_task(super::cluster_task(c, task, instructions, None, &agent)?)
                     .await?
             }

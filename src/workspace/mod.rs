@@ -302,15 +302,16 @@ impl Workspaces {
         std::fs::create_dir_all(&self.root).map_err(|e| {
             WorkspaceError::Io(format!("could not create {}: {e}", self.root.display()))
         })?;
-        if path.exists() {
-            // A worktree an earlier attempt could not close: its changes are kept first.
+        if let Some(left) = self.find_worktree(id, ws).await {
+            // A worktree an earlier attempt could not close (here, or on another engine of
+            // this machine that died): its changes are kept first.
             let mut earlier = ws.clone();
-            match self.close(id, task_name, attempt, &mut earlier).await {
+            match self.close_at(&left, id, task_name, attempt, &mut earlier).await {
                 Ok(note) => notes.push(format!("closed the worktree an earlier attempt left: {note}")),
                 Err(e) => {
                     return Err(WorkspaceError::Io(format!(
                         "the worktree an earlier attempt left at {} could not be closed ({e}); it is left as it is, with its changes",
-                        path.display()
+                        left.display()
                     )))
                 }
             }
@@ -412,15 +413,27 @@ impl Workspaces {
         attempt: u32,
         ws: &mut Workspace,
     ) -> Result<String, WorkspaceError> {
+        self.close_at(&self.path_of(id), id, task_name, attempt, ws)
+            .await
+    }
+
+    /// [`Workspaces::close`] of the worktree at `path`.
+    async fn close_at(
+        &self,
+        path: &Path,
+        id: Uuid,
+        task_name: &str,
+        attempt: u32,
+        ws: &mut Workspace,
+    ) -> Result<String, WorkspaceError> {
         let repo = repo_dir(ws).to_path_buf();
-        let path = self.path_of(id);
         let mut notes = Vec::new();
         let branch_ref = format!("refs/heads/{}", ws.branch);
         let tip = rev_parse(&repo, &branch_ref).await?;
         let mut head = tip.clone().unwrap_or_else(|| ws.base_commit.clone());
-        if is_ready(&path) {
+        if is_ready(path) {
             let (checked_out, work, committed) =
-                snapshot(&path, &plan::commit_message(task_name, id, attempt)).await?;
+                snapshot(path, &plan::commit_message(task_name, id, attempt)).await?;
             if committed {
                 notes.push("committed the changes it left".to_string());
             }
@@ -466,7 +479,7 @@ impl Workspaces {
                     .run()
                     .await?;
             }
-            remove_worktree(&repo, &path).await;
+            remove_worktree(&repo, path).await;
             if !kept && tip.is_some() {
                 if let Err(e) = git(&repo)
                     .args(["branch", "--quiet", "-D", &ws.branch])
@@ -509,7 +522,11 @@ impl Workspaces {
         max: usize,
     ) -> Result<Diff, WorkspaceError> {
         let repo = repo_dir(ws);
-        let worktree = self.path_of(id);
+        let worktree = match running {
+            true => self.find_worktree(id, ws).await,
+            false => None,
+        }
+        .unwrap_or_else(|| self.path_of(id));
         let (target, head) = if running && is_ready(&worktree) {
             let (_, tree) = worktree_tree(&worktree).await?;
             (tree, None)
@@ -581,6 +598,30 @@ impl Workspaces {
             truncated,
             head,
         })
+    }
+
+    /// Where task `id`'s worktree is, if it has one: in this engine's folder, else the
+    /// worktree on the task's branch named for the task that another engine of this machine
+    /// made (a node of a cluster, whose task another node on the host runs now).
+    async fn find_worktree(&self, id: Uuid, ws: &Workspace) -> Option<PathBuf> {
+        let own = self.path_of(id);
+        if own.exists() {
+            return Some(own);
+        }
+        let list = git(repo_dir(ws))
+            .args(["worktree", "list", "--porcelain"])
+            .run()
+            .await
+            .ok()?;
+        let branch = format!("refs/heads/{}", ws.branch);
+        let name = id.to_string();
+        plan::parse_worktree_list(&list)
+            .into_iter()
+            .find(|(path, on)| {
+                on.as_deref() == Some(branch.as_str())
+                    && Path::new(path).file_name() == Some(name.as_ref())
+            })
+            .map(|(path, _)| PathBuf::from(path))
     }
 
     /// Removes every worktree a previous engine left in `<db>.worktrees` (called before any

@@ -201,6 +201,20 @@ pub fn result_note(ws: &crate::model::Workspace) -> String {
 
 /// `(major, minor)` from `git --version` ("git version 2.47.3", "git version 2.39.5 (Apple
 /// Git-154)").
+/// The worktrees `git worktree list --porcelain` names, each with the ref of its branch
+/// (`None`: detached, or bare).
+pub fn parse_worktree_list(out: &str) -> Vec<(String, Option<String>)> {
+    let mut found: Vec<(String, Option<String>)> = Vec::new();
+    for line in out.lines() {
+        if let Some(path) = line.strip_prefix("worktree ") {
+            found.push((path.to_string(), None));
+        } else if let (Some(b), Some(last)) = (line.strip_prefix("branch "), found.last_mut()) {
+            last.1 = Some(b.to_string());
+        }
+    }
+    found
+}
+
 pub fn parse_git_version(s: &str) -> Option<(u32, u32)> {
     let v = s.trim().strip_prefix("git version ")?;
     let mut parts = v.split(|c: char| !c.is_ascii_digit());
@@ -351,5 +365,24 @@ mod tests {
         assert!(n.contains("git diff 0123456789ab...orchestr8/x-1"), "{n}");
         ws.branch_kept = false;
         assert!(result_note(&ws).contains("no branch was kept"));
+    }
+
+    #[test]
+    fn worktree_lists_name_each_worktree_with_its_branch() {
+        let out = "worktree /r\nHEAD 1111\nbranch refs/heads/main\n\n\
+                   worktree /x/y.worktrees/abc\nHEAD 2222\nbranch refs/heads/o8/t-abc\nlocked\n\n\
+                   worktree /z\nHEAD 3333\ndetached\nprunable gitdir file points to non-existent location\n";
+        assert_eq!(
+            parse_worktree_list(out),
+            vec![
+                ("/r".to_string(), Some("refs/heads/main".to_string())),
+                (
+                    "/x/y.worktrees/abc".to_string(),
+                    Some("refs/heads/o8/t-abc".to_string())
+                ),
+                ("/z".to_string(), None),
+            ]
+        );
+        assert!(parse_worktree_list("").is_empty());
     }
 }

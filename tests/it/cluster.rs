@@ -924,10 +924,14 @@ async fn the_rest_api_and_mcp_over_http_of_every_node_serve_the_one_cluster() {
     }
     assert_eq!(finished, 2.0, "one task and one workflow task ended");
 
-    // What a node does not offer yet is refused with a reason, and the node stays up.
+    // A diff of a task that was not isolated is refused with the single engine's reason, and
+    // the node stays up.
     let (code, diff) = b.get(&format!("/api/tasks/{id}/diff")).await;
     assert_eq!(code, 409, "{diff}");
-    assert!(diff.to_string().contains("node of a cluster"), "{diff}");
+    assert!(
+        diff.to_string().contains("did not run in a worktree"),
+        "{diff}"
+    );
     let (code, _) = b.get("/health").await;
     assert_eq!(code, 200);
 }
@@ -1218,4 +1222,129 @@ async fn the_dashboard_of_one_node_follows_what_another_node_runs() {
         (&json!(1), &json!(1), &json!(1.0)),
         "{agents}"
     );
+}
+
+/// Isolated tasks on a cluster: a task whose node dies mid-attempt goes on in a worktree of
+/// another node on its host (the dead node's worktree closed first, its work kept), `task_diff`
+/// answers from any node of the host and refuses on another, and a workflow's later phase
+/// starts from the work of the earlier one whichever nodes ran it.
+#[tokio::test(flavor = "multi_thread")]
+async fn isolated_tasks_go_on_in_worktrees_of_any_node_of_their_host() {
+    use crate::worktrees::{add_writer, git, phase, repo, wait_workflow, worktrees};
+    let url = pg::server().fresh_database().await;
+    let doomed = node(&url, "2");
+    let survivor = node(&url, "2");
+    let repo = repo(&doomed, "work/repo");
+    let wd = repo.display().to_string();
+    for env in [&doomed, &survivor] {
+        env.shell_agent(
+            "slow-editor",
+            "echo \"partial $ORCHESTR8_ATTEMPT\" >> notes.txt; \
+             if [ \"$ORCHESTR8_ATTEMPT\" = 1 ]; then sleep 60; fi; echo final >> notes.txt",
+            "isolation: worktree\nmax_retries: 1",
+        );
+        env.shell_agent(
+            "writer",
+            "echo \"$ORCHESTR8_TASK_NAME\" > \"$ORCHESTR8_TASK_NAME.txt\"; ls *.txt | tr '\\n' ' '",
+            "",
+        );
+    }
+    let a = doomed.start().await;
+    let id = a
+        .submit("crashy", "slow-editor", "go", json!({"working_dir": wd}))
+        .await;
+    let worktree = std::path::PathBuf::from(format!("{}.worktrees/{id}", doomed.db().display()));
+    a.until(&id, "running", |t| t["status"] == "running").await;
+    for _ in 0..400 {
+        if std::fs::read_to_string(worktree.join("notes.txt"))
+            .unwrap_or_default()
+            .contains("partial 1")
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let b = survivor.start().await;
+    a.kill9_session_only().await;
+    doomed.kill9_engines().await;
+
+    // Rescued, it runs again on the other node: that node closes the worktree the dead one
+    // left (its work kept aside) and starts afresh from the base.
+    let t = b.wait_one(&id, 60).await;
+    assert_eq!(t["status"], "completed", "{t}");
+    assert_eq!(t["attempt"], 2, "{t}");
+    let branch = t["workspace"]["branch"].as_str().unwrap().to_string();
+    assert_eq!(
+        git(&repo, &["show", &format!("{branch}:notes.txt")]),
+        "base\npartial 2\nfinal\n"
+    );
+    let logs = b.log_messages(&id).await;
+    assert!(
+        logs.iter()
+            .any(|l| l.contains("closed the worktree an earlier attempt left")),
+        "{logs:?}"
+    );
+    let kept = git(
+        &repo,
+        &[
+            "for-each-ref",
+            "--format=%(refname)",
+            &format!("refs/orchestr8/attempts/{id}/"),
+        ],
+    );
+    let kept = kept.lines().next().unwrap_or_else(|| panic!("{logs:?}"));
+    assert_eq!(
+        git(&repo, &["show", &format!("{kept}:notes.txt")]),
+        "base\npartial 1\n"
+    );
+    assert_eq!(worktrees(&repo), vec![wd.clone()], "no stale worktree");
+    assert!(!worktree.exists());
+
+    // Its diff, from a node of its host; a node of another host is told where to ask.
+    let diff = b.call("task_diff", json!({"task_id": id})).await;
+    assert_eq!(diff["files"][0]["path"], "notes.txt", "{diff}");
+    assert!(diff["diff"].as_str().unwrap().contains("+final"), "{diff}");
+    let raw = {
+        let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        client
+    };
+    raw.execute(
+        "UPDATE orchestr8.tasks SET host = 'far-away' WHERE task_id = $1",
+        &[&uuid::Uuid::parse_str(&id).unwrap()],
+    )
+    .await
+    .unwrap();
+    let e = b.call_err("task_diff", json!({"task_id": id})).await;
+    assert!(e.contains("host far-away") && e.contains(&branch), "{e}");
+
+    // A workflow of isolated tasks, on both nodes of the host: the later phase starts from
+    // the work of the earlier one.
+    let a = doomed.start().await;
+    let wf = b.call("workflow_create", json!({"name": "build"})).await["workflow_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    phase(&b, &wf, "design", &[]).await;
+    phase(&b, &wf, "impl", &["design"]).await;
+    add_writer(&b, &wf, "design", "spec", &wd).await;
+    add_writer(&b, &wf, "design", "plan", &wd).await;
+    let last = add_writer(&a, &wf, "impl", "code", &wd).await;
+    a.call("workflow_start", json!({"workflow_id": wf})).await;
+    let w = wait_workflow(&b, &wf).await;
+    assert_eq!(w["status"], "completed", "{w}");
+    let t = a.status(&last).await;
+    assert_eq!(
+        t["result"].as_str().unwrap().lines().next().unwrap(),
+        "code.txt notes.txt plan.txt spec.txt ",
+        "{t}"
+    );
+    assert_eq!(t["workspace"]["files_changed"], 1, "{t}");
+    assert_eq!(worktrees(&repo), vec![wd]);
+    a.stop().await;
+    b.stop().await;
+    doomed.stop_engines().await;
+    survivor.stop_engines().await;
 }

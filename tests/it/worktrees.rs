@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 use crate::harness::*;
 
 /// Runs git in `dir` and returns its stdout (failing the test if git fails).
-fn git(dir: &Path, args: &[&str]) -> String {
+pub(crate) fn git(dir: &Path, args: &[&str]) -> String {
     let out = Command::new("git")
         .arg("-C")
         .arg(dir)
@@ -26,7 +26,7 @@ fn git(dir: &Path, args: &[&str]) -> String {
 }
 
 /// A repository at `rel` with one commit: `notes.txt` = "base\n" on branch main.
-fn repo(env: &Env, rel: &str) -> PathBuf {
+pub(crate) fn repo(env: &Env, rel: &str) -> PathBuf {
     let dir = env.path(rel);
     std::fs::create_dir_all(&dir).unwrap();
     git(&dir, &["init", "--quiet", "-b", "main"]);
@@ -39,7 +39,7 @@ fn repo(env: &Env, rel: &str) -> PathBuf {
 }
 
 /// The paths of `git worktree list`, the main checkout first.
-fn worktrees(repo: &Path) -> Vec<String> {
+pub(crate) fn worktrees(repo: &Path) -> Vec<String> {
     git(repo, &["worktree", "list", "--porcelain"])
         .lines()
         .filter_map(|l| l.strip_prefix("worktree ").map(str::to_string))
@@ -468,7 +468,7 @@ async fn after_kill9_the_attempt_runs_again_in_a_fresh_worktree() {
 }
 
 /// Adds a workflow task writing `file` (its content: the task's name), isolated in `wd`.
-async fn add_writer(s: &Server, wf: &str, phase: &str, name: &str, wd: &str) -> String {
+pub(crate) async fn add_writer(s: &Server, wf: &str, phase: &str, name: &str, wd: &str) -> String {
     let r = s
         .call(
             "workflow_add_task",
@@ -480,7 +480,7 @@ async fn add_writer(s: &Server, wf: &str, phase: &str, name: &str, wd: &str) -> 
     str_of(&r, "task_id").to_string()
 }
 
-async fn phase(s: &Server, wf: &str, id: &str, deps: &[&str]) {
+pub(crate) async fn phase(s: &Server, wf: &str, id: &str, deps: &[&str]) {
     s.call(
         "workflow_add_phase",
         json!({"workflow_id": wf, "phase_id": id, "name": id, "depends_on": deps}),
@@ -488,7 +488,7 @@ async fn phase(s: &Server, wf: &str, id: &str, deps: &[&str]) {
     .await;
 }
 
-async fn wait_workflow(s: &Server, wf: &str) -> Value {
+pub(crate) async fn wait_workflow(s: &Server, wf: &str) -> Value {
     for _ in 0..2400 {
         let w = s.call("workflow_status", json!({"workflow_id": wf})).await;
         if !matches!(w["status"].as_str(), Some("running") | Some("draft")) {

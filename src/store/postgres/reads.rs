@@ -68,6 +68,20 @@ impl Postgres {
         Ok(Some((task_from_row(&r)?, r.try_get(30)?)))
     }
 
+    /// The host a task is bound to (`None`: any, or no such task).
+    pub async fn task_host(&self, id: Uuid) -> Result<Option<String>, StoreError> {
+        let client = self.client().await?;
+        let read = client
+            .prepare_cached("SELECT host FROM tasks WHERE task_id = $1")
+            .await?;
+        Ok(client
+            .query_opt(&read, &[&id])
+            .await?
+            .map(|r| r.try_get(0))
+            .transpose()?
+            .flatten())
+    }
+
     /// The tasks of `ids` that exist, in no particular order.
     pub async fn tasks(&self, ids: &[Uuid]) -> Result<Vec<Task>, StoreError> {
         if ids.is_empty() {

@@ -189,6 +189,29 @@ pub(super) async fn settle_ended(
 }
 
 impl Postgres {
+    /// Records the workspace of attempt `attempt` of a task `node_id` runs, before its worktree
+    /// is made, so that whoever closes it later (this attempt, or the next after a rescue)
+    /// knows its branch and base. `false`: the attempt is no longer this node's.
+    pub async fn record_workspace(
+        &self,
+        node_id: &str,
+        id: Uuid,
+        attempt: u32,
+        workspace: &Value,
+    ) -> Result<bool, StoreError> {
+        let client = self.client().await?;
+        let write = client
+            .prepare_cached(
+                "UPDATE tasks SET workspace = $4, updated_at = now()
+                 WHERE task_id = $1 AND status = 'running' AND attempt = $2 AND node_id = $3",
+            )
+            .await?;
+        let n = client
+            .execute(&write, &[&id, &(attempt as i32), &node_id, workspace])
+            .await?;
+        Ok(n == 1)
+    }
+
     /// Records the ends of attempts `node_id` owns, with what they set off, in one transaction.
     /// An end for a task that is no longer that attempt of this node's (the cluster gave the
     /// node up and rescued it) is not written: `Fenced`, and neither are its log lines.
