@@ -9,6 +9,8 @@
 //! - [`Cluster`] (`scheduler.rs`): what the service asks of a node — submit, read, cancel,
 //!   wait, all on the shared database — and `attempts.rs`, the claim loop and the attempts this
 //!   node runs.
+//! - `handoffs.rs`: tells this machine's sessions of the ends of what they handed off that
+//!   other nodes recorded.
 //! - `changes.rs`: the node's change feed for the dashboard's live pages, read from the
 //!   database while somebody watches.
 //! - [`warden`]: the process beside each node that stops its agents if the node dies.
@@ -18,6 +20,7 @@
 
 mod attempts;
 mod changes;
+mod handoffs;
 pub mod lifeline;
 mod node;
 pub mod rescuer;

@@ -16,6 +16,7 @@ use uuid::Uuid;
 
 use super::attempts::{self, LogSink};
 use super::changes::ChangePoller;
+use super::handoffs::HandoffWatch;
 use super::{rescuer, Lifeline};
 use crate::agents::AgentRegistry;
 use crate::model::Task;
@@ -92,6 +93,7 @@ struct Duties {
     rescuer: JoinHandle<()>,
     rescuer_stop: CancellationToken,
     changes: ChangePoller,
+    handoffs: HandoffWatch,
 }
 
 fn store(e: StoreError) -> SchedError {
@@ -149,6 +151,7 @@ impl Cluster {
         ));
         let claims = tokio::spawn(attempts::claim_loop(inner.clone()));
         let changes = ChangePoller::start(inner.db.clone(), inner.feed.clone());
+        let handoffs = HandoffWatch::start(inner.db.clone(), inner.notifier.clone());
         let listener = {
             let (db, wake, stop) = (inner.db.clone(), inner.wake.clone(), inner.stopping.clone());
             tokio::spawn(async move { db.wake_on_ready(wake, stop).await })
@@ -164,6 +167,7 @@ impl Cluster {
                 rescuer,
                 rescuer_stop,
                 changes,
+                handoffs,
             }))),
         })
     }
@@ -547,6 +551,7 @@ impl Cluster {
         finish_duty("the rescuer", d.rescuer).await;
         finish_duty("the listener", d.listener).await;
         let _ = tokio::time::timeout(DUTY_STOP, d.changes.stop()).await;
+        let _ = tokio::time::timeout(DUTY_STOP, d.handoffs.stop()).await;
         crate::scheduler::stop_after_grace(
             grace,
             || self.in_flight(),

@@ -135,6 +135,11 @@ impl Channels {
         }
     }
 
+    /// What sessions handed off here and wait to be told of.
+    pub fn awaited(&self) -> Vec<Handoff> {
+        self.hub().owners.keys().copied().collect()
+    }
+
     /// Claims not yet ended (for tests and the overview).
     pub fn claims(&self) -> usize {
         self.hub().owners.len()

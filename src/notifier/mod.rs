@@ -23,6 +23,19 @@ pub trait Notifier: Send + Sync {
 
     /// Called once when a workflow completes, fails or is cancelled, after that is durable.
     fn workflow_finished(&self, workflow: &Workflow);
+
+    /// The ends somebody here waits to be told of (what this machine's sessions handed off):
+    /// a cluster node looks for those that other nodes recorded.
+    fn awaited(&self) -> Vec<Handoff> {
+        Vec::new()
+    }
+
+    /// `task`, awaited here, ended on another node of the cluster: whoever here waits for it
+    /// is told (that node did the rest).
+    fn task_ended_elsewhere(&self, _task: &Task) {}
+
+    /// `workflow`, awaited here, ended on another node of the cluster.
+    fn workflow_ended_elsewhere(&self, _workflow: &Workflow) {}
 }
 
 /// Logs terminal states, wakes webhook delivery when one has a webhook, and tells the session
@@ -57,6 +70,21 @@ impl Notifier for EngineNotifier {
         if let (Some(d), Some(_)) = (&self.deliverer, &workflow.webhook_url) {
             d.wake();
         }
+        self.channels.ended(Handoff::Workflow(workflow.id), || {
+            channel::workflow_event(workflow)
+        });
+    }
+
+    fn awaited(&self) -> Vec<Handoff> {
+        self.channels.awaited()
+    }
+
+    fn task_ended_elsewhere(&self, task: &Task) {
+        self.channels
+            .ended(Handoff::Task(task.id), || channel::task_event(task));
+    }
+
+    fn workflow_ended_elsewhere(&self, workflow: &Workflow) {
         self.channels.ended(Handoff::Workflow(workflow.id), || {
             channel::workflow_event(workflow)
         });

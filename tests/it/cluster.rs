@@ -1348,3 +1348,64 @@ async fn isolated_tasks_go_on_in_worktrees_of_any_node_of_their_host() {
     doomed.stop_engines().await;
     survivor.stop_engines().await;
 }
+
+/// A session is told when what it handed off ends, though a node of another engine ran it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_session_is_told_of_ends_that_another_node_recorded() {
+    let url = pg::server().fresh_database().await;
+    // The asking node serves no queue of the work: all of it runs on the other.
+    let mut asking = node(&url, "2");
+    asking.set("ORCHESTR8_QUEUES", "elsewhere");
+    let running = node(&url, "2");
+    for env in [&asking, &running] {
+        env.shell_agent("echo", "cat", "");
+    }
+    let b = running.start().await;
+    let a = asking.start().await;
+    let id = a.submit("far", "echo", "from afar", json!({})).await;
+    let wf = a.call("workflow_create", json!({"name": "remote"})).await["workflow_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    a.call(
+        "workflow_add_phase",
+        json!({"workflow_id": wf, "phase_id": "p", "name": "P"}),
+    )
+    .await;
+    a.call(
+        "workflow_add_task",
+        json!({"workflow_id": wf, "phase_id": "p", "name": "t", "agent_name": "echo", "agent_instructions": "w"}),
+    )
+    .await;
+    a.call("workflow_start", json!({"workflow_id": wf})).await;
+    let mut events = Vec::new();
+    for _ in 0..200 {
+        events = a.channel_events();
+        if events.len() >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let task = events
+        .iter()
+        .find(|e| e["meta"]["task_id"] == id.as_str())
+        .unwrap_or_else(|| panic!("no event for the task: {events:?}"));
+    assert_eq!(task["meta"]["status"], "completed");
+    assert!(
+        task["content"].as_str().unwrap().contains("from afar"),
+        "{task}"
+    );
+    let workflow = events
+        .iter()
+        .find(|e| e["meta"]["workflow_id"] == wf.as_str())
+        .unwrap_or_else(|| panic!("no event for the workflow: {events:?}"));
+    assert_eq!(workflow["meta"]["status"], "completed");
+    // Both ran on the other node, whose own session handed nothing off; each is told once.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(a.channel_events().len(), 2, "{:?}", a.channel_events());
+    assert!(b.channel_events().is_empty(), "{:?}", b.channel_events());
+    a.stop().await;
+    b.stop().await;
+    asking.stop_engines().await;
+    running.stop_engines().await;
+}

@@ -82,6 +82,26 @@ impl Postgres {
             .flatten())
     }
 
+    /// The tasks of `ids` that have ended, in no particular order.
+    pub async fn ended_tasks(&self, ids: &[Uuid]) -> Result<Vec<Task>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let client = self.client().await?;
+        let read = client
+            .prepare_cached(&format!(
+                "SELECT {TASK_COLUMNS} FROM tasks t WHERE t.task_id = ANY($1)
+                   AND t.status IN ('completed', 'failed', 'cancelled')"
+            ))
+            .await?;
+        client
+            .query(&read, &[&ids])
+            .await?
+            .iter()
+            .map(task_from_row)
+            .collect()
+    }
+
     /// The tasks of `ids` that exist, in no particular order.
     pub async fn tasks(&self, ids: &[Uuid]) -> Result<Vec<Task>, StoreError> {
         if ids.is_empty() {

@@ -201,6 +201,25 @@ impl Postgres {
         }
     }
 
+    /// The workflows of `ids` that have ended.
+    pub async fn ended_workflows(&self, ids: &[Uuid]) -> Result<Vec<Workflow>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let sql = format!(
+            "SELECT {WORKFLOW_COLUMNS} FROM workflows w
+             WHERE w.workflow_id = ANY($1) AND w.status IN ('completed', 'failed', 'cancelled')"
+        );
+        let client = self.client().await?;
+        let read = client.prepare_cached(&sql).await?;
+        client
+            .query(&read, &[&ids])
+            .await?
+            .iter()
+            .map(workflow_from_row)
+            .collect()
+    }
+
     /// A workflow's phases, in the order they were added.
     pub async fn phases(&self, id: Uuid) -> Result<Vec<Phase>, StoreError> {
         phases_in(&self.client().await?, id).await
