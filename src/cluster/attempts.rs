@@ -16,7 +16,7 @@ use uuid::Uuid;
 use super::scheduler::Inner;
 use crate::model::Workspace;
 use crate::model::{now_us, Task, TaskStatus};
-use crate::runner::{RunContext, RunJob};
+use crate::runner::{RunContext, RunJob, RunOutcome};
 use crate::scheduler::isolation::{close_attempt, note_workspace, open_attempt};
 use crate::scheduler::outcome;
 use crate::scheduler::state::{RunHandle, STOP_CANCEL, STOP_TIMEOUT};
@@ -149,7 +149,13 @@ async fn attempt(inner: Arc<Inner>, task: Task, instructions: String, handle: Ru
             );
             // A workflow task sees the results of the phases before its own, and an isolated
             // one starts from their work.
-            let (phases, upstream) = super::workflows::upstream_tasks(&inner, &task).await;
+            // Unread (the database did not answer), the attempt does not start without them: it
+            // is tried again.
+            let (phases, upstream, unread) =
+                match super::workflows::upstream_tasks(&inner, &task).await {
+                    Ok((phases, upstream)) => (phases, upstream, None),
+                    Err(e) => (Vec::new(), Vec::new(), Some(e)),
+                };
             let (instructions, note) = crate::scheduler::workflow::with_upstream(
                 instructions,
                 &crate::scheduler::workflow::format_upstream(&phases, &upstream),
@@ -184,6 +190,14 @@ async fn attempt(inner: Arc<Inner>, task: Task, instructions: String, handle: Ru
             // cancellation, like the agent itself.
             let (opened, outcome) = {
                 let run = async {
+                    if let Some(e) = unread {
+                        return (
+                            None,
+                            RunOutcome::retryable(format!(
+                                "could not read the results of the earlier phases: {e}"
+                            )),
+                        );
+                    }
                     let mut job = job;
                     let Some(ws) = task.workspace.clone() else {
                         return (None, runner.run(job, ctx).await);
@@ -219,19 +233,28 @@ async fn attempt(inner: Arc<Inner>, task: Task, instructions: String, handle: Ru
                     }
                 }
             };
-            if handle.reason() == STOP_LOST {
+            let lost = |inner: &Inner| {
                 // The task is the rescuer's: its worktree stays as it is, for its next attempt
-                // (on this machine) to close, keeping what it holds.
+                // (on this machine) to close, keeping what it holds — never closed here while
+                // that attempt may be opening it.
                 inner.running().remove(&id);
                 inner.wake.notify_one();
-                return;
+            };
+            if handle.reason() == STOP_LOST || inner.given_up.is_cancelled() {
+                return lost(&inner);
             }
             // Whatever the agent left in its worktree is kept on its branch before the outcome
             // counts.
             let mut current = task;
             if let Some(ws) = opened {
                 let log = |level, message| inner.logs.line(id, level, message);
-                current.workspace = Some(close_attempt(&inner.workspaces, &current, ws, log).await);
+                tokio::select! {
+                    ws = close_attempt(&inner.workspaces, &current, ws, log) => {
+                        current.workspace = Some(ws);
+                    }
+                    // Its git commands are stopped with it.
+                    _ = inner.given_up.cancelled() => return lost(&inner),
+                }
             }
             let mut tr = outcome::settle(
                 current,

@@ -6,11 +6,11 @@
 //! in the database every [`POLL`] and publishes it on the node's [`Feed`] — the same feed, with
 //! the same events, as the single engine's. Nobody watching, it reads nothing.
 //!
-//! A transaction's `updated_at` is its start, and it commits a moment later, so each look
-//! reaches [`LOOK_BACK`] before the previous one; [`Told`] (pure) remembers what it told over
+//! A row's `updated_at` is when its transaction wrote it, and that commits a moment later, so
+//! each look reaches [`LOOK_BACK`] before the previous one; [`Told`] (pure) remembers what it told over
 //! that window, so each change is told once. A change whose transaction took longer than the
-//! window to commit is not told (the page shows it at its next reload); a burst beyond what one
-//! look reads is told as `More` (the page looks again at everything).
+//! window to commit after writing it is not told (the page shows it at its next reload); a
+//! burst beyond what one look reads is told as `More` (the page looks again at everything).
 
 use std::collections::HashMap;
 use std::sync::Arc;

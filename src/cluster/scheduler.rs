@@ -111,8 +111,9 @@ impl Cluster {
         workspaces: Arc<Workspaces>,
         notifier: Arc<dyn Notifier>,
     ) -> Result<Cluster, StoreError> {
-        // Worktrees an earlier engine on this path left (its tasks were rescued, and the next
-        // attempt of each finds its branch's work kept) go before any attempt starts here.
+        // Worktrees an earlier engine on this path left go before any attempt starts here
+        // (what they hold is kept as `refs/orchestr8/leftovers/…`); a worktree another node's
+        // attempt already took over is gone by then.
         for line in workspaces.sweep().await {
             tracing::warn!("{line}");
         }

@@ -219,24 +219,21 @@ pub(super) async fn advance(db: &Postgres, notifier: &dyn Notifier, id: Uuid) ->
 /// The phases of a workflow task's workflow and the completed tasks of the phases before its
 /// own, in phase order: what it is told of (their results, appended to its instructions) and,
 /// isolated, the work it starts from. Empty for a task of no workflow or of a first phase.
-pub(super) async fn upstream_tasks(inner: &Inner, t: &Task) -> (Vec<Phase>, Vec<Task>) {
+pub(super) async fn upstream_tasks(
+    inner: &Inner,
+    t: &Task,
+) -> Result<(Vec<Phase>, Vec<Task>), StoreError> {
     let Some(w) = t.workflow_id else {
-        return (Vec::new(), Vec::new());
+        return Ok((Vec::new(), Vec::new()));
     };
-    let read = async {
-        let phases = inner.db.phases(w).await?;
-        let up: Vec<String> = phases::upstream(&phases, phase_index(&phases, t))
-            .into_iter()
-            .map(|i| phases[i].phase_id.clone())
-            .collect();
-        if up.is_empty() {
-            return Ok::<_, StoreError>((phases, Vec::new()));
-        }
-        let tasks = inner.db.completed_in_phases(w, &up).await?;
-        Ok((phases, tasks))
-    };
-    read.await.unwrap_or_else(|e| {
-        tracing::error!(task_id = %t.id, "could not read the results of earlier phases: {e}");
-        (Vec::new(), Vec::new())
-    })
+    let phases = inner.db.phases(w).await?;
+    let up: Vec<String> = phases::upstream(&phases, phase_index(&phases, t))
+        .into_iter()
+        .map(|i| phases[i].phase_id.clone())
+        .collect();
+    if up.is_empty() {
+        return Ok((phases, Vec::new()));
+    }
+    let tasks = inner.db.completed_in_phases(w, &up).await?;
+    Ok((phases, tasks))
 }

@@ -78,6 +78,16 @@ impl Channels {
         self.hub.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// `what` ended elsewhere (another node of a cluster recorded it): its claimer here, if it
+    /// still has one, is told. Nothing is kept for a later claim: that end is told where it
+    /// was recorded.
+    pub fn ended_if_claimed(&self, what: Handoff, event: impl FnOnce() -> ChannelEvent) {
+        let mut hub = self.hub();
+        if let Some(session) = hub.owners.remove(&what) {
+            hub.send(&session, event());
+        }
+    }
+
     /// `session` handed off `what`: tell it when `what` ends — at once if it ended a moment
     /// ago. `ended`: it is known to have ended already, so only a recent end is told. A claim
     /// never takes `what` from a session that claimed it first.
@@ -292,6 +302,26 @@ mod tests {
         assert_eq!(a.rx.try_recv().unwrap().content, "done");
         assert!(b.rx.try_recv().is_err());
         assert_eq!(c.claims(), 0);
+    }
+
+    #[test]
+    fn an_end_recorded_elsewhere_is_told_once_to_its_claimer_and_never_kept() {
+        let c = Channels::default();
+        let mut a = c.subscribe("a");
+        let t = Handoff::Task(Uuid::now_v7());
+        c.claim(t, "a", false);
+        assert_eq!(c.awaited(), vec![t]);
+        c.ended_if_claimed(t, || event("far"));
+        // Told already: a second look, or this node's own end, finds no claim.
+        c.ended_if_claimed(t, || event("again"));
+        assert_eq!(a.rx.try_recv().unwrap().content, "far");
+        assert!(a.rx.try_recv().is_err());
+        assert!(c.awaited().is_empty());
+        // Unclaimed, nothing is kept for a later claim.
+        let u = Handoff::Task(Uuid::now_v7());
+        c.ended_if_claimed(u, || event("nobody"));
+        c.claim(u, "a", true);
+        assert!(a.rx.try_recv().is_err());
     }
 
     #[test]

@@ -81,12 +81,13 @@ impl Notifier for EngineNotifier {
 
     fn task_ended_elsewhere(&self, task: &Task) {
         self.channels
-            .ended(Handoff::Task(task.id), || channel::task_event(task));
+            .ended_if_claimed(Handoff::Task(task.id), || channel::task_event(task));
     }
 
     fn workflow_ended_elsewhere(&self, workflow: &Workflow) {
-        self.channels.ended(Handoff::Workflow(workflow.id), || {
-            channel::workflow_event(workflow)
-        });
+        self.channels
+            .ended_if_claimed(Handoff::Workflow(workflow.id), || {
+                channel::workflow_event(workflow)
+            });
     }
 }

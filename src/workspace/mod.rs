@@ -14,7 +14,9 @@
 //!
 //! Git itself guards its index and refs with lock files and fails rather than waits when one is
 //! taken, so the operations that add, remove or move refs of one repository are serialized here
-//! (a lock per repository); different repositories never wait for each other.
+//! (a lock per repository, held in this engine and as a file lock in the repository's git
+//! directory, so the engines of one machine — the nodes of a cluster — take turns too);
+//! different repositories never wait for each other.
 
 pub mod git;
 pub mod plan;
@@ -67,6 +69,17 @@ pub struct Diff {
     pub head: Option<String>,
 }
 
+/// The file in a repository's git directory that the engines of one machine lock, one at a
+/// time, around what changes the repository's worktrees and refs.
+const SHARED_LOCK: &str = "orchestr8-async.lock";
+
+/// A repository locked for this engine and against the others of this machine; let go when
+/// dropped (the file lock first).
+struct RepoLock {
+    _shared: Option<nix::fcntl::Flock<std::fs::File>>,
+    _own: tokio::sync::OwnedMutexGuard<()>,
+}
+
 /// The worktrees of one engine's tasks. Cheap to share.
 pub struct Workspaces {
     /// `<db>.worktrees`: every worktree of this engine's tasks, named by task id.
@@ -88,7 +101,10 @@ impl Workspaces {
         self.root.join(id.to_string())
     }
 
-    async fn lock(&self, ws: &Workspace) -> tokio::sync::OwnedMutexGuard<()> {
+    /// Takes the repository's lock: this engine's own, then the one every engine of this
+    /// machine shares (a file lock in the repository's git directory), so that the nodes of a
+    /// cluster on one host never add, merge or move refs of one repository at once either.
+    async fn lock(&self, ws: &Workspace) -> RepoLock {
         let key = if ws.common_dir.is_empty() {
             ws.repository.clone()
         } else {
@@ -101,7 +117,42 @@ impl Workspaces {
             .entry(key)
             .or_default()
             .clone();
-        lock.lock_owned().await
+        let own = lock.lock_owned().await;
+        if ws.common_dir.is_empty() {
+            // Recorded by an older release: no git directory to put the file in (never the
+            // user's checkout).
+            return RepoLock {
+                _shared: None,
+                _own: own,
+            };
+        }
+        let path = Path::new(&ws.common_dir).join(SHARED_LOCK);
+        let shared = tokio::task::spawn_blocking(move || {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&path)
+                .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+            nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
+                .map_err(|(_, e)| format!("cannot lock {}: {e}", path.display()))
+        })
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|r| r);
+        let shared = match shared {
+            Ok(l) => Some(l),
+            Err(e) => {
+                // A git directory this user cannot write to: git would refuse the change
+                // itself; this engine's own lock still holds.
+                tracing::debug!("the repository's shared lock was not taken: {e}");
+                None
+            }
+        };
+        RepoLock {
+            _shared: shared,
+            _own: own,
+        }
     }
 
     /// The workspace of a new isolated task working in `dir`: its repository, the path of

@@ -199,8 +199,6 @@ pub fn result_note(ws: &crate::model::Workspace) -> String {
     }
 }
 
-/// `(major, minor)` from `git --version` ("git version 2.47.3", "git version 2.39.5 (Apple
-/// Git-154)").
 /// The worktrees `git worktree list --porcelain` names, each with the ref of its branch
 /// (`None`: detached, or bare).
 pub fn parse_worktree_list(out: &str) -> Vec<(String, Option<String>)> {
@@ -215,6 +213,8 @@ pub fn parse_worktree_list(out: &str) -> Vec<(String, Option<String>)> {
     found
 }
 
+/// `(major, minor)` from `git --version` ("git version 2.47.3", "git version 2.39.5 (Apple
+/// Git-154)").
 pub fn parse_git_version(s: &str) -> Option<(u32, u32)> {
     let v = s.trim().strip_prefix("git version ")?;
     let mut parts = v.split(|c: char| !c.is_ascii_digit());

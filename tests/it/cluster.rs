@@ -1320,8 +1320,8 @@ async fn isolated_tasks_go_on_in_worktrees_of_any_node_of_their_host() {
     let e = b.call_err("task_diff", json!({"task_id": id})).await;
     assert!(e.contains("host far-away") && e.contains(&branch), "{e}");
 
-    // A workflow of isolated tasks, on both nodes of the host: the later phase starts from
-    // the work of the earlier one.
+    // A workflow of isolated tasks, both nodes of the host serving: the later phase starts
+    // from the work of the earlier one.
     let a = doomed.start().await;
     let wf = b.call("workflow_create", json!({"name": "build"})).await["workflow_id"]
         .as_str()
@@ -1342,6 +1342,39 @@ async fn isolated_tasks_go_on_in_worktrees_of_any_node_of_their_host() {
         "{t}"
     );
     assert_eq!(t["workspace"]["files_changed"], 1, "{t}");
+    assert_eq!(worktrees(&repo), vec![wd.clone()]);
+
+    // A running task's diff, from either node (one of them is not the node running it): its
+    // worktree as it is now, found on its branch wherever its node keeps it.
+    let busy = a
+        .submit("busy", "slow-editor", "go", json!({"working_dir": wd}))
+        .await;
+    a.until(&busy, "running", |t| t["status"] == "running")
+        .await;
+    let mut live = Vec::new();
+    for _ in 0..400 {
+        live = worktrees(&repo);
+        if live.len() == 2
+            && std::fs::read_to_string(std::path::Path::new(&live[1]).join("notes.txt"))
+                .unwrap_or_default()
+                .contains("partial 1")
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(live[1].ends_with(&busy), "{live:?}");
+    for s in [&a, &b] {
+        let d = s.call("task_diff", json!({"task_id": busy})).await;
+        assert!(
+            d["diff"].as_str().unwrap().contains("+partial 1") && d["head_commit"].is_null(),
+            "{d}"
+        );
+    }
+    let c = b.call("task_cancel", json!({"task_id": busy})).await;
+    assert_eq!(c["status"], "cancelled", "{c}");
+    let ended = a.wait_one(&busy, 30).await;
+    assert_eq!(ended["status"], "cancelled", "{ended}");
     assert_eq!(worktrees(&repo), vec![wd]);
     a.stop().await;
     b.stop().await;

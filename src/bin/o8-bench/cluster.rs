@@ -1,6 +1,7 @@
 //! The cluster's figures: end-to-end throughput and dispatch latency with 1, 2 and 3 engines on
-//! one PostgreSQL next to the single DuckDB engine measured the same way in the same run, and
-//! the time from a node's death (kill -9) to its task running again on another node.
+//! one PostgreSQL next to the single DuckDB engine measured the same way in the same run, the
+//! time from a node's death (kill -9) to its task running again on another node, and the
+//! dashboard's reads on a node with the stored tasks copied in by `copy-to-postgres`.
 //!
 //! Every node is a session and its detached engine in a folder of its own, as on a machine of its
 //! own; calls go through the first node's session.
@@ -204,4 +205,70 @@ pub async fn measure(bin: &Path, s: &Settings<'_>) -> Result<Figures> {
         rerun: Stat::of(reruns),
         lease_s: s.lease_s,
     })
+}
+
+/// The stored tasks of the single engine in `stored` copied into a database of their own beside
+/// the benchmark's (`copy-to-postgres`, timed), and the dashboard's reads through a node on it.
+/// The database is made for the run and dropped after it.
+pub async fn dashboard(
+    bin: &Path,
+    url: &str,
+    stored: &Path,
+    sample: &[uuid::Uuid],
+    rounds: usize,
+) -> Result<(f64, crate::dashboard::Figures)> {
+    let mut own = url::Url::parse(url).context("the database URL")?;
+    let name = format!("{}_o8_dashboard", own.path().trim_start_matches('/'));
+    own.set_path(&name);
+    let own = own.to_string();
+    let (admin, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
+    tokio::spawn(conn);
+    // One statement each: neither may run inside a transaction block.
+    for sql in [
+        format!("DROP DATABASE IF EXISTS \"{name}\""),
+        format!("CREATE DATABASE \"{name}\""),
+    ] {
+        admin
+            .batch_execute(&sql)
+            .await
+            .with_context(|| format!("making the database {name} for the copy"))?;
+    }
+    let t = std::time::Instant::now();
+    let out = crate::server_cmd(bin, stored, 1)
+        .args(["copy-to-postgres", &own])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await?;
+    if !out.status.success() {
+        bail!(
+            "copy-to-postgres failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let copy_s = t.elapsed().as_secs_f64();
+    let dir = tempfile::tempdir()?;
+    write_agents(dir.path())?;
+    let settings = Settings {
+        url: &own,
+        tasks: 0,
+        workers: 2,
+        dispatches: 0,
+        lease_s: 15,
+        rescues: 0,
+    };
+    let node = Client::start(node_cmd(bin, dir.path(), &settings)).await?;
+    let read = crate::dashboard::measure(
+        bin,
+        dir.path(),
+        &[("ORCHESTR8_DATABASE_URL", own.as_str())],
+        sample,
+        rounds,
+    )
+    .await;
+    node.stop().await?;
+    crate::stop_with(node_cmd(bin, dir.path(), &settings)).await?;
+    admin
+        .batch_execute(&format!("DROP DATABASE IF EXISTS \"{name}\""))
+        .await?;
+    Ok((copy_s, read?))
 }

@@ -19,12 +19,20 @@ pub struct Figures {
     pub asset: Stat,
 }
 
-/// `rounds` of every read, against the engine of `dir` (which must be running).
-pub async fn measure(bin: &Path, dir: &Path, sample: &[Uuid], rounds: usize) -> Result<Figures> {
+/// `rounds` of every read, against the engine of `dir` (which must be running; `env`: the
+/// settings it runs with beyond the folder's, such as a cluster's database).
+pub async fn measure(
+    bin: &Path,
+    dir: &Path,
+    env: &[(&str, &str)],
+    sample: &[Uuid],
+    rounds: usize,
+) -> Result<Figures> {
     if sample.is_empty() {
         bail!("the dashboard figures need stored tasks (--stored 1 or more)");
     }
     let out = server_cmd(bin, dir, 1)
+        .envs(env.iter().copied())
         .args(["dashboard", "--no-open", "--json"])
         .stdin(std::process::Stdio::null())
         .output()

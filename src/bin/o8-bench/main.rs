@@ -384,9 +384,17 @@ async fn main() -> Result<()> {
         )
     })
     .await?;
-    let dash = dashboard::measure(&bin, dir_s.path(), &sample, a.dashboard_rounds).await?;
+    let dash = dashboard::measure(&bin, dir_s.path(), &[], &sample, a.dashboard_rounds).await?;
     let (stored_rss, _) = rss_mib(Some(engine_pid(&bin, dir_s.path()).await?));
     finish(c, &bin, dir_s.path()).await?;
+
+    // --- The same stored tasks copied into PostgreSQL, read through a cluster node. ---
+    let cluster_dash = match a.database_url.as_deref() {
+        Some(url) => {
+            Some(cluster::dashboard(&bin, url, dir_s.path(), &sample, a.dashboard_rounds).await?)
+        }
+        None => None,
+    };
 
     // --- A cluster on PostgreSQL, next to the single engine measured alike. ---
     let clustered = match a.database_url.as_deref() {
@@ -509,6 +517,24 @@ async fn main() -> Result<()> {
         String::new(),
     ));
 
+    if let Some((copy_s, d)) = &cluster_dash {
+        for ((name, st), (_, duck)) in d.reads.iter().zip(&dash.reads) {
+            rows.push((
+                format!("cluster dashboard: {name}, {} stored", a.stored),
+                format!("p50 {} p99 {}", ms(st.p50), ms(st.p99)),
+                format!(
+                    "one DuckDB engine p50 {} (ratio {:.1})",
+                    ms(duck.p50),
+                    st.p50 / duck.p50
+                ),
+            ));
+        }
+        rows.push((
+            format!("copy-to-postgres, {} stored", a.stored),
+            format!("{copy_s:.1} s"),
+            format!("{:.0} tasks/s", a.stored as f64 / copy_s),
+        ));
+    }
     if let Some(f) = &clustered {
         let per = |v: &[(usize, f64)]| {
             v.iter()
@@ -611,6 +637,18 @@ async fn main() -> Result<()> {
         ),
     );
     out.insert("dashboard_asset_p50_ms".into(), json!(dash.asset.p50));
+    if let Some((copy_s, d)) = &cluster_dash {
+        out.insert(
+            "cluster_dashboard_p50_ms".into(),
+            Value::Object(
+                d.reads
+                    .iter()
+                    .map(|(name, st)| (name.clone(), json!(st.p50)))
+                    .collect(),
+            ),
+        );
+        out.insert("copy_to_postgres_s".into(), json!(copy_s));
+    }
     out.insert("workers".into(), json!(a.workers));
     out.insert("tasks".into(), json!(a.tasks));
     out.insert("stored".into(), json!(a.stored));

@@ -1,11 +1,11 @@
 //! What changed in the cluster's database lately, for the live feed of an open dashboard page
 //! on any node.
 //!
-//! Every write to a task or a workflow sets its `updated_at` (the database's clock at the start
-//! of its transaction), and every delivery attempt its `delivered_at`, so the rows changed since
-//! a moment are a range of an index. A transaction commits a little after its clock was read, so
-//! the feed looks back over a window of a few seconds and tells each change once
-//! (`cluster::changes`).
+//! Every write to a task or a workflow sets its `updated_at` (the database's clock as it writes,
+//! `clock_timestamp()`, so after any lock it waited for), and every delivery attempt its
+//! `delivered_at`, so the rows changed since a moment are a range of an index. A transaction
+//! commits a little after it wrote, so the feed looks back over a window of a few seconds and
+//! tells each change once (`cluster::changes`).
 
 use chrono::{DateTime, Utc};
 use uuid::Uuid;

@@ -94,7 +94,7 @@ static CLAIM_SQL: LazyLock<String> = LazyLock::new(|| {
              )
              UPDATE tasks t SET status = 'running', attempt = t.attempt + 1, node_id = $1,
                  started_at = statement_timestamp(), completed_at = NULL, result = NULL, error = NULL,
-                 pid = NULL, pid_start = NULL, updated_at = now()
+                 pid = NULL, pid_start = NULL, updated_at = clock_timestamp()
              FROM picked WHERE t.task_id = picked.task_id
              RETURNING {TASK_COLUMNS}, t.instructions"
     )
@@ -257,7 +257,7 @@ pub(super) async fn insert_in(
             "INSERT INTO tasks
                  SELECT r.* FROM jsonb_array_elements($1) AS e(v),
                       LATERAL jsonb_populate_record(NULL::tasks,
-                                  e.v || jsonb_build_object('updated_at', now())) AS r
+                                  e.v || jsonb_build_object('updated_at', clock_timestamp())) AS r
                  ON CONFLICT DO NOTHING
                  RETURNING task_id",
         )

@@ -40,7 +40,7 @@ pub(super) async fn append_in(
          SELECT l.task_id,
                 coalesce((SELECT max(x.seq) FROM task_logs x WHERE x.task_id = l.task_id), 0)
                   + row_number() OVER (PARTITION BY l.task_id ORDER BY l.ord),
-                now(), l.level, l.message
+                clock_timestamp(), l.level, l.message
          FROM unnest($1::uuid[], $2::text[], $3::text[])
               WITH ORDINALITY AS l(task_id, level, message, ord)",
         )

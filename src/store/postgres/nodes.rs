@@ -25,7 +25,7 @@ const RECORD_OUTCOMES: &str = "UPDATE tasks t SET status = o.status,
         workspace = o.workspace, pid = NULL, pid_start = NULL, cancel_requested = false,
         step_owed = t.workflow_id IS NOT NULL
             AND o.status IN ('completed', 'failed', 'cancelled'),
-        updated_at = now()
+        updated_at = clock_timestamp()
     FROM jsonb_populate_recordset(NULL::tasks, $1) AS o
     WHERE t.task_id = o.task_id AND t.status = 'running' AND t.attempt = o.attempt";
 

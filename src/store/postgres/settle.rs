@@ -74,7 +74,7 @@ const FINISH_SQL: &str = "UPDATE tasks t SET
         step_owed = t.workflow_id IS NOT NULL
             AND (o.status IN ('completed', 'failed', 'cancelled')
                  OR (t.cancel_requested AND o.status = 'pending')),
-        updated_at = now()
+        updated_at = clock_timestamp()
     FROM jsonb_populate_recordset(NULL::tasks, $1) AS o
     JOIN unnest($3::uuid[], $4::int[]) AS e(task_id, attempt) ON e.task_id = o.task_id
     WHERE t.task_id = o.task_id AND t.status = 'running' AND t.attempt = e.attempt
@@ -86,7 +86,7 @@ const FINISH_SQL: &str = "UPDATE tasks t SET
 const CASCADE_SQL: &str = "UPDATE tasks t SET status = 'cancelled', completed_at = now(),
         error = 'cancelled because its dependency ' || d.depends_on || ' (' || u.name || ') '
                 || u.status,
-        step_owed = t.workflow_id IS NOT NULL, updated_at = now()
+        step_owed = t.workflow_id IS NOT NULL, updated_at = clock_timestamp()
     FROM (SELECT DISTINCT ON (td.task_id) td.task_id, td.depends_on
           FROM task_dependencies td WHERE td.depends_on = ANY($1)
           ORDER BY td.task_id, td.depends_on) d
@@ -96,7 +96,7 @@ const CASCADE_SQL: &str = "UPDATE tasks t SET status = 'cancelled', completed_at
 
 /// Completed tasks release their dependents: one open dependency fewer each.
 const RELEASE_SQL: &str = "UPDATE tasks t SET deps_open = greatest(t.deps_open - d.n, 0),
-        updated_at = now()
+        updated_at = clock_timestamp()
     FROM (SELECT task_id, count(*)::int AS n FROM task_dependencies
           WHERE depends_on = ANY($1) GROUP BY task_id) d
     WHERE t.task_id = d.task_id AND t.status = 'pending'";
@@ -202,7 +202,7 @@ impl Postgres {
         let client = self.client().await?;
         let write = client
             .prepare_cached(
-                "UPDATE tasks SET workspace = $4, updated_at = now()
+                "UPDATE tasks SET workspace = $4, updated_at = clock_timestamp()
                  WHERE task_id = $1 AND status = 'running' AND attempt = $2 AND node_id = $3",
             )
             .await?;
@@ -293,7 +293,7 @@ impl Postgres {
             TaskStatus::Pending => {
                 tx.execute(
                     "UPDATE tasks SET status = 'cancelled', completed_at = now(),
-                         error = 'cancelled by request before it started', updated_at = now()
+                         error = 'cancelled by request before it started', updated_at = clock_timestamp()
                      WHERE task_id = $1",
                     &[&id],
                 )
@@ -314,7 +314,7 @@ impl Postgres {
             }
             TaskStatus::Running => {
                 tx.execute(
-                    "UPDATE tasks SET cancel_requested = true, updated_at = now()
+                    "UPDATE tasks SET cancel_requested = true, updated_at = clock_timestamp()
                      WHERE task_id = $1",
                     &[&id],
                 )
@@ -384,7 +384,7 @@ impl Postgres {
                     "UPDATE tasks t SET status = 'pending', scheduled_at = now(), started_at = NULL,
                          completed_at = NULL, result = NULL, error = NULL,
                          retry_floor = t.attempt, deps_open = $2, cancel_requested = false,
-                         pid = NULL, pid_start = NULL, updated_at = now()
+                         pid = NULL, pid_start = NULL, updated_at = clock_timestamp()
                      WHERE t.task_id = $1
                      RETURNING {TASK_COLUMNS}"
                 ),

@@ -320,7 +320,16 @@ impl Postgres {
             Err(e) => return Ok(Some(Err(e))),
         };
         match &decided {
-            DraftChange::Phase(p) => insert_phase_in(&tx, p).await?,
+            DraftChange::Phase(p) => {
+                insert_phase_in(&tx, p).await?;
+                // The workflow changed shape: its open pages look again.
+                let touch = tx
+                    .prepare_cached(
+                        "UPDATE workflows SET updated_at = clock_timestamp() WHERE workflow_id = $1",
+                    )
+                    .await?;
+                tx.execute(&touch, &[&id]).await?;
+            }
             DraftChange::Task(t) => {
                 if let Some(OpOutcome::Existing(holder)) =
                     insert_in(&tx, std::slice::from_ref(t)).await?.first()
@@ -398,7 +407,7 @@ impl Postgres {
         let next = step.workflow.as_ref().unwrap_or(&wf);
         tx.execute(
             "UPDATE workflows SET status = $2, error = $3, started_at = $4, completed_at = $5,
-                 updated_at = now()
+                 updated_at = clock_timestamp()
              WHERE workflow_id = $1",
             &[
                 &id,
@@ -413,7 +422,7 @@ impl Postgres {
         if !step.open.is_empty() {
             ready = tx
                 .execute(
-                    "UPDATE tasks SET gated = false, updated_at = now()
+                    "UPDATE tasks SET gated = false, updated_at = clock_timestamp()
                      WHERE workflow_id = $1 AND phase_id = ANY($2) AND status = 'pending'
                        AND gated",
                     &[&id, &step.open],
@@ -432,7 +441,7 @@ impl Postgres {
                          completed_at = CASE WHEN status = 'pending' THEN now()
                                              ELSE completed_at END,
                          error = CASE WHEN status = 'pending' THEN $2 ELSE error END,
-                         cancel_requested = (status = 'running'), updated_at = now()
+                         cancel_requested = (status = 'running'), updated_at = clock_timestamp()
                      WHERE workflow_id = $1 AND status IN ('pending', 'running')
                      RETURNING task_id, status, webhook_url IS NOT NULL",
                     &[&id, why],
