@@ -1442,3 +1442,26 @@ async fn a_session_is_told_of_ends_that_another_node_recorded() {
     asking.stop_engines().await;
     running.stop_engines().await;
 }
+
+/// Nodes whose URL asks for TLS reach the database over it: a task runs and ends.
+#[tokio::test(flavor = "multi_thread")]
+async fn nodes_run_tasks_over_tls_when_the_url_asks() {
+    let server = pg::server();
+    let cert = server.tls_cert().display().to_string();
+    let url = server.fresh_database().await;
+    let env = node(
+        &format!("{url}?sslmode=verify-full&sslrootcert={cert}"),
+        "2",
+    );
+    env.shell_agent("echo", "cat", "");
+    let s = env.start().await;
+    let id = s.submit("tls", "echo", "over tls", json!({})).await;
+    let t = s.wait_one(&id, 30).await;
+    assert_eq!(
+        (&t["status"], &t["result"]),
+        (&json!("completed"), &json!("over tls")),
+        "{t}"
+    );
+    s.stop().await;
+    env.stop_engines().await;
+}

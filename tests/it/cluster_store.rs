@@ -985,3 +985,72 @@ async fn a_workflow_step_nobody_took_is_found_exactly() {
     assert_eq!(left.status, TaskStatus::Cancelled);
     assert!(db.stale_workflows(10).await.unwrap().is_empty());
 }
+
+/// Whether every connection the driver keeps to `url`'s database is encrypted, and how many.
+async fn encrypted_connections(url: &str) -> (i64, i64) {
+    let db = url::Url::parse(url)
+        .unwrap()
+        .path()
+        .trim_start_matches('/')
+        .to_string();
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .expect("raw connection");
+    tokio::spawn(conn);
+    let row = client
+        .query_one(
+            "SELECT count(*) FILTER (WHERE s.ssl), count(*) FILTER (WHERE NOT s.ssl)
+             FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid)
+             WHERE a.datname = $1 AND a.application_name = 'orchestr8-async'",
+            &[&db],
+        )
+        .await
+        .unwrap();
+    (row.get(0), row.get(1))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tls_is_used_and_checked_as_the_url_asks() {
+    let server = pg::server();
+    let cert = server.tls_cert().display().to_string();
+    let url = server.fresh_database().await;
+    // The server's certificate, checked against its CA file and the host's name.
+    let db = connect(&format!("{url}?sslmode=verify-full&sslrootcert={cert}"))
+        .await
+        .expect("verify-full with the server's CA");
+    assert!(db.now_us().await.unwrap() > 0);
+    let (tls, plain) = encrypted_connections(&url).await;
+    assert!(tls >= 1 && plain == 0, "{tls} encrypted, {plain} plain");
+    drop(db);
+    // Encrypted without a check of the certificate, as libpq's `require`.
+    let db = connect(&format!("{url}?sslmode=require"))
+        .await
+        .expect("require");
+    db.ping().await.unwrap();
+    // Checked against the public web's roots, a self-signed certificate is refused, saying why.
+    let e = connect(&format!("{url}?sslmode=verify-full"))
+        .await
+        .err()
+        .expect("a self-signed certificate is not trusted");
+    assert!(e.to_string().to_lowercase().contains("certificate"), "{e}");
+    // The chain alone (verify-ca), and `localhost` by name.
+    connect(&format!("{url}?sslmode=verify-ca&sslrootcert={cert}"))
+        .await
+        .expect("verify-ca")
+        .ping()
+        .await
+        .unwrap();
+    let by_name = url.replace("127.0.0.1", "localhost");
+    connect(&format!("{by_name}?sslmode=verify-full&sslrootcert={cert}"))
+        .await
+        .expect("verify-full by name")
+        .ping()
+        .await
+        .unwrap();
+    // A bad mode says what to write.
+    let e = connect(&format!("{url}?sslmode=always"))
+        .await
+        .err()
+        .unwrap();
+    assert!(e.to_string().contains("verify-full"), "{e}");
+}

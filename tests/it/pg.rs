@@ -4,7 +4,8 @@
 //! `ORCHESTR8_TEST_DATABASE_URL` names a server to use instead (its user must be allowed to
 //! create databases). Otherwise the tests make a throwaway cluster with the `initdb` and
 //! `postgres` of the installed Debian `postgresql` package (as the `postgres` user when run as
-//! root: `initdb` refuses root), in a temporary folder, listening on a free loopback port. A shell
+//! root: `initdb` refuses root), in a temporary folder, listening on a free loopback port, with a
+//! certificate for TLS signed by a CA of its own, both made by `openssl`. A shell
 //! started with it holds the read end of a pipe whose write end only this test process has: when
 //! the process exits (finished, panicked or killed), the shell reads end-of-file, stops the server
 //! and removes its folder. These tests never skip: without a server they fail and say how to get
@@ -19,6 +20,9 @@ use std::time::{Duration, Instant};
 pub struct PgServer {
     /// The URL of the server's administrative database (`postgres`).
     admin_url: String,
+    /// The CA that signed the server's certificate (for `localhost` and 127.0.0.1): what to
+    /// trust when connecting over TLS. `None` for a server named by the environment.
+    cert: Option<PathBuf>,
     /// The guard shell; its stdin is the pipe that keeps the server up.
     _guard: Mutex<Option<Child>>,
 }
@@ -38,6 +42,14 @@ pub fn server() -> &'static PgServer {
 }
 
 impl PgServer {
+    /// The CA file to trust for the server's certificate over TLS.
+    pub fn tls_cert(&self) -> &Path {
+        self.cert.as_deref().expect(
+            "the TLS test needs the tests' own PostgreSQL server (it speaks TLS with a \
+             certificate of its own): unset ORCHESTR8_TEST_DATABASE_URL",
+        )
+    }
+
     /// A new, empty database on the server, and its URL.
     pub async fn fresh_database(&self) -> String {
         let name = format!("o8_test_{}", uuid::Uuid::new_v4().simple());
@@ -66,6 +78,7 @@ fn start() -> Result<PgServer, String> {
     if let Ok(url) = std::env::var("ORCHESTR8_TEST_DATABASE_URL") {
         return Ok(PgServer {
             admin_url: url,
+            cert: None,
             _guard: Mutex::new(None),
         });
     }
@@ -81,6 +94,90 @@ fn start() -> Result<PgServer, String> {
             .ok_or("running as root, and there is no `postgres` user to run the server as")?;
         nix::unistd::chown(&root, Some(pg.uid), Some(pg.gid))
             .map_err(|e| format!("cannot hand {} to postgres: {e}", root.display()))?;
+    }
+    // A CA of its own and a certificate it signed, so that connections over TLS are tested too.
+    let (cert, key) = (root.join("server.crt"), root.join("server.key"));
+    let (ca, ca_key) = (root.join("ca.crt"), root.join("ca.key"));
+    let (csr, ext) = (root.join("server.csr"), root.join("server.ext"));
+    std::fs::write(
+        &ext,
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+    )
+    .map_err(|e| format!("cannot write {}: {e}", ext.display()))?;
+    let openssl = |args: &[&std::ffi::OsStr]| -> Result<(), String> {
+        let out = Command::new("openssl")
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("cannot run openssl to make the server's certificate: {e}"))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "openssl could not make the server's certificate: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ))
+        }
+    };
+    let os = |s: &str| std::ffi::OsString::from(s);
+    openssl(&[
+        &os("req"),
+        &os("-x509"),
+        &os("-newkey"),
+        &os("rsa:2048"),
+        &os("-nodes"),
+        &os("-days"),
+        &os("2"),
+        &os("-subj"),
+        &os("/CN=orchestr8-async test CA"),
+        &os("-keyout"),
+        ca_key.as_os_str(),
+        &os("-out"),
+        ca.as_os_str(),
+    ])?;
+    openssl(&[
+        &os("req"),
+        &os("-newkey"),
+        &os("rsa:2048"),
+        &os("-nodes"),
+        &os("-subj"),
+        &os("/CN=localhost"),
+        &os("-keyout"),
+        key.as_os_str(),
+        &os("-out"),
+        csr.as_os_str(),
+    ])?;
+    openssl(&[
+        &os("x509"),
+        &os("-req"),
+        &os("-in"),
+        csr.as_os_str(),
+        &os("-CA"),
+        ca.as_os_str(),
+        &os("-CAkey"),
+        ca_key.as_os_str(),
+        &os("-CAcreateserial"),
+        &os("-days"),
+        &os("2"),
+        &os("-extfile"),
+        ext.as_os_str(),
+        &os("-out"),
+        cert.as_os_str(),
+    ])?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| format!("cannot protect {}: {e}", key.display()))?;
+    }
+    if as_root {
+        let pg = nix::unistd::User::from_name("postgres")
+            .ok()
+            .flatten()
+            .ok_or("no `postgres` user")?;
+        for f in [&cert, &key] {
+            nix::unistd::chown(f, Some(pg.uid), Some(pg.gid))
+                .map_err(|e| format!("cannot hand {} to postgres: {e}", f.display()))?;
+        }
     }
     let data = root.join("data");
     let out = as_server_user(as_root, &bin.join("initdb"))
@@ -113,7 +210,8 @@ fn start() -> Result<PgServer, String> {
         trap '' INT TERM HUP
         "$1/postgres" -D "$2/data" -p "$3" -k "$2" -c listen_addresses=127.0.0.1 \
             -c fsync=off -c synchronous_commit=off -c full_page_writes=off \
-            -c max_connections=300 >"$2/server.log" 2>&1 &
+            -c max_connections=300 -c ssl=on -c ssl_cert_file="$2/server.crt" \
+            -c ssl_key_file="$2/server.key" >"$2/server.log" 2>&1 &
         server=$!
         read _ignored
         kill -INT "$server"
@@ -155,6 +253,7 @@ fn start() -> Result<PgServer, String> {
     }
     Ok(PgServer {
         admin_url,
+        cert: Some(ca),
         _guard: Mutex::new(Some(guard)),
     })
 }

@@ -23,6 +23,7 @@ mod reads;
 mod rows;
 mod settle;
 mod stats;
+pub mod tls;
 mod webhooks;
 mod workflows;
 
@@ -50,6 +51,8 @@ pub struct Postgres {
     pool: Pool,
     /// How to open a connection of its own (the listener's).
     config: std::sync::Arc<tokio_postgres::Config>,
+    /// TLS to the database, when its URL asks for it.
+    tls: Option<tokio_postgres_rustls::MakeRustlsConnect>,
 }
 
 /// How to reach the database.
@@ -66,7 +69,14 @@ impl Postgres {
     /// `migrate.rs`). Fails when the database cannot be reached or was migrated by a newer
     /// release.
     pub async fn connect(options: &PgOptions) -> Result<Postgres, StoreError> {
-        let mut config: tokio_postgres::Config = options.url.parse().map_err(|e| {
+        let (url, tls) = tls::split_url(&options.url).map_err(|e| {
+            StoreError::Unavailable(format!(
+                "the database URL is not a PostgreSQL connection string ({e}); write it as \
+                 postgres://user:password@host:5432/database"
+            ))
+        })?;
+        let tls = tls::connector(&tls)?;
+        let mut config: tokio_postgres::Config = url.parse().map_err(|e| {
             StoreError::Unavailable(format!(
                 "the database URL is not a PostgreSQL connection string ({e}); write it as \
                  postgres://user:password@host:5432/database"
@@ -91,13 +101,13 @@ impl Postgres {
             .keepalives_idle(Duration::from_secs(10))
             .keepalives_interval(Duration::from_secs(5))
             .keepalives_retries(3);
-        let manager = Manager::from_config(
-            config.clone(),
-            NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
+        let recycling = || ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        };
+        let manager = match &tls {
+            Some(t) => Manager::from_config(config.clone(), t.clone(), recycling()),
+            None => Manager::from_config(config.clone(), NoTls, recycling()),
+        };
         let pool = Pool::builder(manager)
             .max_size(options.pool_size.max(2))
             .wait_timeout(Some(Duration::from_secs(30)))
@@ -108,6 +118,7 @@ impl Postgres {
         let store = Postgres {
             pool,
             config: std::sync::Arc::new(config),
+            tls,
         };
         let mut client = store.client().await?;
         migrate::migrate(&mut client).await?;
@@ -143,7 +154,21 @@ pub(crate) fn describe(e: &tokio_postgres::Error) -> String {
             Some(detail) => format!("{} ({detail})", db.message()),
             None => db.message().to_string(),
         },
-        None => e.to_string(),
+        None => {
+            // The driver's own text hides the cause (a refused certificate, a reset
+            // connection): its sources follow.
+            let mut text = e.to_string();
+            let mut source = std::error::Error::source(e);
+            while let Some(s) = source {
+                let more = s.to_string();
+                if !text.contains(&more) {
+                    text.push_str(": ");
+                    text.push_str(&more);
+                }
+                source = s.source();
+            }
+            text
+        }
     }
 }
 

@@ -57,33 +57,55 @@ impl Postgres {
 
     /// One listening connection's life: `Ok` when stopped, `Err` when the connection failed.
     async fn listen_once(&self, wake: &Notify, stop: &CancellationToken) -> Result<(), StoreError> {
-        let (client, mut connection) = self.config.connect(tokio_postgres::NoTls).await?;
-        let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
-        // The connection is driven below while LISTEN is sent.
-        let sql = format!("LISTEN {READY_CHANNEL}");
-        let listen = client.batch_execute(&sql);
-        tokio::pin!(listen);
-        let mut listening = false;
-        loop {
-            tokio::select! {
-                _ = stop.cancelled() => return Ok(()),
-                r = &mut listen, if !listening => {
-                    r?;
-                    listening = true;
-                    // Whatever became ready while nobody listened.
-                    wake.notify_one();
-                }
-                m = messages.next() => match m {
-                    Some(Ok(AsyncMessage::Notification(_))) => wake.notify_one(),
-                    Some(Ok(_)) => {}
-                    Some(Err(e)) => return Err(e.into()),
-                    None => {
-                        return Err(StoreError::Unavailable(
-                            "the listening connection closed".into(),
-                        ))
-                    }
-                },
+        match &self.tls {
+            Some(tls) => {
+                let (client, connection) = self.config.connect(tls.clone()).await?;
+                listen_on(client, connection, wake, stop).await
             }
+            None => {
+                let (client, connection) = self.config.connect(tokio_postgres::NoTls).await?;
+                listen_on(client, connection, wake, stop).await
+            }
+        }
+    }
+}
+
+/// Listens on a connection of its own (with or without TLS) until stopped or lost.
+async fn listen_on<S, T>(
+    client: tokio_postgres::Client,
+    mut connection: tokio_postgres::Connection<S, T>,
+    wake: &Notify,
+    stop: &CancellationToken,
+) -> Result<(), StoreError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+    // The connection is driven below while LISTEN is sent.
+    let sql = format!("LISTEN {READY_CHANNEL}");
+    let listen = client.batch_execute(&sql);
+    tokio::pin!(listen);
+    let mut listening = false;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return Ok(()),
+            r = &mut listen, if !listening => {
+                r?;
+                listening = true;
+                // Whatever became ready while nobody listened.
+                wake.notify_one();
+            }
+            m = messages.next() => match m {
+                Some(Ok(AsyncMessage::Notification(_))) => wake.notify_one(),
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return Err(e.into()),
+                None => {
+                    return Err(StoreError::Unavailable(
+                        "the listening connection closed".into(),
+                    ))
+                }
+            },
         }
     }
 }
