@@ -135,15 +135,7 @@ impl Postgres {
         after_seq: i64,
         limit: u32,
     ) -> Result<Vec<NewLogLine>, StoreError> {
-        let client = self.client().await?;
-        let read = client
-            .prepare_cached(
-                "SELECT seq, ts, level, message FROM task_logs
-                 WHERE task_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
-            )
-            .await?;
-        client
-            .query(&read, &[&task, &after_seq, &i64::from(limit)])
+        self.log_rows_after(task, after_seq, limit)
             .await?
             .iter()
             .map(|r| {

@@ -84,33 +84,24 @@ impl Postgres {
 
     /// The tasks of `ids` that have ended, in no particular order.
     pub async fn ended_tasks(&self, ids: &[Uuid]) -> Result<Vec<Task>, StoreError> {
-        if ids.is_empty() {
-            return Ok(Vec::new());
-        }
-        let client = self.client().await?;
-        let read = client
-            .prepare_cached(&format!(
-                "SELECT {TASK_COLUMNS} FROM tasks t WHERE t.task_id = ANY($1)
-                   AND t.status IN ('completed', 'failed', 'cancelled')"
-            ))
-            .await?;
-        client
-            .query(&read, &[&ids])
-            .await?
-            .iter()
-            .map(task_from_row)
-            .collect()
+        self.tasks_where(ids, "AND t.status IN ('completed', 'failed', 'cancelled')")
+            .await
     }
 
     /// The tasks of `ids` that exist, in no particular order.
     pub async fn tasks(&self, ids: &[Uuid]) -> Result<Vec<Task>, StoreError> {
+        self.tasks_where(ids, "").await
+    }
+
+    /// The tasks of `ids` that also meet `and` (a fixed SQL condition).
+    async fn tasks_where(&self, ids: &[Uuid], and: &str) -> Result<Vec<Task>, StoreError> {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
         let client = self.client().await?;
         let read = client
             .prepare_cached(&format!(
-                "SELECT {TASK_COLUMNS} FROM tasks t WHERE t.task_id = ANY($1)"
+                "SELECT {TASK_COLUMNS} FROM tasks t WHERE t.task_id = ANY($1) {and}"
             ))
             .await?;
         client
@@ -161,6 +152,21 @@ impl Postgres {
         after_seq: i64,
         limit: u32,
     ) -> Result<Vec<LogLine>, StoreError> {
+        self.log_rows_after(id, after_seq, limit)
+            .await?
+            .iter()
+            .map(log_from_row)
+            .collect()
+    }
+
+    /// The rows (seq, ts, level, message) of up to `limit` log lines of a task after
+    /// `after_seq`, oldest first.
+    pub(super) async fn log_rows_after(
+        &self,
+        id: Uuid,
+        after_seq: i64,
+        limit: u32,
+    ) -> Result<Vec<tokio_postgres::Row>, StoreError> {
         let client = self.client().await?;
         let read = client
             .prepare_cached(
@@ -168,12 +174,9 @@ impl Postgres {
                  WHERE task_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
             )
             .await?;
-        client
+        Ok(client
             .query(&read, &[&id, &after_seq, &i64::from(limit)])
-            .await?
-            .iter()
-            .map(log_from_row)
-            .collect()
+            .await?)
     }
 
     /// The last `n` log lines of a task, oldest first.

@@ -48,14 +48,24 @@ pub struct TlsSettings {
 }
 
 /// Splits a database URL into what the driver reads and the TLS settings: `sslrootcert` is
-/// taken out, and `sslmode` is left as the driver knows it (`disable` or `require`). A
-/// connection string of `key=value` pairs is passed on as it is.
+/// taken out, and `sslmode` is left as the driver knows it (`require`, or none). A connection
+/// string of `key=value` pairs is passed on as it is, and refused if it asks for TLS.
 pub fn split_url(url: &str) -> Result<(String, TlsSettings), String> {
     let off = TlsSettings {
         mode: TlsMode::Off,
         root_cert: None,
     };
     if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        let asks_tls = url.split_whitespace().any(|kv| match kv.split_once('=') {
+            Some(("sslmode", m)) => !matches!(m, "disable" | "allow" | "prefer"),
+            Some((k, _)) => k == "sslrootcert",
+            None => false,
+        });
+        if asks_tls {
+            return Err("TLS settings are read from a URL: write it as \
+                 postgres://user:password@host:5432/database?sslmode=verify-full"
+                .into());
+        }
         return Ok((url.to_string(), off));
     }
     let mut parsed = url::Url::parse(url).map_err(|e| e.to_string())?;
@@ -241,11 +251,13 @@ mod tests {
             mode("postgresql://u@h/db?sslmode=allow&application_name=x").0,
             "postgresql://u@h/db?application_name=x"
         );
-        // A connection string of key=value pairs goes on as it is.
+        // A connection string of key=value pairs goes on as it is, unless it asks for TLS.
         assert_eq!(
-            mode("host=h sslmode=require"),
-            ("host=h sslmode=require".to_string(), TlsMode::Off)
+            mode("host=h sslmode=disable"),
+            ("host=h sslmode=disable".to_string(), TlsMode::Off)
         );
+        let e = split_url("host=h sslmode=require").unwrap_err();
+        assert!(e.contains("?sslmode=verify-full"), "{e}");
     }
 
     #[test]
