@@ -470,12 +470,14 @@ fn this_node(cfg: &Config) -> Result<NodeInfo, OpenError> {
 }
 
 /// What the processes of a cluster's tasks are told their database is: the database URL
-/// without its password.
+/// without its password and parameters.
 fn cluster_instance(cfg: &Config) -> String {
     let url = cfg.database_url.clone().unwrap_or_default();
     match url::Url::parse(&url) {
         Ok(mut u) => {
+            // Neither the password nor the connection's parameters (a password may be one).
             let _ = u.set_password(None);
+            u.set_query(None);
             u.to_string()
         }
         Err(_) => "postgres".to_string(),

@@ -1449,8 +1449,10 @@ async fn nodes_run_tasks_over_tls_when_the_url_asks() {
     let server = pg::server();
     let cert = server.tls_cert().display().to_string();
     let url = server.fresh_database().await;
+    // The server's certificate names `localhost`.
+    let by_name = url.replace("127.0.0.1", "localhost");
     let env = node(
-        &format!("{url}?sslmode=verify-full&sslrootcert={cert}"),
+        &format!("{by_name}?sslmode=verify-full&sslrootcert={cert}"),
         "2",
     );
     env.shell_agent("echo", "cat", "");
@@ -1462,6 +1464,28 @@ async fn nodes_run_tasks_over_tls_when_the_url_asks() {
         (&json!("completed"), &json!("over tls")),
         "{t}"
     );
+    // Every connection of the node is encrypted, its listener's too.
+    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let db = url::Url::parse(&url)
+        .unwrap()
+        .path()
+        .trim_start_matches('/')
+        .to_string();
+    let row = client
+        .query_one(
+            "SELECT count(*) FILTER (WHERE NOT s.ssl),
+                    count(*) FILTER (WHERE s.ssl AND a.query LIKE 'LISTEN %')
+             FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid)
+             WHERE a.datname = $1 AND a.application_name = 'orchestr8-async'",
+            &[&db],
+        )
+        .await
+        .unwrap();
+    let (plain, listening): (i64, i64) = (row.get(0), row.get(1));
+    assert_eq!((plain, listening), (0, 1));
     s.stop().await;
     env.stop_engines().await;
 }

@@ -1014,43 +1014,70 @@ async fn tls_is_used_and_checked_as_the_url_asks() {
     let server = pg::server();
     let cert = server.tls_cert().display().to_string();
     let url = server.fresh_database().await;
-    // The server's certificate, checked against its CA file and the host's name.
-    let db = connect(&format!("{url}?sslmode=verify-full&sslrootcert={cert}"))
+    // The server's certificate names `localhost` only.
+    let by_name = url.replace("127.0.0.1", "localhost");
+    // Checked against its CA file and the host's name.
+    let db = connect(&format!("{by_name}?sslmode=verify-full&sslrootcert={cert}"))
         .await
-        .expect("verify-full with the server's CA");
+        .expect("verify-full with the server's CA, by its name");
     assert!(db.now_us().await.unwrap() > 0);
     let (tls, plain) = encrypted_connections(&url).await;
     assert!(tls >= 1 && plain == 0, "{tls} encrypted, {plain} plain");
     drop(db);
-    // Encrypted without a check of the certificate, as libpq's `require`.
-    let db = connect(&format!("{url}?sslmode=require"))
-        .await
-        .expect("require");
-    db.ping().await.unwrap();
-    // Checked against the public web's roots, a self-signed certificate is refused, saying why.
-    let e = connect(&format!("{url}?sslmode=verify-full"))
+    // By an address the certificate does not name: refused by verify-full, not by verify-ca.
+    let e = connect(&format!("{url}?sslmode=verify-full&sslrootcert={cert}"))
         .await
         .err()
-        .expect("a self-signed certificate is not trusted");
-    assert!(e.to_string().to_lowercase().contains("certificate"), "{e}");
-    // The chain alone (verify-ca), and `localhost` by name.
+        .expect("127.0.0.1 is not the certificate's name");
+    assert!(e.to_string().contains("certificate"), "{e}");
     connect(&format!("{url}?sslmode=verify-ca&sslrootcert={cert}"))
         .await
-        .expect("verify-ca")
+        .expect("verify-ca checks the chain only")
         .ping()
         .await
         .unwrap();
-    let by_name = url.replace("127.0.0.1", "localhost");
-    connect(&format!("{by_name}?sslmode=verify-full&sslrootcert={cert}"))
+    // Another CA: the chain is refused, by verify-ca too.
+    let other = tempfile::tempdir().unwrap();
+    let other_ca = other.path().join("other.crt");
+    let made = std::process::Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        ])
+        .args(["-subj", "/CN=another CA", "-keyout"])
+        .arg(other.path().join("other.key"))
+        .arg("-out")
+        .arg(&other_ca)
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{made:?}");
+    let e = connect(&format!(
+        "{url}?sslmode=verify-ca&sslrootcert={}",
+        other_ca.display()
+    ))
+    .await
+    .err()
+    .expect("a chain to another CA is refused");
+    assert!(e.to_string().contains("certificate"), "{e}");
+    // Encrypted without a check of the certificate, as libpq's `require`.
+    connect(&format!("{url}?sslmode=require"))
         .await
-        .expect("verify-full by name")
+        .expect("require")
         .ping()
         .await
         .unwrap();
-    // A bad mode says what to write.
-    let e = connect(&format!("{url}?sslmode=always"))
+    // Checked against the public web's roots, the tests' own CA is not trusted.
+    let e = connect(&format!("{by_name}?sslmode=verify-full"))
         .await
         .err()
-        .unwrap();
-    assert!(e.to_string().contains("verify-full"), "{e}");
+        .expect("a private CA is not a public one");
+    assert!(e.to_string().contains("certificate"), "{e}");
+    // What cannot work says what to write.
+    for (bad, says) in [
+        ("sslmode=always", "verify-full"),
+        ("sslmode=verify-ca", "sslrootcert="),
+        ("sslmode=verify-full&sslrootcert=ca.pem", "absolute"),
+    ] {
+        let e = connect(&format!("{url}?{bad}")).await.err().unwrap();
+        assert!(e.to_string().contains(says), "{bad}: {e}");
+    }
 }

@@ -69,12 +69,8 @@ impl Postgres {
     /// `migrate.rs`). Fails when the database cannot be reached or was migrated by a newer
     /// release.
     pub async fn connect(options: &PgOptions) -> Result<Postgres, StoreError> {
-        let (url, tls) = tls::split_url(&options.url).map_err(|e| {
-            StoreError::Unavailable(format!(
-                "the database URL is not a PostgreSQL connection string ({e}); write it as \
-                 postgres://user:password@host:5432/database"
-            ))
-        })?;
+        let (url, tls) = tls::split_url(&options.url)
+            .map_err(|e| StoreError::Unavailable(format!("the database URL: {e}")))?;
         let tls = tls::connector(&tls)?;
         let mut config: tokio_postgres::Config = url.parse().map_err(|e| {
             StoreError::Unavailable(format!(

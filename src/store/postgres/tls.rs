@@ -5,8 +5,8 @@
 //!   the loopback);
 //! - `require`: encrypted, the server's certificate not checked — unless `sslrootcert` names a
 //!   CA file, which makes it `verify-ca`, as in libpq;
-//! - `verify-ca`: the certificate must chain to a trusted CA (`sslrootcert`, else the public
-//!   web's roots);
+//! - `verify-ca`: the certificate must chain to the CA named by `sslrootcert` (required: any
+//!   public CA would vouch for anybody's server);
 //! - `verify-full`: and name the host connected to.
 //!
 //! The driver underneath reads neither `sslrootcert` nor the `verify-*` modes, so [`split_url`]
@@ -16,6 +16,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use percent_encoding::percent_decode_str;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
@@ -68,32 +69,52 @@ pub fn split_url(url: &str) -> Result<(String, TlsSettings), String> {
         }
         return Ok((url.to_string(), off));
     }
-    let mut parsed = url::Url::parse(url).map_err(|e| e.to_string())?;
+    // The query is taken apart as text, not as a form: the driver percent-decodes its values
+    // and reads `+` as it is, and a URL may name several hosts, which URL parsers refuse.
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, q),
+        None => (url, ""),
+    };
+    let decode = |v: &str| percent_decode_str(v).decode_utf8_lossy().into_owned();
     let mut mode = None;
     let mut root_cert = None;
-    let mut kept: Vec<(String, String)> = Vec::new();
-    for (k, v) in parsed.query_pairs() {
-        match k.as_ref() {
-            "sslmode" => mode = Some(v.into_owned()),
-            "sslrootcert" => root_cert = Some(PathBuf::from(v.as_ref())),
-            _ => kept.push((k.into_owned(), v.into_owned())),
+    let mut kept: Vec<&str> = Vec::new();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        match decode(k).as_str() {
+            "sslmode" => mode = Some(decode(v)),
+            "sslrootcert" => root_cert = Some(PathBuf::from(decode(v))),
+            _ => kept.push(pair),
         }
     }
-    let mode = match mode.as_deref() {
-        None | Some("disable" | "allow" | "prefer") => TlsMode::Off,
-        Some("require") if root_cert.is_some() => TlsMode::VerifyCa,
-        Some("require") => TlsMode::Encrypt,
-        Some("verify-ca") => TlsMode::VerifyCa,
-        Some("verify-full") => TlsMode::VerifyFull,
-        Some(other) => {
-            return Err(format!(
-                "sslmode={other} is not one of disable, allow, prefer, require, verify-ca, \
+    if let Some(p) = root_cert.as_ref().filter(|p| !p.is_absolute()) {
+        return Err(format!(
+            "sslrootcert {} is not an absolute path; name the CA file from the root (/…): the \
+             engine may run in another directory",
+            p.display()
+        ));
+    }
+    let mode =
+        match mode.as_deref() {
+            None | Some("disable" | "allow" | "prefer") => TlsMode::Off,
+            Some("require") if root_cert.is_some() => TlsMode::VerifyCa,
+            Some("require") => TlsMode::Encrypt,
+            Some("verify-ca") if root_cert.is_none() => return Err(
+                "sslmode=verify-ca needs the CA to trust: add sslrootcert=/path/ca.pem (or use \
+                 verify-full, which checks the server's name against the public CAs)"
+                    .into(),
+            ),
+            Some("verify-ca") => TlsMode::VerifyCa,
+            Some("verify-full") => TlsMode::VerifyFull,
+            Some(other) => {
+                return Err(format!(
+                    "sslmode={other} is not one of disable, allow, prefer, require, verify-ca, \
                  verify-full"
-            ))
-        }
-    };
+                ))
+            }
+        };
     if mode != TlsMode::Off {
-        kept.push(("sslmode".into(), "require".into()));
+        kept.push("sslmode=require");
     } else if root_cert.is_some() {
         return Err(
             "sslrootcert is given but no TLS is asked for: add sslmode=verify-full (or \
@@ -101,12 +122,12 @@ pub fn split_url(url: &str) -> Result<(String, TlsSettings), String> {
                 .into(),
         );
     }
-    if kept.is_empty() {
-        parsed.set_query(None);
+    let rebuilt = if kept.is_empty() {
+        base.to_string()
     } else {
-        parsed.query_pairs_mut().clear().extend_pairs(kept);
-    }
-    Ok((parsed.to_string(), TlsSettings { mode, root_cert }))
+        format!("{base}?{}", kept.join("&"))
+    };
+    Ok((rebuilt, TlsSettings { mode, root_cert }))
 }
 
 fn provider() -> Arc<CryptoProvider> {
@@ -269,23 +290,39 @@ mod tests {
         assert_eq!(s.mode, TlsMode::VerifyFull);
         assert_eq!(s.root_cert, Some(PathBuf::from("/etc/ca.pem")));
         assert_eq!(
-            mode("postgres://h/db?sslmode=verify-ca").1,
+            mode("postgres://h/db?sslmode=verify-ca&sslrootcert=/ca.pem").1,
             TlsMode::VerifyCa
         );
         assert_eq!(mode("postgres://h/db?sslmode=require").1, TlsMode::Encrypt);
         // As in libpq, a CA file makes `require` check the chain.
         assert_eq!(
-            mode("postgres://h/db?sslmode=require&sslrootcert=ca.pem").1,
+            mode("postgres://h/db?sslmode=require&sslrootcert=/ca.pem").1,
             TlsMode::VerifyCa
         );
+        // Other parameters go on byte for byte (the driver reads `+` as it is), and a URL may
+        // name several hosts.
+        assert_eq!(
+            mode("postgres://u@h1:5432,h2:5432/db?options=-c%20x%3D1&application_name=a+b&sslmode=verify-full&sslrootcert=%2Fcerts%2Fa+b.pem").0,
+            "postgres://u@h1:5432,h2:5432/db?options=-c%20x%3D1&application_name=a+b&sslmode=require"
+        );
+        let (_, s) =
+            split_url("postgres://h/db?sslmode=verify-full&sslrootcert=%2Fcerts%2Fa+b.pem")
+                .unwrap();
+        assert_eq!(s.root_cert, Some(PathBuf::from("/certs/a+b.pem")));
     }
 
     #[test]
     fn a_bad_mode_or_a_root_cert_without_tls_says_what_to_write() {
         let e = split_url("postgres://h/db?sslmode=always").unwrap_err();
         assert!(e.contains("verify-full"), "{e}");
-        let e = split_url("postgres://h/db?sslrootcert=ca.pem").unwrap_err();
+        let e = split_url("postgres://h/db?sslrootcert=/ca.pem").unwrap_err();
         assert!(e.contains("sslmode=verify-full"), "{e}");
+        // verify-ca trusts only the CA named: against every public CA it would authenticate
+        // nobody.
+        let e = split_url("postgres://h/db?sslmode=verify-ca").unwrap_err();
+        assert!(e.contains("sslrootcert="), "{e}");
+        let e = split_url("postgres://h/db?sslmode=verify-full&sslrootcert=ca.pem").unwrap_err();
+        assert!(e.contains("absolute"), "{e}");
     }
 
     #[test]
