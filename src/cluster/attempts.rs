@@ -240,7 +240,9 @@ async fn attempt(inner: Arc<Inner>, task: Task, instructions: String, handle: Ru
                 inner.running().remove(&id);
                 inner.wake.notify_one();
             };
-            if handle.reason() == STOP_LOST || inner.given_up.is_cancelled() {
+            // Given up after the agent ended: its end may still land (fenced) unless there is
+            // a worktree to close, which the next attempt may be taking over already.
+            if handle.reason() == STOP_LOST || (opened.is_some() && inner.given_up.is_cancelled()) {
                 return lost(&inner);
             }
             // Whatever the agent left in its worktree is kept on its branch before the outcome
