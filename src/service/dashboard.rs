@@ -58,11 +58,7 @@ impl Service {
             cost: cost_since,
         };
         let s = match &self.core {
-            Core::Local(s) => s
-                .store()
-                .stats(since, RUNNING_LISTED)
-                .await
-                .map_err(internal)?,
+            Core::Local(s) => s.store().stats(since, RUNNING_LISTED).await?,
             Core::Cluster(c) => c.stats(since, RUNNING_LISTED).await?,
         };
         let counts = TaskStatus::ALL
@@ -175,7 +171,7 @@ impl Service {
             limit: limit + 1,
         };
         let (tasks, total) = match &self.core {
-            Core::Local(s) => s.store().task_page(q).await.map_err(internal)?,
+            Core::Local(s) => s.store().task_page(q).await?,
             Core::Cluster(c) => c.task_page(&q).await?,
         };
         let mut tasks = tasks;
@@ -193,7 +189,7 @@ impl Service {
 
     pub async fn dashboard_facets(&self) -> Result<TaskFacets> {
         let (agents, projects) = match &self.core {
-            Core::Local(s) => s.store().task_facets().await.map_err(internal)?,
+            Core::Local(s) => s.store().task_facets().await?,
             Core::Cluster(c) => c.task_facets().await?,
         };
         Ok(TaskFacets { agents, projects })
@@ -207,12 +203,9 @@ impl Service {
                 // From the store, not the scheduler's memory: the page reads on the change
                 // feed's events, which are published once the store has the change (memory
                 // follows a moment later).
-                let task = store.task(id).await.map_err(internal)?;
-                let instructions = store.instructions(id).await.map_err(internal)?;
-                let logs = store
-                    .last_logs(id, FIRST_LOG_LINES + 1)
-                    .await
-                    .map_err(internal)?;
+                let task = store.task(id).await?;
+                let instructions = store.instructions(id).await?;
+                let logs = store.last_logs(id, FIRST_LOG_LINES + 1).await?;
                 (task, instructions.unwrap_or_default(), logs)
             }
             Core::Cluster(c) => match c.task_with_instructions(id).await? {
@@ -244,7 +237,7 @@ impl Service {
         let listed = self.list_agents().await?.agents;
         let since = now_us() - AGENT_DAYS * DAY_US;
         let records = match &self.core {
-            Core::Local(s) => s.store().agent_records(since).await.map_err(internal)?,
+            Core::Local(s) => s.store().agent_records(since).await?,
             Core::Cluster(c) => c.agent_records(since).await?,
         };
         let mut by_name: BTreeMap<String, _> =
@@ -287,10 +280,6 @@ impl Service {
             .collect();
         Ok(AgentTable { agents, unlisted })
     }
-}
-
-fn internal(e: crate::store::StoreError) -> ServiceError {
-    ServiceError::Internal(e.to_string())
 }
 
 /// A position in the task list: `<created_at µs>.<task id>`, as `next` gave it.

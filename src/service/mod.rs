@@ -58,6 +58,13 @@ pub enum ServiceError {
     Internal(String),
 }
 
+/// A store's failure, as the scheduler's own is answered: the caller can change nothing.
+impl From<crate::store::StoreError> for ServiceError {
+    fn from(e: crate::store::StoreError) -> Self {
+        ServiceError::from(SchedError::Store(e))
+    }
+}
+
 impl From<SchedError> for ServiceError {
     fn from(e: SchedError) -> Self {
         match e {
@@ -685,11 +692,7 @@ impl Service {
             Core::Local(s) => {
                 let task = s.task(id).await?;
                 let task = task.ok_or_else(|| ServiceError::NotFound(not_found(id)))?;
-                let logs = s
-                    .store()
-                    .last_logs(id, 20)
-                    .await
-                    .map_err(|e| ServiceError::Internal(e.to_string()))?;
+                let logs = s.store().last_logs(id, 20).await?;
                 (task, logs)
             }
             Core::Cluster(c) => {
@@ -731,10 +734,7 @@ impl Service {
                 if s.task(id).await?.is_none() {
                     return Err(ServiceError::NotFound(not_found(id)));
                 }
-                s.store()
-                    .logs(id, after, limit)
-                    .await
-                    .map_err(|e| ServiceError::Internal(e.to_string()))?
+                s.store().logs(id, after, limit).await?
             }
             Core::Cluster(c) => {
                 if c.task(id).await?.is_none() {
@@ -792,11 +792,7 @@ impl Service {
             offset,
         };
         let (tasks, total) = match &self.core {
-            Core::Local(s) => s
-                .store()
-                .list_tasks(filter)
-                .await
-                .map_err(|e| ServiceError::Internal(e.to_string()))?,
+            Core::Local(s) => s.store().list_tasks(filter).await?,
             Core::Cluster(c) => c.list_tasks(&filter).await?,
         };
         Ok(TaskList {

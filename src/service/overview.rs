@@ -6,7 +6,6 @@ use crate::model::TaskStatus;
 
 impl Service {
     pub async fn overview(&self) -> Result<EngineOverview> {
-        let internal = |e: crate::store::StoreError| ServiceError::Internal(e.to_string());
         let mut counts: std::collections::BTreeMap<String, u64> = [
             TaskStatus::Pending,
             TaskStatus::Running,
@@ -20,10 +19,10 @@ impl Service {
         // A cluster node shows the cluster's tasks and its own workers.
         let (found, instance, workers, webhooks_owed) = match &self.core {
             Core::Local(s) => (
-                s.store().count_by_status().await.map_err(internal)?,
+                s.store().count_by_status().await?,
                 s.instance().to_string(),
                 s.workers(),
-                s.store().webhooks_owed().await.map_err(internal)?,
+                s.store().webhooks_owed().await?,
             ),
             Core::Cluster(c) => (
                 c.count_by_status().await?,

@@ -4,7 +4,7 @@
 
 use uuid::Uuid;
 
-use super::{parse_waited_ids, Core, Result, Service, ServiceError};
+use super::{parse_waited_ids, Core, Result, Service};
 use crate::api::{ProgressTask, WaitProgress};
 use crate::model::{now_us, Task, TaskStatus};
 
@@ -24,11 +24,7 @@ impl Service {
                 continue;
             };
             let last = match &self.core {
-                Core::Local(s) => s
-                    .store()
-                    .last_logs(id, 1)
-                    .await
-                    .map_err(|e| ServiceError::Internal(e.to_string()))?,
+                Core::Local(s) => s.store().last_logs(id, 1).await?,
                 Core::Cluster(c) => c.last_logs(id, 1).await?,
             };
             r.last_log = last.into_iter().next().map(|l| l.message);

@@ -130,11 +130,11 @@ impl Service {
         };
         let cursor = cursors.get(project).cloned().unwrap_or_default();
         let (ended, total) = match &self.core {
-            Core::Local(s) => s
-                .store()
-                .ended_in_project(project.to_string(), cursor.look_after(), BATCH)
-                .await
-                .map_err(|e| ServiceError::Internal(e.to_string()))?,
+            Core::Local(s) => {
+                s.store()
+                    .ended_in_project(project.to_string(), cursor.look_after(), BATCH)
+                    .await?
+            }
             Core::Cluster(c) => {
                 c.ended_in_project(project, cursor.look_after(), BATCH)
                     .await?

@@ -51,11 +51,7 @@ impl Service {
         workflow_id: Option<Uuid>,
     ) -> Result<WebhookHistory> {
         let attempts = match &self.core {
-            Core::Local(s) => s
-                .store()
-                .webhook_history(task_id, workflow_id)
-                .await
-                .map_err(|e| ServiceError::Internal(e.to_string()))?,
+            Core::Local(s) => s.store().webhook_history(task_id, workflow_id).await?,
             Core::Cluster(c) => c.webhook_history(task_id, workflow_id).await?,
         };
         Ok(WebhookHistory {

@@ -171,11 +171,7 @@ impl Service {
         let limit = in_range("limit", a.limit, 1, 1000, 50)? as u32;
         let offset = in_range("offset", a.offset, 0, MAX_OFFSET, 0)? as u64;
         let (rows, total) = match &self.core {
-            Core::Local(s) => s
-                .store()
-                .list_workflows(status, limit, offset)
-                .await
-                .map_err(|e| ServiceError::Internal(e.to_string()))?,
+            Core::Local(s) => s.store().list_workflows(status, limit, offset).await?,
             Core::Cluster(c) => c.list_workflows(status, limit, offset).await?,
         };
         Ok(WorkflowList {
@@ -218,11 +214,7 @@ impl Service {
 
     pub(super) async fn workflow_or_not_found(&self, id: Uuid) -> Result<Workflow> {
         let found = match &self.core {
-            Core::Local(s) => s
-                .store()
-                .workflow(id)
-                .await
-                .map_err(|e| ServiceError::Internal(e.to_string()))?,
+            Core::Local(s) => s.store().workflow(id).await?,
             Core::Cluster(c) => c.workflow(id).await?,
         };
         found.ok_or_else(|| {
@@ -234,12 +226,11 @@ impl Service {
 
     /// The workflow status object, read from the store (the durable truth).
     async fn workflow_view(&self, id: Uuid) -> Result<WorkflowStatusView> {
-        let internal = |e: crate::store::StoreError| ServiceError::Internal(e.to_string());
         let wf = self.workflow_or_not_found(id).await?;
         let (phases, tasks) = match &self.core {
             Core::Local(s) => (
-                s.store().phases(id).await.map_err(internal)?,
-                s.store().workflow_task_rows(id).await.map_err(internal)?,
+                s.store().phases(id).await?,
+                s.store().workflow_task_rows(id).await?,
             ),
             Core::Cluster(c) => (c.phases(id).await?, c.workflow_task_rows(id).await?),
         };
